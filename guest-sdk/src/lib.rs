@@ -1,0 +1,216 @@
+//! Write Broadcaster publisher backends in Rust.
+//!
+//! A backend is a WebAssembly component that Broadcaster runs once per publisher name. You
+//! implement [`Backend`] (options in, events out) and call [`export_backend!`]; build with
+//! `cargo build --release --target wasm32-wasip2` and point a publisher at the `.wasm`.
+//!
+//! What the host offers, and only when the operator granted it to the publisher:
+//! - [`redis_stream`]: append entries to Redis Streams (the connection and the allowed
+//!   stream names come from `[publishers.<name>.grants] redis`; you never see them);
+//! - [`log`]: write to Broadcaster's log, tagged with the publisher's name.
+//!
+//! [`to_cloud_event`] and [`stream_fields`] render an event exactly as django-broadcaster's
+//! Redis Stream backend does, so a component can write the same entries as the native one.
+//!
+//! # Example: the seed's Redis Stream backend as a component
+//!
+//! ```no_run
+//! use broadcaster_guest::{Backend, OutboxEvent, PublishError, export_backend, redis_stream};
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Options {
+//!     #[serde(default = "default_stream")]
+//!     stream_name: String,
+//!     #[serde(default = "default_max_len")]
+//!     max_len: u64,
+//! }
+//! fn default_stream() -> String { "events".into() }
+//! fn default_max_len() -> u64 { 10_000 }
+//!
+//! struct Streamer(Options);
+//!
+//! impl Backend for Streamer {
+//!     type Options = Options;
+//!
+//!     fn init(options: Options) -> Result<Self, String> {
+//!         if options.stream_name.is_empty() {
+//!             return Err("option `stream_name`: cannot be empty".into());
+//!         }
+//!         Ok(Streamer(options))
+//!     }
+//!
+//!     fn publish(&mut self, event: &OutboxEvent) -> Result<(), PublishError> {
+//!         let fields = broadcaster_guest::stream_fields(event)?;
+//!         redis_stream::xadd(&self.0.stream_name, &fields, Some(self.0.max_len))?;
+//!         Ok(())
+//!     }
+//!
+//!     fn health_check(&mut self) -> bool {
+//!         redis_stream::ping().is_ok()
+//!     }
+//! }
+//!
+//! export_backend!(Streamer);
+//! # fn main() {}
+//! ```
+#![deny(missing_docs)]
+
+extern crate self as broadcaster_guest;
+
+mod seed_format;
+mod state;
+
+pub use broadcaster_entry::glob::matches as glob_match;
+pub use seed_format::{data_json, stream_fields, to_cloud_event};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::bindings::export as export_publisher;
+    pub use crate::bindings::exports::broadcaster::backend::backend::Guest;
+    pub use crate::state::{health_check, init, publish};
+    pub use wit_bindgen;
+}
+
+#[allow(missing_docs, clippy::all, unsafe_code)]
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit/backend@0.1.0",
+        world: "publisher",
+        pub_export_macro: true,
+        default_bindings_module: "broadcaster_guest::bindings",
+        runtime_path: "broadcaster_guest::__private::wit_bindgen",
+        generate_all,
+    });
+}
+
+pub use bindings::broadcaster::backend::types::{CloudEvent, EventData, OutboxEvent, PublishError};
+
+/// A backend: built once per publisher from its options, then asked to publish events one
+/// at a time.
+///
+/// Keep no state you cannot rebuild from the options: after a trap (a panic, a limit hit)
+/// the host throws the instance away and calls [`Backend::init`] again on a fresh one.
+pub trait Backend: Sized + 'static {
+    /// The publisher's `[publishers.<name>.options]`, deserialized from JSON. Use
+    /// `#[serde(deny_unknown_fields)]` so a misspelt option is reported.
+    type Options: serde::de::DeserializeOwned;
+
+    /// Validates the options and builds the backend. An `Err` is shown to the operator and
+    /// the publisher does not start: name the option and what was expected.
+    fn init(options: Self::Options) -> Result<Self, String>;
+
+    /// Publishes one event. Return [`PublishError::Transient`] when a retry can help,
+    /// [`PublishError::Permanent`] when it cannot.
+    fn publish(&mut self, event: &OutboxEvent) -> Result<(), PublishError>;
+
+    /// Whether the backend can publish now; called on an interval. Defaults to `true`.
+    fn health_check(&mut self) -> bool {
+        true
+    }
+}
+
+/// Exports a [`Backend`] implementation as the component's `broadcaster:backend/backend`.
+///
+/// Call it once in a `cdylib` crate, with the type implementing [`Backend`]:
+/// `export_backend!(MyBackend);`
+#[macro_export]
+macro_rules! export_backend {
+    ($backend:ty) => {
+        const _: () = {
+            struct __BroadcasterBackend;
+            impl $crate::__private::Guest for __BroadcasterBackend {
+                fn init(options: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::init::<$backend>(&options)
+                }
+                fn publish(event: $crate::OutboxEvent) -> ::std::result::Result<(), $crate::PublishError> {
+                    $crate::__private::publish::<$backend>(&event)
+                }
+                fn health_check() -> bool {
+                    $crate::__private::health_check::<$backend>()
+                }
+            }
+            $crate::__private::export_publisher!(__BroadcasterBackend with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// Appending to Redis Streams through the publisher's `redis` grant.
+pub mod redis_stream {
+    use crate::PublishError;
+    use crate::bindings::broadcaster::backend::redis_stream as raw;
+
+    pub use raw::Error;
+
+    /// `XADD <stream> [MAXLEN ~ <max_len>] * <fields…>`; returns the new entry's id.
+    ///
+    /// Fails with [`Error::StreamDenied`] for a stream outside the grant's patterns, and
+    /// [`Error::NotGranted`] when the publisher has no `redis` grant; neither traps.
+    pub fn xadd(stream: &str, fields: &[(String, String)], max_len: Option<u64>) -> Result<String, Error> {
+        raw::xadd(stream, fields, max_len)
+    }
+
+    /// `PING`: whether the granted Redis answers.
+    pub fn ping() -> Result<(), Error> {
+        raw::ping()
+    }
+
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                Error::NotGranted => f.write_str("this publisher has no `redis` grant"),
+                Error::StreamDenied(stream) => {
+                    write!(f, "stream {stream:?} is outside the streams granted to this publisher")
+                }
+                Error::Unavailable(message) => write!(f, "Redis is unavailable: {message}"),
+                Error::Rejected(message) => write!(f, "Redis rejected the entry: {message}"),
+            }
+        }
+    }
+
+    /// An unavailable Redis is worth retrying; everything else is permanent.
+    impl From<Error> for PublishError {
+        fn from(err: Error) -> Self {
+            match &err {
+                Error::Unavailable(_) => PublishError::Transient(err.to_string()),
+                _ => PublishError::Permanent(err.to_string()),
+            }
+        }
+    }
+}
+
+/// Writing to Broadcaster's log; each line is tagged with the publisher's name.
+pub mod log {
+    use crate::bindings::broadcaster::backend::log::{Level, log};
+
+    /// Logs at `trace`.
+    pub fn trace(message: &str) {
+        log(Level::Trace, message);
+    }
+    /// Logs at `debug`.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+    /// Logs at `info`.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+    /// Logs at `warn`.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+    /// Logs at `error`.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::Transient(m) => write!(f, "transient: {m}"),
+            PublishError::Permanent(m) => write!(f, "permanent: {m}"),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Command-line parsing, shared options, logging and exit codes.
+//!
+//! Exit codes: 0 success; 1 the work failed (an event was not published, a publisher is
+//! unhealthy); 2 bad input (command line, config file, component, backend options).
+
+mod check;
+mod health;
+mod send;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use broadcaster::config::{Config, ConfigError};
+use clap::{Parser, Subcommand};
+
+/// Broadcaster: a transactional-outbox relay with sandboxed WebAssembly publishers.
+///
+/// Applications write CloudEvents into an outbox table inside their own transactions;
+/// Broadcaster publishes each through the publisher it names: the native Redis Stream
+/// backend or a WebAssembly component. Configuration lives in broadcaster.toml (see the
+/// README); every value can be overridden with BROADCASTER_… environment variables.
+#[derive(Debug, Parser)]
+#[command(name = "broadcaster", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command that reads the configuration takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(long, short = 'c', env = "BROADCASTER_CONFIG", default_value = broadcaster::config::DEFAULT_CONFIG_FILE, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+impl ConfigArg {
+    /// Loads the configuration, with a hint when the default file is missing.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        load_config(&self.config)
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    match Config::load(path) {
+        Err(ConfigError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(ConfigError::Read { path, source }).context(
+                "no configuration: pass --config <file>, or start from the example with \
+                 `cp examples/broadcaster.toml broadcaster.toml`",
+            )
+        }
+        other => Ok(other?),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish one event straight through a publisher, without the outbox (to try a backend).
+    ///
+    /// Describe the event with flags (--type and --source at least), or pipe a CloudEvent
+    /// JSON document (structured mode) on stdin. --publisher-config applies either way.
+    /// Prints the event id; exits 1 if the publisher refused the event.
+    Send(send::SendArgs),
+    /// Check every publisher's health and print a table; exit 1 if any is unhealthy.
+    Health(health::HealthArgs),
+    /// Check that a .wasm file is a backend component for this Broadcaster, and say exactly
+    /// why when it is not (exit 2).
+    Check(check::CheckArgs),
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Send(args) => send::run(args).await,
+        Command::Health(args) => health::run(args).await,
+        Command::Check(args) => check::run(args).await,
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` chooses what (default: warnings, and `info` for the worker).
+pub fn init_logging(_command: &Command) {
+    let default = "warn";
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// 2 for bad input, 1 for everything else.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    use broadcaster::cloudevent_input::InputError;
+    use broadcaster::host::ComponentError;
+    use broadcaster::registry::{RegistryError, UnknownPublisher};
+    let bad_input = err.chain().any(|cause| {
+        cause.is::<ConfigError>()
+            || cause.is::<InputError>()
+            || cause.is::<ComponentError>()
+            || cause.is::<UnknownPublisher>()
+            || matches!(cause.downcast_ref::<RegistryError>(), Some(e) if !matches!(e, RegistryError::Engine(_)))
+    });
+    if bad_input { 2 } else { 1 }
+}

@@ -1,0 +1,336 @@
+//! `broadcaster.toml`: the outbox location and the named publishers.
+//!
+//! Loading is strict: an unknown key, a value of the wrong type, or a publisher that names
+//! neither a `backend` nor a `component` is an error that names the file and the key path
+//! (`publishers.tenant-a.limits.memory`). Every value can be overridden from the environment
+//! (see [`env`]).
+
+pub mod env;
+mod units;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use units::{ByteSize, Seconds};
+
+/// Where the config file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "broadcaster.toml";
+
+/// The name of the publisher that events with an empty `publisher_backend` go to.
+pub const DEFAULT_PUBLISHER: &str = "default";
+
+/// A configuration that could not be loaded. Always names the file, and the key when there is
+/// one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key is unknown, missing, or has a value of the wrong type or range.
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key path, for example `publishers.tenant-a.limits.memory`.
+        key: String,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// A `BROADCASTER_…` environment variable could not be applied.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[outbox]`.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// `[publishers.<name>]`, by name.
+    #[serde(default)]
+    pub publishers: BTreeMap<String, PublisherConfig>,
+    /// The directory relative component paths are resolved against (the config file's).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file this was loaded from.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[outbox]`: where events are stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// `sqlite://broadcaster.db` (the default, a file next to where the worker runs) or
+    /// `postgres://user@host/db`.
+    #[serde(default = "default_outbox_url")]
+    pub url: String,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self { url: default_outbox_url() }
+    }
+}
+
+fn default_outbox_url() -> String {
+    "sqlite://broadcaster.db".to_string()
+}
+
+/// `[publishers.<name>]`: one publisher. Exactly one of `backend` and `component` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherConfig {
+    /// A native backend by name; only `redis-stream` exists.
+    pub backend: Option<String>,
+    /// A WebAssembly component file implementing `broadcaster:backend/publisher`; a relative
+    /// path is relative to the config file.
+    pub component: Option<PathBuf>,
+    /// `[publishers.<name>.options]`: the backend's own options. For the native
+    /// `redis-stream` the seed's option names; for a component, handed to its `init` as JSON.
+    #[serde(default)]
+    pub options: toml::Table,
+    /// `[publishers.<name>.grants]`: capabilities a component may use. None by default.
+    #[serde(default)]
+    pub grants: Grants,
+    /// `[publishers.<name>.limits]`: resource limits for a component.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// What a publisher's configuration asks to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublisherKind {
+    /// The native Redis Stream backend.
+    RedisStream,
+    /// A WebAssembly component, by resolved path.
+    Component(PathBuf),
+}
+
+/// Capabilities granted to a component. Anything not granted is not available.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// `redis = { host, port, db, password, streams = ["tenant-a:*"] }`.
+    pub redis: Option<RedisGrant>,
+}
+
+/// The Redis a component may write to, and which streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisGrant {
+    /// Server host name or address. Default `localhost`.
+    #[serde(default = "default_redis_host")]
+    pub host: String,
+    /// Server port. Default 6379.
+    #[serde(default = "default_redis_port")]
+    pub port: u16,
+    /// Database number. Default 0.
+    #[serde(default)]
+    pub db: i64,
+    /// Password (`AUTH`); never shown to the component. Default none.
+    pub password: Option<String>,
+    /// Stream name patterns the component may `XADD` to; `*` matches any run of characters,
+    /// `?` one character. Required: an empty list allows nothing.
+    pub streams: Vec<String>,
+    /// Seconds to wait for a connection. Default 5.
+    #[serde(default = "default_timeout")]
+    pub connect_timeout: Seconds,
+    /// Seconds to wait for a reply. Default 5.
+    #[serde(default = "default_timeout")]
+    pub socket_timeout: Seconds,
+}
+
+pub(crate) fn default_redis_host() -> String {
+    "localhost".to_string()
+}
+pub(crate) fn default_redis_port() -> u16 {
+    6379
+}
+pub(crate) fn default_timeout() -> Seconds {
+    Seconds(Duration::from_secs(5))
+}
+
+/// Resource limits for one component publisher.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most linear memory the instance may use (`"64MiB"`, or bytes). Default 64 MiB.
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// Wall-clock deadline for one call into the component (`"2s"`, `"500ms"`, or seconds).
+    /// Default 2 s.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout: Seconds,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory: default_memory(), call_timeout: default_call_timeout() }
+    }
+}
+
+fn default_memory() -> ByteSize {
+    ByteSize(64 * 1024 * 1024)
+}
+fn default_call_timeout() -> Seconds {
+    Seconds(Duration::from_secs(2))
+}
+
+impl Config {
+    /// Loads `path`, applies `BROADCASTER_…` overrides from the process environment, and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, path, std::env::vars())
+    }
+
+    /// Parses `text` as if read from `path`, with `vars` as the environment.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: err.to_string().trim_end().to_string(),
+        })?;
+        env::apply_overrides(&mut table, vars)?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|err| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: err.path().to_string(),
+                message: err.into_inner().to_string(),
+            })?;
+        config.path = path.to_path_buf();
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, publisher) in &self.publishers {
+            self.kind_of(name, publisher)?;
+            let invalid = |key: &str, message: String| ConfigError::Invalid {
+                path: self.path.clone(),
+                key: format!("publishers.{name}.{key}"),
+                message,
+            };
+            if !valid_publisher_name(name) {
+                return Err(invalid(
+                    "",
+                    "a publisher name is 1 to 100 characters of letters, digits, `-`, `_` and `.`"
+                        .into(),
+                ));
+            }
+            if publisher.backend.is_some() {
+                if publisher.grants.redis.is_some() {
+                    return Err(invalid(
+                        "grants",
+                        "grants are for components; the native backend takes its connection from `options`".into(),
+                    ));
+                }
+            }
+            if let Some(grant) = &publisher.grants.redis {
+                for pattern in &grant.streams {
+                    if pattern.is_empty() {
+                        return Err(invalid(
+                            "grants.redis.streams",
+                            "a stream pattern cannot be empty".into(),
+                        ));
+                    }
+                }
+            }
+            if publisher.limits.memory.0 < 1024 * 1024 {
+                return Err(invalid("limits.memory", "must be at least 1MiB".into()));
+            }
+            if publisher.limits.call_timeout.0.is_zero() {
+                return Err(invalid("limits.call_timeout", "must be more than 0s".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// What publisher `name` runs, with its component path resolved.
+    pub fn kind_of(&self, name: &str, publisher: &PublisherConfig) -> Result<PublisherKind, ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            path: self.path.clone(),
+            key: format!("publishers.{name}{key}"),
+            message: message.to_string(),
+        };
+        match (&publisher.backend, &publisher.component) {
+            (Some(_), Some(_)) => Err(invalid(
+                "",
+                "set either `backend` (a native backend) or `component` (a .wasm file), not both",
+            )),
+            (None, None) => Err(invalid(
+                "",
+                "set `backend = \"redis-stream\"` or `component = \"path/to/backend.wasm\"`",
+            )),
+            (Some(backend), None) if backend == "redis-stream" => Ok(PublisherKind::RedisStream),
+            (Some(_), None) => Err(invalid(
+                ".backend",
+                "unknown native backend; the only one is \"redis-stream\" (use `component` for a wasm backend)",
+            )),
+            (None, Some(path)) => Ok(PublisherKind::Component(self.base_dir.join(path))),
+        }
+    }
+
+    /// The publisher an event with `publisher_backend` goes to (`default` for an empty one).
+    pub fn route<'a>(&self, publisher_backend: &'a str) -> &'a str {
+        if publisher_backend.is_empty() { DEFAULT_PUBLISHER } else { publisher_backend }
+    }
+}
+
+fn valid_publisher_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Converts TOML to JSON, keeping key order (datetimes become their TOML text).
+pub fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+    match value {
+        toml::Value::String(s) => serde_json::Value::String(s.clone()),
+        toml::Value::Integer(i) => serde_json::Value::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(items) => items.iter().map(toml_to_json).collect(),
+        toml::Value::Table(table) => table_to_json(table),
+    }
+}
+
+/// Converts a TOML table to a JSON object, keeping key order.
+pub fn table_to_json(table: &toml::Table) -> serde_json::Value {
+    serde_json::Value::Object(table.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("/etc/b/broadcaster.toml"), Vec::new())
+}
+
+fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::from_toml(text, Path::new("/etc/b/broadcaster.toml"), vars)
+}
+
+#[test]
+fn the_design_example_loads_with_its_defaults() {
+    let config = parse(
+        r#"
+        [outbox]
+        url = "sqlite://broadcaster.db"
+        [publishers.default]
+        backend = "redis-stream"
+        [publishers.default.options]
+        host = "localhost"
+        stream_name = "events"
+        [publishers.tenant-a]
+        component = "components/router.wasm"
+        [publishers.tenant-a.options]
+        routes = { "order.*" = "tenant-a:orders" }
+        [publishers.tenant-a.grants]
+        redis = { host = "localhost", port = 6379, streams = ["tenant-a:*"] }
+        [publishers.tenant-a.limits]
+        memory = "32MiB"
+        call_timeout = "2s"
+        "#,
+    )
+    .unwrap();
+    let tenant = &config.publishers["tenant-a"];
+    assert_eq!(
+        config.kind_of("tenant-a", tenant).unwrap(),
+        PublisherKind::Component(PathBuf::from("/etc/b/components/router.wasm"))
+    );
+    assert_eq!(tenant.limits.memory, ByteSize(32 << 20));
+    let grant = tenant.grants.redis.as_ref().unwrap();
+    assert_eq!((grant.db, grant.password.as_deref()), (0, None));
+    assert_eq!(grant.socket_timeout, Seconds(Duration::from_secs(5)));
+    let default = &config.publishers["default"];
+    assert_eq!(default.limits.call_timeout, Seconds(Duration::from_secs(2)));
+    assert_eq!(config.route(""), "default");
+    assert_eq!(config.route("tenant-a"), "tenant-a");
+}
+
+#[test]
+fn an_unknown_key_names_its_full_path() {
+    let err = parse("[publishers.a]\ncomponent = \"a.wasm\"\n[publishers.a.limits]\nmemroy = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/etc/b/broadcaster.toml"), "{err}");
+    assert!(err.contains("publishers.a.limits.memroy"), "{err}");
+    assert!(err.contains("unknown field `memroy`"), "{err}");
+}
+
+#[test]
+fn a_wrongly_typed_value_says_what_was_expected() {
+    let err = parse("[publishers.a]\ncomponent = \"a.wasm\"\n[publishers.a.limits]\ncall_timeout = \"soon\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("publishers.a.limits.call_timeout"), "{err}");
+    assert!(err.contains("not a duration"), "{err}");
+}
+
+#[test]
+fn a_publisher_must_name_exactly_one_backend_or_component() {
+    let neither = parse("[publishers.a]\n").unwrap_err().to_string();
+    assert!(neither.contains("publishers.a") && neither.contains("set `backend"), "{neither}");
+    let both = parse("[publishers.a]\nbackend = \"redis-stream\"\ncomponent = \"x.wasm\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(both.contains("not both"), "{both}");
+    let unknown = parse("[publishers.a]\nbackend = \"kafka\"\n").unwrap_err().to_string();
+    assert!(unknown.contains("publishers.a.backend") && unknown.contains("redis-stream"), "{unknown}");
+}
+
+#[test]
+fn syntax_errors_carry_the_line() {
+    let err = parse("[outbox\nurl = 1").unwrap_err().to_string();
+    assert!(err.contains("not valid TOML") && err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn environment_variables_override_and_extend_the_file() {
+    let config = parse_env(
+        "[publishers.tenant-a]\ncomponent = \"r.wasm\"\n[publishers.tenant-a.grants.redis]\nstreams = [\"a:*\"]\npassword = \"x\"\n",
+        &[
+            ("BROADCASTER_OUTBOX__URL", "postgres://localhost/test"),
+            ("BROADCASTER_PUBLISHERS__TENANT_A__GRANTS__REDIS__PORT", "6380"),
+            ("BROADCASTER_PUBLISHERS__TENANT_A__GRANTS__REDIS__PASSWORD", "1234"),
+            ("BROADCASTER_PUBLISHERS__TENANT_A__OPTIONS__ROUTES", "{ \"a.*\" = \"a:1\" }"),
+            ("BROADCASTER_CONFIG", "ignored.toml"),
+            ("UNRELATED", "1"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.outbox.url, "postgres://localhost/test");
+    let tenant = &config.publishers["tenant-a"];
+    let grant = tenant.grants.redis.as_ref().unwrap();
+    assert_eq!(grant.port, 6380);
+    assert_eq!(grant.password.as_deref(), Some("1234"));
+    assert_eq!(tenant.options["routes"]["a.*"].as_str(), Some("a:1"));
+}
+
+#[test]
+fn a_bad_environment_override_names_the_variable() {
+    let err = parse_env("", &[("BROADCASTER_OUTBOX____URL", "x")]).unwrap_err().to_string();
+    assert!(err.contains("BROADCASTER_OUTBOX____URL"), "{err}");
+    let err = parse_env("[outbox]\nurl = \"sqlite://x\"\n", &[("BROADCASTER_OUTBOX__URL__PART", "x")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a table"), "{err}");
+}
+
+#[test]
+fn options_keep_their_order_when_turned_into_json() {
+    let config = parse("[publishers.a]\ncomponent = \"a.wasm\"\n[publishers.a.options]\nz = 1\na = [1.5, true]\nm = { y = 1, b = 2 }\n").unwrap();
+    let json = table_to_json(&config.publishers["a"].options);
+    assert_eq!(json.to_string(), r#"{"z":1,"a":[1.5,true],"m":{"y":1,"b":2}}"#);
+}

@@ -1,0 +1,13 @@
+//! Rust bindings for the `broadcaster:backend/publisher` world, generated from `wit/`.
+#![allow(missing_docs, missing_debug_implementations)]
+
+wasmtime::component::bindgen!({
+    path: "../wit/backend@0.1.0",
+    world: "publisher",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+pub use broadcaster::backend::log::Level;
+pub use broadcaster::backend::redis_stream::Error as RedisStreamError;
+pub use broadcaster::backend::types::{CloudEvent, EventData, OutboxEvent, PublishError};

@@ -1,0 +1,140 @@
+//! The `broadcaster:backend/log` import and the guest's stdout/stderr, both written to
+//! Broadcaster's log with the publisher's name.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use super::bindings::Level;
+use super::bindings::broadcaster::backend::log::Host;
+use super::state::PublisherState;
+
+/// The tracing target of everything backends log (`RUST_LOG=broadcaster::guest=debug`).
+pub const GUEST_LOG_TARGET: &str = "broadcaster::guest";
+
+/// Longest line kept from a backend; the rest is cut and marked.
+const MAX_LINE: usize = 8 * 1024;
+
+/// Writes one guest line to the log.
+pub fn emit(publisher: &str, level: Level, message: &str) {
+    let message = truncate(message);
+    match level {
+        Level::Trace => tracing::trace!(target: GUEST_LOG_TARGET, publisher, "{message}"),
+        Level::Debug => tracing::debug!(target: GUEST_LOG_TARGET, publisher, "{message}"),
+        Level::Info => tracing::info!(target: GUEST_LOG_TARGET, publisher, "{message}"),
+        Level::Warn => tracing::warn!(target: GUEST_LOG_TARGET, publisher, "{message}"),
+        Level::Error => tracing::error!(target: GUEST_LOG_TARGET, publisher, "{message}"),
+    }
+}
+
+fn truncate(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_LINE {
+        return message.into();
+    }
+    let mut end = MAX_LINE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} bytes cut]", &message[..end], message.len() - end).into()
+}
+
+impl Host for PublisherState {
+    async fn log(&mut self, level: Level, message: String) {
+        emit(&self.publisher, level, &message);
+    }
+}
+
+/// A guest's stdout or stderr: each line becomes one log line (`info` for stdout, `warn`
+/// for stderr).
+#[derive(Debug, Clone)]
+pub struct GuestOutput {
+    publisher: Arc<str>,
+    level: Level,
+}
+
+impl GuestOutput {
+    /// The guest's stdout.
+    pub fn stdout(publisher: Arc<str>) -> Self {
+        Self { publisher, level: Level::Info }
+    }
+
+    /// The guest's stderr.
+    pub fn stderr(publisher: Arc<str>) -> Self {
+        Self { publisher, level: Level::Warn }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        // Only the WASIp2 stream below is used by components of this world.
+        Box::new(tokio::io::sink())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(LineWriter { output: self.clone(), pending: Vec::new() })
+    }
+}
+
+/// Buffers bytes until a newline, then logs the line.
+struct LineWriter {
+    output: GuestOutput,
+    pending: Vec<u8>,
+}
+
+impl LineWriter {
+    fn emit_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let line = String::from_utf8_lossy(&self.pending).into_owned();
+        emit(&self.output.publisher, self.output.level, line.trim_end_matches('\r'));
+        self.pending.clear();
+    }
+}
+
+impl OutputStream for LineWriter {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
+            match chunk.strip_suffix(b"\n") {
+                Some(line) => {
+                    self.pending.extend_from_slice(line);
+                    self.emit_pending();
+                }
+                None => {
+                    self.pending.extend_from_slice(chunk);
+                    if self.pending.len() >= MAX_LINE {
+                        self.emit_pending();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        self.emit_pending();
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LineWriter {
+    async fn ready(&mut self) {}
+}

@@ -1,0 +1,66 @@
+//! What a publisher's store holds: its WASI context (empty), its capabilities, its limits.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::broadcaster::backend::types;
+use super::log_capability::GuestOutput;
+use super::redis_capability::RedisCapability;
+
+/// The data of one publisher's `Store`. Nothing in it is shared with another publisher.
+pub struct PublisherState {
+    /// The publisher's name, for logs.
+    pub publisher: Arc<str>,
+    /// The `redis-stream` capability, when granted.
+    pub redis: Option<RedisCapability>,
+    /// When the call in progress must end; checked on every epoch tick.
+    pub deadline: Option<Instant>,
+    /// Memory and instance limits.
+    pub limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl std::fmt::Debug for PublisherState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublisherState")
+            .field("publisher", &self.publisher)
+            .field("redis", &self.redis)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublisherState {
+    /// A fresh state: WASI with no files, no environment, no arguments, no network, stdio
+    /// going to the log; memory capped at `memory_bytes`.
+    pub fn new(publisher: Arc<str>, redis: Option<RedisCapability>, memory_bytes: usize) -> Self {
+        let wasi = WasiCtx::builder()
+            .stdout(GuestOutput::stdout(publisher.clone()))
+            .stderr(GuestOutput::stderr(publisher.clone()))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_bytes)
+            .instances(64)
+            .tables(64)
+            .memories(16)
+            .trap_on_grow_failure(true)
+            .build();
+        Self { publisher, redis, deadline: None, limits, wasi, table: ResourceTable::new() }
+    }
+}
+
+impl WasiView for PublisherState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for PublisherState {}

@@ -1,0 +1,227 @@
+//! A connection to one Redis server for appending to streams, shared by the native
+//! `redis-stream` backend and the `redis-stream` capability of components.
+//!
+//! It connects lazily and reconnects by itself: Broadcaster starts while Redis is down, and
+//! keeps working after Redis restarts, without a restart of its own. Every command is bounded
+//! by the socket timeout, so a Redis that hangs makes a call fail, never wait forever.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+/// How to reach a Redis server (the seed's connection options).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RedisEndpoint {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database number.
+    pub db: i64,
+    /// `AUTH` password.
+    pub password: Option<String>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// How long to wait for a reply.
+    pub socket_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisEndpoint {
+    // The password is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEndpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("socket_timeout", &self.socket_timeout)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for RedisEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)
+    }
+}
+
+/// Why a Redis call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StreamCallError {
+    /// Redis could not be reached or did not answer in time, or said it cannot serve now
+    /// (loading, read-only replica, out of memory). Worth retrying.
+    #[error("Redis at {endpoint} is unavailable: {message}")]
+    Unavailable {
+        /// The server, without password.
+        endpoint: String,
+        /// What happened.
+        message: String,
+    },
+    /// Redis refused the command itself (for example the key holds another type). Retrying
+    /// the same command fails the same way.
+    #[error("Redis at {endpoint} rejected the command: {message}")]
+    Rejected {
+        /// The server, without password.
+        endpoint: String,
+        /// Redis's reply.
+        message: String,
+    },
+}
+
+impl StreamCallError {
+    /// Whether trying again later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// A lazily connecting, self-reconnecting connection to one Redis.
+#[derive(Clone)]
+pub struct StreamClient {
+    endpoint: RedisEndpoint,
+    manager: ConnectionManager,
+}
+
+impl std::fmt::Debug for StreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamClient").field("endpoint", &self.endpoint).finish()
+    }
+}
+
+impl StreamClient {
+    /// Prepares a connection to `endpoint` without connecting: the first command connects.
+    /// Must be called inside a Tokio runtime.
+    pub fn new(endpoint: RedisEndpoint) -> Result<Self, StreamCallError> {
+        use redis::IntoConnectionInfo;
+        let info = redis::ConnectionAddr::Tcp(endpoint.host.clone(), endpoint.port)
+            .into_connection_info()
+            .map_err(|err| classify(&endpoint, err))?;
+        let mut redis_settings = redis::RedisConnectionInfo::default().set_db(endpoint.db);
+        if let Some(password) = &endpoint.password {
+            redis_settings = redis_settings.set_password(password.clone());
+        }
+        let info = info.set_redis_settings(redis_settings);
+        let client = redis::Client::open(info).map_err(|err| classify(&endpoint, err))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(endpoint.connect_timeout))
+            .set_response_timeout(Some(endpoint.socket_timeout))
+            // Fail a call fast while Redis is down: the relay retries, the caller is told.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|err| classify(&endpoint, err))?;
+        Ok(Self { endpoint, manager })
+    }
+
+    /// The server this talks to.
+    pub fn endpoint(&self) -> &RedisEndpoint {
+        &self.endpoint
+    }
+
+    /// `XADD <stream> [MAXLEN ~ <max_len>] * <fields…>`; returns the new entry's id.
+    pub async fn xadd(
+        &self,
+        stream: &str,
+        fields: &[(String, String)],
+        max_len: Option<u64>,
+    ) -> Result<String, StreamCallError> {
+        let cmd = xadd_command(stream, fields, max_len);
+        self.run(|mut conn| async move { cmd.query_async::<String>(&mut conn).await }).await
+    }
+
+    /// Appends many entries in one round trip (a pipeline of `XADD`s). Returns one result
+    /// per entry: on a connection failure all of them fail.
+    pub async fn xadd_pipeline(
+        &self,
+        entries: &[(&str, Vec<(String, String)>)],
+        max_len: Option<u64>,
+    ) -> Vec<Result<String, StreamCallError>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (stream, fields) in entries {
+            pipe.add_command(xadd_command(stream, fields, max_len));
+        }
+        let replies = self
+            .run(|mut conn| async move { pipe.query_async::<Vec<redis::Value>>(&mut conn).await })
+            .await;
+        match replies {
+            Err(err) => entries.iter().map(|_| Err(err.clone())).collect(),
+            Ok(values) => values
+                .into_iter()
+                .map(|value| match value {
+                    redis::Value::ServerError(err) => Err(classify(&self.endpoint, RedisError::from(err))),
+                    other => redis::from_redis_value::<String>(other).map_err(|err| StreamCallError::Rejected {
+                        endpoint: self.endpoint.to_string(),
+                        message: format!("unexpected reply to XADD: {err}"),
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    /// `PING` within the socket timeout.
+    pub async fn ping(&self) -> Result<(), StreamCallError> {
+        self.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
+            .await
+            .map(drop)
+    }
+
+    async fn run<T, F, Fut>(&self, call: F) -> Result<T, StreamCallError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        // The manager bounds connect and reply separately; this bounds the whole call.
+        let limit = self.endpoint.connect_timeout + self.endpoint.socket_timeout;
+        match tokio::time::timeout(limit, call(self.manager.clone())).await {
+            Ok(result) => result.map_err(|err| classify(&self.endpoint, err)),
+            Err(_) => Err(StreamCallError::Unavailable {
+                endpoint: self.endpoint.to_string(),
+                message: format!("no reply within {limit:?}"),
+            }),
+        }
+    }
+}
+
+fn xadd_command(stream: &str, fields: &[(String, String)], max_len: Option<u64>) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream);
+    if let Some(max_len) = max_len {
+        cmd.arg("MAXLEN").arg("~").arg(max_len);
+    }
+    cmd.arg("*");
+    for (field, value) in fields {
+        cmd.arg(field).arg(value);
+    }
+    cmd
+}
+
+/// Sorts a Redis error into "try again later" and "this command is wrong".
+fn classify(endpoint: &RedisEndpoint, err: RedisError) -> StreamCallError {
+    let endpoint = endpoint.to_string();
+    let message = err.to_string();
+    let transient = err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_refusal()
+        || err.is_connection_dropped()
+        || matches!(
+            err.kind(),
+            ErrorKind::Io
+                | ErrorKind::AuthenticationFailed
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        )
+        || matches!(err.code(), Some("OOM" | "NOAUTH" | "WRONGPASS" | "BUSY" | "MISCONF"));
+    if transient {
+        StreamCallError::Unavailable { endpoint, message }
+    } else {
+        StreamCallError::Rejected { endpoint, message }
+    }
+}

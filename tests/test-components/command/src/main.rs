@@ -1,0 +1,4 @@
+//! A component of the `wasi:cli/command` world, not a Broadcaster backend.
+fn main() {
+    println!("hello from a command component");
+}
