@@ -80,7 +80,7 @@ pub mod bindings {
         world: "publisher",
         pub_export_macro: true,
         default_bindings_module: "broadcaster_guest::bindings",
-        runtime_path: "broadcaster_guest::__private::wit_bindgen",
+        runtime_path: "broadcaster_guest::__private::wit_bindgen::rt",
         generate_all,
     });
 }
@@ -156,16 +156,15 @@ pub mod redis_stream {
         raw::ping()
     }
 
-    impl std::fmt::Display for Error {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            match self {
-                Error::NotGranted => f.write_str("this publisher has no `redis` grant"),
-                Error::StreamDenied(stream) => {
-                    write!(f, "stream {stream:?} is outside the streams granted to this publisher")
-                }
-                Error::Unavailable(message) => write!(f, "Redis is unavailable: {message}"),
-                Error::Rejected(message) => write!(f, "Redis rejected the entry: {message}"),
+    /// A sentence for people: what went wrong.
+    pub fn describe(err: &Error) -> String {
+        match err {
+            Error::NotGranted => "this publisher has no `redis` grant".to_string(),
+            Error::StreamDenied(stream) => {
+                format!("stream {stream:?} is outside the streams granted to this publisher")
             }
+            Error::Unavailable(message) => format!("Redis is unavailable: {message}"),
+            Error::Rejected(message) => format!("Redis rejected the entry: {message}"),
         }
     }
 
@@ -173,8 +172,8 @@ pub mod redis_stream {
     impl From<Error> for PublishError {
         fn from(err: Error) -> Self {
             match &err {
-                Error::Unavailable(_) => PublishError::Transient(err.to_string()),
-                _ => PublishError::Permanent(err.to_string()),
+                Error::Unavailable(_) => PublishError::Transient(describe(&err)),
+                _ => PublishError::Permanent(describe(&err)),
             }
         }
     }
@@ -203,14 +202,5 @@ pub mod log {
     /// Logs at `error`.
     pub fn error(message: &str) {
         log(Level::Error, message);
-    }
-}
-
-impl std::fmt::Display for PublishError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PublishError::Transient(m) => write!(f, "transient: {m}"),
-            PublishError::Permanent(m) => write!(f, "permanent: {m}"),
-        }
     }
 }
