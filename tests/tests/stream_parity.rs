@@ -1,0 +1,233 @@
+//! The native `redis-stream` backend and the `redis-stream` component write the same entry
+//! for the same event, field for field (only the entry id differs), and what they write is
+//! what the seed's consumers read.
+
+use broadcaster::config::Config;
+use broadcaster::event::{OutboxEvent, Payload};
+use broadcaster::publisher::PublishError;
+use broadcaster::registry::PublisherRegistry;
+use broadcaster_tests::{RedisServer, components};
+use redis::Commands;
+use serde_json::json;
+
+type Entry = (String, Vec<(String, String)>);
+
+fn config(redis: &RedisServer) -> Config {
+    let text = format!(
+        r#"
+        [publishers.native]
+        backend = "redis-stream"
+        [publishers.native.options]
+        host = "127.0.0.1"
+        port = {port}
+        stream_name = "native"
+
+        [publishers.component]
+        component = "{component}"
+        [publishers.component.options]
+        stream_name = "component"
+        [publishers.component.grants]
+        redis = {{ host = "127.0.0.1", port = {port}, streams = ["component"] }}
+        "#,
+        port = redis.port(),
+        component = components::REDIS_STREAM,
+    );
+    Config::from_toml(&text, "parity.toml".as_ref(), Vec::new()).unwrap()
+}
+
+/// Every entry of `stream`, fields in the order Redis stored them.
+fn entries(redis: &RedisServer, stream: &str) -> Vec<Entry> {
+    let mut conn = redis.client();
+    let reply: redis::Value = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(&mut conn).unwrap();
+    let entries: Vec<(String, Vec<String>)> = redis::from_redis_value(reply).unwrap();
+    entries
+        .into_iter()
+        .map(|(id, flat)| (id, flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()))
+        .collect()
+}
+
+fn sample_events() -> Vec<OutboxEvent> {
+    let mut events = Vec::new();
+
+    let mut plain = OutboxEvent::new("order.created", "/shop/orders");
+    plain.data = Payload::Json(json!({"order_id": 42, "total": 12.5, "items": ["a", "b"]}));
+    events.push(plain);
+
+    let mut full = OutboxEvent::new("order.shipped", "/shop/orders");
+    full.subject = "order/42".into();
+    full.data_schema = "https://example.com/schemas/order.json".into();
+    full.data = Payload::Json(json!({"carrier": "DHL"}));
+    events.push(full);
+
+    let mut unicode = OutboxEvent::new("user.renamed", "/accounts");
+    unicode.data = Payload::Json(json!({"name": "Zoë Ångström 山田 😀", "note": "tab\tquote\"backslash\\", "del": "\u{7f}"}));
+    events.push(unicode);
+
+    let mut null_data = OutboxEvent::new("ping", "/health");
+    null_data.data = Payload::Json(serde_json::Value::Null);
+    events.push(null_data);
+
+    let mut no_data = OutboxEvent::new("ping", "/health");
+    no_data.data = Payload::None;
+    no_data.data_content_type = String::new();
+    events.push(no_data);
+
+    let mut floats = OutboxEvent::new("metrics", "/m");
+    floats.data = Payload::Json(json!({"one": 1.0, "big": 1e16, "small": 1e-7, "neg": -0.5, "int": 10}));
+    events.push(floats);
+
+    let mut extras = OutboxEvent::new("order.created", "/shop/orders");
+    extras.data = Payload::Json(json!([1, 2, 3]));
+    extras.publisher_config.insert("tenant".into(), json!("acme"));
+    extras.publisher_config.insert("priority".into(), json!(5));
+    extras.publisher_config.insert("ratio".into(), json!(0.25));
+    extras.publisher_config.insert("flag".into(), json!(true));
+    extras.publisher_config.insert("tags".into(), json!({"region": "eu", "list": [1, null]}));
+    extras.publisher_config.insert("unicode".into(), json!("café"));
+    events.push(extras);
+
+    let mut at_whole_second = OutboxEvent::new("tick", "/clock");
+    at_whole_second.created_at = chrono::DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z").unwrap();
+    events.push(at_whole_second);
+
+    events
+}
+
+#[tokio::test]
+async fn native_and_component_entries_are_equal_field_by_field() {
+    let redis = RedisServer::start();
+    let registry = PublisherRegistry::build(&config(&redis), None).await.unwrap();
+    let events = sample_events();
+    for event in &events {
+        registry.get("native").unwrap().publish(event).await.unwrap();
+        registry.get("component").unwrap().publish(event).await.unwrap();
+    }
+    let native = entries(&redis, "native");
+    let component = entries(&redis, "component");
+    assert_eq!(native.len(), events.len());
+    assert_eq!(component.len(), events.len());
+    for ((event, (_, native_fields)), (_, component_fields)) in events.iter().zip(&native).zip(&component) {
+        assert_eq!(native_fields, component_fields, "entries differ for event {}", event.event_type);
+        // And both are exactly the seed's rendering of the event.
+        assert_eq!(native_fields, &event.stream_fields().unwrap());
+    }
+    // Spot checks against the seed's exact bytes.
+    let unicode = &native[2].1;
+    let cloud_event = &unicode.iter().find(|(k, _)| k == "cloud_event").unwrap().1;
+    assert!(
+        cloud_event.contains(r#""data": {"name": "Zo\u00eb \u00c5ngstr\u00f6m \u5c71\u7530 \ud83d\ude00", "note": "tab\tquote\"backslash\\", "del": "\u007f"}"#),
+        "{cloud_event}"
+    );
+    let extras = &native[6].1;
+    let names: Vec<&str> = extras.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        ["event_id", "event_type", "source", "timestamp", "cloud_event", "tenant", "priority", "ratio", "flag", "tags", "unicode"]
+    );
+    assert_eq!(extras[9].1, r#"{"region": "eu", "list": [1, null]}"#);
+    assert_eq!(extras[10].1, "café");
+    assert_eq!(native[7].1[3].1, "2026-11-29T10:00:00+00:00");
+    let null_cloud_event = &native[3].1[4].1;
+    assert!(!null_cloud_event.contains("\"data\""), "{null_cloud_event}");
+    let shipped = &native[1].1[4].1;
+    assert!(shipped.contains(r#""subject": "order/42", "datacontenttype": "application/json", "dataschema": "https://example.com/schemas/order.json""#), "{shipped}");
+}
+
+#[tokio::test]
+async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_error_for_both() {
+    let redis = RedisServer::start();
+    let registry = PublisherRegistry::build(&config(&redis), None).await.unwrap();
+    let mut event = OutboxEvent::new("order.created", "/shop");
+    event.publisher_config.insert("event_id".into(), json!("forged"));
+    for name in ["native", "component"] {
+        let err = registry.get(name).unwrap().publish(&event).await.unwrap_err();
+        assert!(matches!(&err, PublishError::Permanent(m) if m.contains("event_id")), "{name}: {err}");
+    }
+    let mut batch = vec![OutboxEvent::new("ok", "/s"), event.clone()];
+    batch[0].publisher_config.insert("fine".into(), json!(1));
+    let results = registry.get("native").unwrap().publish_batch(&batch).await;
+    assert!(results[0].is_ok());
+    assert!(matches!(&results[1], Err(PublishError::Permanent(_))));
+    let mut conn = redis.client();
+    assert_eq!(conn.xlen::<_, usize>("native").unwrap(), 1, "only the good event of the batch is written");
+    assert_eq!(conn.xlen::<_, usize>("component").unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_seeds_consumer_reads_type_and_id_from_cloud_event() {
+    let redis = RedisServer::start();
+    let registry = PublisherRegistry::build(&config(&redis), None).await.unwrap();
+    let events = sample_events();
+    for event in &events {
+        registry.get("component").unwrap().publish(event).await.unwrap();
+    }
+    // What the seed's docs do: XREAD from 0, json.loads(cloud_event), read type and id.
+    let mut conn = redis.client();
+    let reply: redis::streams::StreamReadReply = conn
+        .xread_options(&["component"], &["0"], &redis::streams::StreamReadOptions::default().count(100))
+        .unwrap();
+    let read = &reply.keys[0].ids;
+    assert_eq!(read.len(), events.len());
+    for (entry, event) in read.iter().zip(&events) {
+        let text: String = entry.get("cloud_event").unwrap();
+        let cloud_event: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(cloud_event["type"], event.event_type.as_str());
+        assert_eq!(cloud_event["id"], event.id.as_str());
+        assert_eq!(cloud_event["specversion"], "1.0");
+    }
+}
+
+#[tokio::test]
+async fn a_python_consumer_with_the_cloudevents_sdk_reads_the_entries() {
+    let redis = RedisServer::start();
+    let registry = PublisherRegistry::build(&config(&redis), None).await.unwrap();
+    let events = sample_events();
+    for event in &events {
+        registry.get("native").unwrap().publish(event).await.unwrap();
+        registry.get("component").unwrap().publish(event).await.unwrap();
+    }
+    let script = r#"
+import json, sys
+import redis
+from cloudevents.core.formats.json import JSONFormat
+
+r = redis.Redis(host="127.0.0.1", port=int(sys.argv[1]), db=0)
+for stream in ("native", "component"):
+    messages = r.xread({stream: "0"}, count=100, block=1000)
+    for stream_name, stream_messages in messages:
+        for message_id, message_data in stream_messages:
+            # The seed's documented consumer...
+            cloud_event = json.loads(message_data[b"cloud_event"].decode("utf-8"))
+            # Byte for byte what the seed's json.dumps(event.to_cloud_event()) writes.
+            assert json.dumps(cloud_event) == message_data[b"cloud_event"].decode("utf-8")
+            # ...and the CloudEvents SDK reading the same JSON.
+            event = JSONFormat().read(None, message_data[b"cloud_event"])
+            assert event.get_id() == cloud_event["id"] == message_data[b"event_id"].decode()
+            assert event.get_type() == cloud_event["type"] == message_data[b"event_type"].decode()
+            assert event.get_time().isoformat() == message_data[b"timestamp"].decode()
+            assert event.get_data() == cloud_event.get("data")
+            print(stream, cloud_event["type"], cloud_event["id"])
+"#;
+    let python = std::env::var("BROADCASTER_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(redis.port().to_string())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {python}: {err}"));
+    assert!(
+        output.status.success(),
+        "the Python consumer failed (it needs `pip install redis cloudevents`; scripts/test installs them \
+         and sets BROADCASTER_TEST_PYTHON):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2 * events.len(), "{stdout}");
+    for (line, event) in lines.iter().zip(&events) {
+        assert_eq!(*line, format!("native {} {}", event.event_type, event.id));
+    }
+    for (line, event) in lines[events.len()..].iter().zip(&events) {
+        assert_eq!(*line, format!("component {} {}", event.event_type, event.id));
+    }
+}
