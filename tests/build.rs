@@ -19,7 +19,13 @@ fn main() {
     // target directory next to the host's, so they neither wait on its lock nor rebuild.
     let target_dir = out_dir.ancestors().nth(4).unwrap().join("wasm-components");
 
-    for dir in ["wit", "guest-sdk/src", "guest-sdk/Cargo.toml", "entry/src", "entry/Cargo.toml"] {
+    for dir in [
+        "wit",
+        "guest-sdk/src",
+        "guest-sdk/Cargo.toml",
+        "entry/src",
+        "entry/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let mut constants = String::new();
@@ -52,10 +58,22 @@ fn build(workspace: &Path, target_dir: &Path) {
         .arg("--target-dir")
         .arg(target_dir);
     // Flags meant for the host build must not leak into the wasm build.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "CARGO_MAKEFLAGS", "MAKEFLAGS", "CARGO_LLVM_COV", "LLVM_PROFILE_FILE"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "CARGO_LLVM_COV",
+        "LLVM_PROFILE_FILE",
+    ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().unwrap_or_else(|err| panic!("cannot run cargo to build {}: {err}", workspace.display()));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|err| panic!("cannot run cargo to build {}: {err}", workspace.display()));
     assert!(
         status.success(),
         "building the components in {} for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)",

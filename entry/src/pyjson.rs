@@ -193,10 +193,7 @@ mod tests {
     fn strings_escape_everything_outside_printable_ascii() {
         let mut s = String::new();
         write_str(&mut s, "a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{7f}é€😀/");
-        assert_eq!(
-            s,
-            r#""a\"b\\c\n\r\t\b\f\u0001\u007f\u00e9\u20ac\ud83d\ude00/""#
-        );
+        assert_eq!(s, r#""a\"b\\c\n\r\t\b\f\u0001\u007f\u00e9\u20ac\ud83d\ude00/""#);
     }
 
     #[test]
@@ -211,9 +208,6 @@ mod tests {
     #[test]
     fn integers_keep_their_full_width() {
         let v = json!([i64::MIN, u64::MAX, -1, 0]);
-        assert_eq!(
-            to_string(&v),
-            "[-9223372036854775808, 18446744073709551615, -1, 0]"
-        );
+        assert_eq!(to_string(&v), "[-9223372036854775808, 18446744073709551615, -1, 0]");
     }
 }

@@ -36,10 +36,7 @@ impl std::error::Error for FieldCollision {}
 /// The entry's fields, in order: the five reserved ones, then `extras` (the event's
 /// `publisher_config`, already turned into field values with [`extra_value`] or
 /// [`extra_value_from_json_text`]).
-pub fn fields(
-    event: &CloudEvent<'_>,
-    extras: Vec<(String, String)>,
-) -> Result<Vec<(String, String)>, FieldCollision> {
+pub fn fields(event: &CloudEvent<'_>, extras: Vec<(String, String)>) -> Result<Vec<(String, String)>, FieldCollision> {
     if let Some((key, _)) = extras.iter().find(|(k, _)| RESERVED_FIELDS.contains(&k.as_str())) {
         return Err(FieldCollision { key: key.clone() });
     }
@@ -97,7 +94,10 @@ mod tests {
     fn reserved_fields_come_first_then_extras_in_order() {
         let f = fields(&event(), vec![("b".into(), "1".into()), ("a".into(), "x".into())]).unwrap();
         let names: Vec<_> = f.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["event_id", "event_type", "source", "timestamp", "cloud_event", "b", "a"]);
+        assert_eq!(
+            names,
+            ["event_id", "event_type", "source", "timestamp", "cloud_event", "b", "a"]
+        );
         assert_eq!(f[3].1, "2026-01-01T00:00:00+00:00");
     }
 

@@ -131,7 +131,7 @@ macro_rules! export_backend {
                     $crate::__private::health_check::<$backend>()
                 }
             }
-            $crate::__private::export_publisher!(__BroadcasterBackend with_types_in $crate::bindings);
+    $crate::__private::export_publisher!(__BroadcasterBackend with_types_in $crate::bindings);
         };
     };
 }

@@ -16,7 +16,11 @@ pub fn init<B: Backend>(options: &str) -> Result<(), String> {
     let mut deserializer = serde_json::Deserializer::from_str(options);
     let parsed: B::Options = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
-        if path == "." { format!("options: {}", err.into_inner()) } else { format!("option `{path}`: {}", err.into_inner()) }
+        if path == "." {
+            format!("options: {}", err.into_inner())
+        } else {
+            format!("option `{path}`: {}", err.into_inner())
+        }
     })?;
     let backend = B::init(parsed)?;
     INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(backend)));

@@ -16,8 +16,8 @@ pub struct InputError(pub String);
 ///
 /// `time` becomes `created_at` (now when absent); extension attributes are kept as text.
 pub fn parse_cloud_event_json(text: &str) -> Result<OutboxEvent, InputError> {
-    let parsed: cloudevents::Event = serde_json::from_str(text)
-        .map_err(|err| InputError(format!("not a CloudEvent JSON document: {err}")))?;
+    let parsed: cloudevents::Event =
+        serde_json::from_str(text).map_err(|err| InputError(format!("not a CloudEvent JSON document: {err}")))?;
     let mut event = OutboxEvent::new(parsed.ty(), parsed.source().to_string());
     event.id = parsed.id().to_string();
     event.spec_version = parsed.specversion().to_string();
@@ -54,7 +54,9 @@ pub fn parse_cloud_event_json(text: &str) -> Result<OutboxEvent, InputError> {
 /// Parses `--data`: JSON text.
 pub fn parse_data_flag(text: &str) -> Result<Value, InputError> {
     serde_json::from_str(text).map_err(|err| {
-        InputError(format!("--data is not valid JSON ({err}); quote a string as '\"text\"'"))
+        InputError(format!(
+            "--data is not valid JSON ({err}); quote a string as '\"text\"'"
+        ))
     })
 }
 
@@ -73,7 +75,11 @@ pub fn parse_publisher_config(text: &str) -> Result<Map<String, Value>, InputErr
 pub fn parse_time(flag: &str, text: &str) -> Result<DateTime<FixedOffset>, InputError> {
     DateTime::parse_from_rfc3339(text)
         .map(truncate_to_micros)
-        .map_err(|err| InputError(format!("{flag} {text:?} is not an RFC 3339 time like 2026-11-29T10:00:00Z: {err}")))
+        .map_err(|err| {
+            InputError(format!(
+                "{flag} {text:?} is not an RFC 3339 time like 2026-11-29T10:00:00Z: {err}"
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -94,7 +100,13 @@ mod tests {
         assert_eq!(event.data, Payload::Json(serde_json::json!({"total": 1.5})));
         let mut ext = event.extensions.clone();
         ext.sort();
-        assert_eq!(ext, [("priority".to_string(), "3".to_string()), ("tenant".to_string(), "a".to_string())]);
+        assert_eq!(
+            ext,
+            [
+                ("priority".to_string(), "3".to_string()),
+                ("tenant".to_string(), "a".to_string())
+            ]
+        );
     }
 
     #[test]
@@ -116,6 +128,11 @@ mod tests {
     fn flags_are_checked() {
         assert!(parse_data_flag("{oops").unwrap_err().0.contains("--data"));
         assert!(parse_publisher_config("[1]").unwrap_err().0.contains("JSON object"));
-        assert!(parse_time("--scheduled-at", "tomorrow").unwrap_err().0.contains("RFC 3339"));
+        assert!(
+            parse_time("--scheduled-at", "tomorrow")
+                .unwrap_err()
+                .0
+                .contains("RFC 3339")
+        );
     }
 }

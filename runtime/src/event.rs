@@ -137,7 +137,8 @@ pub fn now_micros() -> DateTime<Utc> {
 /// `t` with its sub-microsecond part dropped.
 pub fn truncate_to_micros<Tz: chrono::TimeZone>(t: DateTime<Tz>) -> DateTime<Tz> {
     let nanos = t.nanosecond();
-    t.with_nanosecond(nanos - nanos % 1000).expect("nanoseconds below a second stay valid")
+    t.with_nanosecond(nanos - nanos % 1000)
+        .expect("nanoseconds below a second stay valid")
 }
 
 /// Renders `t` as Python's `datetime.isoformat()` does for an aware datetime:
@@ -153,7 +154,7 @@ pub fn isoformat(t: &DateTime<FixedOffset>) -> String {
     let sign = if offset < 0 { '-' } else { '+' };
     let offset = offset.unsigned_abs();
     out.push_str(&format!("{sign}{:02}:{:02}", offset / 3600, offset / 60 % 60));
-    if offset % 60 != 0 {
+    if !offset.is_multiple_of(60) {
         out.push_str(&format!(":{:02}", offset % 60));
     }
     out
@@ -171,13 +172,28 @@ mod tests {
     #[test]
     fn isoformat_matches_python() {
         assert_eq!(isoformat(&at("2026-11-29T10:00:00Z")), "2026-11-29T10:00:00+00:00");
-        assert_eq!(isoformat(&at("2026-11-29T10:00:00.123456Z")), "2026-11-29T10:00:00.123456+00:00");
-        assert_eq!(isoformat(&at("2026-11-29T10:00:00.000001Z")), "2026-11-29T10:00:00.000001+00:00");
-        assert_eq!(isoformat(&at("2026-11-29T10:00:00.5+02:00")), "2026-11-29T10:00:00.500000+02:00");
+        assert_eq!(
+            isoformat(&at("2026-11-29T10:00:00.123456Z")),
+            "2026-11-29T10:00:00.123456+00:00"
+        );
+        assert_eq!(
+            isoformat(&at("2026-11-29T10:00:00.000001Z")),
+            "2026-11-29T10:00:00.000001+00:00"
+        );
+        assert_eq!(
+            isoformat(&at("2026-11-29T10:00:00.5+02:00")),
+            "2026-11-29T10:00:00.500000+02:00"
+        );
         assert_eq!(isoformat(&at("2026-11-29T10:00:00-05:30")), "2026-11-29T10:00:00-05:30");
         // Sub-microsecond digits are dropped, as Python's datetime cannot hold them.
-        assert_eq!(isoformat(&at("2026-11-29T10:00:00.123456789Z")), "2026-11-29T10:00:00.123456+00:00");
-        let odd = FixedOffset::east_opt(3600 + 30).unwrap().with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(
+            isoformat(&at("2026-11-29T10:00:00.123456789Z")),
+            "2026-11-29T10:00:00.123456+00:00"
+        );
+        let odd = FixedOffset::east_opt(3600 + 30)
+            .unwrap()
+            .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+            .unwrap();
         assert_eq!(isoformat(&odd), "2026-01-02T03:04:05+01:00:30");
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, PublisherConfig, PublisherKind, table_to_json};
 use crate::host::{
-    ComponentError, ComponentPublisher, ComponentSettings, EngineError, HostEngine, LoadedComponent,
-    RedisCapability, StartError, StreamPatterns,
+    ComponentError, ComponentPublisher, ComponentSettings, EngineError, HostEngine, LoadedComponent, RedisCapability,
+    StartError, StreamPatterns,
 };
 use crate::publisher::{Health, Publisher, RedisStreamOptions, RedisStreamPublisher};
 use crate::stream_client::{RedisEndpoint, StreamClient};
@@ -78,7 +78,12 @@ impl PublisherRegistry {
                 }
             }
         }
-        let mut builder = Builder { config, engine: None, components: HashMap::new(), clients: HashMap::new() };
+        let mut builder = Builder {
+            config,
+            engine: None,
+            components: HashMap::new(),
+            clients: HashMap::new(),
+        };
         let mut publishers = BTreeMap::new();
         for (name, publisher_config) in &config.publishers {
             if only.is_some_and(|names| !names.contains(&name.as_str())) {
@@ -100,7 +105,11 @@ impl PublisherRegistry {
 
     /// The publisher for an event's `publisher_backend` (empty: `default`).
     pub fn route(&self, publisher_backend: &str) -> Result<&Publisher, UnknownPublisher> {
-        self.get(if publisher_backend.is_empty() { crate::config::DEFAULT_PUBLISHER } else { publisher_backend })
+        self.get(if publisher_backend.is_empty() {
+            crate::config::DEFAULT_PUBLISHER
+        } else {
+            publisher_backend
+        })
     }
 
     /// The publishers, by name.
@@ -110,20 +119,28 @@ impl PublisherRegistry {
 
     /// Checks every publisher at once; results in name order.
     pub async fn health(&self) -> Vec<(String, Publisher, Health)> {
-        let checks = self.publishers.iter().map(|(name, publisher)| async move {
-            (name.clone(), publisher.clone(), publisher.health().await)
-        });
+        let checks = self
+            .publishers
+            .iter()
+            .map(|(name, publisher)| async move { (name.clone(), publisher.clone(), publisher.health().await) });
         futures::future::join_all(checks).await
     }
 }
 
 fn known_names<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let names: Vec<&str> = names.map(String::as_str).collect();
-    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn unknown(config: &Config, name: &str) -> UnknownPublisher {
-    UnknownPublisher { name: name.to_string(), known: known_names(config.publishers.keys()) }
+    UnknownPublisher {
+        name: name.to_string(),
+        known: known_names(config.publishers.keys()),
+    }
 }
 
 struct Builder<'a> {
@@ -137,15 +154,16 @@ impl Builder<'_> {
     async fn publisher(&mut self, name: &str, publisher: &PublisherConfig) -> Result<Publisher, RegistryError> {
         match self.config.kind_of(name, publisher)? {
             PublisherKind::RedisStream => {
-                let options = RedisStreamOptions::from_table(&publisher.options).map_err(|message| {
-                    RegistryError::Options {
+                let options =
+                    RedisStreamOptions::from_table(&publisher.options).map_err(|message| RegistryError::Options {
                         publisher: name.to_string(),
                         config: self.config.path.display().to_string(),
                         message,
-                    }
-                })?;
+                    })?;
                 let client = self.client(options.endpoint())?;
-                Ok(Publisher::RedisStream(Arc::new(RedisStreamPublisher::new(options, client))))
+                Ok(Publisher::RedisStream(Arc::new(RedisStreamPublisher::new(
+                    options, client,
+                ))))
             }
             PublisherKind::Component(path) => {
                 let component = self.component(name, &path).await?;
@@ -194,7 +212,10 @@ impl Builder<'_> {
     async fn component(&mut self, publisher: &str, path: &std::path::Path) -> Result<LoadedComponent, RegistryError> {
         let key = std::fs::canonicalize(path).map_err(|source| RegistryError::Component {
             publisher: publisher.to_string(),
-            source: ComponentError::Read { path: path.to_path_buf(), source },
+            source: ComponentError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
         })?;
         if let Some(loaded) = self.components.get(&key) {
             return Ok(loaded.clone());
@@ -204,7 +225,10 @@ impl Builder<'_> {
         let loaded = tokio::task::spawn_blocking(move || LoadedComponent::load(&engine, &file))
             .await
             .expect("component compilation panicked")
-            .map_err(|source| RegistryError::Component { publisher: publisher.to_string(), source })?;
+            .map_err(|source| RegistryError::Component {
+                publisher: publisher.to_string(),
+                source,
+            })?;
         self.components.insert(key, loaded.clone());
         Ok(loaded)
     }

@@ -86,7 +86,9 @@ pub struct StreamClient {
 
 impl std::fmt::Debug for StreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamClient").field("endpoint", &self.endpoint).finish()
+        f.debug_struct("StreamClient")
+            .field("endpoint", &self.endpoint)
+            .finish()
     }
 }
 
@@ -111,7 +113,8 @@ impl StreamClient {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|err| classify(&endpoint, err))?;
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|err| classify(&endpoint, err))?;
         Ok(Self { endpoint, manager })
     }
 
@@ -128,7 +131,8 @@ impl StreamClient {
         max_len: Option<u64>,
     ) -> Result<String, StreamCallError> {
         let cmd = xadd_command(stream, fields, max_len);
-        self.run(|mut conn| async move { cmd.query_async::<String>(&mut conn).await }).await
+        self.run(|mut conn| async move { cmd.query_async::<String>(&mut conn).await })
+            .await
     }
 
     /// Appends many entries in one round trip (a pipeline of `XADD`s). Returns one result

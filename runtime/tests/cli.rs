@@ -41,14 +41,20 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
 }
 
 fn native_config(redis_port: u16) -> String {
-    format!("[publishers.default]\nbackend = \"redis-stream\"\n[publishers.default.options]\nhost = \"127.0.0.1\"\nport = {redis_port}\n")
+    format!(
+        "[publishers.default]\nbackend = \"redis-stream\"\n[publishers.default.options]\nhost = \"127.0.0.1\"\nport = {redis_port}\n"
+    )
 }
 
 #[track_caller]
 fn assert_bad_input(run: &Run, expected: &[&str]) {
     assert_eq!(run.code, 2, "exit code; stderr: {}", run.stderr);
     for text in expected {
-        assert!(run.stderr.contains(text), "stderr should contain {text:?}:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(text),
+            "stderr should contain {text:?}:\n{}",
+            run.stderr
+        );
     }
 }
 
@@ -58,8 +64,21 @@ fn send_with_flags_publishes_and_prints_the_event_id() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &native_config(redis.port()));
     let run = broadcaster(
-        &["send", "--config", config.to_str().unwrap(), "--type", "order.created", "--source", "/shop",
-          "--subject", "order/1", "--data", r#"{"total": 9.5}"#, "--publisher-config", r#"{"tenant": "a"}"#],
+        &[
+            "send",
+            "--config",
+            config.to_str().unwrap(),
+            "--type",
+            "order.created",
+            "--source",
+            "/shop",
+            "--subject",
+            "order/1",
+            "--data",
+            r#"{"total": 9.5}"#,
+            "--publisher-config",
+            r#"{"tenant": "a"}"#,
+        ],
         None,
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -71,7 +90,10 @@ fn send_with_flags_publishes_and_prints_the_event_id() {
     assert_eq!(entry.get::<String>("event_id").unwrap(), id);
     assert_eq!(entry.get::<String>("tenant").unwrap(), "a");
     let cloud_event: String = entry.get("cloud_event").unwrap();
-    assert!(cloud_event.contains(r#""subject": "order/1""#) && cloud_event.contains(r#""data": {"total": 9.5}"#), "{cloud_event}");
+    assert!(
+        cloud_event.contains(r#""subject": "order/1""#) && cloud_event.contains(r#""data": {"total": 9.5}"#),
+        "{cloud_event}"
+    );
 }
 
 #[test]
@@ -81,7 +103,16 @@ fn send_reads_a_cloud_event_from_stdin_and_still_applies_publisher_config() {
     let config = write_config(dir.path(), &native_config(redis.port()));
     let event = r#"{"specversion": "1.0", "id": "evt-1", "type": "user.created", "source": "/accounts",
                     "time": "2026-11-29T10:00:00Z", "data": {"name": "Zoë"}}"#;
-    let run = broadcaster(&["send", "-c", config.to_str().unwrap(), "--publisher-config", r#"{"shard": 3}"#], Some(event));
+    let run = broadcaster(
+        &[
+            "send",
+            "-c",
+            config.to_str().unwrap(),
+            "--publisher-config",
+            r#"{"shard": 3}"#,
+        ],
+        Some(event),
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout.trim(), "evt-1");
     let entries: redis::streams::StreamRangeReply = redis.client().xrange_all("events").unwrap();
@@ -96,11 +127,25 @@ fn send_that_the_publisher_refuses_exits_1_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &native_config(redis.port()));
     let run = broadcaster(
-        &["send", "-c", config.to_str().unwrap(), "-t", "x", "-s", "/s", "--publisher-config", r#"{"source": "forged"}"#],
+        &[
+            "send",
+            "-c",
+            config.to_str().unwrap(),
+            "-t",
+            "x",
+            "-s",
+            "/s",
+            "--publisher-config",
+            r#"{"source": "forged"}"#,
+        ],
         None,
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("permanent") && run.stderr.contains("\"source\""), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("permanent") && run.stderr.contains("\"source\""),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -123,7 +168,10 @@ fn health_prints_a_table_and_exits_1_when_a_publisher_is_down() {
     assert_eq!(down.code, 1, "{}{}", down.stdout, down.stderr);
     let report: serde_json::Value = serde_json::from_str(&down.stdout).unwrap();
     assert_eq!(report.as_array().unwrap().len(), 2);
-    assert!(report.as_array().unwrap().iter().all(|row| row["healthy"] == false), "{report}");
+    assert!(
+        report.as_array().unwrap().iter().all(|row| row["healthy"] == false),
+        "{report}"
+    );
 }
 
 #[test]
@@ -137,7 +185,10 @@ fn a_missing_config_file_is_bad_input_with_a_hint() {
 #[test]
 fn an_unknown_config_key_is_bad_input_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "[publishers.default]\nbackend = \"redis-stream\"\nbakend = 1\n");
+    let config = write_config(
+        dir.path(),
+        "[publishers.default]\nbackend = \"redis-stream\"\nbakend = 1\n",
+    );
     let run = broadcaster(&["health", "-c", config.to_str().unwrap()], None);
     assert_bad_input(&run, &["publishers.default.bakend", "unknown field"]);
 }
@@ -158,7 +209,10 @@ fn a_core_module_is_not_a_component() {
     let run = broadcaster(&["check", module.to_str().unwrap()], None);
     assert_bad_input(&run, &["core WebAssembly module, not a component", "wasm32-wasip2"]);
     let config = write_config(dir.path(), "[publishers.a]\ncomponent = \"core.wasm\"\n");
-    let run = broadcaster(&["send", "-c", config.to_str().unwrap(), "-p", "a", "-t", "t", "-s", "s"], None);
+    let run = broadcaster(
+        &["send", "-c", config.to_str().unwrap(), "-p", "a", "-t", "t", "-s", "s"],
+        None,
+    );
     assert_bad_input(&run, &["publisher `a`", "core WebAssembly module"]);
 }
 
@@ -167,7 +221,10 @@ fn a_file_that_is_not_wasm_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("notes.wasm");
     std::fs::write(&file, b"hello").unwrap();
-    assert_bad_input(&broadcaster(&["check", file.to_str().unwrap()], None), &["not a WebAssembly file"]);
+    assert_bad_input(
+        &broadcaster(&["check", file.to_str().unwrap()], None),
+        &["not a WebAssembly file"],
+    );
 }
 
 #[test]
@@ -180,7 +237,11 @@ fn a_component_for_another_world_is_refused_with_what_it_exports() {
 fn check_accepts_a_backend_and_lists_its_imports() {
     let run = broadcaster(&["check", components::ROUTER], None);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.starts_with("ok:") && run.stdout.contains("broadcaster:backend/redis-stream@0.1.0"), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("ok:") && run.stdout.contains("broadcaster:backend/redis-stream@0.1.0"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -188,9 +249,15 @@ fn init_rejecting_its_options_is_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        &format!("[publishers.r]\ncomponent = \"{}\"\n[publishers.r.options]\nroutes = {{}}\n", components::ROUTER),
+        &format!(
+            "[publishers.r]\ncomponent = \"{}\"\n[publishers.r.options]\nroutes = {{}}\n",
+            components::ROUTER
+        ),
     );
-    let run = broadcaster(&["send", "-c", config.to_str().unwrap(), "-p", "r", "-t", "t", "-s", "s"], None);
+    let run = broadcaster(
+        &["send", "-c", config.to_str().unwrap(), "-p", "r", "-t", "t", "-s", "s"],
+        None,
+    );
     assert_bad_input(&run, &["publisher `r`", "init rejected", "option `routes`"]);
 }
 
@@ -198,7 +265,20 @@ fn init_rejecting_its_options_is_bad_input() {
 fn an_unknown_publisher_name_is_bad_input_listing_the_configured_ones() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &native_config(6379));
-    let run = broadcaster(&["send", "-c", config.to_str().unwrap(), "-p", "nope", "-t", "t", "-s", "s"], None);
+    let run = broadcaster(
+        &[
+            "send",
+            "-c",
+            config.to_str().unwrap(),
+            "-p",
+            "nope",
+            "-t",
+            "t",
+            "-s",
+            "s",
+        ],
+        None,
+    );
     assert_bad_input(&run, &["no publisher named `nope`", "configured: default"]);
 }
 
@@ -207,10 +287,25 @@ fn bad_event_input_is_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &native_config(6379));
     let c = config.to_str().unwrap();
-    assert_bad_input(&broadcaster(&["send", "-c", c, "-t", "t", "-s", "s", "--data", "{oops"], None), &["--data is not valid JSON"]);
-    assert_bad_input(&broadcaster(&["send", "-c", c, "-t", "t"], None), &["--source is required"]);
-    assert_bad_input(&broadcaster(&["send", "-c", c], Some("{\"id\": 1}")), &["not a CloudEvent"]);
-    assert_bad_input(&broadcaster(&["send", "-c", c, "-t", "t", "-s", "s", "--publisher-config", "[]"], None), &["JSON object"]);
+    assert_bad_input(
+        &broadcaster(&["send", "-c", c, "-t", "t", "-s", "s", "--data", "{oops"], None),
+        &["--data is not valid JSON"],
+    );
+    assert_bad_input(
+        &broadcaster(&["send", "-c", c, "-t", "t"], None),
+        &["--source is required"],
+    );
+    assert_bad_input(
+        &broadcaster(&["send", "-c", c], Some("{\"id\": 1}")),
+        &["not a CloudEvent"],
+    );
+    assert_bad_input(
+        &broadcaster(
+            &["send", "-c", c, "-t", "t", "-s", "s", "--publisher-config", "[]"],
+            None,
+        ),
+        &["JSON object"],
+    );
 }
 
 #[test]
@@ -221,5 +316,9 @@ fn help_explains_every_command() {
         assert!(run.stdout.contains(command), "{}", run.stdout);
     }
     let send = broadcaster(&["send", "--help"], None);
-    assert!(send.stdout.contains("--publisher-config") && send.stdout.contains("stdin"), "{}", send.stdout);
+    assert!(
+        send.stdout.contains("--publisher-config") && send.stdout.contains("stdin"),
+        "{}",
+        send.stdout
+    );
 }

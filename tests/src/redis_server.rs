@@ -57,7 +57,16 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -75,7 +84,11 @@ impl RedisServer {
             if ready.is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "redis-server on port {} did not come up", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not come up",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

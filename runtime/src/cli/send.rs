@@ -51,11 +51,17 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     match publisher.publish(&event).await {
         Ok(()) => {
             println!("{}", event.id);
-            eprintln!("published event {} ({}) through `{}`", event.id, event.event_type, args.publisher);
+            eprintln!(
+                "published event {} ({}) through `{}`",
+                event.id, event.event_type, args.publisher
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
-            eprintln!("error: publisher `{}` did not publish event {}: {err}", args.publisher, event.id);
+            eprintln!(
+                "error: publisher `{}` did not publish event {}: {err}",
+                args.publisher, event.id
+            );
             Ok(ExitCode::FAILURE)
         }
     }
@@ -94,7 +100,10 @@ fn event_from_args(args: &SendArgs) -> anyhow::Result<OutboxEvent> {
                 .into());
             }
             let mut text = String::new();
-            stdin.lock().read_to_string(&mut text).context("reading the event from stdin")?;
+            stdin
+                .lock()
+                .read_to_string(&mut text)
+                .context("reading the event from stdin")?;
             if text.trim().is_empty() {
                 return Err(InputError("stdin is empty: expected a CloudEvent JSON document".into()).into());
             }

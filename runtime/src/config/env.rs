@@ -38,7 +38,8 @@ pub fn apply_overrides(
         if path.iter().any(|segment| segment.is_empty()) {
             return Err(ConfigError::Env {
                 var,
-                message: "empty key segment; separate keys with a double underscore, e.g. BROADCASTER_OUTBOX__URL".into(),
+                message: "empty key segment; separate keys with a double underscore, e.g. BROADCASTER_OUTBOX__URL"
+                    .into(),
             });
         }
         set(table, &var, &path, &value)?;
@@ -62,7 +63,9 @@ fn set(table: &mut toml::Table, var: &str, path: &[&str], raw: &str) -> Result<(
         table.insert(key, parse_value(raw, keep_string));
         return Ok(());
     }
-    let entry = table.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let entry = table
+        .entry(key.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
     match entry {
         toml::Value::Table(inner) => set(inner, var, &path[1..], raw),
         _ => Err(ConfigError::Env {

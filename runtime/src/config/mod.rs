@@ -92,7 +92,9 @@ pub struct OutboxConfig {
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        Self { url: default_outbox_url() }
+        Self {
+            url: default_outbox_url(),
+        }
     }
 }
 
@@ -189,7 +191,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory: default_memory(), call_timeout: default_call_timeout() }
+        Self {
+            memory: default_memory(),
+            call_timeout: default_call_timeout(),
+        }
     }
 }
 
@@ -204,8 +209,10 @@ impl Config {
     /// Loads `path`, applies `BROADCASTER_…` overrides from the process environment, and
     /// validates the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_toml(&text, path, std::env::vars())
     }
 
@@ -220,8 +227,8 @@ impl Config {
             message: err.to_string().trim_end().to_string(),
         })?;
         env::apply_overrides(&mut table, vars)?;
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|err| ConfigError::Invalid {
+        let mut config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 key: err.path().to_string(),
                 message: err.into_inner().to_string(),
@@ -243,17 +250,14 @@ impl Config {
             if !valid_publisher_name(name) {
                 return Err(invalid(
                     "",
-                    "a publisher name is 1 to 100 characters of letters, digits, `-`, `_` and `.`"
-                        .into(),
+                    "a publisher name is 1 to 100 characters of letters, digits, `-`, `_` and `.`".into(),
                 ));
             }
-            if publisher.backend.is_some() {
-                if publisher.grants.redis.is_some() {
-                    return Err(invalid(
-                        "grants",
-                        "grants are for components; the native backend takes its connection from `options`".into(),
-                    ));
-                }
+            if publisher.backend.is_some() && publisher.grants.redis.is_some() {
+                return Err(invalid(
+                    "grants",
+                    "grants are for components; the native backend takes its connection from `options`".into(),
+                ));
             }
             if let Some(grant) = &publisher.grants.redis {
                 for pattern in &grant.streams {
@@ -302,14 +306,20 @@ impl Config {
 
     /// The publisher an event with `publisher_backend` goes to (`default` for an empty one).
     pub fn route<'a>(&self, publisher_backend: &'a str) -> &'a str {
-        if publisher_backend.is_empty() { DEFAULT_PUBLISHER } else { publisher_backend }
+        if publisher_backend.is_empty() {
+            DEFAULT_PUBLISHER
+        } else {
+            publisher_backend
+        }
     }
 }
 
 fn valid_publisher_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Converts TOML to JSON, keeping key order (datetimes become their TOML text).

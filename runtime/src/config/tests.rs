@@ -69,13 +69,19 @@ fn a_wrongly_typed_value_says_what_was_expected() {
 #[test]
 fn a_publisher_must_name_exactly_one_backend_or_component() {
     let neither = parse("[publishers.a]\n").unwrap_err().to_string();
-    assert!(neither.contains("publishers.a") && neither.contains("set `backend"), "{neither}");
+    assert!(
+        neither.contains("publishers.a") && neither.contains("set `backend"),
+        "{neither}"
+    );
     let both = parse("[publishers.a]\nbackend = \"redis-stream\"\ncomponent = \"x.wasm\"\n")
         .unwrap_err()
         .to_string();
     assert!(both.contains("not both"), "{both}");
     let unknown = parse("[publishers.a]\nbackend = \"kafka\"\n").unwrap_err().to_string();
-    assert!(unknown.contains("publishers.a.backend") && unknown.contains("redis-stream"), "{unknown}");
+    assert!(
+        unknown.contains("publishers.a.backend") && unknown.contains("redis-stream"),
+        "{unknown}"
+    );
 }
 
 #[test]
@@ -108,11 +114,16 @@ fn environment_variables_override_and_extend_the_file() {
 
 #[test]
 fn a_bad_environment_override_names_the_variable() {
-    let err = parse_env("", &[("BROADCASTER_OUTBOX____URL", "x")]).unwrap_err().to_string();
-    assert!(err.contains("BROADCASTER_OUTBOX____URL"), "{err}");
-    let err = parse_env("[outbox]\nurl = \"sqlite://x\"\n", &[("BROADCASTER_OUTBOX__URL__PART", "x")])
+    let err = parse_env("", &[("BROADCASTER_OUTBOX____URL", "x")])
         .unwrap_err()
         .to_string();
+    assert!(err.contains("BROADCASTER_OUTBOX____URL"), "{err}");
+    let err = parse_env(
+        "[outbox]\nurl = \"sqlite://x\"\n",
+        &[("BROADCASTER_OUTBOX__URL__PART", "x")],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("not a table"), "{err}");
 }
 

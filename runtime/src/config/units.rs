@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A duration: a number of seconds (`5`, `0.25`) or a string with a unit (`"250ms"`,
 /// `"2s"`, `"1m"`, `"1h"`, `"7d"`; a bare number in a string means seconds).
@@ -19,11 +19,13 @@ pub struct ByteSize(pub u64);
 /// Parses `"250ms"`, `"2s"`, `"1.5s"`, `"3m"`, `"1h"`, `"7d"` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; write e.g. \"250ms\", \"5s\", \"1m\" or a number of seconds"))?;
+    let number: f64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration; write e.g. \"250ms\", \"5s\", \"1m\" or a number of seconds")
+    })?;
     let seconds = match unit.trim() {
         "" | "s" | "sec" | "secs" => number,
         "ms" => number / 1000.0,
@@ -39,7 +41,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses `"64MiB"`, `"10MB"`, `"512KiB"`, `"1GiB"` or a bare number of bytes.
 pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number
         .parse()
@@ -52,7 +56,11 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         "mib" | "m" => 1024 * 1024,
         "gb" => 1000 * 1000 * 1000,
         "gib" | "g" => 1024 * 1024 * 1024,
-        other => return Err(format!("{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
     };
     let bytes = number * multiplier as f64;
     if !(0.0..=u64::MAX as f64).contains(&bytes) {
@@ -78,7 +86,9 @@ impl<'de> Deserialize<'de> for Seconds {
                 Ok(Seconds(Duration::from_secs(v)))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
-                Duration::try_from_secs_f64(v).map(Seconds).map_err(|_| E::custom("a duration cannot be negative"))
+                Duration::try_from_secs_f64(v)
+                    .map(Seconds)
+                    .map_err(|_| E::custom("a duration cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
                 parse_duration(v).map(Seconds).map_err(E::custom)
@@ -97,7 +107,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a size such as \"64MiB\" or a number of bytes")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(v))
@@ -119,11 +131,11 @@ impl fmt::Display for Seconds {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b >= 1 << 30 && b % (1 << 30) == 0 {
+        if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
             write!(f, "{}GiB", b >> 30)
-        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+        } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
             write!(f, "{}MiB", b >> 20)
-        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+        } else if b >= 1 << 10 && b.is_multiple_of(1 << 10) {
             write!(f, "{}KiB", b >> 10)
         } else {
             write!(f, "{b}B")

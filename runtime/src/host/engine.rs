@@ -46,7 +46,11 @@ impl HostEngine {
         bindings::Publisher::add_to_linker::<PublisherState, HasSelf<PublisherState>>(&mut linker, |state| state)
             .map_err(|e| EngineError(e.to_string()))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
-        Ok(Self { engine, linker: Arc::new(linker), _ticker: ticker })
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            _ticker: ticker,
+        })
     }
 
     /// The wasmtime engine.

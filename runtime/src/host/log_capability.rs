@@ -57,12 +57,18 @@ pub struct GuestOutput {
 impl GuestOutput {
     /// The guest's stdout.
     pub fn stdout(publisher: Arc<str>) -> Self {
-        Self { publisher, level: Level::Info }
+        Self {
+            publisher,
+            level: Level::Info,
+        }
     }
 
     /// The guest's stderr.
     pub fn stderr(publisher: Arc<str>) -> Self {
-        Self { publisher, level: Level::Warn }
+        Self {
+            publisher,
+            level: Level::Warn,
+        }
     }
 }
 
@@ -79,7 +85,10 @@ impl StdoutStream for GuestOutput {
     }
 
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineWriter { output: self.clone(), pending: Vec::new() })
+        Box::new(LineWriter {
+            output: self.clone(),
+            pending: Vec::new(),
+        })
     }
 }
 

@@ -88,8 +88,12 @@ impl ComponentPublisher {
         component: LoadedComponent,
         settings: ComponentSettings,
     ) -> Result<Self, StartError> {
-        let publisher =
-            Self { settings, component, engine: engine.engine().clone(), live: tokio::sync::Mutex::new(None) };
+        let publisher = Self {
+            settings,
+            component,
+            engine: engine.engine().clone(),
+            live: tokio::sync::Mutex::new(None),
+        };
         let live = publisher.instantiate().await?;
         *publisher.live.lock().await = Some(live);
         Ok(publisher)
@@ -132,9 +136,18 @@ impl ComponentPublisher {
         .await;
         store.data_mut().deadline = None;
         match started {
-            Err(_) => Err(StartError::Failed { publisher: name, message: DeadlineExceeded(timeout).to_string() }),
-            Ok(Err(err)) => Err(StartError::Failed { publisher: name, message: describe_trap(&err) }),
-            Ok(Ok((_, Err(message)))) => Err(StartError::InitRejected { publisher: name, message }),
+            Err(_) => Err(StartError::Failed {
+                publisher: name,
+                message: DeadlineExceeded(timeout).to_string(),
+            }),
+            Ok(Err(err)) => Err(StartError::Failed {
+                publisher: name,
+                message: describe_trap(&err),
+            }),
+            Ok(Ok((_, Err(message)))) => Err(StartError::InitRejected {
+                publisher: name,
+                message,
+            }),
             Ok(Ok((bindings, Ok(())))) => Ok(LiveInstance { store, bindings }),
         }
     }
@@ -144,9 +157,10 @@ impl ComponentPublisher {
         let wit_event = to_wit(event);
         let mut live = self.live.lock().await;
         if live.is_none() {
-            let fresh = self.instantiate().await.map_err(|err| {
-                PublishError::Transient(format!("could not re-create the backend instance: {err}"))
-            })?;
+            let fresh = self
+                .instantiate()
+                .await
+                .map_err(|err| PublishError::Transient(format!("could not re-create the backend instance: {err}")))?;
             *live = Some(fresh);
         }
         let instance = live.as_mut().expect("instance present");
@@ -154,7 +168,10 @@ impl ComponentPublisher {
         instance.store.data_mut().deadline = Some(Instant::now() + timeout);
         let outcome = tokio::time::timeout(
             timeout + HOST_GRACE,
-            instance.bindings.broadcaster_backend_backend().call_publish(&mut instance.store, &wit_event),
+            instance
+                .bindings
+                .broadcaster_backend_backend()
+                .call_publish(&mut instance.store, &wit_event),
         )
         .await;
         instance.store.data_mut().deadline = None;
@@ -166,7 +183,9 @@ impl ComponentPublisher {
                 *live = None;
                 let cause = describe_trap(&trap);
                 tracing::warn!(publisher = %self.settings.name, event_id = %event.id, %cause, "backend trapped; instance recycled");
-                Err(PublishError::Transient(format!("the backend trapped: {cause} (instance recycled)")))
+                Err(PublishError::Transient(format!(
+                    "the backend trapped: {cause} (instance recycled)"
+                )))
             }
             Err(_) => {
                 *live = None;
@@ -192,7 +211,10 @@ impl ComponentPublisher {
         instance.store.data_mut().deadline = Some(Instant::now() + timeout);
         let outcome = tokio::time::timeout(
             timeout + HOST_GRACE,
-            instance.bindings.broadcaster_backend_backend().call_health_check(&mut instance.store),
+            instance
+                .bindings
+                .broadcaster_backend_backend()
+                .call_health_check(&mut instance.store),
         )
         .await;
         instance.store.data_mut().deadline = None;

@@ -53,13 +53,23 @@ impl PublisherState {
             .memories(16)
             .trap_on_grow_failure(true)
             .build();
-        Self { publisher, redis, deadline: None, limits, wasi, table: ResourceTable::new() }
+        Self {
+            publisher,
+            redis,
+            deadline: None,
+            limits,
+            wasi,
+            table: ResourceTable::new(),
+        }
     }
 }
 
 impl WasiView for PublisherState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
