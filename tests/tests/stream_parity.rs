@@ -243,7 +243,7 @@ for stream in ("native", "component"):
             assert event.get_data() == cloud_event.get("data")
             print(stream, cloud_event["type"], cloud_event["id"])
 "#;
-    let python = std::env::var("BROADCASTER_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = std::env::var("PYTHON_FOR_TESTS").unwrap_or_else(|_| "python3".into());
     let output = std::process::Command::new(&python)
         .arg("-c")
         .arg(script)
@@ -253,7 +253,7 @@ for stream in ("native", "component"):
     assert!(
         output.status.success(),
         "the Python consumer failed (it needs `pip install redis cloudevents`; scripts/test installs them \
-         and sets BROADCASTER_TEST_PYTHON):\n{}",
+         and sets PYTHON_FOR_TESTS):\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8(output.stdout).unwrap();

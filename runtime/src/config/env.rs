@@ -13,26 +13,34 @@
 //! from it in lower case. The value is read as a TOML value when it is one (`6379`, `true`,
 //! `["a:*"]`, `{ host = "x" }`) and as a string otherwise. When the key already holds a
 //! string in the file, the value stays a string (so a password of digits stays text).
-//! `BROADCASTER_CONFIG` (the config file path) is not an override.
+//! Only variables with a key path (a `__` in the name) are overrides: every top-level key is
+//! a table, so `BROADCASTER_CONFIG`, `BROADCASTER_CACHE` and the like are left alone.
 
 use super::ConfigError;
 
 /// The prefix of every override variable.
 pub const PREFIX: &str = "BROADCASTER_";
 
-/// Variables with [`PREFIX`] that are options of the command line, not config overrides.
-const NOT_OVERRIDES: &[&str] = &["BROADCASTER_CONFIG", "BROADCASTER_LOG"];
+/// One applied override: the variable and the key path it set (`outbox.url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The variable name.
+    pub var: String,
+    /// The dotted key path, as keys appear after matching (`publishers.tenant-a.grants`).
+    pub key: String,
+}
 
-/// Applies every `BROADCASTER_…` variable of `vars` to `table`.
+/// Applies every `BROADCASTER_…__…` variable of `vars` to `table`; returns what was set.
 pub fn apply_overrides(
     table: &mut toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<Override>, ConfigError> {
     let mut vars: Vec<(String, String)> = vars
         .into_iter()
-        .filter(|(k, _)| k.starts_with(PREFIX) && !NOT_OVERRIDES.contains(&k.as_str()))
+        .filter(|(k, _)| k.starts_with(PREFIX) && k.contains("__"))
         .collect();
     vars.sort();
+    let mut applied = Vec::new();
     for (var, value) in vars {
         let path: Vec<&str> = var[PREFIX.len()..].split("__").collect();
         if path.iter().any(|segment| segment.is_empty()) {
@@ -42,16 +50,18 @@ pub fn apply_overrides(
                     .into(),
             });
         }
-        set(table, &var, &path, &value)?;
+        let key = set(table, &var, &path, &value)?;
+        applied.push(Override { var, key });
     }
-    Ok(())
+    Ok(applied)
 }
 
 fn normalize(key: &str) -> String {
     key.to_ascii_lowercase().replace('-', "_")
 }
 
-fn set(table: &mut toml::Table, var: &str, path: &[&str], raw: &str) -> Result<(), ConfigError> {
+/// Sets the value; returns the dotted key path it landed on.
+fn set(table: &mut toml::Table, var: &str, path: &[&str], raw: &str) -> Result<String, ConfigError> {
     let wanted = normalize(path[0]);
     let key = table
         .keys()
@@ -60,14 +70,14 @@ fn set(table: &mut toml::Table, var: &str, path: &[&str], raw: &str) -> Result<(
         .unwrap_or_else(|| path[0].to_ascii_lowercase());
     if path.len() == 1 {
         let keep_string = matches!(table.get(&key), Some(toml::Value::String(_)));
-        table.insert(key, parse_value(raw, keep_string));
-        return Ok(());
+        table.insert(key.clone(), parse_value(raw, keep_string));
+        return Ok(key);
     }
     let entry = table
         .entry(key.clone())
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
     match entry {
-        toml::Value::Table(inner) => set(inner, var, &path[1..], raw),
+        toml::Value::Table(inner) => Ok(format!("{key}.{}", set(inner, var, &path[1..], raw)?)),
         _ => Err(ConfigError::Env {
             var: var.to_string(),
             message: format!("`{key}` is a value in the config file, not a table"),

@@ -226,13 +226,30 @@ impl Config {
             path: path.to_path_buf(),
             message: err.to_string().trim_end().to_string(),
         })?;
-        env::apply_overrides(&mut table, vars)?;
-        let mut config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| ConfigError::Invalid {
+        let overrides = env::apply_overrides(&mut table, vars)?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+            let key = err.path().to_string();
+            // toml adds an "in `table`" line; the key path says it better.
+            let mut message = err
+                .into_inner()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            // A key the file does not have may come from the environment: say which variable.
+            if let Some(o) = overrides
+                .iter()
+                .find(|o| key == o.key || key.starts_with(&format!("{}.", o.key)))
+            {
+                message.push_str(&format!(" (set by environment variable {})", o.var));
+            }
+            ConfigError::Invalid {
                 path: path.to_path_buf(),
-                key: err.path().to_string(),
-                message: err.into_inner().to_string(),
-            })?;
+                key,
+                message,
+            }
+        })?;
         config.path = path.to_path_buf();
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.validate()?;

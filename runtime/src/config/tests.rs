@@ -100,6 +100,7 @@ fn environment_variables_override_and_extend_the_file() {
             ("BROADCASTER_PUBLISHERS__TENANT_A__GRANTS__REDIS__PASSWORD", "1234"),
             ("BROADCASTER_PUBLISHERS__TENANT_A__OPTIONS__ROUTES", "{ \"a.*\" = \"a:1\" }"),
             ("BROADCASTER_CONFIG", "ignored.toml"),
+            ("BROADCASTER_CACHE", "/var/tmp/x"),
             ("UNRELATED", "1"),
         ],
     )
@@ -132,4 +133,15 @@ fn options_keep_their_order_when_turned_into_json() {
     let config = parse("[publishers.a]\ncomponent = \"a.wasm\"\n[publishers.a.options]\nz = 1\na = [1.5, true]\nm = { y = 1, b = 2 }\n").unwrap();
     let json = table_to_json(&config.publishers["a"].options);
     assert_eq!(json.to_string(), r#"{"z":1,"a":[1.5,true],"m":{"y":1,"b":2}}"#);
+}
+
+#[test]
+fn a_bad_key_set_from_the_environment_names_the_variable() {
+    let err = parse_env("", &[("BROADCASTER_OUTBOX__URRL", "x")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("outbox.urrl") && err.contains("BROADCASTER_OUTBOX__URRL"),
+        "{err}"
+    );
 }
