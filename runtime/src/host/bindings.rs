@@ -8,6 +8,6 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use broadcaster::backend::log::Level;
-pub use broadcaster::backend::redis_stream::Error as RedisStreamError;
-pub use broadcaster::backend::types::{CloudEvent, EventData, OutboxEvent, PublishError};
+pub use self::broadcaster::backend::log::Level;
+pub use self::broadcaster::backend::redis_stream::Error as RedisStreamError;
+pub use self::broadcaster::backend::types::{CloudEvent, EventData, OutboxEvent, PublishError};
