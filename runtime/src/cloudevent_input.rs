@@ -51,6 +51,49 @@ pub fn parse_cloud_event_json(text: &str) -> Result<OutboxEvent, InputError> {
     Ok(event)
 }
 
+/// Parses events for the outbox from stdin text: one CloudEvent JSON document, or JSON Lines
+/// (one document per line; blank lines skipped). A document without an `id` gets a new UUID
+/// (the outbox's ids are UUIDs). Errors name the line.
+pub fn parse_many_for_outbox(text: &str) -> Result<Vec<OutboxEvent>, InputError> {
+    let documents: Vec<(usize, Value)> = match serde_json::from_str::<Value>(text) {
+        Ok(value) => vec![(0, value)],
+        Err(_) => text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                serde_json::from_str(line)
+                    .map(|value| (i + 1, value))
+                    .map_err(|err| InputError(format!("stdin line {}: not JSON: {err}", i + 1)))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if documents.is_empty() {
+        return Err(InputError(
+            "stdin is empty: expected CloudEvent JSON (one document, or JSON Lines)".into(),
+        ));
+    }
+    documents
+        .into_iter()
+        .map(|(line, mut value)| {
+            let at = |err: InputError| {
+                if line == 0 {
+                    err
+                } else {
+                    InputError(format!("stdin line {line}: {}", err.0))
+                }
+            };
+            let Value::Object(map) = &mut value else {
+                return Err(at(InputError("expected a JSON object (a CloudEvent)".into())));
+            };
+            if !map.contains_key("id") {
+                map.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+            }
+            parse_cloud_event_json(&value.to_string()).map_err(at)
+        })
+        .collect()
+}
+
 /// Parses `--data`: JSON text.
 pub fn parse_data_flag(text: &str) -> Result<Value, InputError> {
     serde_json::from_str(text).map_err(|err| {
@@ -122,6 +165,28 @@ mod tests {
     fn a_document_without_type_is_refused_with_the_reason() {
         let err = parse_cloud_event_json(r#"{"specversion":"1.0","id":"x","source":"s"}"#).unwrap_err();
         assert!(err.0.contains("not a CloudEvent") && err.0.contains("type"), "{err}");
+    }
+
+    #[test]
+    fn stdin_takes_one_document_or_json_lines_and_fills_in_ids() {
+        let one =
+            parse_many_for_outbox("{\n  \"specversion\": \"1.0\", \"type\": \"t\", \"source\": \"s\"\n}").unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(uuid::Uuid::parse_str(&one[0].id).is_ok());
+        let lines = "{\"specversion\":\"1.0\",\"type\":\"a\",\"source\":\"s\"}\n\n{\"specversion\":\"1.0\",\"type\":\"b\",\"source\":\"s\",\"id\":\"x\"}\n";
+        let many = parse_many_for_outbox(lines).unwrap();
+        assert_eq!((many[0].event_type.as_str(), many[1].id.as_str()), ("a", "x"));
+        let bad =
+            parse_many_for_outbox("{\"specversion\":\"1.0\",\"type\":\"a\",\"source\":\"s\"}\n{oops\n").unwrap_err();
+        assert!(bad.0.starts_with("stdin line 2"), "{bad}");
+        let missing = parse_many_for_outbox(
+            "{\"specversion\":\"1.0\",\"source\":\"s\"}\n{\"specversion\":\"1.0\",\"source\":\"s\"}",
+        )
+        .unwrap_err();
+        assert!(
+            missing.0.starts_with("stdin line 1") && missing.0.contains("type"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub mod cloudevent_input;
 pub mod config;
 pub mod event;
 pub mod host;
+pub mod outbox;
 pub mod publisher;
 pub mod registry;
+pub mod relay;
 pub mod stream_client;

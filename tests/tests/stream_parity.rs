@@ -4,7 +4,7 @@
 
 use broadcaster::config::Config;
 use broadcaster::event::{OutboxEvent, Payload};
-use broadcaster::publisher::PublishError;
+use broadcaster::publisher::{Attempt, PublishError};
 use broadcaster::registry::PublisherRegistry;
 use broadcaster_tests::{RedisServer, components};
 use redis::Commands;
@@ -173,8 +173,8 @@ async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_err
     let mut batch = vec![OutboxEvent::new("ok", "/s"), event.clone()];
     batch[0].publisher_config.insert("fine".into(), json!(1));
     let results = registry.get("native").unwrap().publish_batch(&batch).await;
-    assert!(results[0].is_ok());
-    assert!(matches!(&results[1], Err(PublishError::Permanent(_))));
+    assert_eq!(results[0], Attempt::Done(Ok(())));
+    assert!(matches!(&results[1], Attempt::Done(Err(PublishError::Permanent(_)))));
     let mut conn = redis.client();
     assert_eq!(
         conn.xlen::<_, usize>("native").unwrap(),

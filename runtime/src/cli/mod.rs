@@ -5,7 +5,13 @@
 
 mod check;
 mod health;
+mod migrate;
+mod prune;
+mod publish;
+mod retry;
+mod run;
 mod send;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -56,6 +62,17 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the relay worker: claim due events, publish them, record the outcome.
+    ///
+    /// Stops on SIGINT/SIGTERM after the batch in flight (a second signal exits at once;
+    /// claimed events then return after the lease timeout). Several workers may share a
+    /// PostgreSQL outbox. Logs at info by default (RUST_LOG to change).
+    Run(run::RunArgs),
+    /// Enqueue events into the outbox and print their ids.
+    ///
+    /// Describe one event with flags (--type and --source at least), or pipe CloudEvent
+    /// JSON on stdin: one document, or JSON Lines for many (each gets an id if it has none).
+    Publish(publish::PublishArgs),
     /// Publish one event straight through a publisher, without the outbox (to try a backend).
     ///
     /// Describe the event with flags (--type and --source at least), or pipe a CloudEvent
@@ -67,6 +84,15 @@ pub enum Command {
     /// Check that a .wasm file is a backend component for this Broadcaster, and say exactly
     /// why when it is not (exit 2).
     Check(check::CheckArgs),
+    /// Create the outbox table and its indexes if missing (the same table django-broadcaster's
+    /// migration creates); an existing table is checked and left alone.
+    Migrate(migrate::MigrateArgs),
+    /// Show how many events each publisher has in each status, and the oldest due one.
+    Status(status::StatusArgs),
+    /// Put failed events back to pending (by id, or all with --failed), retries reset.
+    Retry(retry::RetryArgs),
+    /// Delete published events older than an age, in bounded batches.
+    Prune(prune::PruneArgs),
 }
 
 /// Runs the parsed command.
@@ -75,12 +101,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send::run(args).await,
         Command::Health(args) => health::run(args).await,
         Command::Check(args) => check::run(args).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Publish(args) => publish::run(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Retry(args) => retry::run(args).await,
+        Command::Prune(args) => prune::run(args).await,
     }
 }
 
 /// Logs go to stderr; `RUST_LOG` chooses what (default: warnings, and `info` for the worker).
-pub fn init_logging(_command: &Command) {
-    let default = "warn";
+pub fn init_logging(command: &Command) {
+    let default = if matches!(command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -93,12 +129,14 @@ pub fn init_logging(_command: &Command) {
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     use broadcaster::cloudevent_input::InputError;
     use broadcaster::host::ComponentError;
+    use broadcaster::outbox::StoreError;
     use broadcaster::registry::{RegistryError, UnknownPublisher};
     let bad_input = err.chain().any(|cause| {
         cause.is::<ConfigError>()
             || cause.is::<InputError>()
             || cause.is::<ComponentError>()
             || cause.is::<UnknownPublisher>()
+            || matches!(cause.downcast_ref::<StoreError>(), Some(e) if !matches!(e, StoreError::Database(_) | StoreError::BadRow { .. }))
             || matches!(cause.downcast_ref::<RegistryError>(), Some(e) if !matches!(e, RegistryError::Engine(_)))
     });
     if bad_input { 2 } else { 1 }

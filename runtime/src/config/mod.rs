@@ -6,7 +6,7 @@
 //! (see [`env`]).
 
 pub mod env;
-mod units;
+pub mod units;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,6 +72,9 @@ pub struct Config {
     /// `[publishers.<name>]`, by name.
     #[serde(default)]
     pub publishers: BTreeMap<String, PublisherConfig>,
+    /// `[relay]`: how the worker claims, retries and checks health.
+    #[serde(default)]
+    pub relay: RelayConfig,
     /// The directory relative component paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -100,6 +103,68 @@ impl Default for OutboxConfig {
 
 fn default_outbox_url() -> String {
     "sqlite://broadcaster.db".to_string()
+}
+
+/// `[relay]`: the worker's settings. `broadcaster run` flags override the first two.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Most events claimed at once. Default 100.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// How long to wait when nothing more is due. Default 5 s.
+    #[serde(default = "default_interval")]
+    pub interval: Seconds,
+    /// How long a claim lasts: a row still `processing` this long after its claim is taken
+    /// back (its worker died). Longer than the slowest batch. Default 5 min.
+    #[serde(default = "default_lease_timeout")]
+    pub lease_timeout: Seconds,
+    /// How often every publisher's health is checked. Default 5 s.
+    #[serde(default = "default_interval")]
+    pub health_interval: Seconds,
+    /// Backoff unit: after the n-th transient failure an event waits `retry_base × 2^n`
+    /// (capped). Default 1 min: the seed's 2, 4, 8… minutes.
+    #[serde(default = "default_retry_base")]
+    pub retry_base: Seconds,
+    /// The longest backoff. Default 1 h.
+    #[serde(default = "default_retry_cap")]
+    pub retry_cap: Seconds,
+    /// The fraction of each backoff taken off at random (0 to 1). Default 0.2.
+    #[serde(default = "default_retry_jitter")]
+    pub retry_jitter: f64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: default_batch_size(),
+            interval: default_interval(),
+            lease_timeout: default_lease_timeout(),
+            health_interval: default_interval(),
+            retry_base: default_retry_base(),
+            retry_cap: default_retry_cap(),
+            retry_jitter: default_retry_jitter(),
+        }
+    }
+}
+
+fn default_batch_size() -> u32 {
+    100
+}
+fn default_interval() -> Seconds {
+    Seconds(Duration::from_secs(5))
+}
+fn default_lease_timeout() -> Seconds {
+    Seconds(Duration::from_secs(300))
+}
+fn default_retry_base() -> Seconds {
+    Seconds(Duration::from_secs(60))
+}
+fn default_retry_cap() -> Seconds {
+    Seconds(Duration::from_secs(3600))
+}
+fn default_retry_jitter() -> f64 {
+    0.2
 }
 
 /// `[publishers.<name>]`: one publisher. Exactly one of `backend` and `component` is set.
@@ -257,6 +322,29 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let relay = |key: &str, message: &str| ConfigError::Invalid {
+            path: self.path.clone(),
+            key: format!("relay.{key}"),
+            message: message.to_string(),
+        };
+        if self.relay.batch_size == 0 {
+            return Err(relay("batch_size", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.relay.retry_jitter) {
+            return Err(relay("retry_jitter", "must be between 0 and 1"));
+        }
+        if self.relay.lease_timeout.0 < Duration::from_secs(1) {
+            return Err(relay(
+                "lease_timeout",
+                "must be at least 1s (and longer than the slowest batch)",
+            ));
+        }
+        if self.relay.retry_cap.0 < self.relay.retry_base.0 {
+            return Err(relay("retry_cap", "must not be shorter than retry_base"));
+        }
+        if self.relay.health_interval.0.is_zero() {
+            return Err(relay("health_interval", "must be more than 0s"));
+        }
         for (name, publisher) in &self.publishers {
             self.kind_of(name, publisher)?;
             let invalid = |key: &str, message: String| ConfigError::Invalid {

@@ -37,6 +37,15 @@ impl PublishError {
     }
 }
 
+/// What happened to one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// It was tried: published, or refused.
+    Done(Result<(), PublishError>),
+    /// It was not tried (an earlier event of the batch failed transiently).
+    NotAttempted,
+}
+
 /// A publisher's answer to a health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
@@ -83,16 +92,27 @@ impl Publisher {
     }
 
     /// Publishes several events, in order, in as few round trips as the backend allows
-    /// (one pipeline for the native backend). One result per event, in the same order.
-    pub async fn publish_batch(&self, events: &[OutboxEvent]) -> Vec<Result<(), PublishError>> {
+    /// (one pipeline for the native backend). One outcome per event, in the same order.
+    ///
+    /// A component is called once per event and stops at the first transient error: the
+    /// events after it are [`Attempt::NotAttempted`], so they keep their order and their
+    /// retries.
+    pub async fn publish_batch(&self, events: &[OutboxEvent]) -> Vec<Attempt> {
         match self {
-            Self::RedisStream(p) => p.publish_batch(events).await,
+            Self::RedisStream(p) => p.publish_batch(events).await.into_iter().map(Attempt::Done).collect(),
             Self::Component(p) => {
-                let mut results = Vec::with_capacity(events.len());
+                let mut outcomes = Vec::with_capacity(events.len());
+                let mut stopped = false;
                 for event in events {
-                    results.push(p.publish(event).await);
+                    if stopped {
+                        outcomes.push(Attempt::NotAttempted);
+                        continue;
+                    }
+                    let result = p.publish(event).await;
+                    stopped = matches!(result, Err(PublishError::Transient(_)));
+                    outcomes.push(Attempt::Done(result));
                 }
-                results
+                outcomes
             }
         }
     }

@@ -1,0 +1,99 @@
+//! `broadcaster run`: the relay worker (the seed's `manage.py outbox_worker`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use broadcaster::config::units::parse_duration;
+use broadcaster::outbox::OutboxStore;
+use broadcaster::registry::PublisherRegistry;
+use broadcaster::relay::{Relay, RunOptions};
+
+use super::ConfigArg;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Most events claimed per batch [default: relay.batch_size, 100].
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Wait between polls when nothing is due: 250ms, 5s, or a number of seconds
+    /// [default: relay.interval, 5s]. Never waits after a full batch.
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<std::time::Duration>,
+    /// Stop after this many iterations (0: run until SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    max_iterations: u64,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    let options = RunOptions {
+        batch_size: args.batch_size.unwrap_or(config.relay.batch_size).max(1),
+        interval: args.interval.unwrap_or(config.relay.interval.0),
+        max_iterations: args.max_iterations,
+    };
+    let store = OutboxStore::connect(&config.outbox.url).await?;
+    store.verify().await?;
+    let registry = Arc::new(PublisherRegistry::build(&config, None).await?);
+    let names: Vec<&str> = registry.iter().map(|(name, _)| name).collect();
+    tracing::info!(
+        outbox = %store.display_url(),
+        publishers = %names.join(", "),
+        batch_size = options.batch_size,
+        interval = ?options.interval,
+        "worker started"
+    );
+    eprintln!(
+        "broadcaster worker: outbox {} → publishers {} (batch {}, interval {:?}{})",
+        store.display_url(),
+        names.join(", "),
+        options.batch_size,
+        options.interval,
+        if options.max_iterations > 0 {
+            format!(", {} iterations", options.max_iterations)
+        } else {
+            String::new()
+        }
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!("broadcaster worker: stopping after the batch in flight (signal again to exit at once)");
+        let _ = stop_tx.send(true);
+        wait_for_signal().await;
+        eprintln!("broadcaster worker: exiting now; claimed events return after the lease timeout");
+        std::process::exit(130);
+    });
+    let relay = Relay::new(store, registry, &config.relay);
+    let started = Instant::now();
+    let report = relay.run(options, stop_rx).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let totals = report.totals;
+    eprintln!(
+        "broadcaster worker: stopped after {} iteration(s) in {seconds:.1}s: {} published, {} retried, {} failed, \
+         {} left waiting for an unhealthy publisher, {} taken back from expired leases{}",
+        report.iterations,
+        totals.published,
+        totals.retried,
+        totals.failed,
+        totals.released,
+        report.reclaimed,
+        if report.errors > 0 {
+            format!(", {} iteration(s) failed on the database", report.errors)
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

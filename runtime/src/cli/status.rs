@@ -1,0 +1,113 @@
+//! `broadcaster status`: what the outbox holds, per publisher and status.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+
+use broadcaster::event::now_micros;
+use broadcaster::outbox::{OutboxStore, Status};
+
+use super::ConfigArg;
+use super::health::print_table;
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    let store = OutboxStore::connect(&config.outbox.url).await?;
+    store.verify().await?;
+    let now = now_micros();
+    let report = store.status(now, config.relay.lease_timeout.0).await?;
+    let oldest_due_seconds = report.oldest_due.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
+    let publishers: BTreeSet<&str> = report.counts.keys().map(|(p, _)| p.as_str()).collect();
+    let count = |publisher: Option<&str>, status: Status| -> u64 {
+        report
+            .counts
+            .iter()
+            .filter(|((p, s), _)| *s == status && publisher.is_none_or(|name| name == p))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    if args.json {
+        let rows: Vec<_> = publishers
+            .iter()
+            .map(|p| {
+                let mut row = serde_json::Map::new();
+                row.insert("publisher".into(), display_name(p).into());
+                for status in Status::ALL {
+                    row.insert(status.as_str().into(), count(Some(p), status).into());
+                }
+                serde_json::Value::Object(row)
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "outbox": store.display_url(),
+                "publishers": rows,
+                "oldest_due_seconds": oldest_due_seconds,
+                "expired_leases": report.expired_leases,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows: Vec<[String; 6]> = publishers
+        .iter()
+        .map(|p| {
+            let mut row = [
+                display_name(p),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ];
+            for (i, status) in Status::ALL.into_iter().enumerate() {
+                row[i + 1] = count(Some(p), status).to_string();
+            }
+            row
+        })
+        .collect();
+    let mut total = [
+        "(all)".to_string(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+    ];
+    for (i, status) in Status::ALL.into_iter().enumerate() {
+        total[i + 1] = count(None, status).to_string();
+    }
+    rows.push(total);
+    println!("outbox {}", store.display_url());
+    print_table(
+        ["PUBLISHER", "PENDING", "PROCESSING", "RETRY", "FAILED", "PUBLISHED"],
+        &rows,
+    );
+    match oldest_due_seconds {
+        Some(age) => println!("oldest due event: waiting {age:.1}s"),
+        None => println!("oldest due event: none due"),
+    }
+    if report.expired_leases > 0 {
+        println!(
+            "{} event(s) in processing past the lease timeout ({:?}): their worker stopped; a running worker takes them back",
+            report.expired_leases, config.relay.lease_timeout.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn display_name(publisher: &str) -> String {
+    if publisher.is_empty() {
+        "default (empty)".to_string()
+    } else {
+        publisher.to_string()
+    }
+}

@@ -1,0 +1,183 @@
+//! Writing events into the outbox, from the command line or from a Rust application inside
+//! its own transaction (the point of the outbox pattern: the event is stored if and only
+//! if the business data is).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> anyhow::Result<()> {
+//! use broadcaster::outbox::{NewEvent, enqueue, schema};
+//! use sqlx::Connection;
+//!
+//! let mut db = sqlx::SqliteConnection::connect("sqlite::memory:").await?;
+//! for statement in schema::SQLITE_DDL {
+//!     sqlx::query(*statement).execute(&mut db).await?;
+//! }
+//! sqlx::query("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)").execute(&mut db).await?;
+//!
+//! // The order and its event commit together, or neither does.
+//! let mut tx = db.begin().await?;
+//! sqlx::query("INSERT INTO orders (id, total) VALUES (42, 12.5)").execute(&mut *tx).await?;
+//! let event = NewEvent::new("order.created", "/shop/orders")
+//!     .data(serde_json::json!({"order_id": 42, "total": 12.5}))
+//!     .subject("order/42");
+//! let id = enqueue::sqlite(&mut *tx, &event).await?;
+//! tx.commit().await?;
+//!
+//! let status: String = sqlx::query_scalar("SELECT status FROM outbox_events WHERE id = ?")
+//!     .bind(id.simple().to_string())
+//!     .fetch_one(&mut db)
+//!     .await?;
+//! assert_eq!(status, "pending");
+//! # Ok(()) }
+//! ```
+//!
+//! With PostgreSQL, [`postgres`] takes a `&mut PgConnection` (or a transaction) the same way.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::StoreError;
+use crate::event::{OutboxEvent, Payload, now_micros, truncate_to_micros};
+
+/// An event to store, and when it may be published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The event (its `id` must be a UUID; new ones get a fresh one).
+    pub event: OutboxEvent,
+    /// The earliest publish time; `None` means now.
+    pub scheduled_at: Option<DateTime<Utc>>,
+}
+
+impl NewEvent {
+    /// An event of `event_type` from `source`, with a fresh UUID, created now, with the seed's
+    /// defaults: `application/json`, 3 retries, the default publisher, due now.
+    pub fn new(event_type: impl Into<String>, source: impl Into<String>) -> Self {
+        Self {
+            event: OutboxEvent::new(event_type, source),
+            scheduled_at: None,
+        }
+    }
+
+    /// Sets `data`.
+    pub fn data(mut self, data: Value) -> Self {
+        self.event.data = Payload::Json(data);
+        self
+    }
+
+    /// Sets `subject`.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.event.subject = subject.into();
+        self
+    }
+
+    /// Sets the publisher (`publisher_backend`); empty means `default`.
+    pub fn publisher(mut self, publisher: impl Into<String>) -> Self {
+        self.event.publisher_backend = publisher.into();
+        self
+    }
+
+    /// Sets the earliest publish time.
+    pub fn scheduled_at(mut self, at: DateTime<Utc>) -> Self {
+        self.scheduled_at = Some(at);
+        self
+    }
+
+    /// Sets how many attempts the event gets.
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.event.max_retries = max_retries;
+        self
+    }
+
+    /// Sets the per-event extras for the publisher.
+    pub fn publisher_config(mut self, config: Map<String, Value>) -> Self {
+        self.event.publisher_config = config;
+        self
+    }
+}
+
+/// The column values of a new row, checked and converted once for either database.
+pub(crate) struct Columns<'a> {
+    pub id: uuid::Uuid,
+    pub event: &'a OutboxEvent,
+    pub data: Option<&'a Value>,
+    pub created_at: DateTime<Utc>,
+    pub scheduled_at: DateTime<Utc>,
+    pub text_data: Option<Value>,
+}
+
+impl<'a> Columns<'a> {
+    pub fn of(new: &'a NewEvent, now: DateTime<Utc>) -> Result<Self, StoreError> {
+        let event = &new.event;
+        let id = super::parse_id(&event.id).map_err(|_| {
+            StoreError::Unstorable(format!(
+                "event id {:?} is not a UUID, and the outbox stores UUID ids (leave `id` out to get a new one)",
+                event.id
+            ))
+        })?;
+        let (data, text_data) = match &event.data {
+            Payload::None => (None, None),
+            Payload::Json(value) => (Some(value), None),
+            // A JSON column holds a text payload as a JSON string, as Django would.
+            Payload::Text(text) => (None, Some(Value::String(text.clone()))),
+            Payload::Binary(_) => {
+                return Err(StoreError::Unstorable(
+                    "binary data (data_base64) cannot be stored: the outbox's `data` column is JSON".into(),
+                ));
+            }
+        };
+        for (column, value, max) in [
+            ("event_type", &event.event_type, 255),
+            ("source", &event.source, 255),
+            ("subject", &event.subject, 255),
+            ("data_content_type", &event.data_content_type, 100),
+            ("data_schema", &event.data_schema, 200),
+            ("publisher_backend", &event.publisher_backend, 100),
+            ("spec_version", &event.spec_version, 10),
+        ] {
+            if value.chars().count() > max {
+                return Err(StoreError::Unstorable(format!(
+                    "{column} is {} characters; the column holds at most {max}",
+                    value.chars().count()
+                )));
+            }
+        }
+        if event.event_type.is_empty() || event.source.is_empty() {
+            return Err(StoreError::Unstorable("an event needs a type and a source".into()));
+        }
+        let created_at = truncate_to_micros(event.created_at.with_timezone(&Utc));
+        Ok(Self {
+            id,
+            event,
+            data,
+            created_at,
+            scheduled_at: truncate_to_micros(new.scheduled_at.unwrap_or(now)),
+            text_data,
+        })
+    }
+
+    /// The data to store: JSON, a text payload as a JSON string, or none.
+    pub fn data_value(&self) -> Option<&Value> {
+        self.data.or(self.text_data.as_ref())
+    }
+}
+
+/// Inserts `event` through `executor` (a connection or an open transaction) on SQLite;
+/// returns its id.
+pub async fn sqlite<'e, E>(executor: E, event: &NewEvent) -> Result<uuid::Uuid, StoreError>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    let columns = Columns::of(event, now_micros())?;
+    super::sqlite::insert(executor, &columns, now_micros()).await?;
+    Ok(columns.id)
+}
+
+/// Inserts `event` through `executor` (a connection or an open transaction) on PostgreSQL;
+/// returns its id.
+pub async fn postgres<'e, E>(executor: E, event: &NewEvent) -> Result<uuid::Uuid, StoreError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let columns = Columns::of(event, now_micros())?;
+    super::postgres::insert(executor, &columns, now_micros()).await?;
+    Ok(columns.id)
+}

@@ -1,0 +1,59 @@
+//! The `outbox_events` table exactly as django-broadcaster 0.1.1's migration `0001_initial`
+//! creates it (the statements below are Django 5.2's `sqlmigrate` output), so a table made
+//! by Broadcaster and one made by Django are the same table.
+
+/// The columns Broadcaster reads and writes; a table without one of them is refused.
+pub const COLUMNS: &[&str] = &[
+    "id",
+    "spec_version",
+    "event_type",
+    "source",
+    "subject",
+    "data_content_type",
+    "data_schema",
+    "data",
+    "status",
+    "created_at",
+    "updated_at",
+    "scheduled_at",
+    "published_at",
+    "retry_count",
+    "max_retries",
+    "last_error",
+    "publisher_backend",
+    "publisher_config",
+];
+
+/// PostgreSQL: `python manage.py sqlmigrate django_broadcaster 0001`.
+pub const POSTGRES_DDL: &[&str] = &[
+    r#"CREATE TABLE "outbox_events" ("id" uuid NOT NULL PRIMARY KEY, "spec_version" varchar(10) NOT NULL, "event_type" varchar(255) NOT NULL, "source" varchar(255) NOT NULL, "subject" varchar(255) NOT NULL, "data_content_type" varchar(100) NOT NULL, "data_schema" varchar(200) NOT NULL, "data" jsonb NULL, "status" varchar(20) NOT NULL, "created_at" timestamp with time zone NOT NULL, "updated_at" timestamp with time zone NOT NULL, "scheduled_at" timestamp with time zone NOT NULL, "published_at" timestamp with time zone NULL, "retry_count" integer NOT NULL CHECK ("retry_count" >= 0), "max_retries" integer NOT NULL CHECK ("max_retries" >= 0), "last_error" text NOT NULL, "publisher_backend" varchar(100) NOT NULL, "publisher_config" jsonb NOT NULL)"#,
+    r#"CREATE INDEX "outbox_events_event_type_be2433af" ON "outbox_events" ("event_type")"#,
+    r#"CREATE INDEX "outbox_events_event_type_be2433af_like" ON "outbox_events" ("event_type" varchar_pattern_ops)"#,
+    r#"CREATE INDEX "outbox_events_status_86c5cced" ON "outbox_events" ("status")"#,
+    r#"CREATE INDEX "outbox_events_status_86c5cced_like" ON "outbox_events" ("status" varchar_pattern_ops)"#,
+    r#"CREATE INDEX "outbox_events_created_at_c16d9c3f" ON "outbox_events" ("created_at")"#,
+    r#"CREATE INDEX "outbox_events_scheduled_at_6a2d7649" ON "outbox_events" ("scheduled_at")"#,
+    r#"CREATE INDEX "outbox_even_status_83a3ef_idx" ON "outbox_events" ("status", "scheduled_at")"#,
+    r#"CREATE INDEX "outbox_even_event_t_fc32b0_idx" ON "outbox_events" ("event_type", "created_at")"#,
+];
+
+/// SQLite: `python manage.py sqlmigrate django_broadcaster 0001`.
+pub const SQLITE_DDL: &[&str] = &[
+    r#"CREATE TABLE "outbox_events" ("id" char(32) NOT NULL PRIMARY KEY, "spec_version" varchar(10) NOT NULL, "event_type" varchar(255) NOT NULL, "source" varchar(255) NOT NULL, "subject" varchar(255) NOT NULL, "data_content_type" varchar(100) NOT NULL, "data_schema" varchar(200) NOT NULL, "data" text NULL CHECK ((JSON_VALID("data") OR "data" IS NULL)), "status" varchar(20) NOT NULL, "created_at" datetime NOT NULL, "updated_at" datetime NOT NULL, "scheduled_at" datetime NOT NULL, "published_at" datetime NULL, "retry_count" integer unsigned NOT NULL CHECK ("retry_count" >= 0), "max_retries" integer unsigned NOT NULL CHECK ("max_retries" >= 0), "last_error" text NOT NULL, "publisher_backend" varchar(100) NOT NULL, "publisher_config" text NOT NULL CHECK ((JSON_VALID("publisher_config") OR "publisher_config" IS NULL)))"#,
+    r#"CREATE INDEX "outbox_events_event_type_be2433af" ON "outbox_events" ("event_type")"#,
+    r#"CREATE INDEX "outbox_events_status_86c5cced" ON "outbox_events" ("status")"#,
+    r#"CREATE INDEX "outbox_events_created_at_c16d9c3f" ON "outbox_events" ("created_at")"#,
+    r#"CREATE INDEX "outbox_events_scheduled_at_6a2d7649" ON "outbox_events" ("scheduled_at")"#,
+    r#"CREATE INDEX "outbox_even_status_83a3ef_idx" ON "outbox_events" ("status", "scheduled_at")"#,
+    r#"CREATE INDEX "outbox_even_event_t_fc32b0_idx" ON "outbox_events" ("event_type", "created_at")"#,
+];
+
+/// The columns of [`COLUMNS`] missing from `present`, comma-separated, or `None`.
+pub fn missing_columns(present: &[String]) -> Option<String> {
+    let missing: Vec<&str> = COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !present.iter().any(|p| p == c))
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}

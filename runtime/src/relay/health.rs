@@ -1,0 +1,82 @@
+//! The relay's view of which publishers are healthy, refreshed on an interval (not per
+//! event). Events of an unhealthy publisher are not claimed, so an outage of any length
+//! spends none of their retries.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::config::DEFAULT_PUBLISHER;
+use crate::publisher::Health;
+use crate::registry::PublisherRegistry;
+
+/// The last known health of each publisher.
+#[derive(Debug, Default)]
+pub struct HealthBoard {
+    state: Mutex<HashMap<String, Health>>,
+}
+
+impl HealthBoard {
+    /// Records a publisher's health; logs when it changes.
+    pub fn record(&self, publisher: &str, health: Health) {
+        let mut state = self.state.lock().expect("health lock");
+        let was = state.get(publisher).map(|h| h.healthy);
+        match (was, health.healthy) {
+            (Some(true) | None, false) => {
+                tracing::warn!(publisher, detail = %health.detail, "publisher unhealthy: its events wait, no retries are spent")
+            }
+            (Some(false), true) => tracing::info!(publisher, "publisher healthy again: resuming its events"),
+            _ => {}
+        }
+        state.insert(publisher.to_string(), health);
+    }
+
+    /// Whether `publisher` is known to be unhealthy.
+    pub fn is_down(&self, publisher: &str) -> bool {
+        self.state
+            .lock()
+            .expect("health lock")
+            .get(publisher)
+            .is_some_and(|h| !h.healthy)
+    }
+
+    /// The `publisher_backend` values whose events must not be claimed now (the default
+    /// publisher's events may be stored with an empty name).
+    pub fn skip_list(&self) -> Vec<String> {
+        let state = self.state.lock().expect("health lock");
+        let mut skip = Vec::new();
+        for (name, health) in state.iter() {
+            if !health.healthy {
+                if name == DEFAULT_PUBLISHER {
+                    skip.push(String::new());
+                }
+                skip.push(name.clone());
+            }
+        }
+        skip.sort();
+        skip
+    }
+
+    /// Checks every publisher of `registry` at once and records the results.
+    pub async fn refresh(&self, registry: &PublisherRegistry) {
+        for (name, _, health) in registry.health().await {
+            self.record(&name, health);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unhealthy_default_publisher_skips_events_with_an_empty_name_too() {
+        let board = HealthBoard::default();
+        board.record("default", Health::down("redis down"));
+        board.record("tenant-a", Health::up("ok"));
+        board.record("tenant-b", Health::down("trapping"));
+        assert_eq!(board.skip_list(), ["", "default", "tenant-b"]);
+        assert!(board.is_down("default") && !board.is_down("tenant-a") && !board.is_down("unknown"));
+        board.record("default", Health::up("back"));
+        assert_eq!(board.skip_list(), ["tenant-b"]);
+    }
+}

@@ -1,0 +1,325 @@
+//! The relay loop: claim a batch, publish it publisher by publisher, settle every row.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::watch;
+
+use super::{Backoff, Clock, HealthBoard, SystemClock};
+use crate::config::{DEFAULT_PUBLISHER, RelayConfig};
+use crate::outbox::{ClaimedEvent, OutboxStore, Settlement, StoreError};
+use crate::publisher::{Attempt, PublishError};
+use crate::registry::PublisherRegistry;
+
+/// How `broadcaster run` loops (the seed's `outbox_worker` options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Most events claimed at once.
+    pub batch_size: u32,
+    /// How long to wait when a batch was not full (nothing more is due).
+    pub interval: Duration,
+    /// Stop after this many iterations; 0 runs until told to stop.
+    pub max_iterations: u64,
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Rows claimed.
+    pub claimed: u64,
+    /// Published.
+    pub published: u64,
+    /// Failed transiently, due again later.
+    pub retried: u64,
+    /// Failed for good (permanent error, retries used up, unknown publisher).
+    pub failed: u64,
+    /// Not attempted (publisher unhealthy): back to waiting, no retry spent.
+    pub released: u64,
+    /// Rows this worker could not settle because its lease had expired and another worker
+    /// took them over (they may be published twice).
+    pub fenced: u64,
+}
+
+impl BatchReport {
+    fn add(&mut self, other: &BatchReport) {
+        self.claimed += other.claimed;
+        self.published += other.published;
+        self.retried += other.retried;
+        self.failed += other.failed;
+        self.released += other.released;
+        self.fenced += other.fenced;
+    }
+}
+
+/// What a whole run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayReport {
+    /// Loop iterations (claims), including empty ones.
+    pub iterations: u64,
+    /// Totals over all batches.
+    pub totals: BatchReport,
+    /// Rows taken back from expired leases.
+    pub reclaimed: u64,
+    /// Iterations that failed on a database error.
+    pub errors: u64,
+}
+
+/// A relay worker over one outbox and one set of publishers.
+#[derive(Debug)]
+pub struct Relay {
+    store: OutboxStore,
+    registry: Arc<PublisherRegistry>,
+    clock: Arc<dyn Clock>,
+    backoff: Backoff,
+    lease_timeout: Duration,
+    health_interval: Duration,
+    health: Arc<HealthBoard>,
+    rng: Mutex<StdRng>,
+}
+
+impl Relay {
+    /// A worker with the `[relay]` settings, on the system clock.
+    pub fn new(store: OutboxStore, registry: Arc<PublisherRegistry>, settings: &RelayConfig) -> Self {
+        Self {
+            store,
+            registry,
+            clock: Arc::new(SystemClock),
+            backoff: Backoff {
+                base: settings.retry_base.0,
+                cap: settings.retry_cap.0,
+                jitter: settings.retry_jitter,
+            },
+            lease_timeout: settings.lease_timeout.0,
+            health_interval: settings.health_interval.0,
+            health: Arc::new(HealthBoard::default()),
+            rng: Mutex::new(StdRng::from_os_rng()),
+        }
+    }
+
+    /// Uses `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The publishers' health as the relay sees it.
+    pub fn health(&self) -> &HealthBoard {
+        &self.health
+    }
+
+    /// Checks every publisher now.
+    pub async fn refresh_health(&self) {
+        self.health.refresh(&self.registry).await;
+    }
+
+    /// Takes back rows whose lease expired (their worker died or stalled).
+    pub async fn reclaim_expired(&self) -> Result<u64, StoreError> {
+        let reclaimed = self.store.reclaim_expired(self.clock.now(), self.lease_timeout).await?;
+        if reclaimed > 0 {
+            tracing::warn!(
+                reclaimed,
+                lease = ?self.lease_timeout,
+                "took back events whose worker's lease expired; they are published again (at least once)"
+            );
+        }
+        Ok(reclaimed)
+    }
+
+    /// Runs until `shutdown` turns true or `options.max_iterations` is reached. Never sleeps
+    /// after a full batch. A database error is logged and the loop goes on after `interval`.
+    /// On shutdown the batch in flight is finished and settled before returning.
+    pub async fn run(&self, options: RunOptions, mut shutdown: watch::Receiver<bool>) -> RelayReport {
+        let mut report = RelayReport::default();
+        self.refresh_health().await;
+        let monitor = {
+            let (registry, health, every) = (self.registry.clone(), self.health.clone(), self.health_interval);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    health.refresh(&registry).await;
+                }
+            })
+        };
+        let reclaim_every = (self.lease_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let mut last_reclaim: Option<Instant> = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if last_reclaim.is_none_or(|t| t.elapsed() >= reclaim_every) {
+                match self.reclaim_expired().await {
+                    Ok(n) => report.reclaimed += n,
+                    Err(err) => tracing::error!(%err, "could not take back expired leases"),
+                }
+                last_reclaim = Some(Instant::now());
+            }
+            let started = Instant::now();
+            let full = match self.run_batch(options.batch_size).await {
+                Ok(batch) => {
+                    report.totals.add(&batch);
+                    if batch.claimed > 0 {
+                        tracing::info!(
+                            claimed = batch.claimed,
+                            published = batch.published,
+                            retried = batch.retried,
+                            failed = batch.failed,
+                            waiting = batch.released,
+                            took = ?started.elapsed(),
+                            "batch relayed"
+                        );
+                    }
+                    batch.claimed >= u64::from(options.batch_size)
+                }
+                Err(err) => {
+                    report.errors += 1;
+                    tracing::error!(%err, "relay iteration failed; trying again after the interval");
+                    false
+                }
+            };
+            report.iterations += 1;
+            if options.max_iterations > 0 && report.iterations >= options.max_iterations {
+                break;
+            }
+            if !full {
+                tokio::select! {
+                    _ = tokio::time::sleep(options.interval) => {}
+                    _ = stopped(&mut shutdown) => {}
+                }
+            }
+        }
+        monitor.abort();
+        report
+    }
+
+    /// Claims one batch, publishes it and settles every row.
+    pub async fn run_batch(&self, batch_size: u32) -> Result<BatchReport, StoreError> {
+        let claim = self
+            .store
+            .claim(self.clock.now(), batch_size, &self.health.skip_list())
+            .await?;
+        if claim.events.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        // Group by publisher, keeping the due order within each group.
+        let mut groups: Vec<(&str, Vec<&ClaimedEvent>)> = Vec::new();
+        for claimed in &claim.events {
+            let name = match claimed.event.publisher_backend.as_str() {
+                "" => DEFAULT_PUBLISHER,
+                name => name,
+            };
+            match groups.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, events)) => events.push(claimed),
+                None => groups.push((name, vec![claimed])),
+            }
+        }
+        let outcomes =
+            futures::future::join_all(groups.iter().map(|(name, events)| self.publish_group(name, events))).await;
+        let settlements: Vec<(String, Settlement)> = outcomes.into_iter().flatten().collect();
+        let mut report = BatchReport {
+            claimed: claim.events.len() as u64,
+            ..BatchReport::default()
+        };
+        for (_, settlement) in &settlements {
+            match settlement {
+                Settlement::Published => report.published += 1,
+                Settlement::Retry { .. } => report.retried += 1,
+                Settlement::Failed { .. } => report.failed += 1,
+                Settlement::Release => report.released += 1,
+            }
+        }
+        let updated = self.store.settle(claim.token, self.clock.now(), &settlements).await?;
+        report.fenced = (settlements.len() as u64).saturating_sub(updated);
+        if report.fenced > 0 {
+            tracing::warn!(
+                fenced = report.fenced,
+                "this worker's lease on some events expired and another worker took them over; \
+                 their outcome here was not recorded (they may be published twice)"
+            );
+        }
+        Ok(report)
+    }
+
+    async fn publish_group(&self, name: &str, events: &[&ClaimedEvent]) -> Vec<(String, Settlement)> {
+        let settle_all = |settlement: &dyn Fn(&ClaimedEvent) -> Settlement| {
+            events
+                .iter()
+                .map(|e| (e.event.id.clone(), settlement(e)))
+                .collect::<Vec<_>>()
+        };
+        let publisher = match self.registry.get(name) {
+            Ok(publisher) => publisher,
+            Err(unknown) => {
+                let error = unknown.to_string();
+                return settle_all(&|e| Settlement::Failed {
+                    retry_count: e.event.retry_count,
+                    error: error.clone(),
+                });
+            }
+        };
+        if self.health.is_down(name) {
+            return settle_all(&|_| Settlement::Release);
+        }
+        let batch: Vec<_> = events.iter().map(|e| e.event.clone()).collect();
+        let attempts = publisher.publish_batch(&batch).await;
+        let any_transient = attempts
+            .iter()
+            .any(|a| matches!(a, Attempt::Done(Err(PublishError::Transient(_)))));
+        // A transient failure may be the publisher going down: check it now, and if it is,
+        // keep its events waiting instead of spending their retries.
+        let down = if any_transient {
+            let health = publisher.health().await;
+            let down = !health.healthy;
+            self.health.record(name, health);
+            down
+        } else {
+            false
+        };
+        let now = self.clock.now();
+        let mut rng = self.rng.lock().expect("rng lock");
+        events
+            .iter()
+            .zip(attempts)
+            .map(|(claimed, attempt)| {
+                let event = &claimed.event;
+                let settlement = match attempt {
+                    Attempt::Done(Ok(())) => Settlement::Published,
+                    Attempt::Done(Err(err @ PublishError::Permanent(_))) => Settlement::Failed {
+                        retry_count: event.retry_count,
+                        error: err.to_string(),
+                    },
+                    Attempt::Done(Err(PublishError::Transient(_))) | Attempt::NotAttempted if down => {
+                        Settlement::Release
+                    }
+                    Attempt::NotAttempted => Settlement::Release,
+                    Attempt::Done(Err(err @ PublishError::Transient(_))) => {
+                        let failures = event.retry_count + 1;
+                        if failures >= event.max_retries {
+                            Settlement::Failed {
+                                retry_count: failures,
+                                error: format!("{err} (gave up after {failures} attempts)"),
+                            }
+                        } else {
+                            let delay = self.backoff.delay(failures, &mut *rng);
+                            let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                            Settlement::Retry {
+                                retry_count: failures,
+                                at: crate::event::truncate_to_micros(at),
+                                error: err.to_string(),
+                            }
+                        }
+                    }
+                };
+                (event.id.clone(), settlement)
+            })
+            .collect()
+    }
+}
+
+/// Resolves when `shutdown` turns true; never, when its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
