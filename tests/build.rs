@@ -8,7 +8,7 @@ use std::process::Command;
 /// (workspace dir relative to the repository root, member crates)
 const WORKSPACES: &[(&str, &[&str])] = &[
     ("components", &["redis-stream", "router"]),
-    ("tests/test-components", &["command"]),
+    ("tests/test-components", &["command", "scripted", "slow-stream"]),
 ];
 
 fn main() {

@@ -29,8 +29,8 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     let store = OutboxStore::connect(&config.outbox.url).await?;
     store.verify().await?;
     let changed = store.retry(&args.ids, now_micros()).await?;
-    for row in &changed {
-        println!("{}", row.id);
+    for id in &changed {
+        println!("{id}");
     }
     eprintln!(
         "{} event(s) back to pending, due now, with their retries reset",
@@ -44,7 +44,7 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     let rows = store.find(&args.ids).await?;
     for id in &args.ids {
         let uuid = broadcaster::outbox::parse_id(id)?.to_string();
-        if changed.iter().any(|row| row.id == uuid) {
+        if changed.contains(&uuid) {
             continue;
         }
         missed = true;

@@ -153,15 +153,25 @@ pub enum Settlement {
     Release,
 }
 
-/// A row as operators see it (`broadcaster status`, `retry`).
+/// A row's bookkeeping, as operators see it (`broadcaster retry`, tests).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RowSummary {
+pub struct RowState {
     /// The row id (hyphenated UUID).
     pub id: String,
     /// Its status.
     pub status: Status,
     /// Its publisher (empty: default).
     pub publisher_backend: String,
+    /// Failed attempts so far.
+    pub retry_count: u32,
+    /// Attempts allowed.
+    pub max_retries: u32,
+    /// When it is (or was) due.
+    pub scheduled_at: DateTime<Utc>,
+    /// When it was published.
+    pub published_at: Option<DateTime<Utc>>,
+    /// The last error.
+    pub last_error: String,
 }
 
 /// Counts for `broadcaster status`.
@@ -265,12 +275,12 @@ impl OutboxStore {
     /// Sets the given rows (by id), or every `failed` row when `ids` is empty, back to
     /// `pending`, due now, with `retry_count` 0. Only `failed` and `retry` rows are changed.
     /// Returns the rows changed.
-    pub async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<RowSummary>, StoreError> {
+    pub async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         dispatch!(self.retry(ids, now))
     }
 
-    /// The rows with these ids (to explain what `retry` did not change).
-    pub async fn find(&self, ids: &[String]) -> Result<Vec<RowSummary>, StoreError> {
+    /// The rows with these ids (those that exist).
+    pub async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
         dispatch!(self.find(ids))
     }
 

@@ -13,7 +13,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::enqueue::Columns;
-use super::{Claim, ClaimedEvent, NewEvent, RowSummary, Settlement, Status, StatusReport, StoreError, schema};
+use super::{Claim, ClaimedEvent, NewEvent, RowState, Settlement, Status, StatusReport, StoreError, schema};
 use crate::event::{OutboxEvent, Payload};
 
 /// The outbox in a PostgreSQL database.
@@ -262,36 +262,37 @@ impl PostgresStore {
         Ok(report)
     }
 
-    pub(crate) async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<RowSummary>, StoreError> {
-        let rows = if ids.is_empty() {
-            sqlx::query(
+    pub(crate) async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        let changed: Vec<Uuid> = if ids.is_empty() {
+            sqlx::query_scalar(
                 "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = $1, updated_at = $1 \
-                 WHERE status = 'failed' RETURNING id, status::text, publisher_backend::text",
+                 WHERE status = 'failed' RETURNING id",
             )
             .bind(now)
             .fetch_all(&self.pool)
             .await?
         } else {
-            sqlx::query(
+            sqlx::query_scalar(
                 "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = $1, updated_at = $1 \
-                 WHERE id = ANY($2) AND status IN ('failed', 'retry') \
-                 RETURNING id, status::text, publisher_backend::text",
+                 WHERE id = ANY($2) AND status IN ('failed', 'retry') RETURNING id",
             )
             .bind(now)
             .bind(uuids(ids)?)
             .fetch_all(&self.pool)
             .await?
         };
-        rows.iter().map(summary).collect()
+        Ok(changed.into_iter().map(|id| id.to_string()).collect())
     }
 
-    pub(crate) async fn find(&self, ids: &[String]) -> Result<Vec<RowSummary>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, status::text, publisher_backend::text FROM outbox_events WHERE id = ANY($1)")
-                .bind(uuids(ids)?)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(summary).collect()
+    pub(crate) async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, status::text AS status, publisher_backend::text AS publisher_backend, retry_count, \
+             max_retries, scheduled_at, published_at, last_error FROM outbox_events WHERE id = ANY($1)",
+        )
+        .bind(uuids(ids)?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_state).collect()
     }
 
     pub(crate) async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
@@ -370,16 +371,21 @@ where
     Ok(())
 }
 
-fn summary(row: &PgRow) -> Result<RowSummary, StoreError> {
-    let id: Uuid = row.try_get(0)?;
-    let status: String = row.try_get(1)?;
-    Ok(RowSummary {
+fn row_state(row: &PgRow) -> Result<RowState, StoreError> {
+    let id: Uuid = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    Ok(RowState {
         id: id.to_string(),
         status: Status::parse(&status).ok_or_else(|| StoreError::BadRow {
             id: id.to_string(),
             message: format!("unknown status {status:?}"),
         })?,
-        publisher_backend: row.try_get(2)?,
+        publisher_backend: row.try_get("publisher_backend")?,
+        retry_count: u32::try_from(row.try_get::<i32, _>("retry_count")?).unwrap_or(0),
+        max_retries: u32::try_from(row.try_get::<i32, _>("max_retries")?).unwrap_or(0),
+        scheduled_at: row.try_get("scheduled_at")?,
+        published_at: row.try_get("published_at")?,
+        last_error: row.try_get("last_error")?,
     })
 }
 

@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool};
 
 use super::enqueue::Columns;
-use super::{Claim, ClaimedEvent, NewEvent, RowSummary, Settlement, Status, StatusReport, StoreError, schema};
+use super::{Claim, ClaimedEvent, NewEvent, RowState, Settlement, Status, StatusReport, StoreError, schema};
 use crate::event::{OutboxEvent, Payload};
 
 /// The outbox in a SQLite file.
@@ -280,39 +280,42 @@ impl SqliteStore {
         Ok(report)
     }
 
-    pub(crate) async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<RowSummary>, StoreError> {
+    pub(crate) async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let ids = ids.iter().map(|id| hex_id(id)).collect::<Result<Vec<_>, _>>()?;
-        let rows = if ids.is_empty() {
-            sqlx::query(
+        let changed: Vec<String> = if ids.is_empty() {
+            sqlx::query_scalar(
                 "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = ?1, updated_at = ?1 \
-                 WHERE status = 'failed' RETURNING id, status, publisher_backend",
+                 WHERE status = 'failed' RETURNING id",
             )
             .bind(format_time(now))
             .fetch_all(&self.pool)
             .await?
         } else {
-            sqlx::query(
+            sqlx::query_scalar(
                 "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = ?1, updated_at = ?1 \
-                 WHERE id IN (SELECT value FROM json_each(?2)) AND status IN ('failed', 'retry') \
-                 RETURNING id, status, publisher_backend",
+                 WHERE id IN (SELECT value FROM json_each(?2)) AND status IN ('failed', 'retry') RETURNING id",
             )
             .bind(format_time(now))
             .bind(json_list(ids))
             .fetch_all(&self.pool)
             .await?
         };
-        rows.iter().map(summary).collect()
+        Ok(changed
+            .into_iter()
+            .map(|id| uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or(id))
+            .collect())
     }
 
-    pub(crate) async fn find(&self, ids: &[String]) -> Result<Vec<RowSummary>, StoreError> {
+    pub(crate) async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
         let ids = ids.iter().map(|id| hex_id(id)).collect::<Result<Vec<_>, _>>()?;
         let rows = sqlx::query(
-            "SELECT id, status, publisher_backend FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
+            "SELECT id, status, publisher_backend, retry_count, max_retries, scheduled_at, published_at, last_error \
+             FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
         )
         .bind(json_list(ids))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(summary).collect()
+        rows.iter().map(row_state).collect()
     }
 
     pub(crate) async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
@@ -370,16 +373,28 @@ where
     Ok(())
 }
 
-fn summary(row: &SqliteRow) -> Result<RowSummary, StoreError> {
-    let id: String = row.try_get(0)?;
-    let status: String = row.try_get(1)?;
-    Ok(RowSummary {
-        id: uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or(id.clone()),
-        status: Status::parse(&status).ok_or_else(|| StoreError::BadRow {
-            id,
-            message: format!("unknown status {status:?}"),
-        })?,
-        publisher_backend: row.try_get(2)?,
+fn row_state(row: &SqliteRow) -> Result<RowState, StoreError> {
+    let raw_id: String = row.try_get("id")?;
+    let bad = |message: String| StoreError::BadRow {
+        id: raw_id.clone(),
+        message,
+    };
+    let status: String = row.try_get("status")?;
+    let time = |text: String| parse_time(&text).ok_or_else(|| bad(format!("{text:?} is not a time")));
+    Ok(RowState {
+        id: uuid::Uuid::parse_str(&raw_id)
+            .map(|u| u.to_string())
+            .unwrap_or(raw_id.clone()),
+        status: Status::parse(&status).ok_or_else(|| bad(format!("unknown status {status:?}")))?,
+        publisher_backend: row.try_get("publisher_backend")?,
+        retry_count: u32::try_from(row.try_get::<i64, _>("retry_count")?).unwrap_or(0),
+        max_retries: u32::try_from(row.try_get::<i64, _>("max_retries")?).unwrap_or(0),
+        scheduled_at: time(row.try_get("scheduled_at")?)?,
+        published_at: row
+            .try_get::<Option<String>, _>("published_at")?
+            .map(time)
+            .transpose()?,
+        last_error: row.try_get("last_error")?,
     })
 }
 

@@ -262,20 +262,34 @@ impl Relay {
             return settle_all(&|_| Settlement::Release);
         }
         let batch: Vec<_> = events.iter().map(|e| e.event.clone()).collect();
-        let attempts = publisher.publish_batch(&batch).await;
-        let any_transient = attempts
+        let mut attempts = publisher.publish_batch(&batch).await;
+        // A transient failure may be the publisher going down: check it now. If it is down,
+        // its events wait (no retry spent); if not, the failure was the event's own, and the
+        // events after it (not attempted, to keep their order) are published now.
+        let mut down = false;
+        while attempts
             .iter()
-            .any(|a| matches!(a, Attempt::Done(Err(PublishError::Transient(_)))));
-        // A transient failure may be the publisher going down: check it now, and if it is,
-        // keep its events waiting instead of spending their retries.
-        let down = if any_transient {
+            .any(|a| matches!(a, Attempt::Done(Err(PublishError::Transient(_)))))
+        {
             let health = publisher.health().await;
-            let down = !health.healthy;
+            down = !health.healthy;
             self.health.record(name, health);
-            down
-        } else {
-            false
-        };
+            let rest: Vec<usize> = (0..attempts.len())
+                .filter(|i| attempts[*i] == Attempt::NotAttempted)
+                .collect();
+            if down || rest.is_empty() {
+                break;
+            }
+            let retry: Vec<_> = rest.iter().map(|i| batch[*i].clone()).collect();
+            let later = publisher.publish_batch(&retry).await;
+            let before = attempts.clone();
+            for (i, attempt) in rest.into_iter().zip(later) {
+                attempts[i] = attempt;
+            }
+            if attempts == before {
+                break;
+            }
+        }
         let now = self.clock.now();
         let mut rng = self.rng.lock().expect("rng lock");
         events
