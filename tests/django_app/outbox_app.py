@@ -1,0 +1,81 @@
+"""A minimal Django project with django-broadcaster 0.1.1 installed: the seed itself, driven
+by Broadcaster's compatibility tests.
+
+    python outbox_app.py <db> migrate
+    python outbox_app.py <db> enqueue '<json list of publish_event kwargs>'   -> one id per line
+    python outbox_app.py <db> rows <id>...      -> one JSON object per row (columns + to_cloud_event)
+    python outbox_app.py <db> seed-publish <redis port> <stream> <id>...   (the seed's RedisStreamBackend)
+
+<db> is a SQLite file path or a postgres:// URL.
+"""
+import json
+import sys
+from urllib.parse import urlparse
+
+import django
+from django.conf import settings
+
+
+def configure(db):
+    if db.startswith("postgres://"):
+        url = urlparse(db)
+        database = {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": url.path.lstrip("/"),
+            "USER": url.username or "postgres",
+            "PASSWORD": url.password or "",
+            "HOST": url.hostname or "127.0.0.1",
+            "PORT": str(url.port or 5432),
+        }
+    else:
+        database = {"ENGINE": "django.db.backends.sqlite3", "NAME": db}
+    settings.configure(
+        SECRET_KEY="tests",
+        USE_TZ=True,
+        TIME_ZONE="UTC",
+        INSTALLED_APPS=["django_broadcaster"],
+        DATABASES={"default": database},
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        OUTBOX_PUBLISHERS={},
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+
+
+def main():
+    db, command, *args = sys.argv[1:]
+    configure(db)
+    from django.core.management import call_command
+    from django_broadcaster.backends import RedisStreamBackend
+    from django_broadcaster.models import OutboxEvent
+    from django_broadcaster.publishers import publisher
+
+    if command == "migrate":
+        call_command("migrate", "django_broadcaster", verbosity=0)
+    elif command == "enqueue":
+        for kwargs in json.loads(args[0]):
+            print(publisher.publish_event(**kwargs).id)
+    elif command == "rows":
+        for id in args:
+            e = OutboxEvent.objects.get(id=id)
+            print(json.dumps({
+                "id": str(e.id), "spec_version": e.spec_version, "event_type": e.event_type,
+                "source": e.source, "subject": e.subject, "data_content_type": e.data_content_type,
+                "data_schema": e.data_schema, "data": e.data, "status": e.status,
+                "retry_count": e.retry_count, "max_retries": e.max_retries, "last_error": e.last_error,
+                "publisher_backend": e.publisher_backend, "publisher_config": e.publisher_config,
+                "published": e.published_at is not None,
+                "created_at": e.created_at.isoformat(), "scheduled_at": e.scheduled_at.isoformat(),
+                "cloud_event": json.dumps(e.to_cloud_event()),
+            }))
+    elif command == "seed-publish":
+        port, stream, *ids = args
+        backend = RedisStreamBackend({"host": "127.0.0.1", "port": int(port), "stream_name": stream})
+        for id in ids:
+            backend.publish(OutboxEvent.objects.get(id=id))
+    else:
+        sys.exit(f"unknown command {command}")
+
+
+if __name__ == "__main__":
+    main()
