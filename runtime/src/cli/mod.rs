@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the work failed (an event was not published, a publisher is
 //! unhealthy); 2 bad input (command line, config file, component, backend options).
 
+mod bench;
 mod check;
 mod health;
 mod migrate;
@@ -93,6 +94,8 @@ pub enum Command {
     Retry(retry::RetryArgs),
     /// Delete published events older than an age, in bounded batches.
     Prune(prune::PruneArgs),
+    /// Measure: `bench relay` (outbox → Redis throughput). Prints a table.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -107,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Retry(args) => retry::run(args).await,
         Command::Prune(args) => prune::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

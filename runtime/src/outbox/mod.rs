@@ -247,7 +247,10 @@ impl OutboxStore {
     /// publisher is not in `skip` (names as stored: give both `""` and `"default"` to skip
     /// the default publisher), oldest due first.
     pub async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
-        dispatch!(self.claim(now, limit, skip))
+        let mut claim = dispatch!(self.claim(now, limit, skip))?;
+        // `UPDATE … RETURNING` gives rows in no particular order.
+        claim.events.sort_by_key(|e| (e.scheduled_at, e.event.created_at));
+        Ok(claim)
     }
 
     /// Applies the outcome of each claimed row; rows whose lease was taken over are left

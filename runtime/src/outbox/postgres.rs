@@ -139,8 +139,7 @@ impl PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        events.sort_by(|a, b| (a.scheduled_at, a.event.created_at).cmp(&(b.scheduled_at, b.event.created_at)));
+        let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         Ok(Claim { token, events })
     }
 

@@ -1,0 +1,243 @@
+//! `broadcaster bench`: measurements that print a table (speed targets live here, not in
+//! timed tests).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use broadcaster::config::Config;
+use broadcaster::event::now_micros;
+use broadcaster::outbox::{NewEvent, OutboxStore, Status};
+use broadcaster::registry::PublisherRegistry;
+use broadcaster::relay::Relay;
+use sqlx::Connection;
+
+use super::health::print_table;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BenchCommand {
+    /// Relay throughput, outbox → Redis: enqueue N events of about 300 bytes, then time one
+    /// worker publishing all of them, for each outbox × publisher combination.
+    Relay(RelayBench),
+}
+
+#[derive(Debug, clap::Args)]
+struct RelayBench {
+    /// Events per run.
+    #[arg(long, default_value_t = 10_000)]
+    events: usize,
+    /// Events claimed per batch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: u32,
+    /// Outboxes to measure: sqlite, postgres (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    outbox: Vec<String>,
+    /// Publishers to measure: native, wasm (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "native,wasm")]
+    publisher: Vec<String>,
+    /// The Redis to publish to (streams bench:* are created and deleted).
+    #[arg(long, default_value = "127.0.0.1:6379", value_name = "HOST:PORT")]
+    redis: String,
+    /// A PostgreSQL server URL; a scratch database is created on it and dropped afterwards.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test", value_name = "URL")]
+    postgres: String,
+    /// The redis-stream component, for the wasm publisher.
+    #[arg(long, default_value = "components/dist/redis-stream.wasm", value_name = "FILE")]
+    component: std::path::PathBuf,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.what {
+        BenchCommand::Relay(bench) => relay(bench).await,
+    }
+}
+
+async fn relay(bench: RelayBench) -> anyhow::Result<ExitCode> {
+    let (host, port) = bench.redis.rsplit_once(':').context("--redis is HOST:PORT")?;
+    let port: u16 = port.parse().context("--redis port")?;
+    let component = std::fs::canonicalize(&bench.component).with_context(|| {
+        format!(
+            "{} is missing: build the components first (scripts/build-components)",
+            bench.component.display()
+        )
+    })?;
+    let mut rows = Vec::new();
+    for outbox in &bench.outbox {
+        for publisher in &bench.publisher {
+            let scratch = Scratch::create(outbox, &bench.postgres).await?;
+            let stream = format!("bench:{outbox}:{publisher}");
+            let config = Config::from_toml(
+                &format!(
+                    r#"
+                    [outbox]
+                    url = "{url}"
+                    [publishers.default]
+                    backend = "redis-stream"
+                    [publishers.default.options]
+                    host = "{host}"
+                    port = {port}
+                    stream_name = "{stream}"
+                    max_len = 1000000
+                    [publishers.wasm]
+                    component = "{component}"
+                    [publishers.wasm.options]
+                    stream_name = "{stream}"
+                    max_len = 1000000
+                    [publishers.wasm.grants]
+                    redis = {{ host = "{host}", port = {port}, streams = ["bench:*"] }}
+                    "#,
+                    url = scratch.url,
+                    component = component.display(),
+                ),
+                "bench.toml".as_ref(),
+                Vec::new(),
+            )?;
+            let result = relay_once(&config, &bench, publisher, &stream).await;
+            scratch.drop().await;
+            let (elapsed, published) = result?;
+            let rate = published as f64 / elapsed.as_secs_f64();
+            eprintln!(
+                "{outbox} × {publisher}: {published} events in {:.2}s",
+                elapsed.as_secs_f64()
+            );
+            rows.push([
+                outbox.clone(),
+                format!("{publisher} redis-stream"),
+                published.to_string(),
+                format!("{:.2}", elapsed.as_secs_f64()),
+                format!("{rate:.0}"),
+            ]);
+        }
+    }
+    println!(
+        "relay throughput: {} events of ~300 bytes, batch {}, one worker",
+        bench.events, bench.batch_size
+    );
+    print_table(["OUTBOX", "PUBLISHER", "EVENTS", "SECONDS", "EVENTS/S"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn relay_once(
+    config: &Config,
+    bench: &RelayBench,
+    publisher: &str,
+    stream: &str,
+) -> anyhow::Result<(Duration, u64)> {
+    let name = match publisher {
+        "native" => "default",
+        "wasm" => "wasm",
+        other => bail!("unknown --publisher {other:?} (native, wasm)"),
+    };
+    let store = OutboxStore::connect(&config.outbox.url).await?;
+    store.migrate().await?;
+    let events: Vec<NewEvent> = (0..bench.events)
+        .map(|i| {
+            NewEvent::new("order.created", "/bench/shop")
+                .publisher(name)
+                .subject(format!("order/{i}"))
+                .data(serde_json::json!({
+                    "order_id": i,
+                    "customer": {"id": 4711, "name": "Zoë Example"},
+                    "items": [{"sku": "SKU-1", "qty": 2, "price": 9.95}],
+                    "total": 19.9,
+                }))
+        })
+        .collect();
+    store.enqueue(&events, now_micros()).await?;
+    let registry = Arc::new(PublisherRegistry::build(config, Some(&[name])).await?);
+    let client = redis::Client::open(format!("redis://{}/", bench.redis))?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    redis::cmd("DEL").arg(stream).query_async::<()>(&mut redis).await?;
+    let relay = Relay::new(store.clone(), registry, &config.relay);
+    relay.refresh_health().await;
+    let started = Instant::now();
+    let mut published = 0;
+    loop {
+        let batch = relay.run_batch(bench.batch_size).await?;
+        published += batch.published;
+        if batch.claimed == 0 {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    let written: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut redis).await?;
+    redis::cmd("DEL").arg(stream).query_async::<()>(&mut redis).await?;
+    let report = store.status(now_micros(), Duration::from_secs(300)).await?;
+    let done: u64 = report
+        .counts
+        .iter()
+        .filter(|((_, s), _)| *s == Status::Published)
+        .map(|(_, n)| n)
+        .sum();
+    if written != bench.events as u64 || done != bench.events as u64 {
+        bail!(
+            "expected {} events published, the stream has {written} and the outbox {done}",
+            bench.events
+        );
+    }
+    Ok((elapsed, published))
+}
+
+/// A scratch outbox: a temporary SQLite file, or a temporary PostgreSQL database.
+struct Scratch {
+    url: String,
+    server: Option<String>,
+    name: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Scratch {
+    async fn create(kind: &str, postgres: &str) -> anyhow::Result<Self> {
+        match kind {
+            "sqlite" => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                Ok(Self {
+                    url,
+                    server: None,
+                    name: String::new(),
+                    _dir: Some(dir),
+                })
+            }
+            "postgres" => {
+                let name = format!("broadcaster_bench_{}", std::process::id());
+                let mut conn = sqlx::PgConnection::connect(postgres)
+                    .await
+                    .with_context(|| format!("connecting to {postgres} (--postgres)"))?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\"")))
+                    .execute(&mut conn)
+                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                    .execute(&mut conn)
+                    .await?;
+                let base = postgres
+                    .rsplit_once('/')
+                    .map(|(b, _)| b)
+                    .context("--postgres needs a database")?;
+                Ok(Self {
+                    url: format!("{base}/{name}"),
+                    server: Some(postgres.to_string()),
+                    name,
+                    _dir: None,
+                })
+            }
+            other => bail!("unknown --outbox {other:?} (sqlite, postgres)"),
+        }
+    }
+
+    async fn drop(self) {
+        if let Some(server) = &self.server
+            && let Ok(mut conn) = sqlx::PgConnection::connect(server).await
+        {
+            let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+        }
+    }
+}
