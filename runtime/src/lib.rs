@@ -13,6 +13,9 @@
 //! - [`host`]: the WebAssembly host: engine, component checks, sandboxed instances, and the
 //!   capabilities (`redis-stream`, `log`) bound to each publisher's grants.
 //! - [`registry`]: builds every configured publisher and routes events to them.
+//! - [`outbox`]: the `outbox_events` table (django-broadcaster's) on SQLite or PostgreSQL:
+//!   migrate, enqueue (also inside your own transaction), claim, settle, operate.
+//! - [`relay`]: the worker loop: leases, backoff, health gating, fencing.
 //! - [`stream_client`]: the reconnecting Redis connection both kinds of publisher use.
 //! - `main.rs` and `cli/`: the command line (one file per command).
 //!
