@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, PublisherConfig, PublisherKind, table_to_json};
 use crate::host::{
-    ComponentError, ComponentPublisher, ComponentSettings, EngineError, HostEngine, LoadedComponent, RedisCapability,
-    StartError, StreamPatterns,
+    CallLimits, ComponentError, ComponentPublisher, ComponentSettings, EngineError, EngineSettings, HostEngine,
+    LoadedComponent, RedisCapability, StartError, StreamPatterns, secrets,
 };
 use crate::publisher::{Health, Publisher, RedisStreamOptions, RedisStreamPublisher};
 use crate::stream_client::{RedisEndpoint, StreamClient};
@@ -44,6 +44,21 @@ pub enum RegistryError {
     /// The WebAssembly engine could not be created.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A component imports a capability its publisher was not granted.
+    #[error(
+        "publisher `{publisher}`: {component} imports `{import}`, a capability this publisher is not granted; \
+         grant it with {grant}, or use a backend that does not need it"
+    )]
+    NotGranted {
+        /// The publisher.
+        publisher: String,
+        /// The component file.
+        component: String,
+        /// The import.
+        import: String,
+        /// The config that would grant it.
+        grant: String,
+    },
     /// A publisher was asked for by name and is not configured.
     #[error(transparent)]
     Unknown(#[from] UnknownPublisher),
@@ -181,19 +196,39 @@ impl Builder<'_> {
                         streams: StreamPatterns::new(grant.streams.clone()),
                     }),
                 };
-                if redis.is_none() && component.imports_redis_stream() {
-                    tracing::warn!(
-                        publisher = name,
-                        component = %path.display(),
-                        "the component imports redis-stream but the publisher has no `grants.redis`: its calls will fail"
-                    );
+                if redis.is_none()
+                    && let Some(import) = component
+                        .imports
+                        .iter()
+                        .find(|i| i.starts_with("broadcaster:backend/redis-stream@"))
+                {
+                    return Err(RegistryError::NotGranted {
+                        publisher: name.to_string(),
+                        component: path.display().to_string(),
+                        import: import.clone(),
+                        grant: format!(
+                            "[publishers.{name}.grants] redis = {{ host = \"…\", port = 6379, streams = [\"…\"] }}"
+                        ),
+                    });
                 }
+                let mut options = publisher.options.clone();
+                let env = |name: &str| std::env::var(name).ok();
+                let redactor = secrets::resolve(&mut options, &self.config.base_dir, &env).map_err(|err| {
+                    RegistryError::Options {
+                        publisher: name.to_string(),
+                        config: self.config.path.display().to_string(),
+                        message: err.to_string(),
+                    }
+                })?;
                 let settings = ComponentSettings {
                     name: Arc::from(name),
-                    options_json: table_to_json(&publisher.options).to_string(),
+                    options_json: table_to_json(&options).to_string(),
                     redis,
                     memory_bytes: usize::try_from(publisher.limits.memory.0).unwrap_or(usize::MAX),
                     call_timeout: publisher.limits.call_timeout.0,
+                    fuel: publisher.limits.fuel,
+                    call_limits: CallLimits::from(&publisher.limits),
+                    redactor: Arc::new(redactor),
                 };
                 let engine = self.engine()?.clone();
                 let started = ComponentPublisher::start(&engine, component, settings).await?;
@@ -202,9 +237,33 @@ impl Builder<'_> {
         }
     }
 
+    /// The engine, sized for every component publisher of the configuration.
     fn engine(&mut self) -> Result<&HostEngine, EngineError> {
         if self.engine.is_none() {
-            self.engine = Some(HostEngine::new()?);
+            let components: Vec<&PublisherConfig> = self
+                .config
+                .publishers
+                .values()
+                .filter(|p| p.component.is_some())
+                .collect();
+            let settings = EngineSettings {
+                allocator: self.config.wasm.allocator,
+                max_memory: components
+                    .iter()
+                    .map(|p| usize::try_from(p.limits.memory.0).unwrap_or(usize::MAX))
+                    .max()
+                    .unwrap_or(64 << 20),
+                instances: u32::try_from(components.len()).unwrap_or(u32::MAX).saturating_add(16),
+                fuel: components.iter().any(|p| p.limits.fuel.is_some()),
+                cache_dir: self.config.wasm.cache_directory(),
+            };
+            let engine = HostEngine::with_settings(&settings)?;
+            tracing::debug!(
+                pooling = engine.is_pooling(),
+                fuel = engine.meters_fuel(),
+                "wasm engine ready"
+            );
+            self.engine = Some(engine);
         }
         Ok(self.engine.as_ref().expect("engine just created"))
     }

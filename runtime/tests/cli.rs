@@ -250,7 +250,7 @@ fn init_rejecting_its_options_is_bad_input() {
     let config = write_config(
         dir.path(),
         &format!(
-            "[publishers.r]\ncomponent = \"{}\"\n[publishers.r.options]\nroutes = {{}}\n",
+            "[publishers.r]\ncomponent = \"{}\"\n[publishers.r.options]\nroutes = {{}}\n[publishers.r.grants]\nredis = {{ streams = [\"r:*\"] }}\n",
             components::ROUTER
         ),
     );
@@ -259,6 +259,24 @@ fn init_rejecting_its_options_is_bad_input() {
         None,
     );
     assert_bad_input(&run, &["publisher `r`", "init rejected", "option `routes`"]);
+}
+
+#[test]
+fn a_component_needing_an_ungranted_capability_is_bad_input_before_any_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("[publishers.r]\ncomponent = \"{}\"\n", components::ROUTER),
+    );
+    let run = broadcaster(&["health", "-c", config.to_str().unwrap()], None);
+    assert_bad_input(
+        &run,
+        &[
+            "publisher `r`",
+            "imports `broadcaster:backend/redis-stream@0.1.0`",
+            "grants",
+        ],
+    );
 }
 
 #[test]

@@ -99,25 +99,20 @@ async fn a_stream_outside_the_grant_is_an_error_value_and_nothing_is_written() {
 }
 
 #[tokio::test]
-async fn a_component_without_a_redis_grant_cannot_write_anywhere() {
-    let redis = RedisServer::start();
-    let registry = PublisherRegistry::build(
-        &config(&format!(
-            "[publishers.nogrant]\ncomponent = \"{}\"\n[publishers.nogrant.options]\nstream_name = \"events\"\n",
-            components::REDIS_STREAM
-        )),
-        None,
-    )
-    .await
-    .unwrap();
-    let publisher = registry.get("nogrant").unwrap();
-    let err = publisher.publish(&event("a")).await.unwrap_err();
+async fn a_component_importing_redis_without_a_redis_grant_is_refused_at_start() {
+    let config = config(&format!(
+        "[publishers.nogrant]\ncomponent = \"{}\"\n[publishers.nogrant.options]\nstream_name = \"events\"\n",
+        components::REDIS_STREAM
+    ));
+    let err = PublisherRegistry::build(&config, None).await.unwrap_err();
+    assert!(matches!(err, RegistryError::NotGranted { .. }), "{err:?}");
+    let message = err.to_string();
     assert!(
-        matches!(&err, PublishError::Permanent(m) if m.contains("no `redis` grant")),
-        "{err}"
+        message.contains("publisher `nogrant`")
+            && message.contains("broadcaster:backend/redis-stream@0.1.0")
+            && message.contains("[publishers.nogrant.grants] redis"),
+        "{message}"
     );
-    assert!(!publisher.health().await.healthy);
-    assert!(!redis.client().exists::<_, bool>("events").unwrap());
 }
 
 #[tokio::test]
@@ -129,7 +124,7 @@ async fn init_rejecting_its_options_stops_the_publisher_from_starting() {
     ];
     for (options, expected) in cases {
         let config = config(&format!(
-            "[publishers.bad]\ncomponent = \"{}\"\n[publishers.bad.options]\n{options}\n",
+            "[publishers.bad]\ncomponent = \"{}\"\n[publishers.bad.grants]\nredis = {{ streams = [\"x\"] }}\n[publishers.bad.options]\n{options}\n",
             components::ROUTER
         ));
         let err = PublisherRegistry::build(&config, None).await.unwrap_err();
@@ -141,7 +136,7 @@ async fn init_rejecting_its_options_stops_the_publisher_from_starting() {
         );
     }
     let connection_option = config(&format!(
-        "[publishers.bad]\ncomponent = \"{}\"\n[publishers.bad.options]\nhost = \"10.0.0.1\"\n",
+        "[publishers.bad]\ncomponent = \"{}\"\n[publishers.bad.grants]\nredis = {{ streams = [\"x\"] }}\n[publishers.bad.options]\nhost = \"10.0.0.1\"\n",
         components::REDIS_STREAM
     ));
     let message = PublisherRegistry::build(&connection_option, None)

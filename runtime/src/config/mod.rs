@@ -6,7 +6,10 @@
 //! (see [`env`]).
 
 pub mod env;
+mod publishers;
+mod relay;
 pub mod units;
+mod wasm;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +17,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use publishers::{Grants, Limits, PublisherConfig, PublisherKind, RedisGrant};
+pub(crate) use publishers::{default_redis_host, default_redis_port};
+pub use relay::RelayConfig;
 pub use units::{ByteSize, Seconds};
+pub use wasm::{Allocator, WasmConfig};
 
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "broadcaster.toml";
@@ -75,6 +82,9 @@ pub struct Config {
     /// `[relay]`: how the worker claims, retries and checks health.
     #[serde(default)]
     pub relay: RelayConfig,
+    /// `[wasm]`: compile cache and instance allocation for components.
+    #[serde(default)]
+    pub wasm: WasmConfig,
     /// The directory relative component paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -103,171 +113,6 @@ impl Default for OutboxConfig {
 
 fn default_outbox_url() -> String {
     "sqlite://broadcaster.db".to_string()
-}
-
-/// `[relay]`: the worker's settings. `broadcaster run` flags override the first two.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RelayConfig {
-    /// Most events claimed at once. Default 100.
-    #[serde(default = "default_batch_size")]
-    pub batch_size: u32,
-    /// How long to wait when nothing more is due. Default 5 s.
-    #[serde(default = "default_interval")]
-    pub interval: Seconds,
-    /// How long a claim lasts: a row still `processing` this long after its claim is taken
-    /// back (its worker died). Longer than the slowest batch. Default 5 min.
-    #[serde(default = "default_lease_timeout")]
-    pub lease_timeout: Seconds,
-    /// How often every publisher's health is checked. Default 5 s.
-    #[serde(default = "default_interval")]
-    pub health_interval: Seconds,
-    /// Backoff unit: after the n-th transient failure an event waits `retry_base × 2^n`
-    /// (capped). Default 1 min: the seed's 2, 4, 8… minutes.
-    #[serde(default = "default_retry_base")]
-    pub retry_base: Seconds,
-    /// The longest backoff. Default 1 h.
-    #[serde(default = "default_retry_cap")]
-    pub retry_cap: Seconds,
-    /// The fraction of each backoff taken off at random (0 to 1). Default 0.2.
-    #[serde(default = "default_retry_jitter")]
-    pub retry_jitter: f64,
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        Self {
-            batch_size: default_batch_size(),
-            interval: default_interval(),
-            lease_timeout: default_lease_timeout(),
-            health_interval: default_interval(),
-            retry_base: default_retry_base(),
-            retry_cap: default_retry_cap(),
-            retry_jitter: default_retry_jitter(),
-        }
-    }
-}
-
-fn default_batch_size() -> u32 {
-    100
-}
-fn default_interval() -> Seconds {
-    Seconds(Duration::from_secs(5))
-}
-fn default_lease_timeout() -> Seconds {
-    Seconds(Duration::from_secs(300))
-}
-fn default_retry_base() -> Seconds {
-    Seconds(Duration::from_secs(60))
-}
-fn default_retry_cap() -> Seconds {
-    Seconds(Duration::from_secs(3600))
-}
-fn default_retry_jitter() -> f64 {
-    0.2
-}
-
-/// `[publishers.<name>]`: one publisher. Exactly one of `backend` and `component` is set.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublisherConfig {
-    /// A native backend by name; only `redis-stream` exists.
-    pub backend: Option<String>,
-    /// A WebAssembly component file implementing `broadcaster:backend/publisher`; a relative
-    /// path is relative to the config file.
-    pub component: Option<PathBuf>,
-    /// `[publishers.<name>.options]`: the backend's own options. For the native
-    /// `redis-stream` the seed's option names; for a component, handed to its `init` as JSON.
-    #[serde(default)]
-    pub options: toml::Table,
-    /// `[publishers.<name>.grants]`: capabilities a component may use. None by default.
-    #[serde(default)]
-    pub grants: Grants,
-    /// `[publishers.<name>.limits]`: resource limits for a component.
-    #[serde(default)]
-    pub limits: Limits,
-}
-
-/// What a publisher's configuration asks to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublisherKind {
-    /// The native Redis Stream backend.
-    RedisStream,
-    /// A WebAssembly component, by resolved path.
-    Component(PathBuf),
-}
-
-/// Capabilities granted to a component. Anything not granted is not available.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Grants {
-    /// `redis = { host, port, db, password, streams = ["tenant-a:*"] }`.
-    pub redis: Option<RedisGrant>,
-}
-
-/// The Redis a component may write to, and which streams.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisGrant {
-    /// Server host name or address. Default `localhost`.
-    #[serde(default = "default_redis_host")]
-    pub host: String,
-    /// Server port. Default 6379.
-    #[serde(default = "default_redis_port")]
-    pub port: u16,
-    /// Database number. Default 0.
-    #[serde(default)]
-    pub db: i64,
-    /// Password (`AUTH`); never shown to the component. Default none.
-    pub password: Option<String>,
-    /// Stream name patterns the component may `XADD` to; `*` matches any run of characters,
-    /// `?` one character. Required: an empty list allows nothing.
-    pub streams: Vec<String>,
-    /// Seconds to wait for a connection. Default 5.
-    #[serde(default = "default_timeout")]
-    pub connect_timeout: Seconds,
-    /// Seconds to wait for a reply. Default 5.
-    #[serde(default = "default_timeout")]
-    pub socket_timeout: Seconds,
-}
-
-pub(crate) fn default_redis_host() -> String {
-    "localhost".to_string()
-}
-pub(crate) fn default_redis_port() -> u16 {
-    6379
-}
-pub(crate) fn default_timeout() -> Seconds {
-    Seconds(Duration::from_secs(5))
-}
-
-/// Resource limits for one component publisher.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// Most linear memory the instance may use (`"64MiB"`, or bytes). Default 64 MiB.
-    #[serde(default = "default_memory")]
-    pub memory: ByteSize,
-    /// Wall-clock deadline for one call into the component (`"2s"`, `"500ms"`, or seconds).
-    /// Default 2 s.
-    #[serde(default = "default_call_timeout")]
-    pub call_timeout: Seconds,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            memory: default_memory(),
-            call_timeout: default_call_timeout(),
-        }
-    }
-}
-
-fn default_memory() -> ByteSize {
-    ByteSize(64 * 1024 * 1024)
-}
-fn default_call_timeout() -> Seconds {
-    Seconds(Duration::from_secs(2))
 }
 
 impl Config {

@@ -4,7 +4,7 @@
 wasmtime::component::bindgen!({
     path: "../wit/backend@0.1.0",
     world: "publisher",
-    imports: { default: async },
+    imports: { default: async | trappable },
     exports: { default: async },
 });
 

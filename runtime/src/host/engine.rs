@@ -1,15 +1,17 @@
 //! The one wasmtime engine every component runs on, its linker (WASI + Broadcaster's
 //! capabilities), and the epoch ticker that enforces call deadlines.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings;
 use super::state::PublisherState;
+use crate::config::Allocator;
 
 /// How often the engine's epoch advances. A guest in a loop notices its deadline (and yields
 /// to other tasks) at most this long after it passes.
@@ -20,27 +22,128 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 #[error("cannot set up the WebAssembly engine: {0}")]
 pub struct EngineError(String);
 
+/// What the engine must accommodate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Instance allocation strategy.
+    pub allocator: Allocator,
+    /// The largest memory limit of any publisher.
+    pub max_memory: usize,
+    /// How many component instances may live at once (one per publisher, plus spares).
+    pub instances: u32,
+    /// Meter fuel (some publisher has a `fuel` limit).
+    pub fuel: bool,
+    /// The compile cache directory, if any.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            allocator: Allocator::OnDemand,
+            max_memory: 64 << 20,
+            instances: 16,
+            fuel: false,
+            cache_dir: None,
+        }
+    }
+}
+
 /// The engine, the linker, and the epoch ticker. Cheap to clone.
 #[derive(Clone)]
 pub struct HostEngine {
     engine: Engine,
     linker: Arc<Linker<PublisherState>>,
+    pooling: bool,
+    fuel: bool,
     _ticker: Arc<EpochTicker>,
 }
 
 impl std::fmt::Debug for HostEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostEngine").finish_non_exhaustive()
+        f.debug_struct("HostEngine")
+            .field("pooling", &self.pooling)
+            .field("fuel", &self.fuel)
+            .finish_non_exhaustive()
     }
 }
 
+fn base_config(settings: &EngineSettings) -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.consume_fuel(settings.fuel);
+    if let Some(dir) = &settings.cache_dir {
+        match compile_cache(dir) {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(err) => tracing::warn!(dir = %dir.display(), %err, "compile cache unavailable; compiling every start"),
+        }
+    }
+    config
+}
+
+fn compile_cache(dir: &std::path::Path) -> Result<wasmtime::Cache, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut cache_config = wasmtime::CacheConfig::new();
+    cache_config.with_directory(dir);
+    wasmtime::Cache::new(cache_config).map_err(|e| e.to_string())
+}
+
+fn pooling(settings: &EngineSettings) -> PoolingAllocationConfig {
+    let instances = settings.instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(16))
+        .max_core_instances_per_component(64)
+        .total_memories(instances.saturating_mul(4))
+        .max_memories_per_component(8)
+        .max_memory_size(settings.max_memory)
+        .total_tables(instances.saturating_mul(8))
+        .max_tables_per_component(32)
+        .table_elements(100_000)
+        .total_stacks(instances)
+        .max_component_instance_size(4 << 20)
+        .max_core_instance_size(4 << 20);
+    pool
+}
+
 impl HostEngine {
-    /// Creates the engine and starts its epoch ticker.
+    /// An engine with on-demand allocation and no cache (for `broadcaster check`).
     pub fn new() -> Result<Self, EngineError> {
-        let mut config = wasmtime::Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| EngineError(e.to_string()))?;
+        Self::with_settings(&EngineSettings::default())
+    }
+
+    /// Creates the engine for `settings` and starts its epoch ticker. With
+    /// [`Allocator::Auto`], falls back to on-demand allocation (and says so in the log) when
+    /// the pooling allocator cannot reserve its address space.
+    pub fn with_settings(settings: &EngineSettings) -> Result<Self, EngineError> {
+        let (engine, pooling) = match settings.allocator {
+            Allocator::OnDemand => (
+                Engine::new(&base_config(settings)).map_err(|e| EngineError(e.to_string()))?,
+                false,
+            ),
+            Allocator::Pooling | Allocator::Auto => {
+                let mut config = base_config(settings);
+                config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(settings)));
+                match Engine::new(&config) {
+                    Ok(engine) => (engine, true),
+                    Err(err) if settings.allocator == Allocator::Auto => {
+                        tracing::warn!(
+                            %err,
+                            "the pooling allocator cannot be set up on this machine (address space?); \
+                             allocating instances on demand instead"
+                        );
+                        (
+                            Engine::new(&base_config(settings)).map_err(|e| EngineError(e.to_string()))?,
+                            false,
+                        )
+                    }
+                    Err(err) => return Err(EngineError(format!("pooling allocator: {err}"))),
+                }
+            }
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| EngineError(e.to_string()))?;
         bindings::Publisher::add_to_linker::<PublisherState, HasSelf<PublisherState>>(&mut linker, |state| state)
@@ -49,6 +152,8 @@ impl HostEngine {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            pooling,
+            fuel: settings.fuel,
             _ticker: ticker,
         })
     }
@@ -61,6 +166,16 @@ impl HostEngine {
     /// The linker with everything a backend may import.
     pub fn linker(&self) -> &Linker<PublisherState> {
         &self.linker
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn is_pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Whether fuel is metered.
+    pub fn meters_fuel(&self) -> bool {
+        self.fuel
     }
 }
 

@@ -1,14 +1,17 @@
 //! The `broadcaster:backend/log` import and the guest's stdout/stderr, both written to
-//! Broadcaster's log with the publisher's name.
+//! Broadcaster's log with the publisher's name, within the call's log budget and with the
+//! publisher's secrets redacted.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use super::bindings::Level;
 use super::bindings::broadcaster::backend::log::Host;
+use super::budget::CallBudget;
+use super::secrets::Redactor;
 use super::state::PublisherState;
 
 /// The tracing target of everything backends log (`RUST_LOG=broadcaster::guest=debug`).
@@ -41,33 +44,43 @@ fn truncate(message: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Host for PublisherState {
-    async fn log(&mut self, level: Level, message: String) {
-        emit(&self.publisher, level, &message);
+    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.budget.charge_host_call(message.len())?;
+        self.budget.charge_log_bytes(message.len())?;
+        self.budget.charge_log_line()?;
+        emit(&self.publisher, level, &self.redactor.redact(&message));
+        Ok(())
     }
 }
 
 /// A guest's stdout or stderr: each line becomes one log line (`info` for stdout, `warn`
-/// for stderr).
+/// for stderr), counted against the call's log budget.
 #[derive(Debug, Clone)]
 pub struct GuestOutput {
     publisher: Arc<str>,
     level: Level,
+    budget: CallBudget,
+    redactor: Arc<Redactor>,
 }
 
 impl GuestOutput {
     /// The guest's stdout.
-    pub fn stdout(publisher: Arc<str>) -> Self {
+    pub fn stdout(publisher: Arc<str>, budget: CallBudget, redactor: Arc<Redactor>) -> Self {
         Self {
             publisher,
             level: Level::Info,
+            budget,
+            redactor,
         }
     }
 
     /// The guest's stderr.
-    pub fn stderr(publisher: Arc<str>) -> Self {
+    pub fn stderr(publisher: Arc<str>, budget: CallBudget, redactor: Arc<Redactor>) -> Self {
         Self {
             publisher,
             level: Level::Warn,
+            budget,
+            redactor,
         }
     }
 }
@@ -104,23 +117,37 @@ impl LineWriter {
             return;
         }
         let line = String::from_utf8_lossy(&self.pending).into_owned();
-        emit(&self.output.publisher, self.output.level, line.trim_end_matches('\r'));
+        let line = self.output.redactor.redact(line.trim_end_matches('\r'));
+        emit(&self.output.publisher, self.output.level, &line);
         self.pending.clear();
+    }
+
+    fn line(&mut self) -> StreamResult<()> {
+        self.output
+            .budget
+            .charge_log_line()
+            .map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))?;
+        self.emit_pending();
+        Ok(())
     }
 }
 
 impl OutputStream for LineWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.output
+            .budget
+            .charge_log_bytes(bytes.len())
+            .map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))?;
         for chunk in bytes.split_inclusive(|b| *b == b'\n') {
             match chunk.strip_suffix(b"\n") {
                 Some(line) => {
                     self.pending.extend_from_slice(line);
-                    self.emit_pending();
+                    self.line()?;
                 }
                 None => {
                     self.pending.extend_from_slice(chunk);
                     if self.pending.len() >= MAX_LINE {
-                        self.emit_pending();
+                        self.line()?;
                     }
                 }
             }

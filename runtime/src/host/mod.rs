@@ -5,19 +5,24 @@
 //! - [`publisher`]: a running component publisher (instance lifecycle, calls, recycling).
 //! - [`state`]: what each publisher's store holds (empty WASI, capabilities, limits).
 //! - [`redis_capability`], [`log_capability`]: the host imports, bound per publisher.
+//! - [`budget`]: what one call may spend on host calls and logs; [`secrets`]: option secrets
+//!   and their redaction.
 //! - [`stream_patterns`]: the stream-name globs of a `redis` grant.
 
 pub mod bindings;
+pub mod budget;
 pub mod component;
 pub mod engine;
 pub mod log_capability;
 pub mod publisher;
 pub mod redis_capability;
+pub mod secrets;
 pub mod state;
 pub mod stream_patterns;
 
+pub use budget::{CallBudget, CallLimits, LimitExceeded};
 pub use component::{ComponentError, LoadedComponent, SUPPORTED_VERSIONS};
-pub use engine::{EngineError, HostEngine};
+pub use engine::{EngineError, EngineSettings, HostEngine};
 pub use publisher::{ComponentPublisher, ComponentSettings, StartError};
 pub use redis_capability::RedisCapability;
 pub use stream_patterns::StreamPatterns;

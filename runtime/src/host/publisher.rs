@@ -1,5 +1,7 @@
 //! A publisher backed by a component: one instance in its own store, created at start-up
-//! with `init(options)`, recycled after a trap or a missed deadline.
+//! with `init(options)`, replaced after a trap or a missed deadline. Repeated traps are
+//! supervised: the replacement waits longer each time, and meanwhile the publisher reports
+//! itself degraded so the relay leaves its events waiting.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,9 +9,11 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{self, Publisher as Bindings};
+use super::budget::{CallBudget, CallLimits};
 use super::component::LoadedComponent;
 use super::engine::HostEngine;
 use super::redis_capability::RedisCapability;
+use super::secrets::Redactor;
 use super::state::PublisherState;
 use crate::event::{OutboxEvent, Payload};
 use crate::publisher::{Health, PublishError};
@@ -18,12 +22,15 @@ use crate::publisher::{Health, PublishError};
 /// it is abandoned; guest code itself is stopped at the deadline by the epoch check.
 const HOST_GRACE: Duration = Duration::from_millis(500);
 
+/// The longest wait before replacing an instance that keeps trapping.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+
 /// A component publisher's settings.
 #[derive(Debug, Clone)]
 pub struct ComponentSettings {
     /// The publisher's name.
     pub name: Arc<str>,
-    /// `[publishers.<name>.options]` as a JSON object.
+    /// `[publishers.<name>.options]` as a JSON object (secrets substituted).
     pub options_json: String,
     /// The `redis` grant, bound to a client.
     pub redis: Option<RedisCapability>,
@@ -31,6 +38,12 @@ pub struct ComponentSettings {
     pub memory_bytes: usize,
     /// Deadline of one call.
     pub call_timeout: Duration,
+    /// Fuel per call (when the engine meters fuel).
+    pub fuel: Option<u64>,
+    /// Host-call and log limits per call.
+    pub call_limits: CallLimits,
+    /// The publisher's secrets, hidden from everything it writes.
+    pub redactor: Arc<Redactor>,
 }
 
 /// A publisher could not be started.
@@ -56,7 +69,7 @@ pub enum StartError {
 
 /// The call in progress passed its deadline (raised from the epoch callback).
 #[derive(Debug, thiserror::Error)]
-#[error("the call did not finish within its {0:?} deadline")]
+#[error("the call did not finish within its {0:?} deadline (limits.call_timeout)")]
 struct DeadlineExceeded(Duration);
 
 struct LiveInstance {
@@ -64,12 +77,33 @@ struct LiveInstance {
     bindings: Bindings,
 }
 
+/// The instance slot and its supervision record.
+#[derive(Default)]
+struct Slot {
+    live: Option<LiveInstance>,
+    /// Traps since the last successful call.
+    consecutive_traps: u32,
+    /// No new instance before this time.
+    restart_at: Option<Instant>,
+    /// The last trap's cause.
+    last_trap: Option<String>,
+    /// Instances created so far (1 after start).
+    instantiations: u64,
+}
+
+/// What a call into the instance came to.
+enum CallOutcome<T> {
+    Returned(T),
+    Trapped(String),
+}
+
 /// A publisher backed by a WebAssembly component.
 pub struct ComponentPublisher {
     settings: ComponentSettings,
     component: LoadedComponent,
-    engine: wasmtime::Engine,
-    live: tokio::sync::Mutex<Option<LiveInstance>>,
+    engine: HostEngine,
+    budget: CallBudget,
+    slot: tokio::sync::Mutex<Slot>,
 }
 
 impl std::fmt::Debug for ComponentPublisher {
@@ -88,14 +122,19 @@ impl ComponentPublisher {
         component: LoadedComponent,
         settings: ComponentSettings,
     ) -> Result<Self, StartError> {
+        let budget = CallBudget::new(settings.call_limits.clone());
         let publisher = Self {
             settings,
             component,
-            engine: engine.engine().clone(),
-            live: tokio::sync::Mutex::new(None),
+            engine: engine.clone(),
+            budget,
+            slot: tokio::sync::Mutex::new(Slot::default()),
         };
         let live = publisher.instantiate().await?;
-        *publisher.live.lock().await = Some(live);
+        let mut slot = publisher.slot.lock().await;
+        slot.live = Some(live);
+        slot.instantiations = 1;
+        drop(slot);
         Ok(publisher)
     }
 
@@ -109,14 +148,22 @@ impl ComponentPublisher {
         &self.settings.name
     }
 
+    /// How many instances have been created (start-up counts one); more means recycling.
+    pub async fn instantiations(&self) -> u64 {
+        self.slot.lock().await.instantiations
+    }
+
     async fn instantiate(&self) -> Result<LiveInstance, StartError> {
         let name = self.settings.name.to_string();
+        let redact = |message: &str| self.settings.redactor.redact(message);
         let state = PublisherState::new(
             self.settings.name.clone(),
             self.settings.redis.clone(),
             self.settings.memory_bytes,
+            self.budget.clone(),
+            self.settings.redactor.clone(),
         );
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         let timeout = self.settings.call_timeout;
         store.epoch_deadline_callback(move |ctx| match ctx.data().deadline {
@@ -124,7 +171,7 @@ impl ComponentPublisher {
             _ => Ok(UpdateDeadline::Yield(1)),
         });
         store.set_epoch_deadline(1);
-        store.data_mut().deadline = Some(Instant::now() + timeout);
+        self.begin_call(&mut store);
         let started = tokio::time::timeout(timeout + HOST_GRACE, async {
             let bindings = self.component.pre.instantiate_async(&mut store).await?;
             let init = bindings
@@ -142,93 +189,139 @@ impl ComponentPublisher {
             }),
             Ok(Err(err)) => Err(StartError::Failed {
                 publisher: name,
-                message: describe_trap(&err),
+                message: redact(&describe_trap(&err)),
             }),
             Ok(Ok((_, Err(message)))) => Err(StartError::InitRejected {
                 publisher: name,
-                message,
+                message: redact(&message),
             }),
             Ok(Ok((bindings, Ok(())))) => Ok(LiveInstance { store, bindings }),
         }
     }
 
-    /// Calls the backend's `publish`.
-    pub async fn publish(&self, event: &OutboxEvent) -> Result<(), PublishError> {
-        let wit_event = to_wit(event);
-        let mut live = self.live.lock().await;
-        if live.is_none() {
-            let fresh = self
-                .instantiate()
-                .await
-                .map_err(|err| PublishError::Transient(format!("could not re-create the backend instance: {err}")))?;
-            *live = Some(fresh);
-        }
-        let instance = live.as_mut().expect("instance present");
-        let timeout = self.settings.call_timeout;
-        instance.store.data_mut().deadline = Some(Instant::now() + timeout);
-        let outcome = tokio::time::timeout(
-            timeout + HOST_GRACE,
-            instance
-                .bindings
-                .broadcaster_backend_backend()
-                .call_publish(&mut instance.store, &wit_event),
-        )
-        .await;
-        instance.store.data_mut().deadline = None;
-        match outcome {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(bindings::PublishError::Transient(m)))) => Err(PublishError::Transient(m)),
-            Ok(Ok(Err(bindings::PublishError::Permanent(m)))) => Err(PublishError::Permanent(m)),
-            Ok(Err(trap)) => {
-                *live = None;
-                let cause = describe_trap(&trap);
-                tracing::warn!(publisher = %self.settings.name, event_id = %event.id, %cause, "backend trapped; instance recycled");
-                Err(PublishError::Transient(format!(
-                    "the backend trapped: {cause} (instance recycled)"
-                )))
-            }
-            Err(_) => {
-                *live = None;
-                tracing::warn!(publisher = %self.settings.name, event_id = %event.id, "backend call abandoned after its deadline; instance recycled");
-                Err(PublishError::Transient(format!(
-                    "the backend did not return within {timeout:?} (instance recycled)"
-                )))
-            }
+    /// Resets the per-call budget, deadline and fuel.
+    fn begin_call(&self, store: &mut Store<PublisherState>) {
+        self.budget.reset();
+        store.data_mut().deadline = Some(Instant::now() + self.settings.call_timeout);
+        if self.engine.meters_fuel() {
+            let _ = store.set_fuel(self.settings.fuel.unwrap_or(u64::MAX));
         }
     }
 
-    /// Calls the backend's `health-check`.
-    pub async fn health(&self) -> Health {
-        let mut live = self.live.lock().await;
-        if live.is_none() {
+    /// The live instance, creating one if needed and allowed.
+    async fn ensure_live<'a>(&self, slot: &'a mut Slot) -> Result<&'a mut LiveInstance, String> {
+        if slot.live.is_none() {
+            if let Some(at) = slot.restart_at
+                && Instant::now() < at
+            {
+                return Err(format!(
+                    "the backend is restarting after {} consecutive traps (last: {}); next attempt in {:?}",
+                    slot.consecutive_traps,
+                    slot.last_trap.as_deref().unwrap_or("unknown"),
+                    at.saturating_duration_since(Instant::now())
+                ));
+            }
             match self.instantiate().await {
-                Ok(fresh) => *live = Some(fresh),
-                Err(err) => return Health::down(err.to_string()),
+                Ok(live) => {
+                    slot.instantiations += 1;
+                    slot.live = Some(live);
+                }
+                Err(err) => {
+                    let cause = err.to_string();
+                    self.record_trap(slot, cause.clone());
+                    return Err(format!("could not re-create the backend instance: {cause}"));
+                }
             }
         }
-        let instance = live.as_mut().expect("instance present");
+        Ok(slot.live.as_mut().expect("instance present"))
+    }
+
+    /// Drops the instance and schedules its replacement: at once after one trap, then
+    /// waiting 100 ms, 200 ms, … up to 30 s while the traps keep coming.
+    fn record_trap(&self, slot: &mut Slot, cause: String) {
+        slot.live = None;
+        slot.consecutive_traps += 1;
+        let delay = match slot.consecutive_traps {
+            0 | 1 => Duration::ZERO,
+            n => Duration::from_millis(50)
+                .saturating_mul(1 << (n - 1).min(20))
+                .min(MAX_RESTART_DELAY),
+        };
+        slot.restart_at = Some(Instant::now() + delay);
+        slot.last_trap = Some(cause);
+    }
+
+    /// Runs one export call with the per-call limits; a trap or an abandoned call replaces
+    /// the instance.
+    async fn call<T>(
+        &self,
+        slot: &mut Slot,
+        what: &str,
+        invoke: impl AsyncFnOnce(&mut LiveInstance) -> wasmtime::Result<T>,
+    ) -> Result<CallOutcome<T>, String> {
+        let instance = self.ensure_live(slot).await?;
+        self.begin_call(&mut instance.store);
         let timeout = self.settings.call_timeout;
-        instance.store.data_mut().deadline = Some(Instant::now() + timeout);
-        let outcome = tokio::time::timeout(
-            timeout + HOST_GRACE,
-            instance
-                .bindings
-                .broadcaster_backend_backend()
-                .call_health_check(&mut instance.store),
-        )
-        .await;
+        let outcome = tokio::time::timeout(timeout + HOST_GRACE, invoke(instance)).await;
         instance.store.data_mut().deadline = None;
-        let component = self.component.name();
-        match outcome {
-            Ok(Ok(true)) => Health::up(component),
-            Ok(Ok(false)) => Health::down(format!("{component}: health-check returned false")),
-            Ok(Err(trap)) => {
-                *live = None;
-                Health::down(format!("{component}: health-check trapped: {}", describe_trap(&trap)))
+        let cause = match outcome {
+            Ok(Ok(value)) => {
+                slot.consecutive_traps = 0;
+                return Ok(CallOutcome::Returned(value));
             }
-            Err(_) => {
-                *live = None;
-                Health::down(format!("{component}: health-check did not return within {timeout:?}"))
+            Ok(Err(trap)) => self.settings.redactor.redact(&describe_trap(&trap)),
+            Err(_) => format!("the {what} call did not return within {timeout:?} (limits.call_timeout)"),
+        };
+        tracing::warn!(publisher = %self.settings.name, %cause, "backend trapped during {what}; instance recycled");
+        self.record_trap(slot, cause.clone());
+        Ok(CallOutcome::Trapped(cause))
+    }
+
+    /// Calls the backend's `publish`.
+    pub async fn publish(&self, event: &OutboxEvent) -> Result<(), PublishError> {
+        let wit_event = to_wit(event);
+        let mut slot = self.slot.lock().await;
+        let outcome = self
+            .call(&mut slot, "publish", async |live: &mut LiveInstance| {
+                live.bindings
+                    .broadcaster_backend_backend()
+                    .call_publish(&mut live.store, &wit_event)
+                    .await
+            })
+            .await
+            .map_err(PublishError::Transient)?;
+        let redact = |m: String| self.settings.redactor.redact(&m);
+        match outcome {
+            CallOutcome::Returned(Ok(())) => Ok(()),
+            CallOutcome::Returned(Err(bindings::PublishError::Transient(m))) => Err(PublishError::Transient(redact(m))),
+            CallOutcome::Returned(Err(bindings::PublishError::Permanent(m))) => Err(PublishError::Permanent(redact(m))),
+            CallOutcome::Trapped(cause) => Err(PublishError::Trapped(cause)),
+        }
+    }
+
+    /// Calls the backend's `health-check`. While the backend is waiting to restart after
+    /// repeated traps it is reported degraded without being called.
+    pub async fn health(&self) -> Health {
+        let component = self.component.name();
+        let mut slot = self.slot.lock().await;
+        let outcome = self
+            .call(&mut slot, "health-check", async |live: &mut LiveInstance| {
+                live.bindings
+                    .broadcaster_backend_backend()
+                    .call_health_check(&mut live.store)
+                    .await
+            })
+            .await;
+        match outcome {
+            Err(restarting) => Health::down(format!("{component}: degraded: {restarting}")),
+            Ok(CallOutcome::Returned(true)) if slot.instantiations > 1 => Health::up(format!(
+                "{component} (instance replaced {} times)",
+                slot.instantiations - 1
+            )),
+            Ok(CallOutcome::Returned(true)) => Health::up(component),
+            Ok(CallOutcome::Returned(false)) => Health::down(format!("{component}: health-check returned false")),
+            Ok(CallOutcome::Trapped(cause)) => {
+                Health::down(format!("{component}: degraded: health-check trapped: {cause}"))
             }
         }
     }

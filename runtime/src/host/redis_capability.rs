@@ -23,15 +23,31 @@ fn guest_error(err: StreamCallError) -> Error {
     }
 }
 
+/// Runs a Redis call under `timeout`; a call that takes longer is `unavailable` (the guest's
+/// limits do not cover time spent in the host).
+async fn bounded<T>(
+    timeout: std::time::Duration,
+    call: impl Future<Output = Result<T, StreamCallError>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(guest_error),
+        Err(_) => Err(Error::Unavailable(format!(
+            "no reply within {timeout:?} (limits.host_call_timeout)"
+        ))),
+    }
+}
+
 impl Host for PublisherState {
     async fn xadd(
         &mut self,
         stream: String,
         fields: Vec<(String, String)>,
         max_len: Option<u64>,
-    ) -> Result<String, Error> {
+    ) -> wasmtime::Result<Result<String, Error>> {
+        let bytes = stream.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        self.budget.charge_host_call(bytes)?;
         let Some(redis) = &self.redis else {
-            return Err(Error::NotGranted);
+            return Ok(Err(Error::NotGranted));
         };
         if !redis.streams.allows(&stream) {
             tracing::warn!(
@@ -40,18 +56,21 @@ impl Host for PublisherState {
                 allowed = ?redis.streams.as_slice(),
                 "refused XADD to a stream outside the grant"
             );
-            return Err(Error::StreamDenied(stream));
+            return Ok(Err(Error::StreamDenied(stream)));
         }
         if fields.is_empty() {
-            return Err(Error::Rejected("an entry needs at least one field".into()));
+            return Ok(Err(Error::Rejected("an entry needs at least one field".into())));
         }
-        redis.client.xadd(&stream, &fields, max_len).await.map_err(guest_error)
+        let client = redis.client.clone();
+        Ok(bounded(self.host_call_timeout(), client.xadd(&stream, &fields, max_len)).await)
     }
 
-    async fn ping(&mut self) -> Result<(), Error> {
+    async fn ping(&mut self) -> wasmtime::Result<Result<(), Error>> {
+        self.budget.charge_host_call(0)?;
         let Some(redis) = &self.redis else {
-            return Err(Error::NotGranted);
+            return Ok(Err(Error::NotGranted));
         };
-        redis.client.ping().await.map_err(guest_error)
+        let client = redis.client.clone();
+        Ok(bounded(self.host_call_timeout(), client.ping()).await)
     }
 }

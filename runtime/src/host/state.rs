@@ -1,15 +1,17 @@
 //! What a publisher's store holds: its WASI context (empty), its capabilities, its limits.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::broadcaster::backend::types;
+use super::budget::CallBudget;
 use super::log_capability::GuestOutput;
 use super::redis_capability::RedisCapability;
+use super::secrets::Redactor;
 
 /// The data of one publisher's `Store`. Nothing in it is shared with another publisher.
 pub struct PublisherState {
@@ -21,6 +23,10 @@ pub struct PublisherState {
     pub deadline: Option<Instant>,
     /// Memory and instance limits.
     pub limits: StoreLimits,
+    /// What the call in progress may still spend on host calls and logs.
+    pub budget: CallBudget,
+    /// Hides the publisher's secrets in everything it writes.
+    pub redactor: Arc<Redactor>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -38,10 +44,16 @@ impl std::fmt::Debug for PublisherState {
 impl PublisherState {
     /// A fresh state: WASI with no files, no environment, no arguments, no network, stdio
     /// going to the log; memory capped at `memory_bytes`.
-    pub fn new(publisher: Arc<str>, redis: Option<RedisCapability>, memory_bytes: usize) -> Self {
+    pub fn new(
+        publisher: Arc<str>,
+        redis: Option<RedisCapability>,
+        memory_bytes: usize,
+        budget: CallBudget,
+        redactor: Arc<Redactor>,
+    ) -> Self {
         let wasi = WasiCtx::builder()
-            .stdout(GuestOutput::stdout(publisher.clone()))
-            .stderr(GuestOutput::stderr(publisher.clone()))
+            .stdout(GuestOutput::stdout(publisher.clone(), budget.clone(), redactor.clone()))
+            .stderr(GuestOutput::stderr(publisher.clone(), budget.clone(), redactor.clone()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -58,8 +70,20 @@ impl PublisherState {
             redis,
             deadline: None,
             limits,
+            budget,
+            redactor,
             wasi,
             table: ResourceTable::new(),
+        }
+    }
+
+    /// How long a host call may take now: the host-call limit, or less when the call's own
+    /// deadline is nearer.
+    pub fn host_call_timeout(&self) -> Duration {
+        let limit = self.budget.limits().host_call_timeout;
+        match self.deadline {
+            Some(deadline) => limit.min(deadline.saturating_duration_since(Instant::now())),
+            None => limit,
         }
     }
 }

@@ -21,18 +21,23 @@ pub enum PublishError {
     /// The event can never be published by this publisher.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The backend trapped (a panic, a limit hit, a missed deadline) while publishing this
+    /// event; its instance was replaced. Counts as a failed attempt, like a transient error,
+    /// but the event is not held back when the publisher then reports itself degraded.
+    #[error("trapped: {0} (instance recycled)")]
+    Trapped(String),
 }
 
 impl PublishError {
     /// Whether a retry can succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
+        matches!(self, Self::Transient(_) | Self::Trapped(_))
     }
 
     /// The message without its kind.
     pub fn message(&self) -> &str {
         match self {
-            Self::Transient(m) | Self::Permanent(m) => m,
+            Self::Transient(m) | Self::Permanent(m) | Self::Trapped(m) => m,
         }
     }
 }
@@ -94,7 +99,7 @@ impl Publisher {
     /// Publishes several events, in order, in as few round trips as the backend allows
     /// (one pipeline for the native backend). One outcome per event, in the same order.
     ///
-    /// A component is called once per event and stops at the first transient error: the
+    /// A component is called once per event and stops at the first transient error or trap: the
     /// events after it are [`Attempt::NotAttempted`], so they keep their order and their
     /// retries.
     pub async fn publish_batch(&self, events: &[OutboxEvent]) -> Vec<Attempt> {
@@ -109,7 +114,7 @@ impl Publisher {
                         continue;
                     }
                     let result = p.publish(event).await;
-                    stopped = matches!(result, Err(PublishError::Transient(_)));
+                    stopped = matches!(result, Err(PublishError::Transient(_) | PublishError::Trapped(_)));
                     outcomes.push(Attempt::Done(result));
                 }
                 outcomes

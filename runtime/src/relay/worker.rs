@@ -267,10 +267,12 @@ impl Relay {
         // its events wait (no retry spent); if not, the failure was the event's own, and the
         // events after it (not attempted, to keep their order) are published now.
         let mut down = false;
-        while attempts
-            .iter()
-            .any(|a| matches!(a, Attempt::Done(Err(PublishError::Transient(_)))))
-        {
+        while attempts.iter().any(|a| {
+            matches!(
+                a,
+                Attempt::Done(Err(PublishError::Transient(_) | PublishError::Trapped(_)))
+            )
+        }) {
             let health = publisher.health().await;
             down = !health.healthy;
             self.health.record(name, health);
@@ -307,7 +309,9 @@ impl Relay {
                         Settlement::Release
                     }
                     Attempt::NotAttempted => Settlement::Release,
-                    Attempt::Done(Err(err @ PublishError::Transient(_))) => {
+                    // A trap is the event's own failure: it spends an attempt even when the
+                    // publisher now reports itself degraded.
+                    Attempt::Done(Err(err @ (PublishError::Transient(_) | PublishError::Trapped(_)))) => {
                         let failures = event.retry_count + 1;
                         if failures >= event.max_retries {
                             Settlement::Failed {

@@ -1,0 +1,160 @@
+//! What one call into a component may spend on the host side: host calls, bytes passed to
+//! them, log lines and bytes. Reset at the start of every call; going over traps the call.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{ByteSize, Limits};
+
+/// The per-call limits (from `[publishers.<name>.limits]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Most host calls.
+    pub host_calls: u64,
+    /// Most bytes passed to host calls.
+    pub host_call_bytes: u64,
+    /// Most log lines.
+    pub log_lines: u64,
+    /// Most log bytes.
+    pub log_bytes: u64,
+    /// Longest time one host call may take.
+    pub host_call_timeout: Duration,
+}
+
+impl From<&Limits> for CallLimits {
+    fn from(limits: &Limits) -> Self {
+        Self {
+            host_calls: limits.host_calls,
+            host_call_bytes: limits.host_call_bytes.0,
+            log_lines: limits.log_lines,
+            log_bytes: limits.log_bytes.0,
+            host_call_timeout: limits.host_call_timeout.0,
+        }
+    }
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self::from(&Limits::default())
+    }
+}
+
+/// A limit the call went over. Raised as a trap; its message names the limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    /// Too many host calls.
+    #[error("exceeded limits.host_calls: more than {0} host calls in one call")]
+    HostCalls(u64),
+    /// Too many bytes passed to host calls.
+    #[error("exceeded limits.host_call_bytes: more than {0} passed to host calls in one call")]
+    HostCallBytes(ByteSize),
+    /// Too many log lines.
+    #[error("exceeded limits.log_lines: more than {0} log lines in one call")]
+    LogLines(u64),
+    /// Too many log bytes.
+    #[error("exceeded limits.log_bytes: more than {0} of log in one call")]
+    LogBytes(ByteSize),
+}
+
+#[derive(Debug, Default)]
+struct Spent {
+    host_calls: u64,
+    host_call_bytes: u64,
+    log_lines: u64,
+    log_bytes: u64,
+}
+
+/// The running account of one call, shared by the capabilities and the guest's stdio.
+#[derive(Debug, Clone)]
+pub struct CallBudget {
+    limits: CallLimits,
+    spent: Arc<Mutex<Spent>>,
+}
+
+impl CallBudget {
+    /// A fresh account under `limits`.
+    pub fn new(limits: CallLimits) -> Self {
+        Self {
+            limits,
+            spent: Arc::default(),
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &CallLimits {
+        &self.limits
+    }
+
+    /// Starts a new call: everything spent goes back to zero.
+    pub fn reset(&self) {
+        *self.spent.lock().expect("budget lock") = Spent::default();
+    }
+
+    /// Charges one host call passing `bytes` bytes.
+    pub fn charge_host_call(&self, bytes: usize) -> Result<(), LimitExceeded> {
+        let mut spent = self.spent.lock().expect("budget lock");
+        spent.host_calls += 1;
+        spent.host_call_bytes = spent.host_call_bytes.saturating_add(bytes as u64);
+        if spent.host_calls > self.limits.host_calls {
+            return Err(LimitExceeded::HostCalls(self.limits.host_calls));
+        }
+        if spent.host_call_bytes > self.limits.host_call_bytes {
+            return Err(LimitExceeded::HostCallBytes(ByteSize(self.limits.host_call_bytes)));
+        }
+        Ok(())
+    }
+
+    /// Charges bytes of log output (before they form lines).
+    pub fn charge_log_bytes(&self, bytes: usize) -> Result<(), LimitExceeded> {
+        let mut spent = self.spent.lock().expect("budget lock");
+        spent.log_bytes = spent.log_bytes.saturating_add(bytes as u64);
+        if spent.log_bytes > self.limits.log_bytes {
+            return Err(LimitExceeded::LogBytes(ByteSize(self.limits.log_bytes)));
+        }
+        Ok(())
+    }
+
+    /// Charges one log line.
+    pub fn charge_log_line(&self) -> Result<(), LimitExceeded> {
+        let mut spent = self.spent.lock().expect("budget lock");
+        spent.log_lines += 1;
+        if spent.log_lines > self.limits.log_lines {
+            return Err(LimitExceeded::LogLines(self.limits.log_lines));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_limit_trips_one_past_its_value_and_reset_starts_over() {
+        let budget = CallBudget::new(CallLimits {
+            host_calls: 2,
+            host_call_bytes: 10,
+            log_lines: 1,
+            log_bytes: 5,
+            host_call_timeout: Duration::from_secs(1),
+        });
+        budget.charge_host_call(4).unwrap();
+        budget.charge_host_call(4).unwrap();
+        assert_eq!(budget.charge_host_call(0), Err(LimitExceeded::HostCalls(2)));
+        budget.reset();
+        assert_eq!(
+            budget.charge_host_call(11),
+            Err(LimitExceeded::HostCallBytes(ByteSize(10)))
+        );
+        budget.charge_log_line().unwrap();
+        assert_eq!(budget.charge_log_line(), Err(LimitExceeded::LogLines(1)));
+        assert!(budget.charge_log_bytes(5).is_ok());
+        assert!(
+            budget
+                .charge_log_bytes(1)
+                .unwrap_err()
+                .to_string()
+                .contains("limits.log_bytes")
+        );
+    }
+}
