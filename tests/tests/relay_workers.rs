@@ -42,11 +42,11 @@ fn config(outbox: &str, redis: &RedisServer, relay: &str) -> Config {
     Config::from_toml(&text, "workers.toml".as_ref(), Vec::new()).unwrap()
 }
 
-async fn worker(config: &Config) -> Relay {
+async fn worker(config: &Config) -> Arc<Relay> {
     // Each worker has its own pool and publishers, as separate processes would.
     let store = OutboxStore::connect(&config.outbox.url).await.unwrap();
     let registry = Arc::new(PublisherRegistry::build(config, None).await.unwrap());
-    Relay::new(store, registry, &config.relay)
+    Arc::new(Relay::new(store, registry, &config.relay))
 }
 
 fn event_ids(redis: &RedisServer, stream: &str) -> Vec<String> {

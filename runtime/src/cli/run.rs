@@ -66,7 +66,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("broadcaster worker: exiting now; claimed events return after the lease timeout");
         std::process::exit(130);
     });
-    let relay = Relay::new(store, registry, &config.relay);
+    let relay = Arc::new(Relay::new(store, registry, &config.relay));
     let started = Instant::now();
     let report = relay.run(options, stop_rx).await;
     let seconds = started.elapsed().as_secs_f64();

@@ -1,8 +1,10 @@
 //! The relay loop: claim a batch, publish it publisher by publisher, settle every row.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::watch;
@@ -127,10 +129,16 @@ impl Relay {
         Ok(reclaimed)
     }
 
-    /// Runs until `shutdown` turns true or `options.max_iterations` is reached. Never sleeps
-    /// after a full batch. A database error is logged and the loop goes on after `interval`.
-    /// On shutdown the batch in flight is finished and settled before returning.
-    pub async fn run(&self, options: RunOptions, mut shutdown: watch::Receiver<bool>) -> RelayReport {
+    /// Runs until `shutdown` turns true or `options.max_iterations` is reached.
+    ///
+    /// Each claimed batch is split by publisher and every publisher's share is published and
+    /// settled on its own task, so a slow or misbehaving publisher never holds up the others:
+    /// while a publisher has a share in flight its events are not claimed (which also keeps
+    /// each publisher's events in order), and the loop claims again for the rest at once.
+    /// Never sleeps after a full batch. A database error is logged and the loop goes on
+    /// after `interval`. On shutdown no more is claimed and the shares in flight are finished
+    /// and settled before returning.
+    pub async fn run(self: Arc<Self>, options: RunOptions, mut shutdown: watch::Receiver<bool>) -> RelayReport {
         let mut report = RelayReport::default();
         self.refresh_health().await;
         let monitor = {
@@ -144,7 +152,13 @@ impl Relay {
         };
         let reclaim_every = (self.lease_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         let mut last_reclaim: Option<Instant> = None;
+        let mut in_flight: tokio::task::JoinSet<(String, Result<BatchReport, StoreError>)> =
+            tokio::task::JoinSet::new();
+        let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
         loop {
+            while let Some(done) = in_flight.try_join_next_with_id() {
+                self.finished(done, &mut busy, &mut report);
+            }
             if *shutdown.borrow() {
                 break;
             }
@@ -155,26 +169,46 @@ impl Relay {
                 }
                 last_reclaim = Some(Instant::now());
             }
-            let started = Instant::now();
-            let full = match self.run_batch(options.batch_size).await {
-                Ok(batch) => {
-                    report.totals.add(&batch);
-                    if batch.claimed > 0 {
-                        tracing::info!(
-                            claimed = batch.claimed,
-                            published = batch.published,
-                            retried = batch.retried,
-                            failed = batch.failed,
-                            waiting = batch.released,
-                            took = ?started.elapsed(),
-                            "batch relayed"
-                        );
+            let mut skip = self.health.skip_list();
+            for name in busy.values() {
+                if name == DEFAULT_PUBLISHER {
+                    skip.push(String::new());
+                }
+                skip.push(name.clone());
+            }
+            let full = match self.store.claim(self.clock.now(), options.batch_size, &skip).await {
+                Ok(claim) => {
+                    let full = claim.events.len() >= options.batch_size as usize;
+                    report.totals.claimed += claim.events.len() as u64;
+                    for (name, events) in group_by_publisher(claim.events) {
+                        let task_name = name.clone();
+                        let relay = self.clone();
+                        let token = claim.token;
+                        let handle = in_flight.spawn(async move {
+                            let started = Instant::now();
+                            let refs: Vec<&ClaimedEvent> = events.iter().collect();
+                            let settlements = relay.publish_group(&name, &refs).await;
+                            let result = relay.settle(token, &settlements).await;
+                            if let Ok(share) = &result {
+                                tracing::info!(
+                                    publisher = %name,
+                                    published = share.published,
+                                    retried = share.retried,
+                                    failed = share.failed,
+                                    waiting = share.released,
+                                    took = ?started.elapsed(),
+                                    "relayed"
+                                );
+                            }
+                            (name, result)
+                        });
+                        busy.insert(handle.id(), task_name);
                     }
-                    batch.claimed >= u64::from(options.batch_size)
+                    full
                 }
                 Err(err) => {
                     report.errors += 1;
-                    tracing::error!(%err, "relay iteration failed; trying again after the interval");
+                    tracing::error!(%err, "claiming events failed; trying again after the interval");
                     false
                 }
             };
@@ -184,44 +218,57 @@ impl Relay {
             }
             if !full {
                 tokio::select! {
+                    Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                        self.finished(done, &mut busy, &mut report);
+                    }
                     _ = tokio::time::sleep(options.interval) => {}
                     _ = stopped(&mut shutdown) => {}
                 }
             }
         }
+        while let Some(done) = in_flight.join_next_with_id().await {
+            self.finished(done, &mut busy, &mut report);
+        }
         monitor.abort();
         report
     }
 
-    /// Claims one batch, publishes it and settles every row.
-    pub async fn run_batch(&self, batch_size: u32) -> Result<BatchReport, StoreError> {
-        let claim = self
-            .store
-            .claim(self.clock.now(), batch_size, &self.health.skip_list())
-            .await?;
-        if claim.events.is_empty() {
-            return Ok(BatchReport::default());
-        }
-        // Group by publisher, keeping the due order within each group.
-        let mut groups: Vec<(&str, Vec<&ClaimedEvent>)> = Vec::new();
-        for claimed in &claim.events {
-            let name = match claimed.event.publisher_backend.as_str() {
-                "" => DEFAULT_PUBLISHER,
-                name => name,
-            };
-            match groups.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, events)) => events.push(claimed),
-                None => groups.push((name, vec![claimed])),
+    /// Books a finished publisher share and frees its publisher for the next claim.
+    fn finished(
+        &self,
+        done: Result<(tokio::task::Id, (String, Result<BatchReport, StoreError>)), tokio::task::JoinError>,
+        busy: &mut HashMap<tokio::task::Id, String>,
+        report: &mut RelayReport,
+    ) {
+        match done {
+            Ok((id, (_, Ok(share)))) => {
+                busy.remove(&id);
+                report.totals.add(&BatchReport { claimed: 0, ..share });
+            }
+            Ok((id, (name, Err(err)))) => {
+                busy.remove(&id);
+                report.errors += 1;
+                tracing::error!(publisher = %name, %err, "recording outcomes failed; the events return after the lease timeout");
+            }
+            Err(err) => {
+                let name = busy.remove(&err.id()).unwrap_or_default();
+                report.errors += 1;
+                tracing::error!(publisher = %name, %err, "a publishing task failed; its events return after the lease timeout");
             }
         }
-        let outcomes =
-            futures::future::join_all(groups.iter().map(|(name, events)| self.publish_group(name, events))).await;
-        let settlements: Vec<(String, Settlement)> = outcomes.into_iter().flatten().collect();
+    }
+
+    /// Writes the settlements of one share; counts them.
+    async fn settle(
+        &self,
+        token: DateTime<Utc>,
+        settlements: &[(String, Settlement)],
+    ) -> Result<BatchReport, StoreError> {
         let mut report = BatchReport {
-            claimed: claim.events.len() as u64,
+            claimed: settlements.len() as u64,
             ..BatchReport::default()
         };
-        for (_, settlement) in &settlements {
+        for (_, settlement) in settlements {
             match settlement {
                 Settlement::Published => report.published += 1,
                 Settlement::Retry { .. } => report.retried += 1,
@@ -229,7 +276,7 @@ impl Relay {
                 Settlement::Release => report.released += 1,
             }
         }
-        let updated = self.store.settle(claim.token, self.clock.now(), &settlements).await?;
+        let updated = self.store.settle(token, self.clock.now(), settlements).await?;
         report.fenced = (settlements.len() as u64).saturating_sub(updated);
         if report.fenced > 0 {
             tracing::warn!(
@@ -239,6 +286,26 @@ impl Relay {
             );
         }
         Ok(report)
+    }
+
+    /// Claims one batch, publishes every publisher's share at once, and settles every row
+    /// (waiting for all of them: the step-by-step form of [`Relay::run`], for tests and tools).
+    pub async fn run_batch(&self, batch_size: u32) -> Result<BatchReport, StoreError> {
+        let claim = self
+            .store
+            .claim(self.clock.now(), batch_size, &self.health.skip_list())
+            .await?;
+        if claim.events.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        let groups = group_by_publisher(claim.events);
+        let outcomes = futures::future::join_all(groups.iter().map(|(name, events)| {
+            let refs: Vec<&ClaimedEvent> = events.iter().collect();
+            async move { self.publish_group(name, &refs).await }
+        }))
+        .await;
+        let settlements: Vec<(String, Settlement)> = outcomes.into_iter().flatten().collect();
+        self.settle(claim.token, &settlements).await
     }
 
     async fn publish_group(&self, name: &str, events: &[&ClaimedEvent]) -> Vec<(String, Settlement)> {
@@ -333,6 +400,22 @@ impl Relay {
             })
             .collect()
     }
+}
+
+/// Splits claimed events by publisher name (`default` for an empty one), keeping due order.
+fn group_by_publisher(events: Vec<ClaimedEvent>) -> Vec<(String, Vec<ClaimedEvent>)> {
+    let mut groups: Vec<(String, Vec<ClaimedEvent>)> = Vec::new();
+    for claimed in events {
+        let name = match claimed.event.publisher_backend.as_str() {
+            "" => DEFAULT_PUBLISHER,
+            name => name,
+        };
+        match groups.iter_mut().find(|(n, _)| n == name) {
+            Some((_, events)) => events.push(claimed),
+            None => groups.push((name.to_string(), vec![claimed])),
+        }
+    }
+    groups
 }
 
 /// Resolves when `shutdown` turns true; never, when its sender is gone.
