@@ -8,7 +8,7 @@ use std::process::Command;
 /// (workspace dir relative to the repository root, member crates)
 const WORKSPACES: &[(&str, &[&str])] = &[
     ("components", &["redis-stream", "router"]),
-    ("tests/test-components", &["command", "scripted", "slow-stream"]),
+    ("tests/test-components", &["attacker", "command", "scripted", "slow-stream"]),
 ];
 
 fn main() {
@@ -19,13 +19,7 @@ fn main() {
     // target directory next to the host's, so they neither wait on its lock nor rebuild.
     let target_dir = out_dir.ancestors().nth(4).unwrap().join("wasm-components");
 
-    for dir in [
-        "wit",
-        "guest-sdk/src",
-        "guest-sdk/Cargo.toml",
-        "entry/src",
-        "entry/Cargo.toml",
-    ] {
+    for dir in ["wit", "guest-sdk/src", "guest-sdk/Cargo.toml", "entry/src", "entry/Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let mut constants = String::new();
@@ -71,9 +65,7 @@ fn build(workspace: &Path, target_dir: &Path) {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd
-        .status()
-        .unwrap_or_else(|err| panic!("cannot run cargo to build {}: {err}", workspace.display()));
+    let status = cmd.status().unwrap_or_else(|err| panic!("cannot run cargo to build {}: {err}", workspace.display()));
     assert!(
         status.success(),
         "building the components in {} for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)",

@@ -199,10 +199,7 @@ mod tests {
     #[test]
     fn containers_use_python_separators_and_keep_key_order() {
         let v = json!({"z": [], "a": {}, "m": [1, {"k": null}], "b": false});
-        assert_eq!(
-            to_string(&v),
-            r#"{"z": [], "a": {}, "m": [1, {"k": null}], "b": false}"#
-        );
+        assert_eq!(to_string(&v), r#"{"z": [], "a": {}, "m": [1, {"k": null}], "b": false}"#);
     }
 
     #[test]

@@ -94,10 +94,7 @@ mod tests {
     fn reserved_fields_come_first_then_extras_in_order() {
         let f = fields(&event(), vec![("b".into(), "1".into()), ("a".into(), "x".into())]).unwrap();
         let names: Vec<_> = f.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            names,
-            ["event_id", "event_type", "source", "timestamp", "cloud_event", "b", "a"]
-        );
+        assert_eq!(names, ["event_id", "event_type", "source", "timestamp", "cloud_event", "b", "a"]);
         assert_eq!(f[3].1, "2026-01-01T00:00:00+00:00");
     }
 

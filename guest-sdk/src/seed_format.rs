@@ -34,11 +34,8 @@ pub fn to_cloud_event(event: &OutboxEvent) -> String {
 /// `cloud_event`, then one per `publisher_config` key (strings as they are, other values
 /// as JSON). A key that collides with the first five is a permanent error.
 pub fn stream_fields(event: &OutboxEvent) -> Result<Vec<(String, String)>, PublishError> {
-    let extras = event
-        .publisher_config
-        .iter()
-        .map(|(k, v)| (k.clone(), stream_entry::extra_value_from_json_text(v)))
-        .collect();
+    let extras =
+        event.publisher_config.iter().map(|(k, v)| (k.clone(), stream_entry::extra_value_from_json_text(v))).collect();
     stream_entry::fields(&attrs(event), extras).map_err(|err| PublishError::Permanent(err.to_string()))
 }
 

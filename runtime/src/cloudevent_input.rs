@@ -69,19 +69,13 @@ pub fn parse_many_for_outbox(text: &str) -> Result<Vec<OutboxEvent>, InputError>
             .collect::<Result<_, _>>()?,
     };
     if documents.is_empty() {
-        return Err(InputError(
-            "stdin is empty: expected CloudEvent JSON (one document, or JSON Lines)".into(),
-        ));
+        return Err(InputError("stdin is empty: expected CloudEvent JSON (one document, or JSON Lines)".into()));
     }
     documents
         .into_iter()
         .map(|(line, mut value)| {
             let at = |err: InputError| {
-                if line == 0 {
-                    err
-                } else {
-                    InputError(format!("stdin line {line}: {}", err.0))
-                }
+                if line == 0 { err } else { InputError(format!("stdin line {line}: {}", err.0)) }
             };
             let Value::Object(map) = &mut value else {
                 return Err(at(InputError("expected a JSON object (a CloudEvent)".into())));
@@ -96,11 +90,8 @@ pub fn parse_many_for_outbox(text: &str) -> Result<Vec<OutboxEvent>, InputError>
 
 /// Parses `--data`: JSON text.
 pub fn parse_data_flag(text: &str) -> Result<Value, InputError> {
-    serde_json::from_str(text).map_err(|err| {
-        InputError(format!(
-            "--data is not valid JSON ({err}); quote a string as '\"text\"'"
-        ))
-    })
+    serde_json::from_str(text)
+        .map_err(|err| InputError(format!("--data is not valid JSON ({err}); quote a string as '\"text\"'")))
 }
 
 /// Parses `--publisher-config`: a JSON object.
@@ -118,11 +109,7 @@ pub fn parse_publisher_config(text: &str) -> Result<Map<String, Value>, InputErr
 pub fn parse_time(flag: &str, text: &str) -> Result<DateTime<FixedOffset>, InputError> {
     DateTime::parse_from_rfc3339(text)
         .map(truncate_to_micros)
-        .map_err(|err| {
-            InputError(format!(
-                "{flag} {text:?} is not an RFC 3339 time like 2026-11-29T10:00:00Z: {err}"
-            ))
-        })
+        .map_err(|err| InputError(format!("{flag} {text:?} is not an RFC 3339 time like 2026-11-29T10:00:00Z: {err}")))
 }
 
 #[cfg(test)]
@@ -143,13 +130,7 @@ mod tests {
         assert_eq!(event.data, Payload::Json(serde_json::json!({"total": 1.5})));
         let mut ext = event.extensions.clone();
         ext.sort();
-        assert_eq!(
-            ext,
-            [
-                ("priority".to_string(), "3".to_string()),
-                ("tenant".to_string(), "a".to_string())
-            ]
-        );
+        assert_eq!(ext, [("priority".to_string(), "3".to_string()), ("tenant".to_string(), "a".to_string())]);
     }
 
     #[test]
@@ -183,21 +164,13 @@ mod tests {
             "{\"specversion\":\"1.0\",\"source\":\"s\"}\n{\"specversion\":\"1.0\",\"source\":\"s\"}",
         )
         .unwrap_err();
-        assert!(
-            missing.0.starts_with("stdin line 1") && missing.0.contains("type"),
-            "{missing}"
-        );
+        assert!(missing.0.starts_with("stdin line 1") && missing.0.contains("type"), "{missing}");
     }
 
     #[test]
     fn flags_are_checked() {
         assert!(parse_data_flag("{oops").unwrap_err().0.contains("--data"));
         assert!(parse_publisher_config("[1]").unwrap_err().0.contains("JSON object"));
-        assert!(
-            parse_time("--scheduled-at", "tomorrow")
-                .unwrap_err()
-                .0
-                .contains("RFC 3339")
-        );
+        assert!(parse_time("--scheduled-at", "tomorrow").unwrap_err().0.contains("RFC 3339"));
     }
 }

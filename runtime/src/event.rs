@@ -120,11 +120,7 @@ impl OutboxEvent {
     /// The fields of the seed's stream entry for this event.
     pub fn stream_fields(&self) -> Result<Vec<(String, String)>, FieldCollision> {
         let time = self.time();
-        let extras = self
-            .publisher_config
-            .iter()
-            .map(|(k, v)| (k.clone(), stream_entry::extra_value(v)))
-            .collect();
+        let extras = self.publisher_config.iter().map(|(k, v)| (k.clone(), stream_entry::extra_value(v))).collect();
         stream_entry::fields(&self.cloud_event(&time), extras)
     }
 }
@@ -137,8 +133,7 @@ pub fn now_micros() -> DateTime<Utc> {
 /// `t` with its sub-microsecond part dropped.
 pub fn truncate_to_micros<Tz: chrono::TimeZone>(t: DateTime<Tz>) -> DateTime<Tz> {
     let nanos = t.nanosecond();
-    t.with_nanosecond(nanos - nanos % 1000)
-        .expect("nanoseconds below a second stay valid")
+    t.with_nanosecond(nanos - nanos % 1000).expect("nanoseconds below a second stay valid")
 }
 
 /// Renders `t` as Python's `datetime.isoformat()` does for an aware datetime:
@@ -172,28 +167,13 @@ mod tests {
     #[test]
     fn isoformat_matches_python() {
         assert_eq!(isoformat(&at("2026-11-29T10:00:00Z")), "2026-11-29T10:00:00+00:00");
-        assert_eq!(
-            isoformat(&at("2026-11-29T10:00:00.123456Z")),
-            "2026-11-29T10:00:00.123456+00:00"
-        );
-        assert_eq!(
-            isoformat(&at("2026-11-29T10:00:00.000001Z")),
-            "2026-11-29T10:00:00.000001+00:00"
-        );
-        assert_eq!(
-            isoformat(&at("2026-11-29T10:00:00.5+02:00")),
-            "2026-11-29T10:00:00.500000+02:00"
-        );
+        assert_eq!(isoformat(&at("2026-11-29T10:00:00.123456Z")), "2026-11-29T10:00:00.123456+00:00");
+        assert_eq!(isoformat(&at("2026-11-29T10:00:00.000001Z")), "2026-11-29T10:00:00.000001+00:00");
+        assert_eq!(isoformat(&at("2026-11-29T10:00:00.5+02:00")), "2026-11-29T10:00:00.500000+02:00");
         assert_eq!(isoformat(&at("2026-11-29T10:00:00-05:30")), "2026-11-29T10:00:00-05:30");
         // Sub-microsecond digits are dropped, as Python's datetime cannot hold them.
-        assert_eq!(
-            isoformat(&at("2026-11-29T10:00:00.123456789Z")),
-            "2026-11-29T10:00:00.123456+00:00"
-        );
-        let odd = FixedOffset::east_opt(3600 + 30)
-            .unwrap()
-            .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
-            .unwrap();
+        assert_eq!(isoformat(&at("2026-11-29T10:00:00.123456789Z")), "2026-11-29T10:00:00.123456+00:00");
+        let odd = FixedOffset::east_opt(3600 + 30).unwrap().with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
         assert_eq!(isoformat(&odd), "2026-01-02T03:04:05+01:00:30");
     }
 

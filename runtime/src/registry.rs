@@ -93,12 +93,7 @@ impl PublisherRegistry {
                 }
             }
         }
-        let mut builder = Builder {
-            config,
-            engine: None,
-            components: HashMap::new(),
-            clients: HashMap::new(),
-        };
+        let mut builder = Builder { config, engine: None, components: HashMap::new(), clients: HashMap::new() };
         let mut publishers = BTreeMap::new();
         for (name, publisher_config) in &config.publishers {
             if only.is_some_and(|names| !names.contains(&name.as_str())) {
@@ -112,19 +107,14 @@ impl PublisherRegistry {
 
     /// The publisher called `name`.
     pub fn get(&self, name: &str) -> Result<&Publisher, UnknownPublisher> {
-        self.publishers.get(name).ok_or_else(|| UnknownPublisher {
-            name: name.to_string(),
-            known: known_names(self.publishers.keys()),
-        })
+        self.publishers
+            .get(name)
+            .ok_or_else(|| UnknownPublisher { name: name.to_string(), known: known_names(self.publishers.keys()) })
     }
 
     /// The publisher for an event's `publisher_backend` (empty: `default`).
     pub fn route(&self, publisher_backend: &str) -> Result<&Publisher, UnknownPublisher> {
-        self.get(if publisher_backend.is_empty() {
-            crate::config::DEFAULT_PUBLISHER
-        } else {
-            publisher_backend
-        })
+        self.get(if publisher_backend.is_empty() { crate::config::DEFAULT_PUBLISHER } else { publisher_backend })
     }
 
     /// The publishers, by name.
@@ -144,18 +134,11 @@ impl PublisherRegistry {
 
 fn known_names<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let names: Vec<&str> = names.map(String::as_str).collect();
-    if names.is_empty() {
-        "none".to_string()
-    } else {
-        names.join(", ")
-    }
+    if names.is_empty() { "none".to_string() } else { names.join(", ") }
 }
 
 fn unknown(config: &Config, name: &str) -> UnknownPublisher {
-    UnknownPublisher {
-        name: name.to_string(),
-        known: known_names(config.publishers.keys()),
-    }
+    UnknownPublisher { name: name.to_string(), known: known_names(config.publishers.keys()) }
 }
 
 struct Builder<'a> {
@@ -176,16 +159,16 @@ impl Builder<'_> {
                         message,
                     })?;
                 let client = self.client(options.endpoint())?;
-                Ok(Publisher::RedisStream(Arc::new(RedisStreamPublisher::new(
-                    options, client,
-                ))))
+                Ok(Publisher::RedisStream(Arc::new(RedisStreamPublisher::new(options, client))))
             }
             PublisherKind::Component(path) => {
                 let component = self.component(name, &path).await?;
                 let redis = match &publisher.grants.redis {
                     None => None,
+                    // Each component publisher gets a connection of its own: a tenant that
+                    // floods Redis queues behind itself, not in front of its neighbours.
                     Some(grant) => Some(RedisCapability {
-                        client: self.client(RedisEndpoint {
+                        client: self.own_client(RedisEndpoint {
                             host: grant.host.clone(),
                             port: grant.port,
                             db: grant.db,
@@ -197,10 +180,8 @@ impl Builder<'_> {
                     }),
                 };
                 if redis.is_none()
-                    && let Some(import) = component
-                        .imports
-                        .iter()
-                        .find(|i| i.starts_with("broadcaster:backend/redis-stream@"))
+                    && let Some(import) =
+                        component.imports.iter().find(|i| i.starts_with("broadcaster:backend/redis-stream@"))
                 {
                     return Err(RegistryError::NotGranted {
                         publisher: name.to_string(),
@@ -240,12 +221,8 @@ impl Builder<'_> {
     /// The engine, sized for every component publisher of the configuration.
     fn engine(&mut self) -> Result<&HostEngine, EngineError> {
         if self.engine.is_none() {
-            let components: Vec<&PublisherConfig> = self
-                .config
-                .publishers
-                .values()
-                .filter(|p| p.component.is_some())
-                .collect();
+            let components: Vec<&PublisherConfig> =
+                self.config.publishers.values().filter(|p| p.component.is_some()).collect();
             let settings = EngineSettings {
                 allocator: self.config.wasm.allocator,
                 max_memory: components
@@ -258,11 +235,7 @@ impl Builder<'_> {
                 cache_dir: self.config.wasm.cache_directory(),
             };
             let engine = HostEngine::with_settings(&settings)?;
-            tracing::debug!(
-                pooling = engine.is_pooling(),
-                fuel = engine.meters_fuel(),
-                "wasm engine ready"
-            );
+            tracing::debug!(pooling = engine.is_pooling(), fuel = engine.meters_fuel(), "wasm engine ready");
             self.engine = Some(engine);
         }
         Ok(self.engine.as_ref().expect("engine just created"))
@@ -271,10 +244,7 @@ impl Builder<'_> {
     async fn component(&mut self, publisher: &str, path: &std::path::Path) -> Result<LoadedComponent, RegistryError> {
         let key = std::fs::canonicalize(path).map_err(|source| RegistryError::Component {
             publisher: publisher.to_string(),
-            source: ComponentError::Read {
-                path: path.to_path_buf(),
-                source,
-            },
+            source: ComponentError::Read { path: path.to_path_buf(), source },
         })?;
         if let Some(loaded) = self.components.get(&key) {
             return Ok(loaded.clone());
@@ -284,14 +254,20 @@ impl Builder<'_> {
         let loaded = tokio::task::spawn_blocking(move || LoadedComponent::load(&engine, &file))
             .await
             .expect("component compilation panicked")
-            .map_err(|source| RegistryError::Component {
-                publisher: publisher.to_string(),
-                source,
-            })?;
+            .map_err(|source| RegistryError::Component { publisher: publisher.to_string(), source })?;
         self.components.insert(key, loaded.clone());
         Ok(loaded)
     }
 
+    fn own_client(&self, endpoint: RedisEndpoint) -> Result<StreamClient, RegistryError> {
+        StreamClient::new(endpoint).map_err(|err| RegistryError::Options {
+            publisher: String::new(),
+            config: self.config.path.display().to_string(),
+            message: err.to_string(),
+        })
+    }
+
+    /// A client shared by the native publishers of one server (they are the operator's own).
     fn client(&mut self, endpoint: RedisEndpoint) -> Result<StreamClient, RegistryError> {
         if let Some(client) = self.clients.get(&endpoint) {
             return Ok(client.clone());

@@ -86,9 +86,7 @@ pub struct StreamClient {
 
 impl std::fmt::Debug for StreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamClient")
-            .field("endpoint", &self.endpoint)
-            .finish()
+        f.debug_struct("StreamClient").field("endpoint", &self.endpoint).finish()
     }
 }
 
@@ -131,8 +129,7 @@ impl StreamClient {
         max_len: Option<u64>,
     ) -> Result<String, StreamCallError> {
         let cmd = xadd_command(stream, fields, max_len);
-        self.run(|mut conn| async move { cmd.query_async::<String>(&mut conn).await })
-            .await
+        self.run(|mut conn| async move { cmd.query_async::<String>(&mut conn).await }).await
     }
 
     /// Appends many entries in one round trip (a pipeline of `XADD`s). Returns one result
@@ -147,9 +144,7 @@ impl StreamClient {
         for (stream, fields) in entries {
             pipe.add_command(xadd_command(stream, fields, max_len));
         }
-        let replies = self
-            .run(|mut conn| async move { pipe.query_async::<Vec<redis::Value>>(&mut conn).await })
-            .await;
+        let replies = self.run(|mut conn| async move { pipe.query_async::<Vec<redis::Value>>(&mut conn).await }).await;
         match replies {
             Err(err) => entries.iter().map(|_| Err(err.clone())).collect(),
             Ok(values) => values
@@ -167,9 +162,7 @@ impl StreamClient {
 
     /// `PING` within the socket timeout.
     pub async fn ping(&self) -> Result<(), StreamCallError> {
-        self.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
-            .await
-            .map(drop)
+        self.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await.map(drop)
     }
 
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, StreamCallError>

@@ -50,11 +50,7 @@ fn native_config(redis_port: u16) -> String {
 fn assert_bad_input(run: &Run, expected: &[&str]) {
     assert_eq!(run.code, 2, "exit code; stderr: {}", run.stderr);
     for text in expected {
-        assert!(
-            run.stderr.contains(text),
-            "stderr should contain {text:?}:\n{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(text), "stderr should contain {text:?}:\n{}", run.stderr);
     }
 }
 
@@ -103,16 +99,8 @@ fn send_reads_a_cloud_event_from_stdin_and_still_applies_publisher_config() {
     let config = write_config(dir.path(), &native_config(redis.port()));
     let event = r#"{"specversion": "1.0", "id": "evt-1", "type": "user.created", "source": "/accounts",
                     "time": "2026-11-29T10:00:00Z", "data": {"name": "Zoë"}}"#;
-    let run = broadcaster(
-        &[
-            "send",
-            "-c",
-            config.to_str().unwrap(),
-            "--publisher-config",
-            r#"{"shard": 3}"#,
-        ],
-        Some(event),
-    );
+    let run =
+        broadcaster(&["send", "-c", config.to_str().unwrap(), "--publisher-config", r#"{"shard": 3}"#], Some(event));
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.stdout.trim(), "evt-1");
     let entries: redis::streams::StreamRangeReply = redis.client().xrange_all("events").unwrap();
@@ -141,11 +129,7 @@ fn send_that_the_publisher_refuses_exits_1_with_the_reason() {
         None,
     );
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("permanent") && run.stderr.contains("\"source\""),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("permanent") && run.stderr.contains("\"source\""), "{}", run.stderr);
 }
 
 #[test]
@@ -168,10 +152,7 @@ fn health_prints_a_table_and_exits_1_when_a_publisher_is_down() {
     assert_eq!(down.code, 1, "{}{}", down.stdout, down.stderr);
     let report: serde_json::Value = serde_json::from_str(&down.stdout).unwrap();
     assert_eq!(report.as_array().unwrap().len(), 2);
-    assert!(
-        report.as_array().unwrap().iter().all(|row| row["healthy"] == false),
-        "{report}"
-    );
+    assert!(report.as_array().unwrap().iter().all(|row| row["healthy"] == false), "{report}");
 }
 
 #[test]
@@ -185,10 +166,7 @@ fn a_missing_config_file_is_bad_input_with_a_hint() {
 #[test]
 fn an_unknown_config_key_is_bad_input_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "[publishers.default]\nbackend = \"redis-stream\"\nbakend = 1\n",
-    );
+    let config = write_config(dir.path(), "[publishers.default]\nbackend = \"redis-stream\"\nbakend = 1\n");
     let run = broadcaster(&["health", "-c", config.to_str().unwrap()], None);
     assert_bad_input(&run, &["publishers.default.bakend", "unknown field"]);
 }
@@ -209,10 +187,7 @@ fn a_core_module_is_not_a_component() {
     let run = broadcaster(&["check", module.to_str().unwrap()], None);
     assert_bad_input(&run, &["core WebAssembly module, not a component", "wasm32-wasip2"]);
     let config = write_config(dir.path(), "[publishers.a]\ncomponent = \"core.wasm\"\n");
-    let run = broadcaster(
-        &["send", "-c", config.to_str().unwrap(), "-p", "a", "-t", "t", "-s", "s"],
-        None,
-    );
+    let run = broadcaster(&["send", "-c", config.to_str().unwrap(), "-p", "a", "-t", "t", "-s", "s"], None);
     assert_bad_input(&run, &["publisher `a`", "core WebAssembly module"]);
 }
 
@@ -221,10 +196,7 @@ fn a_file_that_is_not_wasm_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("notes.wasm");
     std::fs::write(&file, b"hello").unwrap();
-    assert_bad_input(
-        &broadcaster(&["check", file.to_str().unwrap()], None),
-        &["not a WebAssembly file"],
-    );
+    assert_bad_input(&broadcaster(&["check", file.to_str().unwrap()], None), &["not a WebAssembly file"]);
 }
 
 #[test]
@@ -254,49 +226,23 @@ fn init_rejecting_its_options_is_bad_input() {
             components::ROUTER
         ),
     );
-    let run = broadcaster(
-        &["send", "-c", config.to_str().unwrap(), "-p", "r", "-t", "t", "-s", "s"],
-        None,
-    );
+    let run = broadcaster(&["send", "-c", config.to_str().unwrap(), "-p", "r", "-t", "t", "-s", "s"], None);
     assert_bad_input(&run, &["publisher `r`", "init rejected", "option `routes`"]);
 }
 
 #[test]
 fn a_component_needing_an_ungranted_capability_is_bad_input_before_any_event() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!("[publishers.r]\ncomponent = \"{}\"\n", components::ROUTER),
-    );
+    let config = write_config(dir.path(), &format!("[publishers.r]\ncomponent = \"{}\"\n", components::ROUTER));
     let run = broadcaster(&["health", "-c", config.to_str().unwrap()], None);
-    assert_bad_input(
-        &run,
-        &[
-            "publisher `r`",
-            "imports `broadcaster:backend/redis-stream@0.1.0`",
-            "grants",
-        ],
-    );
+    assert_bad_input(&run, &["publisher `r`", "imports `broadcaster:backend/redis-stream@0.1.0`", "grants"]);
 }
 
 #[test]
 fn an_unknown_publisher_name_is_bad_input_listing_the_configured_ones() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &native_config(6379));
-    let run = broadcaster(
-        &[
-            "send",
-            "-c",
-            config.to_str().unwrap(),
-            "-p",
-            "nope",
-            "-t",
-            "t",
-            "-s",
-            "s",
-        ],
-        None,
-    );
+    let run = broadcaster(&["send", "-c", config.to_str().unwrap(), "-p", "nope", "-t", "t", "-s", "s"], None);
     assert_bad_input(&run, &["no publisher named `nope`", "configured: default"]);
 }
 
@@ -309,19 +255,10 @@ fn bad_event_input_is_bad_input() {
         &broadcaster(&["send", "-c", c, "-t", "t", "-s", "s", "--data", "{oops"], None),
         &["--data is not valid JSON"],
     );
+    assert_bad_input(&broadcaster(&["send", "-c", c, "-t", "t"], None), &["--source is required"]);
+    assert_bad_input(&broadcaster(&["send", "-c", c], Some("{\"id\": 1}")), &["not a CloudEvent"]);
     assert_bad_input(
-        &broadcaster(&["send", "-c", c, "-t", "t"], None),
-        &["--source is required"],
-    );
-    assert_bad_input(
-        &broadcaster(&["send", "-c", c], Some("{\"id\": 1}")),
-        &["not a CloudEvent"],
-    );
-    assert_bad_input(
-        &broadcaster(
-            &["send", "-c", c, "-t", "t", "-s", "s", "--publisher-config", "[]"],
-            None,
-        ),
+        &broadcaster(&["send", "-c", c, "-t", "t", "-s", "s", "--publisher-config", "[]"], None),
         &["JSON object"],
     );
 }
@@ -334,9 +271,5 @@ fn help_explains_every_command() {
         assert!(run.stdout.contains(command), "{}", run.stdout);
     }
     let send = broadcaster(&["send", "--help"], None);
-    assert!(
-        send.stdout.contains("--publisher-config") && send.stdout.contains("stdin"),
-        "{}",
-        send.stdout
-    );
+    assert!(send.stdout.contains("--publisher-config") && send.stdout.contains("stdin"), "{}", send.stdout);
 }

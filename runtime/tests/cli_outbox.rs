@@ -70,12 +70,7 @@ impl Outbox {
     }
 
     fn count(&self, status: &str) -> u64 {
-        self.status()["publishers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p[status].as_u64().unwrap())
-            .sum()
+        self.status()["publishers"].as_array().unwrap().iter().map(|p| p[status].as_u64().unwrap()).sum()
     }
 
     fn path(&self) -> &Path {
@@ -98,20 +93,8 @@ fn migrate_creates_the_table_once_and_commands_without_it_say_to_migrate() {
 fn publish_then_run_then_status_shows_the_events_published() {
     let outbox = Outbox::new();
     outbox.ok(&["migrate"], None);
-    let one = outbox.ok(
-        &[
-            "publish",
-            "-t",
-            "order.created",
-            "-s",
-            "/shop",
-            "-d",
-            r#"{"n": 1}"#,
-            "--subject",
-            "o/1",
-        ],
-        None,
-    );
+    let one =
+        outbox.ok(&["publish", "-t", "order.created", "-s", "/shop", "-d", r#"{"n": 1}"#, "--subject", "o/1"], None);
     assert!(uuid::Uuid::parse_str(one.trim()).is_ok(), "{one}");
     let lines = "{\"specversion\":\"1.0\",\"type\":\"a\",\"source\":\"/s\"}\n{\"specversion\":\"1.0\",\"type\":\"b\",\"source\":\"/s\",\"id\":\"6f1c2b52-3f3c-4d5e-9a1b-2c3d4e5f6a7b\"}\n";
     let many = outbox.ok(&["publish"], Some(lines));
@@ -126,10 +109,7 @@ fn publish_then_run_then_status_shows_the_events_published() {
     let len: usize = redis::Commands::xlen(&mut outbox.redis.client(), "events").unwrap();
     assert_eq!(len, 3);
     let table = outbox.ok(&["status"], None);
-    assert!(
-        table.contains("PUBLISHED") && table.contains("oldest due event: none due"),
-        "{table}"
-    );
+    assert!(table.contains("PUBLISHED") && table.contains("oldest due event: none due"), "{table}");
 }
 
 #[test]
@@ -138,21 +118,11 @@ fn publish_refuses_what_the_outbox_cannot_hold() {
     outbox.ok(&["migrate"], None);
     let bad_time = outbox.run(&["publish", "-t", "t", "-s", "s", "--scheduled-at", "soon"], None);
     assert_eq!(bad_time.code, 2);
-    assert!(
-        bad_time.stderr.contains("--scheduled-at") && bad_time.stderr.contains("RFC 3339"),
-        "{}",
-        bad_time.stderr
-    );
-    let bad_id = outbox.run(
-        &["publish"],
-        Some(r#"{"specversion":"1.0","type":"t","source":"s","id":"evt-1"}"#),
-    );
+    assert!(bad_time.stderr.contains("--scheduled-at") && bad_time.stderr.contains("RFC 3339"), "{}", bad_time.stderr);
+    let bad_id = outbox.run(&["publish"], Some(r#"{"specversion":"1.0","type":"t","source":"s","id":"evt-1"}"#));
     assert_eq!(bad_id.code, 2);
     assert!(bad_id.stderr.contains("not a UUID"), "{}", bad_id.stderr);
-    let bad_line = outbox.run(
-        &["publish"],
-        Some("{\"specversion\":\"1.0\",\"type\":\"t\",\"source\":\"s\"}\nnope\n"),
-    );
+    let bad_line = outbox.run(&["publish"], Some("{\"specversion\":\"1.0\",\"type\":\"t\",\"source\":\"s\"}\nnope\n"));
     assert_eq!(bad_line.code, 2);
     assert!(bad_line.stderr.contains("stdin line 2"), "{}", bad_line.stderr);
     assert_eq!(outbox.count("pending"), 0, "nothing of a refused input is stored");
@@ -162,10 +132,7 @@ fn publish_refuses_what_the_outbox_cannot_hold() {
 fn retry_puts_failed_events_back_and_explains_the_rest() {
     let outbox = Outbox::new();
     outbox.ok(&["migrate"], None);
-    let failed = outbox
-        .ok(&["publish", "-t", "t", "-s", "s", "-p", "nobody"], None)
-        .trim()
-        .to_string();
+    let failed = outbox.ok(&["publish", "-t", "t", "-s", "s", "-p", "nobody"], None).trim().to_string();
     let fine = outbox.ok(&["publish", "-t", "t", "-s", "s"], None).trim().to_string();
     outbox.ok(&["run", "--max-iterations", "1"], None);
     assert_eq!((outbox.count("failed"), outbox.count("published")), (1, 1));
@@ -174,11 +141,7 @@ fn retry_puts_failed_events_back_and_explains_the_rest() {
     let run = outbox.run(&["retry", &hex, &fine], None);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(run.stdout.trim(), failed);
-    assert!(
-        run.stderr.contains(&format!("not changed: {fine} is published")),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains(&format!("not changed: {fine} is published")), "{}", run.stderr);
     assert_eq!(outbox.count("pending"), 1);
 
     outbox.ok(&["run", "--max-iterations", "1"], None);
@@ -192,42 +155,18 @@ fn retry_puts_failed_events_back_and_explains_the_rest() {
 fn prune_deletes_old_published_events_in_batches_and_dry_run_only_counts() {
     let outbox = Outbox::new();
     outbox.ok(&["migrate"], None);
-    let lines: String = (0..25)
-        .map(|i| format!("{{\"specversion\":\"1.0\",\"type\":\"t{i}\",\"source\":\"s\"}}\n"))
-        .collect();
+    let lines: String =
+        (0..25).map(|i| format!("{{\"specversion\":\"1.0\",\"type\":\"t{i}\",\"source\":\"s\"}}\n")).collect();
     outbox.ok(&["publish"], Some(&lines));
-    outbox.ok(
-        &[
-            "publish",
-            "-t",
-            "waiting",
-            "-s",
-            "s",
-            "--scheduled-at",
-            "2999-01-01T00:00:00Z",
-        ],
-        None,
-    );
+    outbox.ok(&["publish", "-t", "waiting", "-s", "s", "--scheduled-at", "2999-01-01T00:00:00Z"], None);
     outbox.ok(&["run", "--max-iterations", "1"], None);
     assert_eq!(outbox.count("published"), 25);
     assert!(outbox.ok(&["prune", "--older-than", "1h"], None).contains("deleted 0"));
     std::thread::sleep(std::time::Duration::from_millis(50));
-    assert!(
-        outbox
-            .ok(&["prune", "--older-than", "10ms", "--dry-run"], None)
-            .starts_with("25 published")
-    );
+    assert!(outbox.ok(&["prune", "--older-than", "10ms", "--dry-run"], None).starts_with("25 published"));
     assert_eq!(outbox.count("published"), 25);
-    assert!(
-        outbox
-            .ok(&["prune", "--older-than", "10ms", "--batch", "10"], None)
-            .contains("deleted 25")
-    );
-    assert_eq!(
-        (outbox.count("published"), outbox.count("pending")),
-        (0, 1),
-        "only published events go"
-    );
+    assert!(outbox.ok(&["prune", "--older-than", "10ms", "--batch", "10"], None).contains("deleted 25"));
+    assert_eq!((outbox.count("published"), outbox.count("pending")), (0, 1), "only published events go");
     let bad = outbox.run(&["prune", "--older-than", "a while"], None);
     assert_eq!(bad.code, 2);
 }

@@ -23,19 +23,11 @@ fn spawn_worker(config: &std::path::Path, extra: &[&str]) -> Child {
 
 async fn count(store: &OutboxStore, status: Status) -> u64 {
     let report = store.status(now_micros(), Duration::from_secs(2)).await.unwrap();
-    report
-        .counts
-        .iter()
-        .filter(|((_, s), _)| *s == status)
-        .map(|(_, n)| n)
-        .sum()
+    report.counts.iter().filter(|((_, s), _)| *s == status).map(|(_, n)| n).sum()
 }
 
 fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
 
@@ -86,11 +78,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_sigterm_stops_cleanly() {
     // Let Redis finish any command A had already sent.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let written_by_a = redis.client().xlen::<_, usize>("events").unwrap();
-    assert_eq!(
-        count(&store, Status::Processing).await,
-        100,
-        "A's claim is left in processing"
-    );
+    assert_eq!(count(&store, Status::Processing).await, 100, "A's claim is left in processing");
     assert_eq!(count(&store, Status::Published).await, 0);
 
     // Worker B takes the claim back after the 2 s lease and publishes everything.
@@ -116,9 +104,5 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_sigterm_stops_cleanly() {
     let published: Vec<String> = reply.ids.iter().map(|e| e.get::<String>("event_id").unwrap()).collect();
     let distinct: HashSet<&String> = published.iter().collect();
     assert_eq!(distinct, ids.iter().collect::<HashSet<_>>());
-    assert_eq!(
-        published.len(),
-        120 + written_by_a,
-        "duplicates are exactly what A wrote before it died"
-    );
+    assert_eq!(published.len(), 120 + written_by_a, "duplicates are exactly what A wrote before it died");
 }

@@ -36,9 +36,7 @@ impl RedisServer {
 
     /// A synchronous client connection (for assertions in tests).
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("connecting to the test redis-server")
+        redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connecting to the test redis-server")
     }
 
     /// Kills the server (the port stays reserved for [`RedisServer::restart`]).
@@ -57,16 +55,7 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -84,11 +73,7 @@ impl RedisServer {
             if ready.is_ok() {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not come up",
-                self.port
-            );
+            assert!(Instant::now() < deadline, "redis-server on port {} did not come up", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -101,8 +86,5 @@ impl Drop for RedisServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port on 127.0.0.1")
 }

@@ -45,39 +45,16 @@ fn event(event_type: &str) -> OutboxEvent {
 async fn two_publishers_of_one_component_write_to_their_own_streams() {
     let redis = RedisServer::start();
     let registry = PublisherRegistry::build(&two_tenants(&redis), None).await.unwrap();
-    registry
-        .get("tenant-a")
-        .unwrap()
-        .publish(&event("order.created"))
-        .await
-        .unwrap();
-    registry
-        .get("tenant-a")
-        .unwrap()
-        .publish(&event("invoice.sent"))
-        .await
-        .unwrap();
-    registry
-        .get("tenant-b")
-        .unwrap()
-        .publish(&event("order.created"))
-        .await
-        .unwrap();
+    registry.get("tenant-a").unwrap().publish(&event("order.created")).await.unwrap();
+    registry.get("tenant-a").unwrap().publish(&event("invoice.sent")).await.unwrap();
+    registry.get("tenant-b").unwrap().publish(&event("order.created")).await.unwrap();
     let mut conn = redis.client();
     assert_eq!(conn.xlen::<_, usize>("tenant-a:orders").unwrap(), 1);
     assert_eq!(conn.xlen::<_, usize>("tenant-a:other").unwrap(), 1);
     assert_eq!(conn.xlen::<_, usize>("tenant-b:orders").unwrap(), 1);
     // tenant-b has no fallback: an unrouted event fails permanently.
-    let err = registry
-        .get("tenant-b")
-        .unwrap()
-        .publish(&event("invoice.sent"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, PublishError::Permanent(m) if m.contains("no route")),
-        "{err}"
-    );
+    let err = registry.get("tenant-b").unwrap().publish(&event("invoice.sent")).await.unwrap_err();
+    assert!(matches!(&err, PublishError::Permanent(m) if m.contains("no route")), "{err}");
 }
 
 #[tokio::test]
@@ -130,23 +107,14 @@ async fn init_rejecting_its_options_stops_the_publisher_from_starting() {
         let err = PublisherRegistry::build(&config, None).await.unwrap_err();
         assert!(matches!(err, RegistryError::Start(_)), "{err:?}");
         let message = err.to_string();
-        assert!(
-            message.contains("publisher `bad`") && message.contains(expected),
-            "{options}: {message}"
-        );
+        assert!(message.contains("publisher `bad`") && message.contains(expected), "{options}: {message}");
     }
     let connection_option = config(&format!(
         "[publishers.bad]\ncomponent = \"{}\"\n[publishers.bad.grants]\nredis = {{ streams = [\"x\"] }}\n[publishers.bad.options]\nhost = \"10.0.0.1\"\n",
         components::REDIS_STREAM
     ));
-    let message = PublisherRegistry::build(&connection_option, None)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        message.contains("option `host`") && message.contains("grants"),
-        "{message}"
-    );
+    let message = PublisherRegistry::build(&connection_option, None).await.unwrap_err().to_string();
+    assert!(message.contains("option `host`") && message.contains("grants"), "{message}");
 }
 
 #[tokio::test]
@@ -164,8 +132,5 @@ async fn events_route_to_the_named_publisher_or_to_default() {
     assert!(registry.route("").is_ok());
     assert!(registry.route("default").is_ok());
     let err = registry.route("nope").unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "no publisher named `nope` is configured (configured: default)"
-    );
+    assert_eq!(err.to_string(), "no publisher named `nope` is configured (configured: default)");
 }

@@ -39,24 +39,13 @@ fn django(db: &str, args: &[&str]) -> String {
 fn rows(db: &str, ids: &[String]) -> Vec<Value> {
     let mut args = vec!["rows"];
     args.extend(ids.iter().map(String::as_str));
-    django(db, &args)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    django(db, &args).lines().map(|line| serde_json::from_str(line).unwrap()).collect()
 }
 
 fn entries(redis: &RedisServer, stream: &str) -> Vec<Vec<(String, String)>> {
-    let reply: redis::Value = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.client())
-        .unwrap();
+    let reply: redis::Value = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(&mut redis.client()).unwrap();
     let entries: Vec<(String, Vec<String>)> = redis::from_redis_value(reply).unwrap();
-    entries
-        .into_iter()
-        .map(|(_, flat)| flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect())
-        .collect()
+    entries.into_iter().map(|(_, flat)| flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()).collect()
 }
 
 /// The events both sides enqueue (as `publish_event` keyword arguments).
@@ -72,13 +61,10 @@ fn publish_event_kwargs() -> Vec<Value> {
 }
 
 fn new_event(kwargs: &Value) -> NewEvent {
-    let mut event = NewEvent::new(
-        kwargs["event_type"].as_str().unwrap(),
-        kwargs["source"].as_str().unwrap(),
-    )
-    .subject(kwargs["subject"].as_str().unwrap_or_default())
-    .publisher(kwargs["backend"].as_str().unwrap_or_default())
-    .max_retries(kwargs["max_retries"].as_u64().unwrap_or(3) as u32);
+    let mut event = NewEvent::new(kwargs["event_type"].as_str().unwrap(), kwargs["source"].as_str().unwrap())
+        .subject(kwargs["subject"].as_str().unwrap_or_default())
+        .publisher(kwargs["backend"].as_str().unwrap_or_default())
+        .max_retries(kwargs["max_retries"].as_u64().unwrap_or(3) as u32);
     if !kwargs["data"].is_null() {
         event = event.data(kwargs["data"].clone());
     }
@@ -93,11 +79,7 @@ async fn broadcaster_and_django_broadcaster_share_the_table_and_write_the_same_e
     for kind in ["sqlite", "postgres"] {
         let redis = RedisServer::start();
         let dir = tempfile::tempdir().unwrap();
-        let pg = if kind == "postgres" {
-            Some(TestDatabase::create().await)
-        } else {
-            None
-        };
+        let pg = if kind == "postgres" { Some(TestDatabase::create().await) } else { None };
         let (django_db, url) = match &pg {
             Some(db) => (db.url().to_string(), db.url().to_string()),
             None => {
@@ -110,10 +92,7 @@ async fn broadcaster_and_django_broadcaster_share_the_table_and_write_the_same_e
         django(&django_db, &["migrate"]);
         let store = OutboxStore::connect(&url).await.unwrap();
         store.verify().await.unwrap();
-        assert!(
-            !store.migrate().await.unwrap(),
-            "{kind}: an existing table is left alone"
-        );
+        assert!(!store.migrate().await.unwrap(), "{kind}: an existing table is left alone");
 
         // Both enqueue the same events.
         let kwargs = publish_event_kwargs();
@@ -121,10 +100,7 @@ async fn broadcaster_and_django_broadcaster_share_the_table_and_write_the_same_e
             .lines()
             .map(String::from)
             .collect();
-        let ours = store
-            .enqueue(&kwargs.iter().map(new_event).collect::<Vec<_>>(), now_micros())
-            .await
-            .unwrap();
+        let ours = store.enqueue(&kwargs.iter().map(new_event).collect::<Vec<_>>(), now_micros()).await.unwrap();
 
         // Django reads Broadcaster's rows exactly as it reads its own.
         let theirs = rows(&django_db, &django_ids);
@@ -191,32 +167,19 @@ async fn broadcaster_and_django_broadcaster_share_the_table_and_write_the_same_e
         assert_eq!(relayed.len(), 8);
         for seed_entry in &seed {
             let id = &seed_entry[0].1;
-            let ours = relayed
-                .iter()
-                .find(|e| &e[0].1 == id)
-                .expect("Broadcaster relayed the row");
+            let ours = relayed.iter().find(|e| &e[0].1 == id).expect("Broadcaster relayed the row");
             assert_eq!(ours, seed_entry, "{kind}: entry for {id}");
         }
         // And the cloud_event of Broadcaster's own rows is what the seed's to_cloud_event() says.
         for row in &mine {
             let id = row["id"].as_str().unwrap();
             let entry = relayed.iter().find(|e| e[0].1 == id).unwrap();
-            assert_eq!(
-                entry[4],
-                (
-                    "cloud_event".to_string(),
-                    row["cloud_event"].as_str().unwrap().to_string()
-                )
-            );
+            assert_eq!(entry[4], ("cloud_event".to_string(), row["cloud_event"].as_str().unwrap().to_string()));
         }
 
         // Django sees every row published.
         for row in rows(&django_db, &[django_ids.clone(), ours.clone()].concat()) {
-            assert_eq!(
-                (row["status"].as_str(), row["published"].as_bool()),
-                (Some("published"), Some(true)),
-                "{kind}"
-            );
+            assert_eq!((row["status"].as_str(), row["published"].as_bool()), (Some("published"), Some(true)), "{kind}");
         }
         let _ = redis.client().del::<_, ()>("seed");
     }

@@ -70,10 +70,7 @@ async fn health_follows_redis_down_and_back_up_and_publishes_while_down_are_tran
     redis.restart();
     for name in ["native", "component"] {
         let publisher = registry.get(name).unwrap();
-        assert!(
-            eventually_healthy(publisher, true).await,
-            "{name} healthy again after the restart"
-        );
+        assert!(eventually_healthy(publisher, true).await, "{name} healthy again after the restart");
         publisher.publish(&OutboxEvent::new("after", "/t")).await.unwrap();
     }
     // Redis restarted empty: only the two "after" events are there.

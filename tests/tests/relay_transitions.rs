@@ -75,14 +75,7 @@ async fn fixture(db: Db, relay: &str) -> Fixture {
     let clock = Arc::new(ManualClock::new(t0()));
     let relay = Relay::new(store.clone(), registry, &config.relay).with_clock(clock.clone());
     relay.refresh_health().await;
-    Fixture {
-        redis,
-        store,
-        relay,
-        clock,
-        _pg: pg,
-        _dir: dir,
-    }
+    Fixture { redis, store, relay, clock, _pg: pg, _dir: dir }
 }
 
 impl Fixture {
@@ -91,12 +84,7 @@ impl Fixture {
     }
 
     async fn row(&self, id: &str) -> RowState {
-        self.store
-            .find(&[id.to_string()])
-            .await
-            .unwrap()
-            .pop()
-            .expect("row exists")
+        self.store.find(&[id.to_string()]).await.unwrap().pop().expect("row exists")
     }
 
     fn advance(&self, by: Duration) {
@@ -109,9 +97,7 @@ impl Fixture {
 }
 
 fn scripted(outcome: &str) -> NewEvent {
-    NewEvent::new("test.event", "/tests")
-        .publisher("scripted")
-        .data(json!({"outcome": outcome, "message": outcome}))
+    NewEvent::new("test.event", "/tests").publisher("scripted").data(json!({"outcome": outcome, "message": outcome}))
 }
 
 const NO_JITTER: &str = "retry_base = \"1m\"\nretry_cap = \"1h\"\nretry_jitter = 0.0";
@@ -126,11 +112,7 @@ async fn transient_failures_back_off_two_to_the_n_minutes_then_fail_after_max_re
         assert_eq!((report.claimed, report.retried), (1, 1), "{db:?}");
         let row = f.row(&id).await;
         assert_eq!((row.status, row.retry_count), (Status::Retry, 1), "{db:?}");
-        assert_eq!(
-            row.scheduled_at,
-            t0() + chrono::Duration::minutes(2),
-            "{db:?}: 2^1 minutes"
-        );
+        assert_eq!(row.scheduled_at, t0() + chrono::Duration::minutes(2), "{db:?}: 2^1 minutes");
         assert!(row.last_error.contains("transient"), "{db:?}: {}", row.last_error);
 
         // Not due a microsecond early.
@@ -140,32 +122,16 @@ async fn transient_failures_back_off_two_to_the_n_minutes_then_fail_after_max_re
         f.relay.run_batch(100).await.unwrap();
         let row = f.row(&id).await;
         assert_eq!((row.status, row.retry_count), (Status::Retry, 2), "{db:?}");
-        assert_eq!(
-            row.scheduled_at,
-            t0() + chrono::Duration::minutes(2 + 4),
-            "{db:?}: 2^2 minutes later"
-        );
+        assert_eq!(row.scheduled_at, t0() + chrono::Duration::minutes(2 + 4), "{db:?}: 2^2 minutes later");
 
         f.advance(Duration::from_secs(240));
         f.relay.run_batch(100).await.unwrap();
         let row = f.row(&id).await;
-        assert_eq!(
-            (row.status, row.retry_count),
-            (Status::Failed, 3),
-            "{db:?}: third attempt was the last"
-        );
-        assert!(
-            row.last_error.contains("gave up after 3 attempts"),
-            "{db:?}: {}",
-            row.last_error
-        );
+        assert_eq!((row.status, row.retry_count), (Status::Failed, 3), "{db:?}: third attempt was the last");
+        assert!(row.last_error.contains("gave up after 3 attempts"), "{db:?}: {}", row.last_error);
 
         f.advance(Duration::from_secs(3600));
-        assert_eq!(
-            f.relay.run_batch(100).await.unwrap().claimed,
-            0,
-            "{db:?}: failed events stay failed"
-        );
+        assert_eq!(f.relay.run_batch(100).await.unwrap().claimed, 0, "{db:?}: failed events stay failed");
     }
 }
 
@@ -173,19 +139,11 @@ async fn transient_failures_back_off_two_to_the_n_minutes_then_fail_after_max_re
 async fn jitter_only_shortens_the_backoff_within_its_fraction() {
     for db in [Db::Sqlite, Db::Postgres] {
         let f = fixture(db, "retry_base = \"1m\"\nretry_jitter = 0.5").await;
-        let ids = f
-            .enqueue((0..20).map(|_| scripted("transient").max_retries(5)).collect())
-            .await;
+        let ids = f.enqueue((0..20).map(|_| scripted("transient").max_retries(5)).collect()).await;
         f.relay.run_batch(100).await.unwrap();
         let rows = f.store.find(&ids).await.unwrap();
-        let delays: Vec<i64> = rows
-            .iter()
-            .map(|r| (r.scheduled_at - t0()).num_milliseconds())
-            .collect();
-        assert!(
-            delays.iter().all(|d| (60_000..=120_000).contains(d)),
-            "{db:?}: {delays:?}"
-        );
+        let delays: Vec<i64> = rows.iter().map(|r| (r.scheduled_at - t0()).num_milliseconds()).collect();
+        assert!(delays.iter().all(|d| (60_000..=120_000).contains(d)), "{db:?}: {delays:?}");
         let distinct: std::collections::HashSet<_> = delays.iter().collect();
         assert!(distinct.len() > 10, "{db:?}: jitter spreads retries: {delays:?}");
     }
@@ -208,18 +166,11 @@ async fn a_permanent_error_fails_the_event_at_once() {
 async fn an_unknown_publisher_fails_the_event_at_once_naming_it() {
     for db in [Db::Sqlite, Db::Postgres] {
         let f = fixture(db, NO_JITTER).await;
-        let id = f
-            .enqueue(vec![NewEvent::new("t", "/s").publisher("nobody")])
-            .await
-            .remove(0);
+        let id = f.enqueue(vec![NewEvent::new("t", "/s").publisher("nobody")]).await.remove(0);
         f.relay.run_batch(100).await.unwrap();
         let row = f.row(&id).await;
         assert_eq!(row.status, Status::Failed, "{db:?}");
-        assert!(
-            row.last_error.contains("no publisher named `nobody`"),
-            "{db:?}: {}",
-            row.last_error
-        );
+        assert!(row.last_error.contains("no publisher named `nobody`"), "{db:?}: {}", row.last_error);
     }
 }
 
@@ -228,10 +179,7 @@ async fn an_event_scheduled_in_the_future_is_not_published_early() {
     for db in [Db::Sqlite, Db::Postgres] {
         let f = fixture(db, NO_JITTER).await;
         let at = t0() + chrono::Duration::hours(1);
-        let id = f
-            .enqueue(vec![NewEvent::new("later", "/s").scheduled_at(at)])
-            .await
-            .remove(0);
+        let id = f.enqueue(vec![NewEvent::new("later", "/s").scheduled_at(at)]).await.remove(0);
         assert_eq!(f.relay.run_batch(100).await.unwrap().claimed, 0);
         f.advance(Duration::from_secs(3600) - Duration::from_micros(1));
         assert_eq!(f.relay.run_batch(100).await.unwrap().claimed, 0, "{db:?}");
@@ -271,37 +219,19 @@ async fn an_expired_lease_is_taken_back_and_the_old_worker_is_fenced_off() {
         // Worker A claims the event, then stalls.
         let stale = f.store.claim(f.clock.now(), 10, &[]).await.unwrap();
         assert_eq!(stale.events.len(), 1);
-        assert_eq!(
-            f.relay.run_batch(10).await.unwrap().claimed,
-            0,
-            "{db:?}: a leased row is not claimed again"
-        );
+        assert_eq!(f.relay.run_batch(10).await.unwrap().claimed, 0, "{db:?}: a leased row is not claimed again");
         f.advance(Duration::from_secs(29));
-        assert_eq!(
-            f.relay.reclaim_expired().await.unwrap(),
-            0,
-            "{db:?}: the lease still holds"
-        );
+        assert_eq!(f.relay.reclaim_expired().await.unwrap(), 0, "{db:?}: the lease still holds");
         f.advance(Duration::from_secs(2));
         assert_eq!(f.relay.reclaim_expired().await.unwrap(), 1, "{db:?}");
         // Worker B publishes it.
         assert_eq!(f.relay.run_batch(10).await.unwrap().published, 1, "{db:?}");
         // Worker A wakes up and tries to record a failure: fenced, nothing changes.
-        let late = vec![(
-            id.clone(),
-            Settlement::Failed {
-                retry_count: 9,
-                error: "stale".into(),
-            },
-        )];
+        let late = vec![(id.clone(), Settlement::Failed { retry_count: 9, error: "stale".into() })];
         let updated = f.store.settle(stale.token, f.clock.now(), &late).await.unwrap();
         assert_eq!(updated, 0, "{db:?}");
         let row = f.row(&id).await;
-        assert_eq!(
-            (row.status, row.retry_count, row.last_error.as_str()),
-            (Status::Published, 0, ""),
-            "{db:?}"
-        );
+        assert_eq!((row.status, row.retry_count, row.last_error.as_str()), (Status::Published, 0, ""), "{db:?}");
     }
 }
 
@@ -309,17 +239,8 @@ async fn an_expired_lease_is_taken_back_and_the_old_worker_is_fenced_off() {
 async fn an_unhealthy_publisher_keeps_its_events_waiting_without_spending_retries() {
     for db in [Db::Sqlite, Db::Postgres] {
         let mut f = fixture(db, NO_JITTER).await;
-        let waiting = f
-            .enqueue(
-                (0..3)
-                    .map(|i| NewEvent::new(format!("w{i}"), "/s").max_retries(1))
-                    .collect(),
-            )
-            .await;
-        let other = f
-            .enqueue(vec![NewEvent::new("other", "/s").publisher("nobody")])
-            .await
-            .remove(0);
+        let waiting = f.enqueue((0..3).map(|i| NewEvent::new(format!("w{i}"), "/s").max_retries(1)).collect()).await;
+        let other = f.enqueue(vec![NewEvent::new("other", "/s").publisher("nobody")]).await.remove(0);
         f.redis.stop();
         f.relay.refresh_health().await;
         assert!(f.relay.health().is_down("default"));
@@ -342,13 +263,7 @@ async fn an_unhealthy_publisher_keeps_its_events_waiting_without_spending_retrie
 async fn a_publish_failing_because_redis_just_went_down_releases_the_batch() {
     for db in [Db::Sqlite, Db::Postgres] {
         let mut f = fixture(db, NO_JITTER).await;
-        let ids = f
-            .enqueue(
-                (0..5)
-                    .map(|i| NewEvent::new(format!("e{i}"), "/s").max_retries(1))
-                    .collect(),
-            )
-            .await;
+        let ids = f.enqueue((0..5).map(|i| NewEvent::new(format!("e{i}"), "/s").max_retries(1)).collect()).await;
         // Redis goes down after the last health check: the publish fails, the relay checks
         // health on the spot, and puts the events back without spending their single retry.
         f.redis.stop();

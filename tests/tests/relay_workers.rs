@@ -51,11 +51,7 @@ async fn worker(config: &Config) -> Arc<Relay> {
 
 fn event_ids(redis: &RedisServer, stream: &str) -> Vec<String> {
     let reply: redis::streams::StreamRangeReply = redis.client().xrange_all(stream).unwrap();
-    reply
-        .ids
-        .iter()
-        .map(|entry| entry.get::<String>("event_id").unwrap())
-        .collect()
+    reply.ids.iter().map(|entry| entry.get::<String>("event_id").unwrap()).collect()
 }
 
 async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
@@ -68,12 +64,7 @@ async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> 
 
 async fn count(store: &OutboxStore, status: Status) -> u64 {
     let report = store.status(now_micros(), Duration::from_secs(300)).await.unwrap();
-    report
-        .counts
-        .iter()
-        .filter(|((_, s), _)| *s == status)
-        .map(|(_, n)| n)
-        .sum()
+    report.counts.iter().filter(|((_, s), _)| *s == status).map(|(_, n)| n).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -89,11 +80,7 @@ async fn three_workers_on_one_postgres_table_publish_10000_events_exactly_once()
     let ids = store.enqueue(&events, now_micros()).await.unwrap();
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let options = RunOptions {
-        batch_size: 100,
-        interval: Duration::from_millis(50),
-        max_iterations: 0,
-    };
+    let options = RunOptions { batch_size: 100, interval: Duration::from_millis(50), max_iterations: 0 };
     let mut handles = Vec::new();
     for _ in 0..3 {
         let relay = worker(&config).await;
@@ -108,17 +95,11 @@ async fn three_workers_on_one_postgres_table_publish_10000_events_exactly_once()
     let mut claimed_by = Vec::new();
     for handle in handles {
         let report = handle.await.unwrap();
-        assert_eq!(
-            (report.totals.fenced, report.totals.failed, report.totals.retried),
-            (0, 0, 0)
-        );
+        assert_eq!((report.totals.fenced, report.totals.failed, report.totals.retried), (0, 0, 0));
         claimed_by.push(report.totals.published);
     }
     assert_eq!(claimed_by.iter().sum::<u64>(), 10_000, "{claimed_by:?}");
-    assert!(
-        claimed_by.iter().all(|n| *n > 0),
-        "every worker took a share: {claimed_by:?}"
-    );
+    assert!(claimed_by.iter().all(|n| *n > 0), "every worker took a share: {claimed_by:?}");
 
     let published = event_ids(&redis, "events");
     assert_eq!(published.len(), 10_000, "one entry per event: no event published twice");
@@ -132,11 +113,7 @@ async fn a_redis_outage_longer_than_the_retry_schedule_fails_nothing_and_keeps_c
     for outbox in ["sqlite", "postgres"] {
         let mut redis = RedisServer::start();
         let dir = tempfile::tempdir().unwrap();
-        let pg = if outbox == "postgres" {
-            Some(TestDatabase::create().await)
-        } else {
-            None
-        };
+        let pg = if outbox == "postgres" { Some(TestDatabase::create().await) } else { None };
         let url = match &pg {
             Some(db) => db.url().to_string(),
             None => format!("sqlite://{}", dir.path().join("outbox.db").display()),
@@ -159,16 +136,10 @@ async fn a_redis_outage_longer_than_the_retry_schedule_fails_nothing_and_keeps_c
 
         let relay = worker(&config).await;
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let options = RunOptions {
-            batch_size: 10,
-            interval: Duration::from_millis(50),
-            max_iterations: 0,
-        };
+        let options = RunOptions { batch_size: 10, interval: Duration::from_millis(50), max_iterations: 0 };
         let running = tokio::spawn(async move { relay.run(options, stopped).await });
-        wait_until("the first events", Duration::from_secs(20), async || {
-            count(&store, Status::Published).await == 20
-        })
-        .await;
+        wait_until("the first events", Duration::from_secs(20), async || count(&store, Status::Published).await == 20)
+            .await;
 
         redis.stop();
         let mut during = Vec::new();
@@ -176,18 +147,11 @@ async fn a_redis_outage_longer_than_the_retry_schedule_fails_nothing_and_keeps_c
             during.extend(enqueue(20 + round * 10..30 + round * 10).await);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        assert_eq!(
-            count(&store, Status::Failed).await,
-            0,
-            "{outbox}: an outage fails nothing"
-        );
+        assert_eq!(count(&store, Status::Failed).await, 0, "{outbox}: an outage fails nothing");
         assert_eq!(count(&store, Status::Published).await, 20, "{outbox}");
 
         redis.restart();
-        wait_until("recovery", Duration::from_secs(30), async || {
-            count(&store, Status::Published).await == 80
-        })
-        .await;
+        wait_until("recovery", Duration::from_secs(30), async || count(&store, Status::Published).await == 80).await;
         stop.send(true).unwrap();
         let report = running.await.unwrap();
         assert_eq!(report.totals.failed, 0, "{outbox}");
@@ -197,23 +161,10 @@ async fn a_redis_outage_longer_than_the_retry_schedule_fails_nothing_and_keeps_c
         // Redis restarted empty: the streams hold exactly the outage's events, each
         // publisher's in creation order.
         let expect = |parity: usize| -> Vec<String> {
-            during
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % 2 == parity)
-                .map(|(_, id)| id.clone())
-                .collect()
+            during.iter().enumerate().filter(|(i, _)| i % 2 == parity).map(|(_, id)| id.clone()).collect()
         };
-        assert_eq!(
-            event_ids(&redis, "events"),
-            expect(0),
-            "{outbox}: native publisher order"
-        );
-        assert_eq!(
-            event_ids(&redis, "wasm"),
-            expect(1),
-            "{outbox}: component publisher order"
-        );
+        assert_eq!(event_ids(&redis, "events"), expect(0), "{outbox}: native publisher order");
+        assert_eq!(event_ids(&redis, "wasm"), expect(1), "{outbox}: component publisher order");
         assert_eq!(before.len(), 20);
     }
 }

@@ -38,12 +38,7 @@ fn config(redis: &RedisServer) -> Config {
 /// Every entry of `stream`, fields in the order Redis stored them.
 fn entries(redis: &RedisServer, stream: &str) -> Vec<Entry> {
     let mut conn = redis.client();
-    let reply: redis::Value = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg("-")
-        .arg("+")
-        .query(&mut conn)
-        .unwrap();
+    let reply: redis::Value = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(&mut conn).unwrap();
     let entries: Vec<(String, Vec<String>)> = redis::from_redis_value(reply).unwrap();
     entries
         .into_iter()
@@ -88,9 +83,7 @@ fn sample_events() -> Vec<OutboxEvent> {
     extras.publisher_config.insert("priority".into(), json!(5));
     extras.publisher_config.insert("ratio".into(), json!(0.25));
     extras.publisher_config.insert("flag".into(), json!(true));
-    extras
-        .publisher_config
-        .insert("tags".into(), json!({"region": "eu", "list": [1, null]}));
+    extras.publisher_config.insert("tags".into(), json!({"region": "eu", "list": [1, null]}));
     extras.publisher_config.insert("unicode".into(), json!("café"));
     events.push(extras);
 
@@ -115,11 +108,7 @@ async fn native_and_component_entries_are_equal_field_by_field() {
     assert_eq!(native.len(), events.len());
     assert_eq!(component.len(), events.len());
     for ((event, (_, native_fields)), (_, component_fields)) in events.iter().zip(&native).zip(&component) {
-        assert_eq!(
-            native_fields, component_fields,
-            "entries differ for event {}",
-            event.event_type
-        );
+        assert_eq!(native_fields, component_fields, "entries differ for event {}", event.event_type);
         // And both are exactly the seed's rendering of the event.
         assert_eq!(native_fields, &event.stream_fields().unwrap());
     }
@@ -165,10 +154,7 @@ async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_err
     event.publisher_config.insert("event_id".into(), json!("forged"));
     for name in ["native", "component"] {
         let err = registry.get(name).unwrap().publish(&event).await.unwrap_err();
-        assert!(
-            matches!(&err, PublishError::Permanent(m) if m.contains("event_id")),
-            "{name}: {err}"
-        );
+        assert!(matches!(&err, PublishError::Permanent(m) if m.contains("event_id")), "{name}: {err}");
     }
     let mut batch = vec![OutboxEvent::new("ok", "/s"), event.clone()];
     batch[0].publisher_config.insert("fine".into(), json!(1));
@@ -176,11 +162,7 @@ async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_err
     assert_eq!(results[0], Attempt::Done(Ok(())));
     assert!(matches!(&results[1], Attempt::Done(Err(PublishError::Permanent(_)))));
     let mut conn = redis.client();
-    assert_eq!(
-        conn.xlen::<_, usize>("native").unwrap(),
-        1,
-        "only the good event of the batch is written"
-    );
+    assert_eq!(conn.xlen::<_, usize>("native").unwrap(), 1, "only the good event of the batch is written");
     assert_eq!(conn.xlen::<_, usize>("component").unwrap(), 0);
 }
 
@@ -194,13 +176,8 @@ async fn the_seeds_consumer_reads_type_and_id_from_cloud_event() {
     }
     // What the seed's docs do: XREAD from 0, json.loads(cloud_event), read type and id.
     let mut conn = redis.client();
-    let reply: redis::streams::StreamReadReply = conn
-        .xread_options(
-            &["component"],
-            &["0"],
-            &redis::streams::StreamReadOptions::default().count(100),
-        )
-        .unwrap();
+    let reply: redis::streams::StreamReadReply =
+        conn.xread_options(&["component"], &["0"], &redis::streams::StreamReadOptions::default().count(100)).unwrap();
     let read = &reply.keys[0].ids;
     assert_eq!(read.len(), events.len());
     for (entry, event) in read.iter().zip(&events) {

@@ -69,11 +69,7 @@ impl Backend for Router {
         if options.fallback.as_deref() == Some("") {
             return Err("option `fallback`: cannot be empty (leave it out to have no fallback)".into());
         }
-        Ok(Self {
-            routes,
-            fallback: options.fallback,
-            max_len: options.max_len,
-        })
+        Ok(Self { routes, fallback: options.fallback, max_len: options.max_len })
     }
 
     fn publish(&mut self, event: &OutboxEvent) -> Result<(), PublishError> {
@@ -103,10 +99,7 @@ mod tests {
     #[test]
     fn routes_are_tried_in_order_then_the_fallback() {
         let router = Router {
-            routes: vec![
-                ("order.created".into(), "a:created".into()),
-                ("order.*".into(), "a:orders".into()),
-            ],
+            routes: vec![("order.created".into(), "a:created".into()), ("order.*".into(), "a:orders".into())],
             fallback: Some("a:other".into()),
             max_len: 10,
         };

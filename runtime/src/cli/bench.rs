@@ -63,10 +63,7 @@ async fn relay(bench: RelayBench) -> anyhow::Result<ExitCode> {
     let (host, port) = bench.redis.rsplit_once(':').context("--redis is HOST:PORT")?;
     let port: u16 = port.parse().context("--redis port")?;
     let component = std::fs::canonicalize(&bench.component).with_context(|| {
-        format!(
-            "{} is missing: build the components first (scripts/build-components)",
-            bench.component.display()
-        )
+        format!("{} is missing: build the components first (scripts/build-components)", bench.component.display())
     })?;
     let mut rows = Vec::new();
     for outbox in &bench.outbox {
@@ -103,10 +100,7 @@ async fn relay(bench: RelayBench) -> anyhow::Result<ExitCode> {
             scratch.drop().await;
             let (elapsed, published) = result?;
             let rate = published as f64 / elapsed.as_secs_f64();
-            eprintln!(
-                "{outbox} × {publisher}: {published} events in {:.2}s",
-                elapsed.as_secs_f64()
-            );
+            eprintln!("{outbox} × {publisher}: {published} events in {:.2}s", elapsed.as_secs_f64());
             rows.push([
                 outbox.clone(),
                 format!("{publisher} redis-stream"),
@@ -116,10 +110,7 @@ async fn relay(bench: RelayBench) -> anyhow::Result<ExitCode> {
             ]);
         }
     }
-    println!(
-        "relay throughput: {} events of ~300 bytes, batch {}, one worker",
-        bench.events, bench.batch_size
-    );
+    println!("relay throughput: {} events of ~300 bytes, batch {}, one worker", bench.events, bench.batch_size);
     print_table(["OUTBOX", "PUBLISHER", "EVENTS", "SECONDS", "EVENTS/S"], &rows);
     Ok(ExitCode::SUCCESS)
 }
@@ -139,15 +130,14 @@ async fn relay_once(
     store.migrate().await?;
     let events: Vec<NewEvent> = (0..bench.events)
         .map(|i| {
-            NewEvent::new("order.created", "/bench/shop")
-                .publisher(name)
-                .subject(format!("order/{i}"))
-                .data(serde_json::json!({
+            NewEvent::new("order.created", "/bench/shop").publisher(name).subject(format!("order/{i}")).data(
+                serde_json::json!({
                     "order_id": i,
                     "customer": {"id": 4711, "name": "Zoë Example"},
                     "items": [{"sku": "SKU-1", "qty": 2, "price": 9.95}],
                     "total": 19.9,
-                }))
+                }),
+            )
         })
         .collect();
     store.enqueue(&events, now_micros()).await?;
@@ -170,17 +160,9 @@ async fn relay_once(
     let written: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut redis).await?;
     redis::cmd("DEL").arg(stream).query_async::<()>(&mut redis).await?;
     let report = store.status(now_micros(), Duration::from_secs(300)).await?;
-    let done: u64 = report
-        .counts
-        .iter()
-        .filter(|((_, s), _)| *s == Status::Published)
-        .map(|(_, n)| n)
-        .sum();
+    let done: u64 = report.counts.iter().filter(|((_, s), _)| *s == Status::Published).map(|(_, n)| n).sum();
     if written != bench.events as u64 || done != bench.events as u64 {
-        bail!(
-            "expected {} events published, the stream has {written} and the outbox {done}",
-            bench.events
-        );
+        bail!("expected {} events published, the stream has {written} and the outbox {done}", bench.events);
     }
     Ok((elapsed, published))
 }
@@ -199,12 +181,7 @@ impl Scratch {
             "sqlite" => {
                 let dir = tempfile::tempdir()?;
                 let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-                Ok(Self {
-                    url,
-                    server: None,
-                    name: String::new(),
-                    _dir: Some(dir),
-                })
+                Ok(Self { url, server: None, name: String::new(), _dir: Some(dir) })
             }
             "postgres" => {
                 let name = format!("broadcaster_bench_{}", std::process::id());
@@ -214,19 +191,9 @@ impl Scratch {
                 sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\"")))
                     .execute(&mut conn)
                     .await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-                    .execute(&mut conn)
-                    .await?;
-                let base = postgres
-                    .rsplit_once('/')
-                    .map(|(b, _)| b)
-                    .context("--postgres needs a database")?;
-                Ok(Self {
-                    url: format!("{base}/{name}"),
-                    server: Some(postgres.to_string()),
-                    name,
-                    _dir: None,
-                })
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await?;
+                let base = postgres.rsplit_once('/').map(|(b, _)| b).context("--postgres needs a database")?;
+                Ok(Self { url: format!("{base}/{name}"), server: Some(postgres.to_string()), name, _dir: None })
             }
             other => bail!("unknown --outbox {other:?} (sqlite, postgres)"),
         }

@@ -16,11 +16,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let engine = HostEngine::new()?;
     let file = args.file.clone();
     let loaded = tokio::task::spawn_blocking(move || LoadedComponent::load(&engine, &file)).await??;
-    println!(
-        "ok: {} is a backend for broadcaster:backend@{}",
-        args.file.display(),
-        SUPPORTED_VERSIONS.join(", ")
-    );
+    println!("ok: {} is a backend for broadcaster:backend@{}", args.file.display(), SUPPORTED_VERSIONS.join(", "));
     for import in &loaded.imports {
         println!("  imports {import}");
     }

@@ -46,11 +46,7 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
         eprintln!("no publishers are configured in {}", config.path.display());
         return Ok(ExitCode::FAILURE);
     }
-    Ok(if report.iter().all(|(_, _, h)| h.healthy) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if report.iter().all(|(_, _, h)| h.healthy) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Prints left-aligned columns separated by two spaces.

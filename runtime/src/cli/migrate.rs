@@ -18,10 +18,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     if store.migrate().await? {
         println!("created table outbox_events and its indexes in {}", store.display_url());
     } else {
-        println!(
-            "table outbox_events already exists in {}; left as it is",
-            store.display_url()
-        );
+        println!("table outbox_events already exists in {}; left as it is", store.display_url());
     }
     Ok(ExitCode::SUCCESS)
 }

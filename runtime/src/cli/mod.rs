@@ -116,19 +116,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Logs go to stderr; `RUST_LOG` chooses what (default: warnings, and `info` for the worker).
 pub fn init_logging(command: &Command) {
-    let default = if matches!(command, Command::Run(_)) {
-        "info"
-    } else {
-        "warn"
-    };
+    let default = if matches!(command, Command::Run(_)) { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(color)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(color).with_writer(std::io::stderr).init();
 }
 
 /// 2 for bad input, 1 for everything else.

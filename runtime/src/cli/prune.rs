@@ -30,10 +30,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let before = now_micros() - chrono::Duration::from_std(args.older_than)?;
     if args.dry_run {
         let count = store.count_prunable(before).await?;
-        println!(
-            "{count} published event(s) older than {:?} would be deleted (dry run)",
-            args.older_than
-        );
+        println!("{count} published event(s) older than {:?} would be deleted (dry run)", args.older_than);
         return Ok(ExitCode::SUCCESS);
     }
     let mut deleted = 0;

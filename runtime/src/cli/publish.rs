@@ -58,11 +58,8 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(|t| cloudevent_input::parse_time("--scheduled-at", t).map(|t| t.to_utc()))
         .transpose()?;
-    let publisher_config = args
-        .publisher_config
-        .as_deref()
-        .map(cloudevent_input::parse_publisher_config)
-        .transpose()?;
+    let publisher_config =
+        args.publisher_config.as_deref().map(cloudevent_input::parse_publisher_config).transpose()?;
     for new in &mut events {
         new.scheduled_at = scheduled_at.or(new.scheduled_at);
         new.event.max_retries = args.max_retries;
@@ -72,11 +69,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         if let Some(config) = &publisher_config {
             new.event.publisher_config = config.clone();
         }
-        let name = if new.event.publisher_backend.is_empty() {
-            "default"
-        } else {
-            &new.event.publisher_backend
-        };
+        let name = if new.event.publisher_backend.is_empty() { "default" } else { &new.event.publisher_backend };
         if !config.publishers.contains_key(name) {
             eprintln!(
                 "warning: no publisher named `{name}` is configured in {}; the worker will mark the event failed",
@@ -95,10 +88,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn from_flags(args: &PublishArgs, event_type: &str) -> anyhow::Result<NewEvent> {
-    let source = args
-        .source
-        .clone()
-        .ok_or_else(|| InputError("--source is required with --type".into()))?;
+    let source = args.source.clone().ok_or_else(|| InputError("--source is required with --type".into()))?;
     let mut new = NewEvent::new(event_type, source);
     new.event.subject = args.subject.clone().unwrap_or_default();
     new.event.data_content_type = args.data_content_type.clone();
@@ -126,16 +116,7 @@ fn from_stdin(args: &PublishArgs) -> anyhow::Result<Vec<NewEvent>> {
         .into());
     }
     let mut text = String::new();
-    stdin
-        .lock()
-        .read_to_string(&mut text)
-        .context("reading events from stdin")?;
+    stdin.lock().read_to_string(&mut text).context("reading events from stdin")?;
     let events = cloudevent_input::parse_many_for_outbox(&text)?;
-    Ok(events
-        .into_iter()
-        .map(|event| NewEvent {
-            event,
-            scheduled_at: None,
-        })
-        .collect())
+    Ok(events.into_iter().map(|event| NewEvent { event, scheduled_at: None }).collect())
 }

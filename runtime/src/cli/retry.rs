@@ -32,10 +32,7 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     for id in &changed {
         println!("{id}");
     }
-    eprintln!(
-        "{} event(s) back to pending, due now, with their retries reset",
-        changed.len()
-    );
+    eprintln!("{} event(s) back to pending, due now, with their retries reset", changed.len());
     if args.ids.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -49,10 +46,9 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
         }
         missed = true;
         match rows.iter().find(|row| row.id == uuid) {
-            Some(row) => eprintln!(
-                "not changed: {uuid} is {} (only failed and retry events are retried)",
-                row.status.as_str()
-            ),
+            Some(row) => {
+                eprintln!("not changed: {uuid} is {} (only failed and retry events are retried)", row.status.as_str())
+            }
             None => eprintln!("not changed: no event {uuid} in the outbox"),
         }
     }

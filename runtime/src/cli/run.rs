@@ -51,11 +51,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         names.join(", "),
         options.batch_size,
         options.interval,
-        if options.max_iterations > 0 {
-            format!(", {} iterations", options.max_iterations)
-        } else {
-            String::new()
-        }
+        if options.max_iterations > 0 { format!(", {} iterations", options.max_iterations) } else { String::new() }
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

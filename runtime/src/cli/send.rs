@@ -51,17 +51,11 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     match publisher.publish(&event).await {
         Ok(()) => {
             println!("{}", event.id);
-            eprintln!(
-                "published event {} ({}) through `{}`",
-                event.id, event.event_type, args.publisher
-            );
+            eprintln!("published event {} ({}) through `{}`", event.id, event.event_type, args.publisher);
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
-            eprintln!(
-                "error: publisher `{}` did not publish event {}: {err}",
-                args.publisher, event.id
-            );
+            eprintln!("error: publisher `{}` did not publish event {}: {err}", args.publisher, event.id);
             Ok(ExitCode::FAILURE)
         }
     }
@@ -70,10 +64,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
 fn event_from_args(args: &SendArgs) -> anyhow::Result<OutboxEvent> {
     let mut event = match &args.event_type {
         Some(event_type) => {
-            let source = args
-                .source
-                .clone()
-                .ok_or_else(|| InputError("--source is required with --type".into()))?;
+            let source = args.source.clone().ok_or_else(|| InputError("--source is required with --type".into()))?;
             let mut event = OutboxEvent::new(event_type.clone(), source);
             event.subject = args.subject.clone().unwrap_or_default();
             event.data_content_type = args.data_content_type.clone();
@@ -100,10 +91,7 @@ fn event_from_args(args: &SendArgs) -> anyhow::Result<OutboxEvent> {
                 .into());
             }
             let mut text = String::new();
-            stdin
-                .lock()
-                .read_to_string(&mut text)
-                .context("reading the event from stdin")?;
+            stdin.lock().read_to_string(&mut text).context("reading the event from stdin")?;
             if text.trim().is_empty() {
                 return Err(InputError("stdin is empty: expected a CloudEvent JSON document".into()).into());
             }

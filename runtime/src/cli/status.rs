@@ -60,37 +60,20 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut rows: Vec<[String; 6]> = publishers
         .iter()
         .map(|p| {
-            let mut row = [
-                display_name(p),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ];
+            let mut row = [display_name(p), String::new(), String::new(), String::new(), String::new(), String::new()];
             for (i, status) in Status::ALL.into_iter().enumerate() {
                 row[i + 1] = count(Some(p), status).to_string();
             }
             row
         })
         .collect();
-    let mut total = [
-        "(all)".to_string(),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-    ];
+    let mut total = ["(all)".to_string(), String::new(), String::new(), String::new(), String::new(), String::new()];
     for (i, status) in Status::ALL.into_iter().enumerate() {
         total[i + 1] = count(None, status).to_string();
     }
     rows.push(total);
     println!("outbox {}", store.display_url());
-    print_table(
-        ["PUBLISHER", "PENDING", "PROCESSING", "RETRY", "FAILED", "PUBLISHED"],
-        &rows,
-    );
+    print_table(["PUBLISHER", "PENDING", "PROCESSING", "RETRY", "FAILED", "PUBLISHED"], &rows);
     match oldest_due_seconds {
         Some(age) => println!("oldest due event: waiting {age:.1}s"),
         None => println!("oldest due event: none due"),
@@ -105,9 +88,5 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn display_name(publisher: &str) -> String {
-    if publisher.is_empty() {
-        "default (empty)".to_string()
-    } else {
-        publisher.to_string()
-    }
+    if publisher.is_empty() { "default (empty)".to_string() } else { publisher.to_string() }
 }

@@ -35,10 +35,8 @@ pub fn apply_overrides(
     table: &mut toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Vec<Override>, ConfigError> {
-    let mut vars: Vec<(String, String)> = vars
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(PREFIX) && k.contains("__"))
-        .collect();
+    let mut vars: Vec<(String, String)> =
+        vars.into_iter().filter(|(k, _)| k.starts_with(PREFIX) && k.contains("__")).collect();
     vars.sort();
     let mut applied = Vec::new();
     for (var, value) in vars {
@@ -63,19 +61,13 @@ fn normalize(key: &str) -> String {
 /// Sets the value; returns the dotted key path it landed on.
 fn set(table: &mut toml::Table, var: &str, path: &[&str], raw: &str) -> Result<String, ConfigError> {
     let wanted = normalize(path[0]);
-    let key = table
-        .keys()
-        .find(|k| normalize(k) == wanted)
-        .cloned()
-        .unwrap_or_else(|| path[0].to_ascii_lowercase());
+    let key = table.keys().find(|k| normalize(k) == wanted).cloned().unwrap_or_else(|| path[0].to_ascii_lowercase());
     if path.len() == 1 {
         let keep_string = matches!(table.get(&key), Some(toml::Value::String(_)));
         table.insert(key.clone(), parse_value(raw, keep_string));
         return Ok(key);
     }
-    let entry = table
-        .entry(key.clone())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let entry = table.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
     match entry {
         toml::Value::Table(inner) => Ok(format!("{key}.{}", set(inner, var, &path[1..], raw)?)),
         _ => Err(ConfigError::Env {

@@ -105,9 +105,7 @@ pub struct OutboxConfig {
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        Self {
-            url: default_outbox_url(),
-        }
+        Self { url: default_outbox_url() }
     }
 }
 
@@ -119,10 +117,8 @@ impl Config {
     /// Loads `path`, applies `BROADCASTER_…` overrides from the process environment, and
     /// validates the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::from_toml(&text, path, std::env::vars())
     }
 
@@ -140,25 +136,12 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
             let key = err.path().to_string();
             // toml adds an "in `table`" line; the key path says it better.
-            let mut message = err
-                .into_inner()
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string();
+            let mut message = err.into_inner().to_string().lines().next().unwrap_or_default().to_string();
             // A key the file does not have may come from the environment: say which variable.
-            if let Some(o) = overrides
-                .iter()
-                .find(|o| key == o.key || key.starts_with(&format!("{}.", o.key)))
-            {
+            if let Some(o) = overrides.iter().find(|o| key == o.key || key.starts_with(&format!("{}.", o.key))) {
                 message.push_str(&format!(" (set by environment variable {})", o.var));
             }
-            ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key,
-                message,
-            }
+            ConfigError::Invalid { path: path.to_path_buf(), key, message }
         })?;
         config.path = path.to_path_buf();
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -179,10 +162,7 @@ impl Config {
             return Err(relay("retry_jitter", "must be between 0 and 1"));
         }
         if self.relay.lease_timeout.0 < Duration::from_secs(1) {
-            return Err(relay(
-                "lease_timeout",
-                "must be at least 1s (and longer than the slowest batch)",
-            ));
+            return Err(relay("lease_timeout", "must be at least 1s (and longer than the slowest batch)"));
         }
         if self.relay.retry_cap.0 < self.relay.retry_base.0 {
             return Err(relay("retry_cap", "must not be shorter than retry_base"));
@@ -212,10 +192,7 @@ impl Config {
             if let Some(grant) = &publisher.grants.redis {
                 for pattern in &grant.streams {
                     if pattern.is_empty() {
-                        return Err(invalid(
-                            "grants.redis.streams",
-                            "a stream pattern cannot be empty".into(),
-                        ));
+                        return Err(invalid("grants.redis.streams", "a stream pattern cannot be empty".into()));
                     }
                 }
             }
@@ -237,14 +214,12 @@ impl Config {
             message: message.to_string(),
         };
         match (&publisher.backend, &publisher.component) {
-            (Some(_), Some(_)) => Err(invalid(
-                "",
-                "set either `backend` (a native backend) or `component` (a .wasm file), not both",
-            )),
-            (None, None) => Err(invalid(
-                "",
-                "set `backend = \"redis-stream\"` or `component = \"path/to/backend.wasm\"`",
-            )),
+            (Some(_), Some(_)) => {
+                Err(invalid("", "set either `backend` (a native backend) or `component` (a .wasm file), not both"))
+            }
+            (None, None) => {
+                Err(invalid("", "set `backend = \"redis-stream\"` or `component = \"path/to/backend.wasm\"`"))
+            }
             (Some(backend), None) if backend == "redis-stream" => Ok(PublisherKind::RedisStream),
             (Some(_), None) => Err(invalid(
                 ".backend",
@@ -256,20 +231,14 @@ impl Config {
 
     /// The publisher an event with `publisher_backend` goes to (`default` for an empty one).
     pub fn route<'a>(&self, publisher_backend: &'a str) -> &'a str {
-        if publisher_backend.is_empty() {
-            DEFAULT_PUBLISHER
-        } else {
-            publisher_backend
-        }
+        if publisher_backend.is_empty() { DEFAULT_PUBLISHER } else { publisher_backend }
     }
 }
 
 fn valid_publisher_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Converts TOML to JSON, keeping key order (datetimes become their TOML text).
@@ -277,9 +246,9 @@ pub fn toml_to_json(value: &toml::Value) -> serde_json::Value {
     match value {
         toml::Value::String(s) => serde_json::Value::String(s.clone()),
         toml::Value::Integer(i) => serde_json::Value::from(*i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
-            .map(serde_json::Value::Number)
-            .unwrap_or(serde_json::Value::Null),
+        toml::Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
+        }
         toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
         toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
         toml::Value::Array(items) => items.iter().map(toml_to_json).collect(),

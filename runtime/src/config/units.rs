@@ -19,9 +19,7 @@ pub struct ByteSize(pub u64);
 /// Parses `"250ms"`, `"2s"`, `"1.5s"`, `"3m"`, `"1h"`, `"7d"` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().map_err(|_| {
         format!("{text:?} is not a duration; write e.g. \"250ms\", \"5s\", \"1m\" or a number of seconds")
@@ -41,9 +39,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses `"64MiB"`, `"10MB"`, `"512KiB"`, `"1GiB"` or a bare number of bytes.
 pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number
         .parse()
@@ -57,9 +53,7 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         "gb" => 1000 * 1000 * 1000,
         "gib" | "g" => 1024 * 1024 * 1024,
         other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
-            ));
+            return Err(format!("{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"));
         }
     };
     let bytes = number * multiplier as f64;
@@ -86,9 +80,7 @@ impl<'de> Deserialize<'de> for Seconds {
                 Ok(Seconds(Duration::from_secs(v)))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
-                Duration::try_from_secs_f64(v)
-                    .map(Seconds)
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                Duration::try_from_secs_f64(v).map(Seconds).map_err(|_| E::custom("a duration cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
                 parse_duration(v).map(Seconds).map_err(E::custom)
@@ -107,9 +99,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a size such as \"64MiB\" or a number of bytes")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(v))

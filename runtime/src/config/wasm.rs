@@ -38,11 +38,7 @@ pub enum Allocator {
 
 impl Default for WasmConfig {
     fn default() -> Self {
-        Self {
-            cache: true,
-            cache_dir: None,
-            allocator: Allocator::Auto,
-        }
+        Self { cache: true, cache_dir: None, allocator: Allocator::Auto }
     }
 }
 

@@ -74,10 +74,7 @@ pub struct CallBudget {
 impl CallBudget {
     /// A fresh account under `limits`.
     pub fn new(limits: CallLimits) -> Self {
-        Self {
-            limits,
-            spent: Arc::default(),
-        }
+        Self { limits, spent: Arc::default() }
     }
 
     /// The limits.
@@ -142,19 +139,10 @@ mod tests {
         budget.charge_host_call(4).unwrap();
         assert_eq!(budget.charge_host_call(0), Err(LimitExceeded::HostCalls(2)));
         budget.reset();
-        assert_eq!(
-            budget.charge_host_call(11),
-            Err(LimitExceeded::HostCallBytes(ByteSize(10)))
-        );
+        assert_eq!(budget.charge_host_call(11), Err(LimitExceeded::HostCallBytes(ByteSize(10))));
         budget.charge_log_line().unwrap();
         assert_eq!(budget.charge_log_line(), Err(LimitExceeded::LogLines(1)));
         assert!(budget.charge_log_bytes(5).is_ok());
-        assert!(
-            budget
-                .charge_log_bytes(1)
-                .unwrap_err()
-                .to_string()
-                .contains("limits.log_bytes")
-        );
+        assert!(budget.charge_log_bytes(1).unwrap_err().to_string().contains("limits.log_bytes"));
     }
 }

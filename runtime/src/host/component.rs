@@ -95,20 +95,14 @@ pub struct LoadedComponent {
 
 impl std::fmt::Debug for LoadedComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedComponent")
-            .field("path", &self.path)
-            .field("imports", &self.imports)
-            .finish()
+        f.debug_struct("LoadedComponent").field("path", &self.path).field("imports", &self.imports).finish()
     }
 }
 
 impl LoadedComponent {
     /// Reads, compiles and checks `path`.
     pub fn load(engine: &HostEngine, path: &Path) -> Result<Self, ComponentError> {
-        let bytes = std::fs::read(path).map_err(|source| ComponentError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| ComponentError::Read { path: path.to_path_buf(), source })?;
         Self::from_bytes(engine, path, &bytes)
     }
 
@@ -121,10 +115,8 @@ impl LoadedComponent {
         if !wasmparser::Parser::is_component(bytes) {
             return Err(ComponentError::NotWasm { path: path_buf });
         }
-        let component = Component::from_binary(engine.engine(), bytes).map_err(|e| ComponentError::Invalid {
-            path: path_buf.clone(),
-            message: format!("{e:#}"),
-        })?;
+        let component = Component::from_binary(engine.engine(), bytes)
+            .map_err(|e| ComponentError::Invalid { path: path_buf.clone(), message: format!("{e:#}") })?;
         Self::check(engine, path, component)
     }
 
@@ -134,53 +126,34 @@ impl LoadedComponent {
         let imports: Vec<String> = ty.imports(engine.engine()).map(|(name, _)| name.to_string()).collect();
         for import in &imports {
             if let Err(reason) = import_supported(import) {
-                return Err(ComponentError::UnsupportedImport {
-                    path: path_buf,
-                    import: import.clone(),
-                    reason,
-                });
+                return Err(ComponentError::UnsupportedImport { path: path_buf, import: import.clone(), reason });
             }
         }
         let exports: Vec<String> = ty.exports(engine.engine()).map(|(name, _)| name.to_string()).collect();
         if !exports.iter().any(|name| name == BACKEND_EXPORT) {
-            return Err(ComponentError::NotABackend {
-                path: path_buf,
-                reason: missing_export_reason(&exports),
-            });
+            return Err(ComponentError::NotABackend { path: path_buf, reason: missing_export_reason(&exports) });
         }
-        let instance_pre = engine
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|e| ComponentError::Mismatch {
-                path: path_buf.clone(),
-                version: SUPPORTED_VERSIONS[0],
-                message: format!("{e:#}"),
-            })?;
+        let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| ComponentError::Mismatch {
+            path: path_buf.clone(),
+            version: SUPPORTED_VERSIONS[0],
+            message: format!("{e:#}"),
+        })?;
         let pre = PublisherPre::new(instance_pre).map_err(|e| ComponentError::Mismatch {
             path: path_buf.clone(),
             version: SUPPORTED_VERSIONS[0],
             message: format!("{e:#}"),
         })?;
-        Ok(Self {
-            path: path_buf,
-            imports,
-            pre,
-        })
+        Ok(Self { path: path_buf, imports, pre })
     }
 
     /// The file name without extension, for tables and logs.
     pub fn name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
     /// Whether it imports the `redis-stream` capability.
     pub fn imports_redis_stream(&self) -> bool {
-        self.imports
-            .iter()
-            .any(|i| i.starts_with("broadcaster:backend/redis-stream@"))
+        self.imports.iter().any(|i| i.starts_with("broadcaster:backend/redis-stream@"))
     }
 }
 
@@ -201,20 +174,15 @@ fn import_supported(import: &str) -> Result<(), String> {
                 ))
             }
         }
-        "wasi:http" => Err(
-            "outbound HTTP (wasi:http) is a capability this Broadcaster cannot grant yet; \
+        "wasi:http" => Err("outbound HTTP (wasi:http) is a capability this Broadcaster cannot grant yet; \
              remove the HTTP client from the backend (for componentize-js: `-d http`)"
-                .to_string(),
-        ),
+            .to_string()),
         p if p.starts_with("wasi:") => {
             let name = &p["wasi:".len()..];
             if WASI_PACKAGES.contains(&name) && version.starts_with("0.2.") {
                 Ok(())
             } else {
-                Err(format!(
-                    "the WASI interfaces provided are wasi:{{{}}}@0.2.x",
-                    WASI_PACKAGES.join(",")
-                ))
+                Err(format!("the WASI interfaces provided are wasi:{{{}}}@0.2.x", WASI_PACKAGES.join(",")))
             }
         }
         _ => Err(format!(
@@ -225,21 +193,14 @@ fn import_supported(import: &str) -> Result<(), String> {
 }
 
 fn missing_export_reason(exports: &[String]) -> String {
-    if let Some(name) = exports
-        .iter()
-        .find(|name| name.starts_with("broadcaster:backend/backend@"))
-    {
+    if let Some(name) = exports.iter().find(|name| name.starts_with("broadcaster:backend/backend@")) {
         return format!(
             "it exports `{name}`, and this Broadcaster supports broadcaster:backend@{}",
             SUPPORTED_VERSIONS.join(", ")
         );
     }
     let names: Vec<&str> = exports.iter().map(String::as_str).collect();
-    let what = if names.is_empty() {
-        "nothing".to_string()
-    } else {
-        names.join(", ")
-    };
+    let what = if names.is_empty() { "nothing".to_string() } else { names.join(", ") };
     format!(
         "it must export `{BACKEND_EXPORT}` (the `publisher` world in wit/), but it exports {what}; \
          was it built for another world?"
@@ -268,9 +229,6 @@ mod tests {
     #[test]
     fn a_command_component_is_told_it_is_for_another_world() {
         let reason = missing_export_reason(&["wasi:cli/run@0.2.6".into()]);
-        assert!(
-            reason.contains("wasi:cli/run@0.2.6") && reason.contains("another world"),
-            "{reason}"
-        );
+        assert!(reason.contains("wasi:cli/run@0.2.6") && reason.contains("another world"), "{reason}");
     }
 }

@@ -39,13 +39,7 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self {
-            allocator: Allocator::OnDemand,
-            max_memory: 64 << 20,
-            instances: 16,
-            fuel: false,
-            cache_dir: None,
-        }
+        Self { allocator: Allocator::OnDemand, max_memory: 64 << 20, instances: 16, fuel: false, cache_dir: None }
     }
 }
 
@@ -61,10 +55,7 @@ pub struct HostEngine {
 
 impl std::fmt::Debug for HostEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostEngine")
-            .field("pooling", &self.pooling)
-            .field("fuel", &self.fuel)
-            .finish_non_exhaustive()
+        f.debug_struct("HostEngine").field("pooling", &self.pooling).field("fuel", &self.fuel).finish_non_exhaustive()
     }
 }
 
@@ -120,10 +111,9 @@ impl HostEngine {
     /// the pooling allocator cannot reserve its address space.
     pub fn with_settings(settings: &EngineSettings) -> Result<Self, EngineError> {
         let (engine, pooling) = match settings.allocator {
-            Allocator::OnDemand => (
-                Engine::new(&base_config(settings)).map_err(|e| EngineError(e.to_string()))?,
-                false,
-            ),
+            Allocator::OnDemand => {
+                (Engine::new(&base_config(settings)).map_err(|e| EngineError(e.to_string()))?, false)
+            }
             Allocator::Pooling | Allocator::Auto => {
                 let mut config = base_config(settings);
                 config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(settings)));
@@ -135,10 +125,7 @@ impl HostEngine {
                             "the pooling allocator cannot be set up on this machine (address space?); \
                              allocating instances on demand instead"
                         );
-                        (
-                            Engine::new(&base_config(settings)).map_err(|e| EngineError(e.to_string()))?,
-                            false,
-                        )
+                        (Engine::new(&base_config(settings)).map_err(|e| EngineError(e.to_string()))?, false)
                     }
                     Err(err) => return Err(EngineError(format!("pooling allocator: {err}"))),
                 }
@@ -149,13 +136,7 @@ impl HostEngine {
         bindings::Publisher::add_to_linker::<PublisherState, HasSelf<PublisherState>>(&mut linker, |state| state)
             .map_err(|e| EngineError(e.to_string()))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
-        Ok(Self {
-            engine,
-            linker: Arc::new(linker),
-            pooling,
-            fuel: settings.fuel,
-            _ticker: ticker,
-        })
+        Ok(Self { engine, linker: Arc::new(linker), pooling, fuel: settings.fuel, _ticker: ticker })
     }
 
     /// The wasmtime engine.

@@ -61,27 +61,22 @@ pub struct GuestOutput {
     level: Level,
     budget: CallBudget,
     redactor: Arc<Redactor>,
+    /// Where stderr keeps its last line (a panic message explains the trap that follows).
+    last_line: Option<LastLine>,
 }
+
+/// The last line a guest wrote to stderr.
+pub type LastLine = Arc<std::sync::Mutex<Option<String>>>;
 
 impl GuestOutput {
     /// The guest's stdout.
     pub fn stdout(publisher: Arc<str>, budget: CallBudget, redactor: Arc<Redactor>) -> Self {
-        Self {
-            publisher,
-            level: Level::Info,
-            budget,
-            redactor,
-        }
+        Self { publisher, level: Level::Info, budget, redactor, last_line: None }
     }
 
-    /// The guest's stderr.
-    pub fn stderr(publisher: Arc<str>, budget: CallBudget, redactor: Arc<Redactor>) -> Self {
-        Self {
-            publisher,
-            level: Level::Warn,
-            budget,
-            redactor,
-        }
+    /// The guest's stderr; its last line is kept in `last_line`.
+    pub fn stderr(publisher: Arc<str>, budget: CallBudget, redactor: Arc<Redactor>, last_line: LastLine) -> Self {
+        Self { publisher, level: Level::Warn, budget, redactor, last_line: Some(last_line) }
     }
 }
 
@@ -98,10 +93,7 @@ impl StdoutStream for GuestOutput {
     }
 
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineWriter {
-            output: self.clone(),
-            pending: Vec::new(),
-        })
+        Box::new(LineWriter { output: self.clone(), pending: Vec::new() })
     }
 }
 
@@ -119,14 +111,23 @@ impl LineWriter {
         let line = String::from_utf8_lossy(&self.pending).into_owned();
         let line = self.output.redactor.redact(line.trim_end_matches('\r'));
         emit(&self.output.publisher, self.output.level, &line);
+        if let Some(last) = &self.output.last_line
+            && !line.starts_with("note: run with `RUST_BACKTRACE")
+        {
+            // Keep the last two lines: a Rust panic is "panicked at <place>:" then the message.
+            let mut last = last.lock().expect("last line lock");
+            let previous = last.take().and_then(|p| p.rsplit(" / ").next().map(str::to_string));
+            let line = truncate(&line).into_owned();
+            *last = Some(match previous {
+                Some(previous) => format!("{previous} / {line}"),
+                None => line,
+            });
+        }
         self.pending.clear();
     }
 
     fn line(&mut self) -> StreamResult<()> {
-        self.output
-            .budget
-            .charge_log_line()
-            .map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))?;
+        self.output.budget.charge_log_line().map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))?;
         self.emit_pending();
         Ok(())
     }
@@ -134,10 +135,7 @@ impl LineWriter {
 
 impl OutputStream for LineWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.output
-            .budget
-            .charge_log_bytes(bytes.len())
-            .map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))?;
+        self.output.budget.charge_log_bytes(bytes.len()).map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))?;
         for chunk in bytes.split_inclusive(|b| *b == b'\n') {
             match chunk.strip_suffix(b"\n") {
                 Some(line) => {

@@ -174,27 +174,16 @@ impl ComponentPublisher {
         self.begin_call(&mut store);
         let started = tokio::time::timeout(timeout + HOST_GRACE, async {
             let bindings = self.component.pre.instantiate_async(&mut store).await?;
-            let init = bindings
-                .broadcaster_backend_backend()
-                .call_init(&mut store, &self.settings.options_json)
-                .await?;
+            let init =
+                bindings.broadcaster_backend_backend().call_init(&mut store, &self.settings.options_json).await?;
             Ok::<_, wasmtime::Error>((bindings, init))
         })
         .await;
         store.data_mut().deadline = None;
         match started {
-            Err(_) => Err(StartError::Failed {
-                publisher: name,
-                message: DeadlineExceeded(timeout).to_string(),
-            }),
-            Ok(Err(err)) => Err(StartError::Failed {
-                publisher: name,
-                message: redact(&describe_trap(&err)),
-            }),
-            Ok(Ok((_, Err(message)))) => Err(StartError::InitRejected {
-                publisher: name,
-                message: redact(&message),
-            }),
+            Err(_) => Err(StartError::Failed { publisher: name, message: DeadlineExceeded(timeout).to_string() }),
+            Ok(Err(err)) => Err(StartError::Failed { publisher: name, message: redact(&describe_trap(&err)) }),
+            Ok(Ok((_, Err(message)))) => Err(StartError::InitRejected { publisher: name, message: redact(&message) }),
             Ok(Ok((bindings, Ok(())))) => Ok(LiveInstance { store, bindings }),
         }
     }
@@ -236,17 +225,15 @@ impl ComponentPublisher {
         Ok(slot.live.as_mut().expect("instance present"))
     }
 
-    /// Drops the instance and schedules its replacement: at once after one trap, then
-    /// waiting 100 ms, 200 ms, … up to 30 s while the traps keep coming.
+    /// Drops the instance and schedules its replacement after 100 ms, then 200 ms, 400 ms, …
+    /// up to 30 s while the traps keep coming (a successful call resets the count). Meanwhile
+    /// the publisher reports itself degraded, so the relay does not hand it events.
     fn record_trap(&self, slot: &mut Slot, cause: String) {
         slot.live = None;
         slot.consecutive_traps += 1;
-        let delay = match slot.consecutive_traps {
-            0 | 1 => Duration::ZERO,
-            n => Duration::from_millis(50)
-                .saturating_mul(1 << (n - 1).min(20))
-                .min(MAX_RESTART_DELAY),
-        };
+        let delay = Duration::from_millis(100)
+            .saturating_mul(1 << slot.consecutive_traps.saturating_sub(1).min(20))
+            .min(MAX_RESTART_DELAY);
         slot.restart_at = Some(Instant::now() + delay);
         slot.last_trap = Some(cause);
     }
@@ -261,6 +248,7 @@ impl ComponentPublisher {
     ) -> Result<CallOutcome<T>, String> {
         let instance = self.ensure_live(slot).await?;
         self.begin_call(&mut instance.store);
+        *instance.store.data().last_stderr.lock().expect("last line lock") = None;
         let timeout = self.settings.call_timeout;
         let outcome = tokio::time::timeout(timeout + HOST_GRACE, invoke(instance)).await;
         instance.store.data_mut().deadline = None;
@@ -269,7 +257,13 @@ impl ComponentPublisher {
                 slot.consecutive_traps = 0;
                 return Ok(CallOutcome::Returned(value));
             }
-            Ok(Err(trap)) => self.settings.redactor.redact(&describe_trap(&trap)),
+            Ok(Err(trap)) => {
+                let mut cause = describe_trap(&trap);
+                if let Some(line) = instance.store.data().last_stderr.lock().expect("last line lock").take() {
+                    cause.push_str(&format!(" (the backend's last words on stderr: {line})"));
+                }
+                self.settings.redactor.redact(&cause)
+            }
             Err(_) => format!("the {what} call did not return within {timeout:?} (limits.call_timeout)"),
         };
         tracing::warn!(publisher = %self.settings.name, %cause, "backend trapped during {what}; instance recycled");
@@ -283,10 +277,7 @@ impl ComponentPublisher {
         let mut slot = self.slot.lock().await;
         let outcome = self
             .call(&mut slot, "publish", async |live: &mut LiveInstance| {
-                live.bindings
-                    .broadcaster_backend_backend()
-                    .call_publish(&mut live.store, &wit_event)
-                    .await
+                live.bindings.broadcaster_backend_backend().call_publish(&mut live.store, &wit_event).await
             })
             .await
             .map_err(PublishError::Transient)?;
@@ -306,18 +297,14 @@ impl ComponentPublisher {
         let mut slot = self.slot.lock().await;
         let outcome = self
             .call(&mut slot, "health-check", async |live: &mut LiveInstance| {
-                live.bindings
-                    .broadcaster_backend_backend()
-                    .call_health_check(&mut live.store)
-                    .await
+                live.bindings.broadcaster_backend_backend().call_health_check(&mut live.store).await
             })
             .await;
         match outcome {
             Err(restarting) => Health::down(format!("{component}: degraded: {restarting}")),
-            Ok(CallOutcome::Returned(true)) if slot.instantiations > 1 => Health::up(format!(
-                "{component} (instance replaced {} times)",
-                slot.instantiations - 1
-            )),
+            Ok(CallOutcome::Returned(true)) if slot.instantiations > 1 => {
+                Health::up(format!("{component} (instance replaced {} times)", slot.instantiations - 1))
+            }
             Ok(CallOutcome::Returned(true)) => Health::up(component),
             Ok(CallOutcome::Returned(false)) => Health::down(format!("{component}: health-check returned false")),
             Ok(CallOutcome::Trapped(cause)) => {
@@ -338,10 +325,13 @@ fn describe_trap(err: &wasmtime::Error) -> String {
     }
     for cause in err.chain() {
         let text = cause.to_string();
-        let first = text.lines().next().unwrap_or_default().to_string();
-        if !parts.contains(&first) && !first.is_empty() {
-            parts.push(first);
+        let first = text.lines().next().unwrap_or_default().trim_end_matches(':').to_string();
+        // wasmtime wraps a guest trap in "error while executing at wasm backtrace:" and the
+        // frames; the frames mean nothing to an operator.
+        if first.is_empty() || first.starts_with("error while executing at wasm backtrace") || parts.contains(&first) {
+            continue;
         }
+        parts.push(first);
     }
     parts.join(": ")
 }

@@ -31,9 +31,7 @@ async fn bounded<T>(
 ) -> Result<T, Error> {
     match tokio::time::timeout(timeout, call).await {
         Ok(result) => result.map_err(guest_error),
-        Err(_) => Err(Error::Unavailable(format!(
-            "no reply within {timeout:?} (limits.host_call_timeout)"
-        ))),
+        Err(_) => Err(Error::Unavailable(format!("no reply within {timeout:?} (limits.host_call_timeout)"))),
     }
 }
 

@@ -64,10 +64,7 @@ fn resolve_value(
     env: &dyn Fn(&str) -> Option<String>,
     found: &mut Vec<String>,
 ) -> Result<(), SecretError> {
-    let error = |message: String| SecretError {
-        option: path.to_string(),
-        message,
-    };
+    let error = |message: String| SecretError { option: path.to_string(), message };
     match value {
         toml::Value::Table(table) if table.len() == 1 && table.contains_key("secret") => {
             let Some(toml::Value::String(name)) = table.get("secret") else {
@@ -84,11 +81,8 @@ fn resolve_value(
             let file = base_dir.join(file);
             let text = std::fs::read_to_string(&file)
                 .map_err(|err| error(format!("cannot read the secret file {}: {err}", file.display())))?;
-            let secret = text
-                .strip_suffix('\n')
-                .map(|t| t.strip_suffix('\r').unwrap_or(t))
-                .unwrap_or(&text)
-                .to_string();
+            let secret =
+                text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string();
             found.push(secret.clone());
             *value = toml::Value::String(secret);
         }
@@ -130,26 +124,15 @@ mod tests {
         let redactor = resolve(&mut options, dir.path(), &env).unwrap();
         assert_eq!(options["headers"]["Authorization"].as_str(), Some("s3cr3t-value"));
         assert_eq!(options["keys"][0].as_str(), Some("file-secret"));
-        assert_eq!(
-            redactor.redact("bad token s3cr3t-value and file-secret"),
-            "bad token *** and ***"
-        );
+        assert_eq!(redactor.redact("bad token s3cr3t-value and file-secret"), "bad token *** and ***");
     }
 
     #[test]
     fn a_missing_secret_names_the_option_and_the_variable_not_a_value() {
         let mut options: toml::Table = toml::from_str(r#"token = { secret = "MISSING" }"#).unwrap();
         let err = resolve(&mut options, Path::new("."), &env).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "option `token`: the secret MISSING is not set in the environment"
-        );
+        assert_eq!(err.to_string(), "option `token`: the secret MISSING is not set in the environment");
         let mut options: toml::Table = toml::from_str(r#"token = { secret_file = "nope" }"#).unwrap();
-        assert!(
-            resolve(&mut options, Path::new("/nonexistent"), &env)
-                .unwrap_err()
-                .to_string()
-                .contains("nope")
-        );
+        assert!(resolve(&mut options, Path::new("/nonexistent"), &env).unwrap_err().to_string().contains("nope"));
     }
 }

@@ -9,7 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::broadcaster::backend::types;
 use super::budget::CallBudget;
-use super::log_capability::GuestOutput;
+use super::log_capability::{GuestOutput, LastLine};
 use super::redis_capability::RedisCapability;
 use super::secrets::Redactor;
 
@@ -27,6 +27,8 @@ pub struct PublisherState {
     pub budget: CallBudget,
     /// Hides the publisher's secrets in everything it writes.
     pub redactor: Arc<Redactor>,
+    /// The last line the guest wrote to stderr (explains a panic).
+    pub last_stderr: LastLine,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -51,9 +53,10 @@ impl PublisherState {
         budget: CallBudget,
         redactor: Arc<Redactor>,
     ) -> Self {
+        let last_stderr = LastLine::default();
         let wasi = WasiCtx::builder()
             .stdout(GuestOutput::stdout(publisher.clone(), budget.clone(), redactor.clone()))
-            .stderr(GuestOutput::stderr(publisher.clone(), budget.clone(), redactor.clone()))
+            .stderr(GuestOutput::stderr(publisher.clone(), budget.clone(), redactor.clone(), last_stderr.clone()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -72,6 +75,7 @@ impl PublisherState {
             limits,
             budget,
             redactor,
+            last_stderr,
             wasi,
             table: ResourceTable::new(),
         }
@@ -90,10 +94,7 @@ impl PublisherState {
 
 impl WasiView for PublisherState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 

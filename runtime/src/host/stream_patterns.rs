@@ -12,9 +12,7 @@ impl StreamPatterns {
 
     /// Whether `stream` matches one of the patterns.
     pub fn allows(&self, stream: &str) -> bool {
-        self.0
-            .iter()
-            .any(|pattern| broadcaster_entry::glob::matches(pattern, stream))
+        self.0.iter().any(|pattern| broadcaster_entry::glob::matches(pattern, stream))
     }
 
     /// The patterns, for messages.

@@ -51,10 +51,7 @@ impl NewEvent {
     /// An event of `event_type` from `source`, with a fresh UUID, created now, with the seed's
     /// defaults: `application/json`, 3 retries, the default publisher, due now.
     pub fn new(event_type: impl Into<String>, source: impl Into<String>) -> Self {
-        Self {
-            event: OutboxEvent::new(event_type, source),
-            scheduled_at: None,
-        }
+        Self { event: OutboxEvent::new(event_type, source), scheduled_at: None }
     }
 
     /// Sets `data`.

@@ -44,13 +44,8 @@ pub enum Status {
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Status; 5] = [
-        Status::Pending,
-        Status::Processing,
-        Status::Retry,
-        Status::Failed,
-        Status::Published,
-    ];
+    pub const ALL: [Status; 5] =
+        [Status::Pending, Status::Processing, Status::Retry, Status::Failed, Status::Published];
 
     /// The column value.
     pub fn as_str(self) -> &'static str {

@@ -34,19 +34,14 @@ fn lease_start(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
 impl PostgresStore {
     /// Connects a small pool to `url`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url).map_err(|err| StoreError::Url {
-            url: super::redact(url),
-            message: err.to_string(),
-        })?;
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|err| StoreError::Url { url: super::redact(url), message: err.to_string() })?;
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self {
-            pool,
-            url: super::redact(url),
-        })
+        Ok(Self { pool, url: super::redact(url) })
     }
 
     /// The URL without password.
@@ -71,15 +66,10 @@ impl PostgresStore {
     pub(crate) async fn verify(&self) -> Result<(), StoreError> {
         let present = self.columns().await?;
         if present.is_empty() {
-            return Err(StoreError::MissingTable {
-                url: self.display_url(),
-            });
+            return Err(StoreError::MissingTable { url: self.display_url() });
         }
         match schema::missing_columns(&present) {
-            Some(missing) => Err(StoreError::WrongTable {
-                url: self.display_url(),
-                missing,
-            }),
+            Some(missing) => Err(StoreError::WrongTable { url: self.display_url(), missing }),
             None => Ok(()),
         }
     }
@@ -87,9 +77,7 @@ impl PostgresStore {
     pub(crate) async fn migrate(&self) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Two `migrate`s at once must not both try to create the table.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('broadcaster.outbox_events'))")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('broadcaster.outbox_events'))").execute(&mut *tx).await?;
         let exists: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
              WHERE table_name = 'outbox_events' AND table_schema = current_schema())",
@@ -109,10 +97,7 @@ impl PostgresStore {
     }
 
     pub(crate) async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        let columns = events
-            .iter()
-            .map(|e| Columns::of(e, now))
-            .collect::<Result<Vec<_>, _>>()?;
+        let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.pool.begin().await?;
         for chunk in columns.chunks(1000) {
             insert_many(&mut *tx, chunk, now).await?;
@@ -242,9 +227,7 @@ impl PostgresStore {
         for row in rows {
             let status: String = row.try_get(1)?;
             let Some(status) = Status::parse(&status) else { continue };
-            report
-                .counts
-                .insert((row.try_get(0)?, status), row.try_get::<i64, _>(2)? as u64);
+            report.counts.insert((row.try_get(0)?, status), row.try_get::<i64, _>(2)? as u64);
         }
         report.oldest_due = sqlx::query_scalar(
             "SELECT min(scheduled_at) FROM outbox_events WHERE status IN ('pending', 'retry') AND scheduled_at <= $1",
@@ -336,10 +319,7 @@ where
         rows.iter().map(|r| Json(&r.event.publisher_config)).collect();
     let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
     let scheduled: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scheduled_at).collect();
-    let max_retries: Vec<i32> = rows
-        .iter()
-        .map(|r| i32::try_from(r.event.max_retries).unwrap_or(i32::MAX))
-        .collect();
+    let max_retries: Vec<i32> = rows.iter().map(|r| i32::try_from(r.event.max_retries).unwrap_or(i32::MAX)).collect();
     sqlx::query(
         "INSERT INTO outbox_events (id, spec_version, event_type, source, subject, data_content_type, data_schema, \
          data, status, created_at, updated_at, scheduled_at, published_at, retry_count, max_retries, last_error, \
@@ -375,10 +355,8 @@ fn row_state(row: &PgRow) -> Result<RowState, StoreError> {
     let status: String = row.try_get("status")?;
     Ok(RowState {
         id: id.to_string(),
-        status: Status::parse(&status).ok_or_else(|| StoreError::BadRow {
-            id: id.to_string(),
-            message: format!("unknown status {status:?}"),
-        })?,
+        status: Status::parse(&status)
+            .ok_or_else(|| StoreError::BadRow { id: id.to_string(), message: format!("unknown status {status:?}") })?,
         publisher_backend: row.try_get("publisher_backend")?,
         retry_count: u32::try_from(row.try_get::<i32, _>("retry_count")?).unwrap_or(0),
         max_retries: u32::try_from(row.try_get::<i32, _>("max_retries")?).unwrap_or(0),
@@ -402,10 +380,7 @@ fn decode(row: &PgRow) -> Result<ClaimedEvent, StoreError> {
             });
         }
     };
-    let mut event = OutboxEvent::new(
-        row.try_get::<String, _>("event_type")?,
-        row.try_get::<String, _>("source")?,
-    );
+    let mut event = OutboxEvent::new(row.try_get::<String, _>("event_type")?, row.try_get::<String, _>("source")?);
     event.id = id.to_string();
     event.spec_version = row.try_get("spec_version")?;
     event.subject = row.try_get("subject")?;
@@ -417,8 +392,5 @@ fn decode(row: &PgRow) -> Result<ClaimedEvent, StoreError> {
     event.max_retries = u32::try_from(row.try_get::<i32, _>("max_retries")?).unwrap_or(0);
     event.publisher_backend = row.try_get("publisher_backend")?;
     event.publisher_config = publisher_config;
-    Ok(ClaimedEvent {
-        event,
-        scheduled_at: row.try_get("scheduled_at")?,
-    })
+    Ok(ClaimedEvent { event, scheduled_at: row.try_get("scheduled_at")? })
 }

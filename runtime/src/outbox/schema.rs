@@ -50,10 +50,6 @@ pub const SQLITE_DDL: &[&str] = &[
 
 /// The columns of [`COLUMNS`] missing from `present`, comma-separated, or `None`.
 pub fn missing_columns(present: &[String]) -> Option<String> {
-    let missing: Vec<&str> = COLUMNS
-        .iter()
-        .copied()
-        .filter(|c| !present.iter().any(|p| p == c))
-        .collect();
+    let missing: Vec<&str> = COLUMNS.iter().copied().filter(|c| !present.iter().any(|p| p == c)).collect();
     (!missing.is_empty()).then(|| missing.join(", "))
 }

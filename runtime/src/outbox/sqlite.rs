@@ -62,21 +62,12 @@ impl SqliteStore {
     /// Opens (creating when missing) the database file of `url`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|err| StoreError::Url {
-                url: url.to_string(),
-                message: err.to_string(),
-            })?
+            .map_err(|err| StoreError::Url { url: url.to_string(), message: err.to_string() })?
             .create_if_missing(true)
             // Wait for the application's write transactions instead of failing.
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        Ok(Self {
-            pool,
-            url: url.to_string(),
-        })
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        Ok(Self { pool, url: url.to_string() })
     }
 
     /// The URL.
@@ -90,25 +81,16 @@ impl SqliteStore {
     }
 
     async fn columns(&self) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT name FROM pragma_table_info('outbox_events')")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT name FROM pragma_table_info('outbox_events')").fetch_all(&self.pool).await?)
     }
 
     pub(crate) async fn verify(&self) -> Result<(), StoreError> {
         let present = self.columns().await?;
         if present.is_empty() {
-            return Err(StoreError::MissingTable {
-                url: self.display_url(),
-            });
+            return Err(StoreError::MissingTable { url: self.display_url() });
         }
         match schema::missing_columns(&present) {
-            Some(missing) => Err(StoreError::WrongTable {
-                url: self.display_url(),
-                missing,
-            }),
+            Some(missing) => Err(StoreError::WrongTable { url: self.display_url(), missing }),
             None => Ok(()),
         }
     }
@@ -127,10 +109,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        let columns = events
-            .iter()
-            .map(|e| Columns::of(e, now))
-            .collect::<Result<Vec<_>, _>>()?;
+        let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.pool.begin().await?;
         for row in &columns {
             insert(&mut *tx, row, now).await?;
@@ -258,9 +237,7 @@ impl SqliteStore {
         for row in rows {
             let status: String = row.try_get(1)?;
             let Some(status) = Status::parse(&status) else { continue };
-            report
-                .counts
-                .insert((row.try_get(0)?, status), row.try_get::<i64, _>(2)? as u64);
+            report.counts.insert((row.try_get(0)?, status), row.try_get::<i64, _>(2)? as u64);
         }
         let oldest: Option<String> = sqlx::query_scalar(
             "SELECT min(scheduled_at) FROM outbox_events WHERE status IN ('pending', 'retry') AND scheduled_at <= ?1",
@@ -299,10 +276,7 @@ impl SqliteStore {
             .fetch_all(&self.pool)
             .await?
         };
-        Ok(changed
-            .into_iter()
-            .map(|id| uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or(id))
-            .collect())
+        Ok(changed.into_iter().map(|id| uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or(id)).collect())
     }
 
     pub(crate) async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
@@ -374,35 +348,24 @@ where
 
 fn row_state(row: &SqliteRow) -> Result<RowState, StoreError> {
     let raw_id: String = row.try_get("id")?;
-    let bad = |message: String| StoreError::BadRow {
-        id: raw_id.clone(),
-        message,
-    };
+    let bad = |message: String| StoreError::BadRow { id: raw_id.clone(), message };
     let status: String = row.try_get("status")?;
     let time = |text: String| parse_time(&text).ok_or_else(|| bad(format!("{text:?} is not a time")));
     Ok(RowState {
-        id: uuid::Uuid::parse_str(&raw_id)
-            .map(|u| u.to_string())
-            .unwrap_or(raw_id.clone()),
+        id: uuid::Uuid::parse_str(&raw_id).map(|u| u.to_string()).unwrap_or(raw_id.clone()),
         status: Status::parse(&status).ok_or_else(|| bad(format!("unknown status {status:?}")))?,
         publisher_backend: row.try_get("publisher_backend")?,
         retry_count: u32::try_from(row.try_get::<i64, _>("retry_count")?).unwrap_or(0),
         max_retries: u32::try_from(row.try_get::<i64, _>("max_retries")?).unwrap_or(0),
         scheduled_at: time(row.try_get("scheduled_at")?)?,
-        published_at: row
-            .try_get::<Option<String>, _>("published_at")?
-            .map(time)
-            .transpose()?,
+        published_at: row.try_get::<Option<String>, _>("published_at")?.map(time).transpose()?,
         last_error: row.try_get("last_error")?,
     })
 }
 
 fn decode(row: &SqliteRow) -> Result<ClaimedEvent, StoreError> {
     let raw_id: String = row.try_get("id")?;
-    let bad = |message: String| StoreError::BadRow {
-        id: raw_id.clone(),
-        message,
-    };
+    let bad = |message: String| StoreError::BadRow { id: raw_id.clone(), message };
     let id = uuid::Uuid::parse_str(&raw_id).map_err(|_| bad("id is not a UUID".into()))?;
     let time = |column: &str| -> Result<DateTime<Utc>, StoreError> {
         let text: String = row.try_get(column)?;
@@ -419,10 +382,7 @@ fn decode(row: &SqliteRow) -> Result<ClaimedEvent, StoreError> {
         Ok(serde_json::Value::Null) => serde_json::Map::new(),
         _ => return Err(bad("publisher_config is not a JSON object".into())),
     };
-    let mut event = OutboxEvent::new(
-        row.try_get::<String, _>("event_type")?,
-        row.try_get::<String, _>("source")?,
-    );
+    let mut event = OutboxEvent::new(row.try_get::<String, _>("event_type")?, row.try_get::<String, _>("source")?);
     event.id = id.to_string();
     event.spec_version = row.try_get("spec_version")?;
     event.subject = row.try_get("subject")?;
@@ -434,10 +394,7 @@ fn decode(row: &SqliteRow) -> Result<ClaimedEvent, StoreError> {
     event.max_retries = u32::try_from(row.try_get::<i64, _>("max_retries")?).unwrap_or(0);
     event.publisher_backend = row.try_get("publisher_backend")?;
     event.publisher_config = publisher_config;
-    Ok(ClaimedEvent {
-        event,
-        scheduled_at: time("scheduled_at")?,
-    })
+    Ok(ClaimedEvent { event, scheduled_at: time("scheduled_at")? })
 }
 
 #[cfg(test)]
@@ -446,9 +403,7 @@ mod tests {
 
     #[test]
     fn times_are_stored_as_django_stores_them() {
-        let t = DateTime::parse_from_rfc3339("2026-11-29T10:00:00.123456Z")
-            .unwrap()
-            .to_utc();
+        let t = DateTime::parse_from_rfc3339("2026-11-29T10:00:00.123456Z").unwrap().to_utc();
         assert_eq!(format_time(t), "2026-11-29 10:00:00.123456");
         let whole = DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z").unwrap().to_utc();
         assert_eq!(format_time(whole), "2026-11-29 10:00:00");

@@ -63,18 +63,12 @@ pub struct Health {
 impl Health {
     /// Healthy, with a note.
     pub fn up(detail: impl Into<String>) -> Self {
-        Self {
-            healthy: true,
-            detail: detail.into(),
-        }
+        Self { healthy: true, detail: detail.into() }
     }
 
     /// Unhealthy, with the reason.
     pub fn down(detail: impl Into<String>) -> Self {
-        Self {
-            healthy: false,
-            detail: detail.into(),
-        }
+        Self { healthy: false, detail: detail.into() }
     }
 }
 

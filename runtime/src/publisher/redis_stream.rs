@@ -56,14 +56,9 @@ impl RedisStreamOptions {
             let path = err.path().to_string();
             format!("option `{path}`: {}", err.into_inner())
         })?;
-        for (name, value) in [
-            ("connect_timeout", parsed.connect_timeout),
-            ("socket_timeout", parsed.socket_timeout),
-        ] {
+        for (name, value) in [("connect_timeout", parsed.connect_timeout), ("socket_timeout", parsed.socket_timeout)] {
             if !(value > 0.0 && value.is_finite()) {
-                return Err(format!(
-                    "option `{name}`: must be a positive number of seconds, got {value}"
-                ));
+                return Err(format!("option `{name}`: must be a positive number of seconds, got {value}"));
             }
         }
         if parsed.stream_name.is_empty() {
@@ -106,9 +101,7 @@ impl RedisStreamPublisher {
 
     /// `XADD` the seed's entry for `event`.
     pub async fn publish(&self, event: &OutboxEvent) -> Result<(), PublishError> {
-        let fields = event
-            .stream_fields()
-            .map_err(|err| PublishError::Permanent(err.to_string()))?;
+        let fields = event.stream_fields().map_err(|err| PublishError::Permanent(err.to_string()))?;
         let id = self
             .client
             .xadd(&self.options.stream_name, &fields, Some(self.options.max_len))
@@ -148,22 +141,14 @@ impl RedisStreamPublisher {
     /// `PING` within the socket timeout.
     pub async fn health(&self) -> Health {
         match self.client.ping().await {
-            Ok(()) => Health::up(format!(
-                "{} stream {}",
-                self.client.endpoint(),
-                self.options.stream_name
-            )),
+            Ok(()) => Health::up(format!("{} stream {}", self.client.endpoint(), self.options.stream_name)),
             Err(err) => Health::down(err.to_string()),
         }
     }
 }
 
 fn call_error(err: StreamCallError) -> PublishError {
-    if err.is_transient() {
-        PublishError::Transient(err.to_string())
-    } else {
-        PublishError::Permanent(err.to_string())
-    }
+    if err.is_transient() { PublishError::Transient(err.to_string()) } else { PublishError::Permanent(err.to_string()) }
 }
 
 #[cfg(test)]
@@ -173,10 +158,7 @@ mod tests {
     #[test]
     fn defaults_are_the_seeds() {
         let o = RedisStreamOptions::from_table(&toml::Table::new()).unwrap();
-        assert_eq!(
-            (o.host.as_str(), o.port, o.db, o.password.as_deref()),
-            ("localhost", 6379, 0, None)
-        );
+        assert_eq!((o.host.as_str(), o.port, o.db, o.password.as_deref()), ("localhost", 6379, 0, None));
         assert_eq!((o.stream_name.as_str(), o.max_len), ("events", 10_000));
         assert_eq!((o.connect_timeout, o.socket_timeout), (5.0, 5.0));
     }

@@ -20,11 +20,7 @@ pub struct Backoff {
 impl Default for Backoff {
     /// The seed's schedule: 2, 4, 8… minutes, capped at an hour, up to 20% earlier.
     fn default() -> Self {
-        Self {
-            base: Duration::from_secs(60),
-            cap: Duration::from_secs(3600),
-            jitter: 0.2,
-        }
+        Self { base: Duration::from_secs(60), cap: Duration::from_secs(3600), jitter: 0.2 }
     }
 }
 
@@ -61,29 +57,17 @@ mod tests {
 
     #[test]
     fn jitter_only_ever_shortens_the_delay_and_by_at_most_its_fraction() {
-        let backoff = Backoff {
-            base: Duration::from_secs(10),
-            cap: Duration::from_secs(1000),
-            jitter: 0.25,
-        };
+        let backoff = Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(1000), jitter: 0.25 };
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let delays: Vec<Duration> = (0..1000).map(|_| backoff.delay(3, &mut rng)).collect();
-        assert!(
-            delays
-                .iter()
-                .all(|d| *d <= Duration::from_secs(80) && *d >= Duration::from_secs(60))
-        );
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(80) && *d >= Duration::from_secs(60)));
         let distinct: std::collections::HashSet<_> = delays.iter().collect();
         assert!(distinct.len() > 900, "jitter spreads the delays");
     }
 
     #[test]
     fn no_jitter_means_exact_delays() {
-        let backoff = Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-            jitter: 0.0,
-        };
+        let backoff = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(1), jitter: 0.0 };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         assert_eq!(backoff.delay(1, &mut rng), Duration::from_millis(200));
         assert_eq!(backoff.delay(4, &mut rng), Duration::from_secs(1));

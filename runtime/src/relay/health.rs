@@ -32,11 +32,7 @@ impl HealthBoard {
 
     /// Whether `publisher` is known to be unhealthy.
     pub fn is_down(&self, publisher: &str) -> bool {
-        self.state
-            .lock()
-            .expect("health lock")
-            .get(publisher)
-            .is_some_and(|h| !h.healthy)
+        self.state.lock().expect("health lock").get(publisher).is_some_and(|h| !h.healthy)
     }
 
     /// The `publisher_backend` values whose events must not be claimed now (the default

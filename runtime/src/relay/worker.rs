@@ -88,11 +88,7 @@ impl Relay {
             store,
             registry,
             clock: Arc::new(SystemClock),
-            backoff: Backoff {
-                base: settings.retry_base.0,
-                cap: settings.retry_cap.0,
-                jitter: settings.retry_jitter,
-            },
+            backoff: Backoff { base: settings.retry_base.0, cap: settings.retry_cap.0, jitter: settings.retry_jitter },
             lease_timeout: settings.lease_timeout.0,
             health_interval: settings.health_interval.0,
             health: Arc::new(HealthBoard::default()),
@@ -264,10 +260,7 @@ impl Relay {
         token: DateTime<Utc>,
         settlements: &[(String, Settlement)],
     ) -> Result<BatchReport, StoreError> {
-        let mut report = BatchReport {
-            claimed: settlements.len() as u64,
-            ..BatchReport::default()
-        };
+        let mut report = BatchReport { claimed: settlements.len() as u64, ..BatchReport::default() };
         for (_, settlement) in settlements {
             match settlement {
                 Settlement::Published => report.published += 1,
@@ -291,10 +284,7 @@ impl Relay {
     /// Claims one batch, publishes every publisher's share at once, and settles every row
     /// (waiting for all of them: the step-by-step form of [`Relay::run`], for tests and tools).
     pub async fn run_batch(&self, batch_size: u32) -> Result<BatchReport, StoreError> {
-        let claim = self
-            .store
-            .claim(self.clock.now(), batch_size, &self.health.skip_list())
-            .await?;
+        let claim = self.store.claim(self.clock.now(), batch_size, &self.health.skip_list()).await?;
         if claim.events.is_empty() {
             return Ok(BatchReport::default());
         }
@@ -310,19 +300,13 @@ impl Relay {
 
     async fn publish_group(&self, name: &str, events: &[&ClaimedEvent]) -> Vec<(String, Settlement)> {
         let settle_all = |settlement: &dyn Fn(&ClaimedEvent) -> Settlement| {
-            events
-                .iter()
-                .map(|e| (e.event.id.clone(), settlement(e)))
-                .collect::<Vec<_>>()
+            events.iter().map(|e| (e.event.id.clone(), settlement(e))).collect::<Vec<_>>()
         };
         let publisher = match self.registry.get(name) {
             Ok(publisher) => publisher,
             Err(unknown) => {
                 let error = unknown.to_string();
-                return settle_all(&|e| Settlement::Failed {
-                    retry_count: e.event.retry_count,
-                    error: error.clone(),
-                });
+                return settle_all(&|e| Settlement::Failed { retry_count: e.event.retry_count, error: error.clone() });
             }
         };
         if self.health.is_down(name) {
@@ -334,18 +318,14 @@ impl Relay {
         // its events wait (no retry spent); if not, the failure was the event's own, and the
         // events after it (not attempted, to keep their order) are published now.
         let mut down = false;
-        while attempts.iter().any(|a| {
-            matches!(
-                a,
-                Attempt::Done(Err(PublishError::Transient(_) | PublishError::Trapped(_)))
-            )
-        }) {
+        while attempts
+            .iter()
+            .any(|a| matches!(a, Attempt::Done(Err(PublishError::Transient(_) | PublishError::Trapped(_)))))
+        {
             let health = publisher.health().await;
             down = !health.healthy;
             self.health.record(name, health);
-            let rest: Vec<usize> = (0..attempts.len())
-                .filter(|i| attempts[*i] == Attempt::NotAttempted)
-                .collect();
+            let rest: Vec<usize> = (0..attempts.len()).filter(|i| attempts[*i] == Attempt::NotAttempted).collect();
             if down || rest.is_empty() {
                 break;
             }
@@ -368,10 +348,9 @@ impl Relay {
                 let event = &claimed.event;
                 let settlement = match attempt {
                     Attempt::Done(Ok(())) => Settlement::Published,
-                    Attempt::Done(Err(err @ PublishError::Permanent(_))) => Settlement::Failed {
-                        retry_count: event.retry_count,
-                        error: err.to_string(),
-                    },
+                    Attempt::Done(Err(err @ PublishError::Permanent(_))) => {
+                        Settlement::Failed { retry_count: event.retry_count, error: err.to_string() }
+                    }
                     Attempt::Done(Err(PublishError::Transient(_))) | Attempt::NotAttempted if down => {
                         Settlement::Release
                     }

@@ -1,0 +1,121 @@
+//! A hostile backend for the sandbox tests. `attack` chooses what `publish` does:
+//!
+//! | attack | what |
+//! |---|---|
+//! | `loop` | spins forever |
+//! | `grow` | allocates 1 MiB at a time, keeping it, until memory runs out |
+//! | `recursion` | recurses without end |
+//! | `panic` | panics |
+//! | `unreachable` | executes `unreachable` |
+//! | `huge-alloc` | asks for 1 GiB at once |
+//! | `xadd-flood` | calls `xadd` a million times |
+//! | `outside-grant` | writes to a stream outside its grant |
+//! | `huge-field` | writes one 100 MB field |
+//! | `log-flood` | logs and prints without end |
+//! | `snoop` | reads environment variables, files and the network, and writes what it saw |
+//!
+//! Anything else, or an event whose data says `{"behave": true}`, publishes normally to
+//! `stream_name`.
+
+use std::hint::black_box;
+
+use broadcaster_guest::{Backend, OutboxEvent, PublishError, export_backend, log, redis_stream};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    attack: String,
+    stream_name: String,
+}
+
+struct Attacker(Options);
+
+fn recurse(depth: u64) -> u64 {
+    let local = black_box([depth; 16]);
+    recurse(local[3] + 1) + local[7]
+}
+
+impl Backend for Attacker {
+    type Options = Options;
+
+    fn init(options: Options) -> Result<Self, String> {
+        Ok(Attacker(options))
+    }
+
+    fn publish(&mut self, event: &OutboxEvent) -> Result<(), PublishError> {
+        let behave = broadcaster_guest::data_json(event).is_some_and(|d| d["behave"] == true);
+        let stream = self.0.stream_name.clone();
+        if !behave {
+            match self.0.attack.as_str() {
+                "loop" => {
+                    let mut x: u64 = 0;
+                    loop {
+                        x = black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                }
+                "grow" => {
+                    let mut hoard: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        hoard.push(black_box(vec![1u8; 1 << 20]));
+                    }
+                }
+                "recursion" => {
+                    black_box(recurse(0));
+                }
+                "panic" => panic!("attacker panics on purpose for event {}", event.event.id),
+                "unreachable" => std::process::abort(),
+                "huge-alloc" => {
+                    let big = black_box(vec![7u8; 1 << 30]);
+                    black_box(&big);
+                }
+                "xadd-flood" => {
+                    for i in 0..1_000_000u32 {
+                        let _ = redis_stream::xadd(&stream, &[("n".to_string(), i.to_string())], Some(10));
+                    }
+                }
+                "outside-grant" => {
+                    redis_stream::xadd("victim:stream", &[("stolen".into(), "1".into())], None)?;
+                }
+                "huge-field" => {
+                    let field = "x".repeat(100 * 1024 * 1024);
+                    redis_stream::xadd(&stream, &[("big".into(), field)], None)?;
+                }
+                "log-flood" => loop {
+                    log::info("flooding the log");
+                    println!("flooding stdout");
+                },
+                "snoop" => {
+                    let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                    let file = std::fs::read_to_string("/etc/passwd")
+                        .map(|t| t.len().to_string())
+                        .unwrap_or_else(|e| format!("error: {e}"));
+                    let dir =
+                        std::fs::read_dir("/").map(|d| d.count().to_string()).unwrap_or_else(|e| format!("error: {e}"));
+                    let net = std::net::TcpStream::connect("127.0.0.1:6379")
+                        .map(|_| "connected".to_string())
+                        .unwrap_or_else(|e| format!("error: {e}"));
+                    let args: Vec<String> = std::env::args().collect();
+                    let fields = vec![
+                        ("env".to_string(), env.join(",")),
+                        ("file".to_string(), file),
+                        ("dir".to_string(), dir),
+                        ("net".to_string(), net),
+                        ("args".to_string(), args.join(",")),
+                    ];
+                    redis_stream::xadd(&stream, &fields, None)?;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        let fields = broadcaster_guest::stream_fields(event)?;
+        redis_stream::xadd(&stream, &fields, None)?;
+        Ok(())
+    }
+
+    fn health_check(&mut self) -> bool {
+        redis_stream::ping().is_ok()
+    }
+}
+
+export_backend!(Attacker);
