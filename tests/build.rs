@@ -7,7 +7,7 @@ use std::process::Command;
 
 /// (workspace dir relative to the repository root, member crates)
 const WORKSPACES: &[(&str, &[&str])] = &[
-    ("components", &["redis-stream", "router"]),
+    ("components", &["redis-stream", "router", "webhook"]),
     ("tests/test-components", &["attacker", "command", "scripted", "slow-stream"]),
 ];
 

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, PublisherConfig, PublisherKind, table_to_json};
+use crate::host::http_capability::HttpPolicy;
 use crate::host::{
-    CallLimits, ComponentError, ComponentPublisher, ComponentSettings, EngineError, EngineSettings, HostEngine,
-    LoadedComponent, RedisCapability, StartError, StreamPatterns, secrets,
+    CallBudget, CallLimits, ComponentError, ComponentPublisher, ComponentSettings, EngineError, EngineSettings,
+    HostEngine, LoadedComponent, RedisCapability, StartError, StreamPatterns, secrets,
 };
 use crate::publisher::{Health, Publisher, RedisStreamOptions, RedisStreamPublisher};
 use crate::stream_client::{RedisEndpoint, StreamClient};
@@ -179,19 +180,35 @@ impl Builder<'_> {
                         streams: StreamPatterns::new(grant.streams.clone()),
                     }),
                 };
-                if redis.is_none()
-                    && let Some(import) =
-                        component.imports.iter().find(|i| i.starts_with("broadcaster:backend/redis-stream@"))
-                {
-                    return Err(RegistryError::NotGranted {
-                        publisher: name.to_string(),
-                        component: path.display().to_string(),
-                        import: import.clone(),
-                        grant: format!(
-                            "[publishers.{name}.grants] redis = {{ host = \"…\", port = 6379, streams = [\"…\"] }}"
-                        ),
-                    });
+                for (grant, import) in component.required_grants() {
+                    let granted = match grant {
+                        "redis" => publisher.grants.redis.is_some(),
+                        _ => publisher.grants.http.is_some(),
+                    };
+                    if !granted {
+                        return Err(RegistryError::NotGranted {
+                            publisher: name.to_string(),
+                            component: path.display().to_string(),
+                            import: import.to_string(),
+                            grant: match grant {
+                                "redis" => format!(
+                                    "[publishers.{name}.grants] redis = {{ host = \"…\", port = 6379, streams = [\"…\"] }}"
+                                ),
+                                _ => format!("[publishers.{name}.grants] http = {{ allow = [\"https://…\"] }}"),
+                            },
+                        });
+                    }
                 }
+                let http = HttpPolicy::new(
+                    Arc::from(name),
+                    publisher.grants.http.as_ref(),
+                    CallBudget::new(CallLimits::from(&publisher.limits)),
+                )
+                .map_err(|err| RegistryError::Options {
+                    publisher: name.to_string(),
+                    config: self.config.path.display().to_string(),
+                    message: err.to_string(),
+                })?;
                 let mut options = publisher.options.clone();
                 let env = |name: &str| std::env::var(name).ok();
                 let redactor = secrets::resolve(&mut options, &self.config.base_dir, &env).map_err(|err| {
@@ -210,6 +227,7 @@ impl Builder<'_> {
                     fuel: publisher.limits.fuel,
                     call_limits: CallLimits::from(&publisher.limits),
                     redactor: Arc::new(redactor),
+                    http,
                 };
                 let engine = self.engine()?.clone();
                 let started = ComponentPublisher::start(&engine, component, settings).await?;

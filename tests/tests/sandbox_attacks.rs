@@ -4,7 +4,7 @@
 //! windows, alone and during the attack).
 //!
 //! The attacks run one after another in one test so that they do not compete for the CPU
-//! with each other.
+//! with each other, each right after a window of the neighbour alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +85,7 @@ fn config(outbox: &str, redis: &RedisServer, attack: &str, memory: &str) -> Conf
         stream_name = "attacker:own"
         [publishers.attacker.grants]
         redis = {{ host = "127.0.0.1", port = {port}, streams = ["attacker:*"] }}
+        http = {{ allow = [] }}
         [publishers.attacker.limits]
         call_timeout = "300ms"
         memory = "{memory}"
@@ -135,10 +136,12 @@ async fn window(redis: &RedisServer, attack: Option<&Attack>) -> Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attack_fails_alone_and_the_neighbour_keeps_publishing() {
     let redis = RedisServer::start();
-    let alone = window(&redis, None).await.good_published;
-    assert!(alone > 1000, "the good publisher alone published only {alone} events in {WINDOW:?}");
     let mut failures = Vec::new();
     for attack in ATTACKS {
+        // The baseline is measured right before each attack, so that the comparison does not
+        // drift with whatever else the machine is doing.
+        let alone = window(&redis, None).await.good_published;
+        assert!(alone > 500, "the good publisher alone published only {alone} events in {WINDOW:?}");
         let run = window(&redis, Some(attack)).await;
         let rows = run.store.find(&run.attacker_ids).await.unwrap();
         let errors: Vec<&str> =

@@ -26,6 +26,29 @@ enum BenchCommand {
     /// Relay throughput, outbox → Redis: enqueue N events of about 300 bytes, then time one
     /// worker publishing all of them, for each outbox × publisher combination.
     Relay(RelayBench),
+    /// Start-up of many publishers built from one component (each with its own options),
+    /// with an empty compile cache and with a warm one, and resident memory per idle
+    /// publisher. Each measurement runs in a fresh process.
+    Startup(StartupBench),
+    /// One start-up measurement (run by `bench startup` in a child process).
+    #[command(hide = true)]
+    StartupOnce(StartupOnce),
+}
+
+#[derive(Debug, clap::Args)]
+struct StartupBench {
+    /// How many publishers.
+    #[arg(long, default_value_t = 1000)]
+    publishers: usize,
+    /// The component every publisher runs.
+    #[arg(long, default_value = "components/dist/router.wasm", value_name = "FILE")]
+    component: std::path::PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct StartupOnce {
+    #[arg(long)]
+    config: std::path::PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +79,8 @@ struct RelayBench {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchCommand::Relay(bench) => relay(bench).await,
+        BenchCommand::Startup(bench) => startup(bench).await,
+        BenchCommand::StartupOnce(once) => startup_once(once).await,
     }
 }
 
@@ -207,4 +232,81 @@ impl Scratch {
             let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
         }
     }
+}
+
+/// Resident memory of this process, in bytes (Linux `/proc/self/status`).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+async fn startup(bench: StartupBench) -> anyhow::Result<ExitCode> {
+    let component = std::fs::canonicalize(&bench.component).with_context(|| {
+        format!("{} is missing: build the components first (scripts/build-components)", bench.component.display())
+    })?;
+    let dir = tempfile::tempdir()?;
+    let cache = dir.path().join("cache");
+    let mut text = format!("[wasm]\ncache_dir = \"{}\"\n", cache.display());
+    for i in 0..bench.publishers {
+        text.push_str(&format!(
+            "[publishers.tenant-{i}]\ncomponent = \"{component}\"\n\
+             [publishers.tenant-{i}.options]\nroutes = {{ \"order.*\" = \"tenant-{i}:orders\", \"user.*\" = \"tenant-{i}:users\" }}\n\
+             fallback = \"tenant-{i}:other\"\n\
+             [publishers.tenant-{i}.grants]\nredis = {{ host = \"127.0.0.1\", streams = [\"tenant-{i}:*\"] }}\n",
+            component = component.display()
+        ));
+    }
+    let config = dir.path().join("broadcaster.toml");
+    std::fs::write(&config, text)?;
+    let mut rows = Vec::new();
+    for label in ["cold (empty cache)", "warm (cached)"] {
+        let output = std::process::Command::new(std::env::current_exe()?)
+            .args(["bench", "startup-once", "--config"])
+            .arg(&config)
+            .output()?;
+        if !output.status.success() {
+            bail!("the measurement failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let seconds = report["seconds"].as_f64().unwrap_or_default();
+        let grown = report["resident_growth"].as_u64().unwrap_or_default();
+        let per = grown as f64 / bench.publishers as f64;
+        eprintln!("{label}: {seconds:.2}s");
+        rows.push([
+            bench.publishers.to_string(),
+            label.to_string(),
+            format!("{seconds:.2}"),
+            format!("{:.1}", grown as f64 / (1 << 20) as f64),
+            format!("{:.0}", per / 1024.0),
+            report["allocator"].as_str().unwrap_or_default().to_string(),
+        ]);
+    }
+    println!("start-up of publishers built from {}", component.display());
+    print_table(["PUBLISHERS", "COMPILE CACHE", "SECONDS", "RSS GROWTH MiB", "KiB/PUBLISHER", "ALLOCATOR"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn startup_once(once: StartupOnce) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&once.config)?;
+    let before = resident_bytes().unwrap_or_default();
+    let started = Instant::now();
+    let registry = PublisherRegistry::build(&config, None).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let after = resident_bytes().unwrap_or_default();
+    let pooling = registry.iter().find_map(|(_, p)| match p {
+        broadcaster::publisher::Publisher::Component(c) => Some(c.is_pooling()),
+        _ => None,
+    });
+    println!(
+        "{}",
+        serde_json::json!({
+            "seconds": seconds,
+            "resident_growth": after.saturating_sub(before),
+            "publishers": registry.iter().count(),
+            "allocator": if pooling == Some(true) { "pooling" } else { "on-demand" },
+        })
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use publishers::{Grants, Limits, PublisherConfig, PublisherKind, RedisGrant};
+pub use publishers::{Grants, HttpGrant, Limits, PublisherConfig, PublisherKind, RedisGrant};
 pub(crate) use publishers::{default_redis_host, default_redis_port};
 pub use relay::RelayConfig;
 pub use units::{ByteSize, Seconds};

@@ -43,6 +43,27 @@ pub enum PublisherKind {
 pub struct Grants {
     /// `redis = { host, port, db, password, streams = ["tenant-a:*"] }`.
     pub redis: Option<RedisGrant>,
+    /// `http = { allow = ["https://hooks.example.com"], timeout, max_response_bytes }`.
+    pub http: Option<HttpGrant>,
+}
+
+/// Outbound HTTP a component may make (`wasi:http`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGrant {
+    /// Origins it may call: `scheme://host[:port]`, `*.` for subdomains. A private or
+    /// loopback address is reachable only through an entry that names it.
+    pub allow: Vec<String>,
+    /// Longest time for one request, connection to last byte. Default 5 s.
+    #[serde(default = "default_timeout")]
+    pub timeout: Seconds,
+    /// Largest response body read. Default 1 MiB.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: ByteSize,
+}
+
+fn default_max_response_bytes() -> ByteSize {
+    ByteSize(1024 * 1024)
 }
 
 /// The Redis a component may write to, and which streams.

@@ -151,16 +151,23 @@ impl LoadedComponent {
         self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
-    /// Whether it imports the `redis-stream` capability.
-    pub fn imports_redis_stream(&self) -> bool {
-        self.imports.iter().any(|i| i.starts_with("broadcaster:backend/redis-stream@"))
+    /// The capabilities its imports need, as (grant name, the import that needs it).
+    pub fn required_grants(&self) -> Vec<(&'static str, &str)> {
+        let mut needed = Vec::new();
+        if let Some(i) = self.imports.iter().find(|i| i.starts_with("broadcaster:backend/redis-stream@")) {
+            needed.push(("redis", i.as_str()));
+        }
+        if let Some(i) = self.imports.iter().find(|i| i.starts_with("wasi:http/outgoing-handler@")) {
+            needed.push(("http", i.as_str()));
+        }
+        needed
     }
 }
 
 /// `Ok` when this host provides `import`; otherwise why not.
 fn import_supported(import: &str) -> Result<(), String> {
     let (package, rest) = import.split_once('/').unwrap_or((import, ""));
-    let (_interface, version) = rest.split_once('@').unwrap_or((rest, ""));
+    let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
     match package {
         "broadcaster:backend" => {
             if SUPPORTED_VERSIONS.contains(&version) {
@@ -174,9 +181,11 @@ fn import_supported(import: &str) -> Result<(), String> {
                 ))
             }
         }
-        "wasi:http" => Err("outbound HTTP (wasi:http) is a capability this Broadcaster cannot grant yet; \
-             remove the HTTP client from the backend (for componentize-js: `-d http`)"
-            .to_string()),
+        "wasi:http" if matches!(interface, "types" | "outgoing-handler") && version.starts_with("0.2.") => Ok(()),
+        "wasi:http" => Err(format!(
+            "Broadcaster grants outbound HTTP through wasi:http/{{types,outgoing-handler}}@0.2.x; `{import}` is \
+             not provided (a backend cannot serve HTTP)"
+        )),
         p if p.starts_with("wasi:") => {
             let name = &p["wasi:".len()..];
             if WASI_PACKAGES.contains(&name) && version.starts_with("0.2.") {
@@ -218,8 +227,9 @@ mod tests {
         assert!(import_supported("wasi:cli/environment@0.2.0").is_ok());
         let newer = import_supported("broadcaster:backend/log@0.2.0").unwrap_err();
         assert!(newer.contains("built against broadcaster:backend@0.2.0"), "{newer}");
-        let http = import_supported("wasi:http/outgoing-handler@0.2.3").unwrap_err();
-        assert!(http.contains("HTTP"), "{http}");
+        assert!(import_supported("wasi:http/outgoing-handler@0.2.3").is_ok());
+        let serve = import_supported("wasi:http/incoming-handler@0.2.3").unwrap_err();
+        assert!(serve.contains("cannot serve HTTP"), "{serve}");
         let p3 = import_supported("wasi:io/streams@0.3.0").unwrap_err();
         assert!(p3.contains("0.2.x"), "{p3}");
         let other = import_supported("acme:kv/store@1.0.0").unwrap_err();

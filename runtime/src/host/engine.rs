@@ -64,6 +64,9 @@ fn base_config(settings: &EngineSettings) -> wasmtime::Config {
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.consume_fuel(settings.fuel);
+    // Trap messages name the cause; guest backtraces would only cost time on every trap
+    // (a deep recursion has thousands of frames).
+    config.wasm_backtrace_max_frames(None);
     if let Some(dir) = &settings.cache_dir {
         match compile_cache(dir) {
             Ok(cache) => {
@@ -133,6 +136,7 @@ impl HostEngine {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| EngineError(e.to_string()))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| EngineError(e.to_string()))?;
         bindings::Publisher::add_to_linker::<PublisherState, HasSelf<PublisherState>>(&mut linker, |state| state)
             .map_err(|e| EngineError(e.to_string()))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));

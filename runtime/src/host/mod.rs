@@ -4,7 +4,8 @@
 //! - [`component`]: loading a `.wasm` and checking it against the `publisher` world.
 //! - [`publisher`]: a running component publisher (instance lifecycle, calls, recycling).
 //! - [`state`]: what each publisher's store holds (empty WASI, capabilities, limits).
-//! - [`redis_capability`], [`log_capability`]: the host imports, bound per publisher.
+//! - [`redis_capability`], [`http_capability`], [`log_capability`]: the host imports,
+//!   bound per publisher to its grants.
 //! - [`budget`]: what one call may spend on host calls and logs; [`secrets`]: option secrets
 //!   and their redaction.
 //! - [`stream_patterns`]: the stream-name globs of a `redis` grant.
@@ -13,6 +14,7 @@ pub mod bindings;
 pub mod budget;
 pub mod component;
 pub mod engine;
+pub mod http_capability;
 pub mod log_capability;
 pub mod publisher;
 pub mod redis_capability;

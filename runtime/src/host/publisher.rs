@@ -12,6 +12,7 @@ use super::bindings::{self, Publisher as Bindings};
 use super::budget::{CallBudget, CallLimits};
 use super::component::LoadedComponent;
 use super::engine::HostEngine;
+use super::http_capability::HttpPolicy;
 use super::redis_capability::RedisCapability;
 use super::secrets::Redactor;
 use super::state::PublisherState;
@@ -44,6 +45,8 @@ pub struct ComponentSettings {
     pub call_limits: CallLimits,
     /// The publisher's secrets, hidden from everything it writes.
     pub redactor: Arc<Redactor>,
+    /// The outbound HTTP policy.
+    pub http: HttpPolicy,
 }
 
 /// A publisher could not be started.
@@ -123,6 +126,8 @@ impl ComponentPublisher {
         settings: ComponentSettings,
     ) -> Result<Self, StartError> {
         let budget = CallBudget::new(settings.call_limits.clone());
+        let mut settings = settings;
+        settings.http = settings.http.with_budget(budget.clone());
         let publisher = Self {
             settings,
             component,
@@ -141,6 +146,11 @@ impl ComponentPublisher {
     /// The component file name.
     pub fn component_name(&self) -> String {
         self.component.name()
+    }
+
+    /// Whether its instances come from the pooling allocator.
+    pub fn is_pooling(&self) -> bool {
+        self.engine.is_pooling()
     }
 
     /// The publisher's name.
@@ -162,6 +172,7 @@ impl ComponentPublisher {
             self.settings.memory_bytes,
             self.budget.clone(),
             self.settings.redactor.clone(),
+            self.settings.http.clone(),
         );
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|state| &mut state.limits);

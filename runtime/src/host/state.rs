@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::broadcaster::backend::types;
 use super::budget::CallBudget;
+use super::http_capability::HttpPolicy;
 use super::log_capability::{GuestOutput, LastLine};
 use super::redis_capability::RedisCapability;
 use super::secrets::Redactor;
@@ -29,6 +31,9 @@ pub struct PublisherState {
     pub redactor: Arc<Redactor>,
     /// The last line the guest wrote to stderr (explains a panic).
     pub last_stderr: LastLine,
+    /// The outbound HTTP policy (denies everything without an `http` grant).
+    pub http: HttpPolicy,
+    http_ctx: WasiHttpCtx,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -52,6 +57,7 @@ impl PublisherState {
         memory_bytes: usize,
         budget: CallBudget,
         redactor: Arc<Redactor>,
+        http: HttpPolicy,
     ) -> Self {
         let last_stderr = LastLine::default();
         let wasi = WasiCtx::builder()
@@ -76,6 +82,8 @@ impl PublisherState {
             budget,
             redactor,
             last_stderr,
+            http,
+            http_ctx: WasiHttpCtx::new(),
             wasi,
             table: ResourceTable::new(),
         }
@@ -95,6 +103,12 @@ impl PublisherState {
 impl WasiView for PublisherState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for PublisherState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http_ctx, table: &mut self.table, hooks: &mut self.http }
     }
 }
 

@@ -148,8 +148,7 @@ impl Relay {
         };
         let reclaim_every = (self.lease_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         let mut last_reclaim: Option<Instant> = None;
-        let mut in_flight: tokio::task::JoinSet<(String, Result<BatchReport, StoreError>)> =
-            tokio::task::JoinSet::new();
+        let mut in_flight: tokio::task::JoinSet<ShareOutcome> = tokio::task::JoinSet::new();
         let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
         loop {
             while let Some(done) = in_flight.try_join_next_with_id() {
@@ -232,7 +231,7 @@ impl Relay {
     /// Books a finished publisher share and frees its publisher for the next claim.
     fn finished(
         &self,
-        done: Result<(tokio::task::Id, (String, Result<BatchReport, StoreError>)), tokio::task::JoinError>,
+        done: Result<(tokio::task::Id, ShareOutcome), tokio::task::JoinError>,
         busy: &mut HashMap<tokio::task::Id, String>,
         report: &mut RelayReport,
     ) {
@@ -380,6 +379,10 @@ impl Relay {
             .collect()
     }
 }
+
+/// What a publisher's share of a batch came to: its publisher, and its counts or the
+/// database error that kept its outcome from being recorded.
+type ShareOutcome = (String, Result<BatchReport, StoreError>);
 
 /// Splits claimed events by publisher name (`default` for an empty one), keeping due order.
 fn group_by_publisher(events: Vec<ClaimedEvent>) -> Vec<(String, Vec<ClaimedEvent>)> {

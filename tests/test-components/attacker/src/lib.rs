@@ -13,6 +13,8 @@
 //! | `huge-field` | writes one 100 MB field |
 //! | `log-flood` | logs and prints without end |
 //! | `snoop` | reads environment variables, files and the network, and writes what it saw |
+//! | `http-get` | GETs `url`, following redirects; fails permanently with what happened |
+//! | `leak` | logs, prints and returns its `url` option (a secret, in the test) |
 //!
 //! Anything else, or an event whose data says `{"behave": true}`, publishes normally to
 //! `stream_name`.
@@ -26,10 +28,50 @@ use broadcaster_guest::{Backend, OutboxEvent, PublishError, export_backend, log,
 struct Options {
     attack: String,
     stream_name: String,
+    #[serde(default)]
+    url: String,
+}
+
+/// GETs `url`, following up to five redirects; returns the final status or the error.
+fn http_get(url: &str) -> String {
+    use wasi::http::types::{Fields, Method, OutgoingRequest, Scheme};
+    let mut url = url.to_string();
+    for _ in 0..5 {
+        let Some((scheme, rest)) = url.split_once("://") else { return format!("bad url {url}") };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let request = OutgoingRequest::new(Fields::new());
+        let _ = request.set_method(&Method::Get);
+        let _ = request.set_scheme(Some(if scheme == "https" { &Scheme::Https } else { &Scheme::Http }));
+        let _ = request.set_authority(Some(authority));
+        let _ = request.set_path_with_query(Some(path));
+        let pending = match wasi::http::outgoing_handler::handle(request, None) {
+            Ok(pending) => pending,
+            Err(e) => return format!("{url}: {e:?}"),
+        };
+        pending.subscribe().block();
+        let response = match pending.get() {
+            Some(Ok(Ok(response))) => response,
+            Some(Ok(Err(e))) => return format!("{url}: {e:?}"),
+            other => return format!("{url}: {other:?}"),
+        };
+        let status = response.status();
+        if (300..400).contains(&status) {
+            let location = response.headers().get("location");
+            let Some(next) = location.first() else { return format!("{url}: redirect without location") };
+            url = String::from_utf8_lossy(next).into_owned();
+            continue;
+        }
+        return format!("{url}: HTTP {status}");
+    }
+    "too many redirects".to_string()
 }
 
 struct Attacker(Options);
 
+#[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
     let local = black_box([depth; 16]);
     recurse(local[3] + 1) + local[7]
@@ -84,6 +126,14 @@ impl Backend for Attacker {
                     log::info("flooding the log");
                     println!("flooding stdout");
                 },
+                "leak" => {
+                    log::warn(&format!("leaking {}", self.0.url));
+                    eprintln!("leaking {}", self.0.url);
+                    return Err(PublishError::Permanent(format!("leaking {}", self.0.url)));
+                }
+                "http-get" => {
+                    return Err(PublishError::Permanent(format!("http-get outcome: {}", http_get(&self.0.url))));
+                }
                 "snoop" => {
                     let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
                     let file = std::fs::read_to_string("/etc/passwd")
