@@ -239,6 +239,18 @@ fn a_component_needing_an_ungranted_capability_is_bad_input_before_any_event() {
 }
 
 #[test]
+fn check_against_a_publisher_reports_a_missing_grant_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[publishers.hook]\ncomponent = \"x.wasm\"\n[publishers.hook.grants]\nredis = { streams = [\"a\"] }\n",
+    );
+    let run = broadcaster(&["check", components::WEBHOOK, "--publisher", "hook", "-c", config.to_str().unwrap()], None);
+    assert_bad_input(&run, &["publisher `hook` does not grant `http`", "wasi:http/outgoing-handler"]);
+    assert!(run.stdout.contains("needs grants: http"), "{}", run.stdout);
+}
+
+#[test]
 fn an_unknown_publisher_name_is_bad_input_listing_the_configured_ones() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &native_config(6379));

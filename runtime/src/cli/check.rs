@@ -1,15 +1,35 @@
-//! `broadcaster check <file.wasm>`: is this a backend this Broadcaster can run?
+//! `broadcaster check <file.wasm>`: is this a backend this Broadcaster can run, and (with
+//! `--publisher`) does that publisher grant everything it needs?
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use broadcaster::host::{HostEngine, LoadedComponent, SUPPORTED_VERSIONS};
+use broadcaster::registry::UnknownPublisher;
+
+use super::load_config;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// The component file to check.
     #[arg(value_name = "FILE.wasm")]
     file: PathBuf,
+    /// Also check it against this publisher's grants in the configuration.
+    #[arg(long, short = 'p')]
+    publisher: Option<String>,
+    /// The configuration file (with --publisher).
+    #[arg(long, short = 'c', env = "BROADCASTER_CONFIG", default_value = broadcaster::config::DEFAULT_CONFIG_FILE, value_name = "FILE")]
+    config: PathBuf,
+}
+
+/// A component needs a capability the publisher does not grant.
+#[derive(Debug, thiserror::Error)]
+#[error("publisher `{publisher}` does not grant `{grant}`, which {file} needs for its import `{import}`")]
+pub struct MissingGrant {
+    publisher: String,
+    grant: String,
+    file: String,
+    import: String,
 }
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -17,8 +37,38 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let file = args.file.clone();
     let loaded = tokio::task::spawn_blocking(move || LoadedComponent::load(&engine, &file)).await??;
     println!("ok: {} is a backend for broadcaster:backend@{}", args.file.display(), SUPPORTED_VERSIONS.join(", "));
+    let needs = loaded.required_grants();
+    if needs.is_empty() {
+        println!("needs no grants");
+    } else {
+        let list: Vec<String> = needs.iter().map(|(grant, import)| format!("{grant} (for {import})")).collect();
+        println!("needs grants: {}", list.join(", "));
+    }
     for import in &loaded.imports {
         println!("  imports {import}");
+    }
+    if let Some(name) = &args.publisher {
+        let config = load_config(&args.config)?;
+        let publisher = config.publishers.get(name).ok_or_else(|| UnknownPublisher {
+            name: name.clone(),
+            known: config.publishers.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
+        for (grant, import) in needs {
+            let granted = match grant {
+                "redis" => publisher.grants.redis.is_some(),
+                _ => publisher.grants.http.is_some(),
+            };
+            if !granted {
+                return Err(MissingGrant {
+                    publisher: name.clone(),
+                    grant: grant.to_string(),
+                    file: args.file.display().to_string(),
+                    import: import.to_string(),
+                }
+                .into());
+            }
+        }
+        println!("ok: publisher `{name}` grants everything it needs");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -49,7 +49,7 @@ impl ConfigArg {
     }
 }
 
-fn load_config(path: &Path) -> anyhow::Result<Config> {
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     match Config::load(path) {
         Err(ConfigError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
             Err(ConfigError::Read { path, source }).context(
@@ -134,6 +134,7 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
             || cause.is::<InputError>()
             || cause.is::<ComponentError>()
             || cause.is::<UnknownPublisher>()
+            || cause.is::<check::MissingGrant>()
             || matches!(cause.downcast_ref::<StoreError>(), Some(e) if !matches!(e, StoreError::Database(_) | StoreError::BadRow { .. }))
             || matches!(cause.downcast_ref::<RegistryError>(), Some(e) if !matches!(e, RegistryError::Engine(_)))
     });
