@@ -275,3 +275,40 @@ async fn a_publish_failing_because_redis_just_went_down_releases_the_batch() {
         assert!(f.relay.health().is_down("default"));
     }
 }
+
+#[tokio::test]
+async fn a_claim_for_one_publisher_takes_only_its_events_oldest_first() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let f = fixture(db, NO_JITTER).await;
+        let mut events: Vec<NewEvent> =
+            (0..150).map(|i| NewEvent::new(format!("other{i}"), "/s").publisher("scripted")).collect();
+        events.extend((0..5).map(|i| NewEvent::new(format!("mine{i}"), "/s")));
+        events.push(NewEvent::new("mine-named", "/s").publisher("default"));
+        f.enqueue(events).await;
+        let claim = f.store.claim_for(f.clock.now(), 4, ["", "default"]).await.unwrap();
+        let types: Vec<&str> = claim.events.iter().map(|e| e.event.event_type.as_str()).collect();
+        assert_eq!(types, ["mine0", "mine1", "mine2", "mine3"], "{db:?}");
+        let rest = f.store.claim_for(f.clock.now(), 100, ["", "default"]).await.unwrap();
+        let types: Vec<&str> = rest.events.iter().map(|e| e.event.event_type.as_str()).collect();
+        assert_eq!(types, ["mine4", "mine-named"], "{db:?}");
+        let others = f.store.claim_for(f.clock.now(), 100, ["scripted", "scripted"]).await.unwrap();
+        assert_eq!(others.events.len(), 100, "{db:?}");
+        assert_eq!(others.events[0].event.event_type, "other0");
+    }
+}
+
+#[tokio::test]
+async fn the_names_with_waiting_events_are_found_by_index_seeks() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let f = fixture(db, NO_JITTER).await;
+        assert!(f.store.publishers_with_work().await.unwrap().is_empty(), "{db:?}");
+        let mut events: Vec<NewEvent> = (0..50).map(|_| NewEvent::new("t", "/s").publisher("b")).collect();
+        events.push(NewEvent::new("t", "/s"));
+        events.push(scripted("transient").max_retries(5));
+        f.enqueue(events).await;
+        f.store.claim_for(f.clock.now(), 100, ["scripted", "scripted"]).await.unwrap();
+        let mut names = f.store.publishers_with_work().await.unwrap();
+        names.sort();
+        assert_eq!(names, ["", "b"], "{db:?}: processing rows are not waiting");
+    }
+}

@@ -43,14 +43,43 @@ impl Default for EngineSettings {
     }
 }
 
-/// The engine, the linker, and the epoch ticker. Cheap to clone.
+/// The engine, the linker, the epoch ticker, and the threads guest code runs on. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct HostEngine {
     engine: Engine,
     linker: Arc<Linker<PublisherState>>,
     pooling: bool,
     fuel: bool,
+    guests: Arc<GuestThreads>,
     _ticker: Arc<EpochTicker>,
+}
+
+/// A runtime of its own for guest code, one thread fewer than the machine has cores (at least
+/// one), so that guests burning CPU never take the relay's own threads: the relay, the
+/// database and the native publishers always keep a core.
+struct GuestThreads(Option<tokio::runtime::Runtime>);
+
+impl GuestThreads {
+    fn start() -> Result<Self, EngineError> {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores.saturating_sub(1).max(1))
+            .thread_name("wasm-guest")
+            .enable_all()
+            .build()
+            .map_err(|e| EngineError(format!("guest threads: {e}")))?;
+        Ok(Self(Some(runtime)))
+    }
+}
+
+impl Drop for GuestThreads {
+    fn drop(&mut self) {
+        // May be dropped from async code, where a blocking shutdown is not allowed.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for HostEngine {
@@ -140,7 +169,8 @@ impl HostEngine {
         bindings::Publisher::add_to_linker::<PublisherState, HasSelf<PublisherState>>(&mut linker, |state| state)
             .map_err(|e| EngineError(e.to_string()))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
-        Ok(Self { engine, linker: Arc::new(linker), pooling, fuel: settings.fuel, _ticker: ticker })
+        let guests = Arc::new(GuestThreads::start()?);
+        Ok(Self { engine, linker: Arc::new(linker), pooling, fuel: settings.fuel, guests, _ticker: ticker })
     }
 
     /// The wasmtime engine.
@@ -151,6 +181,15 @@ impl HostEngine {
     /// The linker with everything a backend may import.
     pub fn linker(&self) -> &Linker<PublisherState> {
         &self.linker
+    }
+
+    /// Runs `work` (a call into guest code) on the guest threads and waits for it.
+    pub async fn on_guest_threads<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let runtime = self.guests.0.as_ref().expect("guest threads live as long as the engine");
+        runtime.spawn(work).await
     }
 
     /// Whether instances come from the pooling allocator.

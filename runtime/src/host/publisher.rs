@@ -282,7 +282,44 @@ impl ComponentPublisher {
         Ok(CallOutcome::Trapped(cause))
     }
 
-    /// Calls the backend's `publish`.
+    /// Calls the backend's `publish` for each event in order, on the guest threads, stopping
+    /// at the first transient error or trap (the events after it are `None`: not attempted).
+    pub async fn publish_all(self: &Arc<Self>, events: Vec<OutboxEvent>) -> Vec<Option<Result<(), PublishError>>> {
+        let this = self.clone();
+        let count = events.len();
+        let work = async move {
+            let mut outcomes = Vec::with_capacity(events.len());
+            let mut stopped = false;
+            for event in &events {
+                if stopped {
+                    outcomes.push(None);
+                    continue;
+                }
+                let result = this.publish(event).await;
+                stopped = matches!(result, Err(PublishError::Transient(_) | PublishError::Trapped(_)));
+                outcomes.push(Some(result));
+            }
+            outcomes
+        };
+        match self.engine.on_guest_threads(work).await {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                let failed = Some(Err(PublishError::Transient(format!("the guest task failed: {err}"))));
+                std::iter::once(failed).chain(std::iter::repeat_n(None, count.saturating_sub(1))).collect()
+            }
+        }
+    }
+
+    /// Calls the backend's `health-check` on the guest threads.
+    pub async fn check_health(self: &Arc<Self>) -> Health {
+        let this = self.clone();
+        self.engine
+            .on_guest_threads(async move { this.health().await })
+            .await
+            .unwrap_or_else(|err| Health::down(format!("the guest task failed: {err}")))
+    }
+
+    /// Calls the backend's `publish` (on the calling thread; see [`Self::publish_all`]).
     pub async fn publish(&self, event: &OutboxEvent) -> Result<(), PublishError> {
         let wit_event = to_wit(event);
         let mut slot = self.slot.lock().await;

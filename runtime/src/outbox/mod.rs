@@ -248,6 +248,21 @@ impl OutboxStore {
         Ok(claim)
     }
 
+    /// Claims up to `limit` due rows of one publisher (`names`: how its events may name it,
+    /// e.g. `["", "default"]` for the default publisher, or the name twice), oldest due first.
+    /// Cheap however many rows other publishers have waiting (with the claim index).
+    pub async fn claim_for(&self, now: DateTime<Utc>, limit: u32, names: [&str; 2]) -> Result<Claim, StoreError> {
+        let mut claim = dispatch!(self.claim_for(now, limit, names))?;
+        claim.events.sort_by_key(|e| (e.scheduled_at, e.event.created_at));
+        Ok(claim)
+    }
+
+    /// The `publisher_backend` values that have `pending` or `retry` rows (due or not), found
+    /// with one index seek per name.
+    pub async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
+        dispatch!(self.publishers_with_work())
+    }
+
     /// Applies the outcome of each claimed row; rows whose lease was taken over are left
     /// alone. Returns how many rows were updated.
     pub async fn settle(

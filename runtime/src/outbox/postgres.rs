@@ -87,9 +87,10 @@ impl PostgresStore {
         if exists {
             tx.commit().await?;
             self.verify().await?;
+            sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
             return Ok(false);
         }
-        for statement in schema::POSTGRES_DDL {
+        for statement in schema::POSTGRES_DDL.iter().chain([&schema::CLAIM_INDEX]) {
             sqlx::query(*statement).execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -127,6 +128,63 @@ impl PostgresStore {
         )
         .bind(token)
         .bind(skip)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(Claim { token, events })
+    }
+
+    pub(crate) async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            // A loose index scan: one index seek per distinct name (cheap however many rows).
+            "WITH RECURSIVE names(status, name) AS ( \
+                 SELECT 'pending', (SELECT min(publisher_backend) FROM outbox_events WHERE status = 'pending') \
+                 UNION ALL \
+                 SELECT 'retry', (SELECT min(publisher_backend) FROM outbox_events WHERE status = 'retry') \
+                 UNION ALL \
+                 SELECT status, (SELECT min(o.publisher_backend) FROM outbox_events o \
+                     WHERE o.status = names.status AND o.publisher_backend > names.name) \
+                 FROM names WHERE name IS NOT NULL) \
+             SELECT DISTINCT name FROM names WHERE name IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub(crate) async fn claim_for(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        names: [&str; 2],
+    ) -> Result<Claim, StoreError> {
+        let token = now;
+        let rows = sqlx::query(
+            // One index range per (status, name), each stopping after `limit` rows: the cost
+            // does not grow with other publishers' backlogs.
+            "WITH p1 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
+                 WHERE status = 'pending' AND publisher_backend = $2 AND scheduled_at <= $1 \
+                 ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             p2 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
+                 WHERE status = 'pending' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
+                 ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             r1 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
+                 WHERE status = 'retry' AND publisher_backend = $2 AND scheduled_at <= $1 \
+                 ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             r2 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
+                 WHERE status = 'retry' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
+                 ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+             candidates AS (SELECT * FROM p1 UNION ALL SELECT * FROM p2 UNION ALL SELECT * FROM r1 \
+                 UNION ALL SELECT * FROM r2), \
+             due AS (SELECT id FROM candidates ORDER BY scheduled_at, created_at LIMIT $4) \
+             UPDATE outbox_events o SET status = 'processing', updated_at = $1 FROM due WHERE o.id = due.id \
+             RETURNING o.id, o.spec_version, o.event_type, o.source, o.subject, o.data_content_type, \
+                 o.data_schema, o.data, o.created_at, o.scheduled_at, o.retry_count, o.max_retries, \
+                 o.publisher_backend, o.publisher_config",
+        )
+        .bind(token)
+        .bind(names[0])
+        .bind(names[1])
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;

@@ -98,10 +98,11 @@ impl SqliteStore {
     pub(crate) async fn migrate(&self) -> Result<bool, StoreError> {
         if !self.columns().await?.is_empty() {
             self.verify().await?;
+            sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
             return Ok(false);
         }
         let mut tx = self.pool.begin().await?;
-        for statement in schema::SQLITE_DDL {
+        for statement in schema::SQLITE_DDL.iter().chain([&schema::CLAIM_INDEX]) {
             sqlx::query(*statement).execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -141,6 +142,64 @@ impl SqliteStore {
         )
         .bind(format_time(token))
         .bind(json_list(skip.iter().cloned()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(Claim { token, events })
+    }
+
+    pub(crate) async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            // A loose index scan: one index seek per distinct name (cheap however many rows).
+            "WITH RECURSIVE names(status, name) AS ( \
+                 SELECT 'pending', (SELECT min(publisher_backend) FROM outbox_events WHERE status = 'pending') \
+                 UNION ALL \
+                 SELECT 'retry', (SELECT min(publisher_backend) FROM outbox_events WHERE status = 'retry') \
+                 UNION ALL \
+                 SELECT status, (SELECT min(o.publisher_backend) FROM outbox_events o \
+                     WHERE o.status = names.status AND o.publisher_backend > names.name) \
+                 FROM names WHERE name IS NOT NULL) \
+             SELECT DISTINCT name FROM names WHERE name IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub(crate) async fn claim_for(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        names: [&str; 2],
+    ) -> Result<Claim, StoreError> {
+        let token = now;
+        let rows = sqlx::query(
+            // One index range per (status, name), each stopping after `limit` rows: the cost
+            // does not grow with other publishers' backlogs.
+            "UPDATE outbox_events SET status = 'processing', updated_at = ?1 \
+             WHERE id IN (SELECT id FROM ( \
+                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
+                     WHERE status = 'pending' AND publisher_backend = ?2 AND scheduled_at <= ?1 \
+                     ORDER BY scheduled_at LIMIT ?4) \
+                 UNION \
+                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
+                     WHERE status = 'pending' AND publisher_backend = ?3 AND scheduled_at <= ?1 \
+                     ORDER BY scheduled_at LIMIT ?4) \
+                 UNION \
+                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
+                     WHERE status = 'retry' AND publisher_backend = ?2 AND scheduled_at <= ?1 \
+                     ORDER BY scheduled_at LIMIT ?4) \
+                 UNION \
+                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
+                     WHERE status = 'retry' AND publisher_backend = ?3 AND scheduled_at <= ?1 \
+                     ORDER BY scheduled_at LIMIT ?4)) \
+                 ORDER BY scheduled_at, created_at LIMIT ?4) \
+             RETURNING id, spec_version, event_type, source, subject, data_content_type, data_schema, data, \
+                 created_at, scheduled_at, retry_count, max_retries, publisher_backend, publisher_config",
+        )
+        .bind(format_time(token))
+        .bind(names[0])
+        .bind(names[1])
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;

@@ -86,7 +86,10 @@ impl Publisher {
     pub async fn publish(&self, event: &OutboxEvent) -> Result<(), PublishError> {
         match self {
             Self::RedisStream(p) => p.publish(event).await,
-            Self::Component(p) => p.publish(event).await,
+            Self::Component(p) => {
+                let mut outcomes = p.publish_all(vec![event.clone()]).await;
+                outcomes.pop().flatten().unwrap_or_else(|| Err(PublishError::Transient("not attempted".into())))
+            }
         }
     }
 
@@ -99,20 +102,12 @@ impl Publisher {
     pub async fn publish_batch(&self, events: &[OutboxEvent]) -> Vec<Attempt> {
         match self {
             Self::RedisStream(p) => p.publish_batch(events).await.into_iter().map(Attempt::Done).collect(),
-            Self::Component(p) => {
-                let mut outcomes = Vec::with_capacity(events.len());
-                let mut stopped = false;
-                for event in events {
-                    if stopped {
-                        outcomes.push(Attempt::NotAttempted);
-                        continue;
-                    }
-                    let result = p.publish(event).await;
-                    stopped = matches!(result, Err(PublishError::Transient(_) | PublishError::Trapped(_)));
-                    outcomes.push(Attempt::Done(result));
-                }
-                outcomes
-            }
+            Self::Component(p) => p
+                .publish_all(events.to_vec())
+                .await
+                .into_iter()
+                .map(|outcome| outcome.map_or(Attempt::NotAttempted, Attempt::Done))
+                .collect(),
         }
     }
 
@@ -120,7 +115,7 @@ impl Publisher {
     pub async fn health(&self) -> Health {
         match self {
             Self::RedisStream(p) => p.health().await,
-            Self::Component(p) => p.health().await,
+            Self::Component(p) => p.check_health().await,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The relay loop: claim a batch, publish it publisher by publisher, settle every row.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -127,13 +127,15 @@ impl Relay {
 
     /// Runs until `shutdown` turns true or `options.max_iterations` is reached.
     ///
-    /// Each claimed batch is split by publisher and every publisher's share is published and
-    /// settled on its own task, so a slow or misbehaving publisher never holds up the others:
-    /// while a publisher has a share in flight its events are not claimed (which also keeps
-    /// each publisher's events in order), and the loop claims again for the rest at once.
-    /// Never sleeps after a full batch. A database error is logged and the loop goes on
-    /// after `interval`. On shutdown no more is claimed and the shares in flight are finished
-    /// and settled before returning.
+    /// Every publisher's share of the work is published and settled on its own task, so a slow
+    /// or misbehaving publisher never holds up the others. Each iteration claims, for every idle
+    /// and healthy publisher that may have due events, a batch of that publisher's events alone
+    /// (an index range, cheap however large another publisher's backlog is). Once per
+    /// `interval` the names that events are waiting for are looked up (one index seek per
+    /// name); names no publisher has are claimed too, and their events fail. A publisher with a share in flight is not
+    /// claimed for, which also keeps its events in order. Never sleeps while something was
+    /// claimed. A database error is logged and the loop goes on. On shutdown nothing more is
+    /// claimed and the shares in flight are finished and settled before returning.
     pub async fn run(self: Arc<Self>, options: RunOptions, mut shutdown: watch::Receiver<bool>) -> RelayReport {
         let mut report = RelayReport::default();
         self.refresh_health().await;
@@ -148,8 +150,11 @@ impl Relay {
         };
         let reclaim_every = (self.lease_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         let mut last_reclaim: Option<Instant> = None;
+        let mut last_sweep: Option<Instant> = None;
         let mut in_flight: tokio::task::JoinSet<ShareOutcome> = tokio::task::JoinSet::new();
         let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
+        // Publishers that may have due events; a claim that comes back short drops one.
+        let mut wanting: BTreeSet<String> = self.registry.iter().map(|(name, _)| name.to_string()).collect();
         loop {
             while let Some(done) = in_flight.try_join_next_with_id() {
                 self.finished(done, &mut busy, &mut report);
@@ -164,59 +169,51 @@ impl Relay {
                 }
                 last_reclaim = Some(Instant::now());
             }
-            let mut skip = self.health.skip_list();
-            for name in busy.values() {
-                if name == DEFAULT_PUBLISHER {
-                    skip.push(String::new());
-                }
-                skip.push(name.clone());
-            }
-            let full = match self.store.claim(self.clock.now(), options.batch_size, &skip).await {
-                Ok(claim) => {
-                    let full = claim.events.len() >= options.batch_size as usize;
-                    report.totals.claimed += claim.events.len() as u64;
-                    for (name, events) in group_by_publisher(claim.events) {
-                        let task_name = name.clone();
-                        let relay = self.clone();
-                        let token = claim.token;
-                        let handle = in_flight.spawn(async move {
-                            let started = Instant::now();
-                            let refs: Vec<&ClaimedEvent> = events.iter().collect();
-                            let settlements = relay.publish_group(&name, &refs).await;
-                            let result = relay.settle(token, &settlements).await;
-                            if let Ok(share) = &result {
-                                tracing::info!(
-                                    publisher = %name,
-                                    published = share.published,
-                                    retried = share.retried,
-                                    failed = share.failed,
-                                    waiting = share.released,
-                                    took = ?started.elapsed(),
-                                    "relayed"
-                                );
-                            }
-                            (name, result)
-                        });
-                        busy.insert(handle.id(), task_name);
+            let mut claimed = 0usize;
+            if last_sweep.is_none_or(|t| t.elapsed() >= options.interval) {
+                last_sweep = Some(Instant::now());
+                match self.store.publishers_with_work().await {
+                    Ok(names) => wanting.extend(names.into_iter().map(|name| route_name(&name).to_string())),
+                    Err(err) => {
+                        report.errors += 1;
+                        tracing::error!(%err, "looking for due events failed; trying again after the interval");
                     }
-                    full
                 }
-                Err(err) => {
-                    report.errors += 1;
-                    tracing::error!(%err, "claiming events failed; trying again after the interval");
-                    false
+            }
+            let idle: Vec<String> = wanting
+                .iter()
+                .filter(|name| !busy.values().any(|b| b == *name) && !self.health.is_down(name))
+                .cloned()
+                .collect();
+            for name in idle {
+                match self.store.claim_for(self.clock.now(), options.batch_size, stored_names(&name)).await {
+                    Ok(claim) => {
+                        if claim.events.len() < options.batch_size as usize {
+                            wanting.remove(&name);
+                        }
+                        if !claim.events.is_empty() {
+                            claimed += claim.events.len();
+                            self.spawn_share(&mut in_flight, &mut busy, name, claim.token, claim.events);
+                        }
+                    }
+                    Err(err) => {
+                        report.errors += 1;
+                        tracing::error!(publisher = %name, %err, "claiming events failed");
+                    }
                 }
-            };
+            }
+            report.totals.claimed += claimed as u64;
             report.iterations += 1;
             if options.max_iterations > 0 && report.iterations >= options.max_iterations {
                 break;
             }
-            if !full {
+            if claimed == 0 {
+                let sweep_in = options.interval.saturating_sub(last_sweep.map_or(Duration::ZERO, |t| t.elapsed()));
                 tokio::select! {
                     Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                         self.finished(done, &mut busy, &mut report);
                     }
-                    _ = tokio::time::sleep(options.interval) => {}
+                    _ = tokio::time::sleep(sweep_in) => {}
                     _ = stopped(&mut shutdown) => {}
                 }
             }
@@ -226,6 +223,38 @@ impl Relay {
         }
         monitor.abort();
         report
+    }
+
+    /// Publishes and settles one publisher's share on its own task.
+    fn spawn_share(
+        self: &Arc<Self>,
+        in_flight: &mut tokio::task::JoinSet<ShareOutcome>,
+        busy: &mut HashMap<tokio::task::Id, String>,
+        name: String,
+        token: DateTime<Utc>,
+        events: Vec<ClaimedEvent>,
+    ) {
+        let relay = self.clone();
+        let task_name = name.clone();
+        let handle = in_flight.spawn(async move {
+            let started = Instant::now();
+            let refs: Vec<&ClaimedEvent> = events.iter().collect();
+            let settlements = relay.publish_group(&name, &refs).await;
+            let result = relay.settle(token, &settlements).await;
+            if let Ok(share) = &result {
+                tracing::info!(
+                    publisher = %name,
+                    published = share.published,
+                    retried = share.retried,
+                    failed = share.failed,
+                    waiting = share.released,
+                    took = ?started.elapsed(),
+                    "relayed"
+                );
+            }
+            (name, result)
+        });
+        busy.insert(handle.id(), task_name);
     }
 
     /// Books a finished publisher share and frees its publisher for the next claim.
@@ -380,6 +409,17 @@ impl Relay {
     }
 }
 
+/// The publisher an event's `publisher_backend` names (`default` for an empty one).
+fn route_name(publisher_backend: &str) -> &str {
+    if publisher_backend.is_empty() { DEFAULT_PUBLISHER } else { publisher_backend }
+}
+
+/// How events may name the publisher `name` in `publisher_backend` (the default publisher's
+/// may be stored with an empty name).
+fn stored_names(name: &str) -> [&str; 2] {
+    if name == DEFAULT_PUBLISHER { ["", DEFAULT_PUBLISHER] } else { [name, name] }
+}
+
 /// What a publisher's share of a batch came to: its publisher, and its counts or the
 /// database error that kept its outcome from being recorded.
 type ShareOutcome = (String, Result<BatchReport, StoreError>);
@@ -388,10 +428,7 @@ type ShareOutcome = (String, Result<BatchReport, StoreError>);
 fn group_by_publisher(events: Vec<ClaimedEvent>) -> Vec<(String, Vec<ClaimedEvent>)> {
     let mut groups: Vec<(String, Vec<ClaimedEvent>)> = Vec::new();
     for claimed in events {
-        let name = match claimed.event.publisher_backend.as_str() {
-            "" => DEFAULT_PUBLISHER,
-            name => name,
-        };
+        let name = route_name(&claimed.event.publisher_backend);
         match groups.iter_mut().find(|(n, _)| n == name) {
             Some((_, events)) => events.push(claimed),
             None => groups.push((name.to_string(), vec![claimed])),
