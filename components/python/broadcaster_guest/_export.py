@@ -2,8 +2,8 @@
 
 componentize-py looks for a class named ``Backend`` in the app module (the module is
 imported and snapshotted while the component is BUILT) and calls ``init``/``publish``/
-``health_check`` on an instance of it; it makes a fresh instance per call, so nothing may
-live on that instance. The glue class made by :func:`export` keeps the user's
+``health_check`` on an instance of it; it may make a new instance for each call (0.25.1
+does), so nothing may live on that instance. The glue class made by :func:`export` keeps the user's
 :class:`Publisher` (built in ``init``) in its closure and turns Python exceptions into the
 WIT results:
 

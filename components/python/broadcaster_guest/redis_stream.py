@@ -8,6 +8,7 @@ grant, a stream outside the grant, a command Redis rejected), so a ``publish`` t
 the exception escape reports the right kind of error. ``error.cause`` holds the WIT error.
 """
 
+import json
 from typing import Iterable, Optional, Tuple
 
 from componentize_py_types import Err
@@ -30,7 +31,7 @@ def describe(err: Error) -> str:
     if isinstance(err, Error_NotGranted):
         return "this publisher has no `redis` grant"
     if isinstance(err, Error_StreamDenied):
-        return f"stream {err.value!r} is outside the streams granted to this publisher"
+        return f"stream {json.dumps(err.value, ensure_ascii=False)} is outside the streams granted to this publisher"
     if isinstance(err, Error_Unavailable):
         return f"Redis is unavailable: {err.value}"
     if isinstance(err, Error_Rejected):
