@@ -514,8 +514,10 @@ const ASYNC = 'returned a Promise: the WIT functions are synchronous, so write i
  * - `init`: parses the options, builds the publisher and calls its `init`; an `OptionError`
  *   (or anything thrown) becomes the init error shown to the operator.
  * - `publish`: `Transient`/`Permanent` become the WIT `publish-error`; anything else thrown
- *   becomes `transient` with its message (and the stack is logged), so a bug does not trap
- *   the instance and the relay retries the event.
+ *   is a bug: the stack is logged and it is thrown on, which traps the instance (componentize-js
+ *   prints the error to stderr). The host fails the event with a transient error quoting
+ *   those last lines (the relay retries it), throws the instance away (the engine may hold
+ *   half-done state) and starts a fresh one.
  * - `healthCheck`: `false` when it throws or before a successful `init`.
  */
 export function exportBackend(PublisherClass) {
@@ -549,7 +551,9 @@ export function exportBackend(PublisherClass) {
       } catch (e) {
         if (e instanceof PublishError) throw { tag: e.transient ? 'transient' : 'permanent', val: e.message };
         log.error(`publish threw: ${e && e.stack ? `${describeThrown(e)}\n${e.stack}` : describeThrown(e)}`);
-        throw { tag: 'transient', val: `uncaught ${describeThrown(e)}` };
+        // Thrown on, it traps: componentize-js prints it to stderr, and the host quotes those
+        // last lines in the event's error.
+        throw e instanceof Error ? e : new Error(describeThrown(e));
       }
     },
 

@@ -7,7 +7,7 @@
 //! - [`TestDatabase`]: a fresh PostgreSQL database per test on the local server, dropped
 //!   afterwards.
 //! - [`components`]: paths of the shipped and test-only `.wasm` components, built by
-//!   `build.rs`.
+//!   `build.rs` (Rust) and `scripts/build-polyglot` (Python, JavaScript).
 #![deny(missing_docs)]
 
 mod postgres;
@@ -19,4 +19,23 @@ pub use redis_server::RedisServer;
 /// Paths of the components built by `build.rs` for `wasm32-wasip2`.
 pub mod components {
     include!(concat!(env!("OUT_DIR"), "/components.rs"));
+
+    /// A Python or JavaScript component built by `scripts/build-polyglot`, by file name without
+    /// `.wasm` (`python-redis-stream`, `js-raiser`): the shipped ones are in `components/dist/`,
+    /// the test-only ones in `tests/test-components/dist/`.
+    ///
+    /// Panics, saying how to build it, when it is missing.
+    pub fn polyglot(name: &str) -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let candidates = [root.join("components/dist"), root.join("tests/test-components/dist")];
+        candidates
+            .iter()
+            .map(|dir| dir.join(format!("{name}.wasm")))
+            .find(|path| path.exists())
+            .unwrap_or_else(|| {
+                panic!("{name}.wasm is not built: run scripts/build-polyglot (scripts/test does)")
+            })
+            .display()
+            .to_string()
+    }
 }

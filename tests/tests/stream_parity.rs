@@ -28,9 +28,25 @@ fn config(redis: &RedisServer) -> Config {
         stream_name = "component"
         [publishers.component.grants]
         redis = {{ host = "127.0.0.1", port = {port}, streams = ["component"] }}
+
+        [publishers.python]
+        component = "{python}"
+        [publishers.python.options]
+        stream_name = "python"
+        [publishers.python.grants]
+        redis = {{ host = "127.0.0.1", port = {port}, streams = ["python"] }}
+
+        [publishers.js]
+        component = "{js}"
+        [publishers.js.options]
+        stream_name = "js"
+        [publishers.js.grants]
+        redis = {{ host = "127.0.0.1", port = {port}, streams = ["js"] }}
         "#,
         port = redis.port(),
         component = components::REDIS_STREAM,
+        python = components::polyglot("python-redis-stream"),
+        js = components::polyglot("js-redis-stream"),
     );
     Config::from_toml(&text, "parity.toml".as_ref(), Vec::new()).unwrap()
 }
@@ -91,25 +107,50 @@ fn sample_events() -> Vec<OutboxEvent> {
     at_whole_second.created_at = chrono::DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z").unwrap();
     events.push(at_whole_second);
 
+    // From `broadcaster send`: extensions (in the document's order), text and binary data.
+    let sent = broadcaster::cloudevent_input::parse_cloud_event_json(
+        r#"{"specversion": "1.0", "id": "sent-1", "type": "t", "source": "/s", "time": "2026-11-29T10:00:00.5+02:00",
+            "zeta": "last", "alpha": "first", "count": 3, "data": {"big": 12345678901234, "neg": -0.0, "tiny": 1.5e-7}}"#,
+    )
+    .unwrap();
+    events.push(sent);
+    let mut text = OutboxEvent::new("text", "/s");
+    text.data_content_type = "text/plain".into();
+    text.data = Payload::Text("plain text, Zoë".into());
+    events.push(text);
+    let mut binary = OutboxEvent::new("binary", "/s");
+    binary.data_content_type = "application/octet-stream".into();
+    binary.data = Payload::Binary(vec![0, 1, 2, 255]);
+    events.push(binary);
+
     events
 }
 
+/// The publishers whose entries must all be equal: the native backend and the
+/// `redis-stream` component in Rust, Python and JavaScript.
+const IMPLEMENTATIONS: [&str; 4] = ["native", "component", "python", "js"];
+
 #[tokio::test]
-async fn native_and_component_entries_are_equal_field_by_field() {
+async fn the_native_backend_and_the_rust_python_and_js_components_write_equal_entries() {
     let redis = RedisServer::start();
     let registry = PublisherRegistry::build(&config(&redis), None).await.unwrap();
     let events = sample_events();
     for event in &events {
-        registry.get("native").unwrap().publish(event).await.unwrap();
-        registry.get("component").unwrap().publish(event).await.unwrap();
+        for name in IMPLEMENTATIONS {
+            registry.get(name).unwrap().publish(event).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
     let native = entries(&redis, "native");
-    let component = entries(&redis, "component");
     assert_eq!(native.len(), events.len());
-    assert_eq!(component.len(), events.len());
-    for ((event, (_, native_fields)), (_, component_fields)) in events.iter().zip(&native).zip(&component) {
-        assert_eq!(native_fields, component_fields, "entries differ for event {}", event.event_type);
-        // And both are exactly the seed's rendering of the event.
+    for name in &IMPLEMENTATIONS[1..] {
+        let theirs = entries(&redis, if *name == "component" { "component" } else { name });
+        assert_eq!(theirs.len(), events.len(), "{name}");
+        for ((event, (_, native_fields)), (_, their_fields)) in events.iter().zip(&native).zip(&theirs) {
+            assert_eq!(native_fields, their_fields, "{name}: entries differ for event {}", event.event_type);
+        }
+    }
+    for (event, (_, native_fields)) in events.iter().zip(&native) {
+        // And all are exactly the seed's rendering of the event.
         assert_eq!(native_fields, &event.stream_fields().unwrap());
     }
     // Spot checks against the seed's exact bytes.
@@ -147,12 +188,12 @@ async fn native_and_component_entries_are_equal_field_by_field() {
 }
 
 #[tokio::test]
-async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_error_for_both() {
+async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_error_for_all() {
     let redis = RedisServer::start();
     let registry = PublisherRegistry::build(&config(&redis), None).await.unwrap();
     let mut event = OutboxEvent::new("order.created", "/shop");
     event.publisher_config.insert("event_id".into(), json!("forged"));
-    for name in ["native", "component"] {
+    for name in IMPLEMENTATIONS {
         let err = registry.get(name).unwrap().publish(&event).await.unwrap_err();
         assert!(matches!(&err, PublishError::Permanent(m) if m.contains("event_id")), "{name}: {err}");
     }

@@ -210,13 +210,10 @@ describe('the glue', () => {
     assert.equal(initError(throwing, '{}'), 'init failed: RangeError: no way');
   });
 
-  test('publish errors map to the WIT cases; anything else is transient', () => {
+  test('publish errors map to the WIT cases', () => {
     const cases = [
       [new bg.Transient('later'), { tag: 'transient', val: 'later' }],
       [new bg.Permanent('never'), { tag: 'permanent', val: 'never' }],
-      [new TypeError('x is undefined'), { tag: 'transient', val: 'uncaught TypeError: x is undefined' }],
-      ['a string', { tag: 'transient', val: 'uncaught a string' }],
-      [{ odd: 1 }, { tag: 'transient', val: 'uncaught {"odd":1}' }],
     ];
     for (const [thrown, wit] of cases) {
       const b = backendThat(() => {
@@ -225,14 +222,24 @@ describe('the glue', () => {
       b.init('{}');
       assert.deepEqual(publishError(b, event()), wit);
     }
-    assert.equal(fake.logged.at(-1)[0], 'error');
-    assert.match(fake.logged.at(-1)[1], /^publish threw: /);
+  });
+
+  test('anything else thrown is logged and thrown on (a trap)', () => {
+    for (const thrown of [new TypeError('x is undefined'), 'a string', { odd: 1 }]) {
+      const b = backendThat(() => {
+        throw thrown;
+      });
+      b.init('{}');
+      const escaped = publishError(b, event());
+      assert.ok(escaped instanceof Error, `${String(thrown)}: an Error escapes, not a WIT error`);
+      assert.match(fake.logged.at(-1)[1], /^publish threw: /);
+    }
   });
 
   test('an async publish is refused: the WIT functions are synchronous', () => {
     const b = backendThat(async () => {});
     b.init('{}');
-    assert.match(publishError(b, event()).val, /uncaught Error: publish returned a Promise/);
+    assert.match(publishError(b, event()).message, /publish returned a Promise/);
   });
 
   test('publish before init is transient; health is false', () => {

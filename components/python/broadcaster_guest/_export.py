@@ -9,8 +9,11 @@ WIT results:
 
 - ``init``: an :class:`OptionError` (or any exception) → ``err(message)``;
 - ``publish``: :class:`Transient`/:class:`Permanent` → ``publish-error``; any other
-  exception → ``transient`` with the exception's message (and the traceback logged), so a
-  bug does not trap the instance and the relay retries the event.
+  exception is a bug: it escapes, componentize-py prints its traceback to stderr (which goes
+  to Broadcaster's log) and traps the instance. The host then fails the event with a
+  transient error quoting the traceback's last lines, ``KeyError: 'k'`` (the relay retries
+  it), throws the instance away (the interpreter may hold half-done state) and starts a
+  fresh one.
 """
 
 import json
@@ -88,9 +91,8 @@ def export(publisher: Type[Publisher]) -> type:
             except PublishError as exc:
                 case = PublishError_Transient if exc.transient else PublishError_Permanent
                 raise Err(case(exc.message))
-            except Exception as exc:  # noqa: BLE001 - a bug must not trap the instance
-                log.error("publish raised:\n" + traceback.format_exc().rstrip())
-                raise Err(PublishError_Transient(f"uncaught {_message(exc)}"))
+            # Any other exception escapes: componentize-py prints its traceback to stderr (the
+            # host's log, and the last lines are quoted in the event's error) and traps.
 
         def health_check(self) -> bool:
             instance = state["instance"]

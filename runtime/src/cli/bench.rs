@@ -40,9 +40,11 @@ struct StartupBench {
     /// How many publishers.
     #[arg(long, default_value_t = 1000)]
     publishers: usize,
-    /// The component every publisher runs.
-    #[arg(long, default_value = "components/dist/router.wasm", value_name = "FILE")]
-    component: std::path::PathBuf,
+    /// The components to measure, one after the other (comma-separated): every publisher
+    /// runs it, with options of its own. `router.wasm` gets routes; any other gets a
+    /// `stream_name` (the `redis-stream` backends of each language).
+    #[arg(long, value_delimiter = ',', default_value = "components/dist/router.wasm", value_name = "FILE")]
+    component: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,8 +64,9 @@ struct RelayBench {
     /// Outboxes to measure: sqlite, postgres (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
     outbox: Vec<String>,
-    /// Publishers to measure: native, wasm (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "native,wasm")]
+    /// Publishers to measure (comma-separated): `native`, `rust`, `python`, `js` (the
+    /// `redis-stream` backend in each language, from components/dist/), or a .wasm file.
+    #[arg(long, value_delimiter = ',', default_value = "native,rust,python,js")]
     publisher: Vec<String>,
     /// The Redis to publish to (streams bench:* are created and deleted).
     #[arg(long, default_value = "127.0.0.1:6379", value_name = "HOST:PORT")]
@@ -71,9 +74,18 @@ struct RelayBench {
     /// A PostgreSQL server URL; a scratch database is created on it and dropped afterwards.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test", value_name = "URL")]
     postgres: String,
-    /// The redis-stream component, for the wasm publisher.
-    #[arg(long, default_value = "components/dist/redis-stream.wasm", value_name = "FILE")]
-    component: std::path::PathBuf,
+}
+
+/// The component file a `--publisher` name stands for (`None`: the native backend).
+fn publisher_component(name: &str) -> Option<std::path::PathBuf> {
+    let file = match name {
+        "native" => return None,
+        "rust" | "wasm" => "components/dist/redis-stream.wasm",
+        "python" => "components/dist/python-redis-stream.wasm",
+        "js" => "components/dist/js-redis-stream.wasm",
+        path => path,
+    };
+    Some(std::path::PathBuf::from(file))
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -87,41 +99,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 async fn relay(bench: RelayBench) -> anyhow::Result<ExitCode> {
     let (host, port) = bench.redis.rsplit_once(':').context("--redis is HOST:PORT")?;
     let port: u16 = port.parse().context("--redis port")?;
-    let component = std::fs::canonicalize(&bench.component).with_context(|| {
-        format!("{} is missing: build the components first (scripts/build-components)", bench.component.display())
-    })?;
     let mut rows = Vec::new();
-    for outbox in &bench.outbox {
-        for publisher in &bench.publisher {
+    for publisher in &bench.publisher {
+        let component = match publisher_component(publisher) {
+            None => None,
+            Some(file) => match std::fs::canonicalize(&file) {
+                Ok(path) => Some(path),
+                Err(_) => {
+                    eprintln!(
+                        "skipping {publisher}: {} is missing (scripts/build-components, scripts/build-polyglot)",
+                        file.display()
+                    );
+                    continue;
+                }
+            },
+        };
+        for outbox in &bench.outbox {
             let scratch = Scratch::create(outbox, &bench.postgres).await?;
             let stream = format!("bench:{outbox}:{publisher}");
-            let config = Config::from_toml(
-                &format!(
-                    r#"
-                    [outbox]
-                    url = "{url}"
-                    [publishers.default]
-                    backend = "redis-stream"
-                    [publishers.default.options]
-                    host = "{host}"
-                    port = {port}
-                    stream_name = "{stream}"
-                    max_len = 1000000
-                    [publishers.wasm]
-                    component = "{component}"
-                    [publishers.wasm.options]
-                    stream_name = "{stream}"
-                    max_len = 1000000
-                    [publishers.wasm.grants]
-                    redis = {{ host = "{host}", port = {port}, streams = ["bench:*"] }}
-                    "#,
-                    url = scratch.url,
-                    component = component.display(),
+            let publisher_section = match &component {
+                None => format!(
+                    "[publishers.bench]\nbackend = \"redis-stream\"\n[publishers.bench.options]\n\
+                     host = \"{host}\"\nport = {port}\nstream_name = \"{stream}\"\nmax_len = 1000000\n"
                 ),
+                Some(path) => format!(
+                    "[publishers.bench]\ncomponent = \"{}\"\n[publishers.bench.options]\n\
+                     stream_name = \"{stream}\"\nmax_len = 1000000\n[publishers.bench.grants]\n\
+                     redis = {{ host = \"{host}\", port = {port}, streams = [\"bench:*\"] }}\n",
+                    path.display()
+                ),
+            };
+            let config = Config::from_toml(
+                &format!("[outbox]\nurl = \"{}\"\n{publisher_section}", scratch.url),
                 "bench.toml".as_ref(),
                 Vec::new(),
             )?;
-            let result = relay_once(&config, &bench, publisher, &stream).await;
+            let result = relay_once(&config, &bench, &stream).await;
             scratch.drop().await;
             let (elapsed, published) = result?;
             let rate = published as f64 / elapsed.as_secs_f64();
@@ -140,17 +153,8 @@ async fn relay(bench: RelayBench) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn relay_once(
-    config: &Config,
-    bench: &RelayBench,
-    publisher: &str,
-    stream: &str,
-) -> anyhow::Result<(Duration, u64)> {
-    let name = match publisher {
-        "native" => "default",
-        "wasm" => "wasm",
-        other => bail!("unknown --publisher {other:?} (native, wasm)"),
-    };
+async fn relay_once(config: &Config, bench: &RelayBench, stream: &str) -> anyhow::Result<(Duration, u64)> {
+    let name = "bench";
     let store = OutboxStore::connect(&config.outbox.url).await?;
     store.migrate().await?;
     let events: Vec<NewEvent> = (0..bench.events)
@@ -243,48 +247,61 @@ fn resident_bytes() -> Option<u64> {
 }
 
 async fn startup(bench: StartupBench) -> anyhow::Result<ExitCode> {
-    let component = std::fs::canonicalize(&bench.component).with_context(|| {
-        format!("{} is missing: build the components first (scripts/build-components)", bench.component.display())
-    })?;
-    let dir = tempfile::tempdir()?;
-    let cache = dir.path().join("cache");
-    let mut text = format!("[wasm]\ncache_dir = \"{}\"\n", cache.display());
-    for i in 0..bench.publishers {
-        text.push_str(&format!(
-            "[publishers.tenant-{i}]\ncomponent = \"{component}\"\n\
-             [publishers.tenant-{i}.options]\nroutes = {{ \"order.*\" = \"tenant-{i}:orders\", \"user.*\" = \"tenant-{i}:users\" }}\n\
-             fallback = \"tenant-{i}:other\"\n\
-             [publishers.tenant-{i}.grants]\nredis = {{ host = \"127.0.0.1\", streams = [\"tenant-{i}:*\"] }}\n",
-            component = component.display()
-        ));
-    }
-    let config = dir.path().join("broadcaster.toml");
-    std::fs::write(&config, text)?;
     let mut rows = Vec::new();
-    for label in ["cold (empty cache)", "warm (cached)"] {
-        let output = std::process::Command::new(std::env::current_exe()?)
-            .args(["bench", "startup-once", "--config"])
-            .arg(&config)
-            .output()?;
-        if !output.status.success() {
-            bail!("the measurement failed: {}", String::from_utf8_lossy(&output.stderr));
+    for file in &bench.component {
+        let component = std::fs::canonicalize(file).with_context(|| {
+            format!("{} is missing: build the components first (scripts/build-components)", file.display())
+        })?;
+        let name = component.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = tempfile::tempdir()?;
+        let cache = dir.path().join("cache");
+        let mut text = format!("[wasm]\ncache_dir = \"{}\"\n", cache.display());
+        for i in 0..bench.publishers {
+            let options = if name.starts_with("router") {
+                format!(
+                    "routes = {{ \"order.*\" = \"tenant-{i}:orders\", \"user.*\" = \"tenant-{i}:users\" }}\n\
+                     fallback = \"tenant-{i}:other\"\n"
+                )
+            } else {
+                format!("stream_name = \"tenant-{i}:events\"\n")
+            };
+            text.push_str(&format!(
+                "[publishers.tenant-{i}]\ncomponent = \"{}\"\n[publishers.tenant-{i}.options]\n{options}\
+                 [publishers.tenant-{i}.grants]\nredis = {{ host = \"127.0.0.1\", streams = [\"tenant-{i}:*\"] }}\n",
+                component.display()
+            ));
         }
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-        let seconds = report["seconds"].as_f64().unwrap_or_default();
-        let grown = report["resident_growth"].as_u64().unwrap_or_default();
-        let per = grown as f64 / bench.publishers as f64;
-        eprintln!("{label}: {seconds:.2}s");
-        rows.push([
-            bench.publishers.to_string(),
-            label.to_string(),
-            format!("{seconds:.2}"),
-            format!("{:.1}", grown as f64 / (1 << 20) as f64),
-            format!("{:.0}", per / 1024.0),
-            report["allocator"].as_str().unwrap_or_default().to_string(),
-        ]);
+        let config = dir.path().join("broadcaster.toml");
+        std::fs::write(&config, text)?;
+        for label in ["cold (empty cache)", "warm (cached)"] {
+            let output = std::process::Command::new(std::env::current_exe()?)
+                .args(["bench", "startup-once", "--config"])
+                .arg(&config)
+                .output()?;
+            if !output.status.success() {
+                bail!("the measurement failed: {}", String::from_utf8_lossy(&output.stderr));
+            }
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+            let seconds = report["seconds"].as_f64().unwrap_or_default();
+            let grown = report["resident_growth"].as_u64().unwrap_or_default();
+            let per = grown as f64 / bench.publishers as f64;
+            eprintln!("{name} × {}: {label}: {seconds:.2}s", bench.publishers);
+            rows.push([
+                name.clone(),
+                bench.publishers.to_string(),
+                label.to_string(),
+                format!("{seconds:.2}"),
+                format!("{:.1}", seconds * 1000.0 / bench.publishers as f64),
+                format!("{:.0}", per / 1024.0),
+                report["allocator"].as_str().unwrap_or_default().to_string(),
+            ]);
+        }
     }
-    println!("start-up of publishers built from {}", component.display());
-    print_table(["PUBLISHERS", "COMPILE CACHE", "SECONDS", "RSS GROWTH MiB", "KiB/PUBLISHER", "ALLOCATOR"], &rows);
+    println!("start-up of many publishers from one component (each with its own options), then idle");
+    print_table(
+        ["COMPONENT", "PUBLISHERS", "COMPILE CACHE", "SECONDS", "MS/PUBLISHER", "KiB/PUBLISHER", "ALLOCATOR"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

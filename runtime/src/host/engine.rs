@@ -133,9 +133,11 @@ fn pooling(settings: &EngineSettings) -> PoolingAllocationConfig {
 }
 
 impl HostEngine {
-    /// An engine with on-demand allocation and no cache (for `broadcaster check`).
+    /// An engine with on-demand allocation and the default compile cache (for
+    /// `broadcaster check`).
     pub fn new() -> Result<Self, EngineError> {
-        Self::with_settings(&EngineSettings::default())
+        let cache_dir = crate::config::WasmConfig::default().cache_directory();
+        Self::with_settings(&EngineSettings { cache_dir, ..EngineSettings::default() })
     }
 
     /// Creates the engine for `settings` and starts its epoch ticker. With

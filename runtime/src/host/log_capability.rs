@@ -65,8 +65,35 @@ pub struct GuestOutput {
     last_line: Option<LastLine>,
 }
 
-/// The last line a guest wrote to stderr.
-pub type LastLine = Arc<std::sync::Mutex<Option<String>>>;
+/// How many of a guest's last stderr lines are kept to explain a trap (a Rust panic writes
+/// two, an interpreter's glue a few more).
+const LAST_LINES: usize = 4;
+
+/// The last lines a guest wrote to stderr in the current call (cleared by the caller).
+#[derive(Debug, Clone, Default)]
+pub struct LastLine(Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+impl LastLine {
+    fn push(&self, line: String) {
+        let mut lines = self.0.lock().expect("last lines lock");
+        if lines.len() == LAST_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// Empties the record.
+    pub fn clear(&self) {
+        self.0.lock().expect("last lines lock").clear();
+    }
+
+    /// The lines, joined with ` / `, and empties the record; `None` when there were none.
+    pub fn take(&self) -> Option<String> {
+        let mut lines = self.0.lock().expect("last lines lock");
+        let joined = lines.drain(..).collect::<Vec<_>>().join(" / ");
+        (!joined.is_empty()).then_some(joined)
+    }
+}
 
 impl GuestOutput {
     /// The guest's stdout.
@@ -114,14 +141,7 @@ impl LineWriter {
         if let Some(last) = &self.output.last_line
             && !line.starts_with("note: run with `RUST_BACKTRACE")
         {
-            // Keep the last two lines: a Rust panic is "panicked at <place>:" then the message.
-            let mut last = last.lock().expect("last line lock");
-            let previous = last.take().and_then(|p| p.rsplit(" / ").next().map(str::to_string));
-            let line = truncate(&line).into_owned();
-            *last = Some(match previous {
-                Some(previous) => format!("{previous} / {line}"),
-                None => line,
-            });
+            last.push(truncate(&line).into_owned());
         }
         self.pending.clear();
     }

@@ -259,7 +259,7 @@ impl ComponentPublisher {
     ) -> Result<CallOutcome<T>, String> {
         let instance = self.ensure_live(slot).await?;
         self.begin_call(&mut instance.store);
-        *instance.store.data().last_stderr.lock().expect("last line lock") = None;
+        instance.store.data().last_stderr.clear();
         let timeout = self.settings.call_timeout;
         let outcome = tokio::time::timeout(timeout + HOST_GRACE, invoke(instance)).await;
         instance.store.data_mut().deadline = None;
@@ -270,7 +270,7 @@ impl ComponentPublisher {
             }
             Ok(Err(trap)) => {
                 let mut cause = describe_trap(&trap);
-                if let Some(line) = instance.store.data().last_stderr.lock().expect("last line lock").take() {
+                if let Some(line) = instance.store.data().last_stderr.take() {
                     cause.push_str(&format!(" (the backend's last words on stderr: {line})"));
                 }
                 self.settings.redactor.redact(&cause)
