@@ -151,16 +151,7 @@ impl SqliteStore {
 
     pub(crate) async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            // A loose index scan: one index seek per distinct name (cheap however many rows).
-            "WITH RECURSIVE names(status, name) AS ( \
-                 SELECT 'pending', (SELECT min(publisher_backend) FROM outbox_events WHERE status = 'pending') \
-                 UNION ALL \
-                 SELECT 'retry', (SELECT min(publisher_backend) FROM outbox_events WHERE status = 'retry') \
-                 UNION ALL \
-                 SELECT status, (SELECT min(o.publisher_backend) FROM outbox_events o \
-                     WHERE o.status = names.status AND o.publisher_backend > names.name) \
-                 FROM names WHERE name IS NOT NULL) \
-             SELECT DISTINCT name FROM names WHERE name IS NOT NULL",
+            schema::PUBLISHERS_WITH_WORK,
         )
         .fetch_all(&self.pool)
         .await?)
