@@ -10,7 +10,7 @@ use broadcaster::config::Config;
 use broadcaster::event::now_micros;
 use broadcaster::outbox::{NewEvent, OutboxStore, Status};
 use broadcaster::registry::PublisherRegistry;
-use broadcaster::relay::Relay;
+use broadcaster::relay::{Relay, RunOptions};
 use sqlx::Connection;
 
 use super::health::print_table;
@@ -24,7 +24,8 @@ pub struct BenchArgs {
 #[derive(Debug, clap::Subcommand)]
 enum BenchCommand {
     /// Relay throughput, outbox → Redis: enqueue N events of about 300 bytes, then time one
-    /// worker publishing all of them, for each outbox × publisher combination.
+    /// worker (as `broadcaster run` runs it) publishing all of them, for each outbox ×
+    /// publisher combination.
     Relay(RelayBench),
     /// Start-up of many publishers built from one component (each with its own options),
     /// with an empty compile cache and with a warm one, and resident memory per idle
@@ -174,18 +175,25 @@ async fn relay_once(config: &Config, bench: &RelayBench, stream: &str) -> anyhow
     let client = redis::Client::open(format!("redis://{}/", bench.redis))?;
     let mut redis = client.get_multiplexed_async_connection().await?;
     redis::cmd("DEL").arg(stream).query_async::<()>(&mut redis).await?;
-    let relay = Relay::new(store.clone(), registry, &config.relay);
-    relay.refresh_health().await;
+    // The worker as `broadcaster run` runs it, stopped once the stream holds every event;
+    // the time includes recording the last outcomes.
+    let relay = Arc::new(Relay::new(store.clone(), registry, &config.relay));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let options = RunOptions { batch_size: bench.batch_size, interval: Duration::from_millis(50), max_iterations: 0 };
     let started = Instant::now();
-    let mut published = 0;
+    let running = tokio::spawn(relay.run(options, stopped));
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let batch = relay.run_batch(bench.batch_size).await?;
-        published += batch.published;
-        if batch.claimed == 0 {
+        let written: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut redis).await?;
+        if written >= bench.events as u64 || Instant::now() > deadline {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    stop.send(true).ok();
+    let report = running.await?;
     let elapsed = started.elapsed();
+    let published = report.totals.published;
     let written: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut redis).await?;
     redis::cmd("DEL").arg(stream).query_async::<()>(&mut redis).await?;
     let report = store.status(now_micros(), Duration::from_secs(300)).await?;
