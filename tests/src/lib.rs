@@ -32,9 +32,7 @@ pub mod components {
             .iter()
             .map(|dir| dir.join(format!("{name}.wasm")))
             .find(|path| path.exists())
-            .unwrap_or_else(|| {
-                panic!("{name}.wasm is not built: run scripts/build-polyglot (scripts/test does)")
-            })
+            .unwrap_or_else(|| panic!("{name}.wasm is not built: run scripts/build-polyglot (scripts/test does)"))
             .display()
             .to_string()
     }

@@ -14,8 +14,7 @@ use redis::Commands;
 use serde_json::{Value, json};
 
 fn config(redis: &RedisServer, publishers: &str) -> Config {
-    Config::from_toml(&publishers.replace("PORT", &redis.port().to_string()), "poly.toml".as_ref(), Vec::new())
-        .unwrap()
+    Config::from_toml(&publishers.replace("PORT", &redis.port().to_string()), "poly.toml".as_ref(), Vec::new()).unwrap()
 }
 
 fn event(subject: &str, data: Value) -> OutboxEvent {
@@ -78,7 +77,10 @@ async fn redact_masks_or_drops_the_configured_paths_and_renders_like_json_dumps(
     assert!(masked_text.contains(r#""total": 1.0"#) && masked_text.contains(r#""Zo\u00eb""#), "{masked_text}");
 
     let (_, dropped) = last_cloud_event(&redis, "pii:dropped");
-    assert_eq!(dropped["data"], json!({"customer": {"name": "Zoë"}, "items": [{"sku": "a"}, {"sku": "b"}], "total": 1.0}));
+    assert_eq!(
+        dropped["data"],
+        json!({"customer": {"name": "Zoë"}, "items": [{"sku": "a"}, {"sku": "b"}], "total": 1.0})
+    );
 }
 
 #[tokio::test]
@@ -143,7 +145,8 @@ async fn bad_options_are_refused_at_start_naming_the_option() {
 #[tokio::test]
 async fn an_exception_in_guest_code_fails_the_event_with_its_message_and_replaces_the_instance() {
     let redis = RedisServer::start();
-    for (component, expected) in [("python-raiser", "KeyError: 'no-such-key'"), ("js-raiser", "TypeError: can't access property")]
+    for (component, expected) in
+        [("python-raiser", "KeyError: 'no-such-key'"), ("js-raiser", "TypeError: can't access property")]
     {
         let publishers = format!(
             "[publishers.raiser]\ncomponent = \"{}\"\n[publishers.raiser.options]\nstream_name = \"raiser\"\n\

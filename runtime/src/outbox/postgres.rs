@@ -136,11 +136,7 @@ impl PostgresStore {
     }
 
     pub(crate) async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            schema::PUBLISHERS_WITH_WORK,
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(schema::PUBLISHERS_WITH_WORK).fetch_all(&self.pool).await?)
     }
 
     pub(crate) async fn claim_for(
