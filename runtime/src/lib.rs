@@ -8,11 +8,16 @@
 //! - [`config`]: `broadcaster.toml` and its `BROADCASTER_…` environment overrides.
 //! - [`event`]: the event model (an outbox row's CloudEvent) and its rendering.
 //! - [`cloudevent_input`]: events given as CloudEvent JSON or command-line flags.
-//! - [`publisher`]: the [`Publisher`](publisher::Publisher) enum, errors, health, and the
-//!   native Redis Stream backend ([`publisher::redis_stream`]).
+//! - [`outcome`]: what publishing comes to ([`PublishError`](outcome::PublishError),
+//!   [`Attempt`](outcome::Attempt), [`Health`](outcome::Health)); a leaf both kinds of
+//!   publisher answer in.
+//! - [`routing`]: which publisher an event goes to (`''` → `default`), written once.
+//! - [`publisher`]: the [`Publisher`](publisher::Publisher) enum and the native Redis Stream
+//!   backend ([`publisher::redis_stream`]).
 //! - [`host`]: the WebAssembly host: engine, component checks, sandboxed instances, and the
-//!   capabilities (`redis-stream`, `log`) bound to each publisher's grants.
-//! - [`registry`]: builds every configured publisher and routes events to them.
+//!   capability table ([`host::capabilities`]: WASI, `log`, `redis-stream`, `http`) bound to
+//!   each publisher's grants.
+//! - [`registry`]: keeps the configured publishers, built and started, by name.
 //! - [`outbox`]: the `outbox_events` table (django-broadcaster's) on SQLite or PostgreSQL:
 //!   migrate, enqueue (also inside your own transaction), claim, settle, operate.
 //! - [`relay`]: the worker loop: leases, backoff, health gating, fencing.
@@ -38,7 +43,26 @@ pub mod config;
 pub mod event;
 pub mod host;
 pub mod outbox;
+pub mod outcome;
 pub mod publisher;
 pub mod registry;
 pub mod relay;
+pub mod routing;
 pub mod stream_client;
+
+/// Whether `error` is one of this library's errors that blames the input (a configuration,
+/// a component file, an option, an event, a database URL) rather than the world (a database
+/// or Redis that failed, the machine). Each error type decides for itself; the command line
+/// exits 2 for these.
+pub fn is_bad_input(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(err) = error.downcast_ref::<outbox::StoreError>() {
+        return err.is_bad_input();
+    }
+    if let Some(err) = error.downcast_ref::<registry::RegistryError>() {
+        return err.is_bad_input();
+    }
+    error.is::<config::ConfigError>()
+        || error.is::<cloudevent_input::InputError>()
+        || error.is::<host::ComponentError>()
+        || error.is::<registry::UnknownPublisher>()
+}

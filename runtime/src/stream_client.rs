@@ -182,6 +182,22 @@ impl StreamClient {
     }
 }
 
+/// The clients of several publishers, one per server: for publishers that may share one.
+#[derive(Debug, Default)]
+pub struct StreamClients(std::collections::HashMap<RedisEndpoint, StreamClient>);
+
+impl StreamClients {
+    /// The client for `endpoint`, made on first use.
+    pub fn shared(&mut self, endpoint: RedisEndpoint) -> Result<StreamClient, StreamCallError> {
+        if let Some(client) = self.0.get(&endpoint) {
+            return Ok(client.clone());
+        }
+        let client = StreamClient::new(endpoint.clone())?;
+        self.0.insert(endpoint, client.clone());
+        Ok(client)
+    }
+}
+
 fn xadd_command(stream: &str, fields: &[(String, String)], max_len: Option<u64>) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(stream);

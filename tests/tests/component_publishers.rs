@@ -3,8 +3,9 @@
 
 use broadcaster::config::Config;
 use broadcaster::event::{OutboxEvent, Payload};
+use broadcaster::host::ComponentSetupError;
 use broadcaster::publisher::PublishError;
-use broadcaster::registry::{PublisherRegistry, RegistryError};
+use broadcaster::registry::{BuildOptions, PublisherRegistry, PublisherSetupError, RegistryError};
 use broadcaster_tests::{RedisServer, components};
 use redis::Commands;
 
@@ -82,7 +83,16 @@ async fn a_component_importing_redis_without_a_redis_grant_is_refused_at_start()
         components::REDIS_STREAM
     ));
     let err = PublisherRegistry::build(&config, None).await.unwrap_err();
-    assert!(matches!(err, RegistryError::NotGranted { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            RegistryError::Publisher {
+                cause: PublisherSetupError::Component(ComponentSetupError::NotGranted { .. }),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let message = err.to_string();
     assert!(
         message.contains("publisher `nogrant`")
@@ -104,8 +114,8 @@ async fn init_rejecting_its_options_stops_the_publisher_from_starting() {
             "[publishers.bad]\ncomponent = \"{}\"\n[publishers.bad.grants]\nredis = {{ streams = [\"x\"] }}\n[publishers.bad.options]\n{options}\n",
             components::ROUTER
         ));
-        let err = PublisherRegistry::build(&config, None).await.unwrap_err();
-        assert!(matches!(err, RegistryError::Start(_)), "{err:?}");
+        let err = PublisherRegistry::build_with(&config, None, STRICT).await.unwrap_err();
+        assert!(is_start_error(&err), "{err:?}");
         let message = err.to_string();
         assert!(message.contains("publisher `bad`") && message.contains(expected), "{options}: {message}");
     }
@@ -113,7 +123,7 @@ async fn init_rejecting_its_options_stops_the_publisher_from_starting() {
         "[publishers.bad]\ncomponent = \"{}\"\n[publishers.bad.grants]\nredis = {{ streams = [\"x\"] }}\n[publishers.bad.options]\nhost = \"10.0.0.1\"\n",
         components::REDIS_STREAM
     ));
-    let message = PublisherRegistry::build(&connection_option, None).await.unwrap_err().to_string();
+    let message = PublisherRegistry::build_with(&connection_option, None, STRICT).await.unwrap_err().to_string();
     assert!(message.contains("option `host`") && message.contains("grants"), "{message}");
 }
 
@@ -133,4 +143,10 @@ async fn events_route_to_the_named_publisher_or_to_default() {
     assert!(registry.route("default").is_ok());
     let err = registry.route("nope").unwrap_err();
     assert_eq!(err.to_string(), "no publisher named `nope` is configured (configured: default)");
+}
+
+const STRICT: BuildOptions = BuildOptions { strict: true };
+
+fn is_start_error(err: &RegistryError) -> bool {
+    matches!(err, RegistryError::Publisher { cause: PublisherSetupError::Component(ComponentSetupError::Start(_)), .. })
 }

@@ -12,8 +12,9 @@ use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use broadcaster::config::Config;
 use broadcaster::event::{OutboxEvent, Payload};
+use broadcaster::host::ComponentSetupError;
 use broadcaster::publisher::{PublishError, Publisher};
-use broadcaster::registry::{PublisherRegistry, RegistryError};
+use broadcaster::registry::{PublisherRegistry, PublisherSetupError, RegistryError};
 use broadcaster_tests::{RedisServer, components};
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -152,7 +153,16 @@ async fn a_component_importing_http_without_an_http_grant_is_refused_at_start() 
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, RegistryError::NotGranted { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            RegistryError::Publisher {
+                cause: PublisherSetupError::Component(ComponentSetupError::NotGranted { .. }),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(
         err.to_string().contains("wasi:http/outgoing-handler") && err.to_string().contains("grants] http"),
         "{err}"
@@ -217,7 +227,7 @@ async fn http_reaches_only_allowed_origins_and_never_a_private_address_it_does_n
     let hostname = hostname.trim();
     let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host((hostname, 80)).await.unwrap().collect();
     assert!(
-        resolved.iter().all(|a| a.ip().is_loopback() || !broadcaster::host::http_capability::is_public(a.ip())),
+        resolved.iter().all(|a| a.ip().is_loopback() || !broadcaster::host::capabilities::http::is_public(a.ip())),
         "this test needs the machine's host name ({hostname}) to resolve to a private or loopback address: {resolved:?}"
     );
     let sneaky =

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use broadcaster::config::Config;
 use broadcaster::event::{OutboxEvent, Payload};
+use broadcaster::host::ComponentSetupError;
 use broadcaster::publisher::{PublishError, Publisher};
-use broadcaster::registry::{PublisherRegistry, RegistryError};
+use broadcaster::registry::{BuildOptions, PublisherRegistry, PublisherSetupError, RegistryError};
 use broadcaster_tests::{RedisServer, components};
 use redis::Commands;
 use serde_json::{Value, json};
@@ -132,8 +133,8 @@ async fn bad_options_are_refused_at_start_naming_the_option() {
              [publishers.bad.grants]\nredis = {{ host = \"127.0.0.1\", port = PORT, streams = [\"*\"] }}\n",
             components::polyglot(component)
         );
-        let err = PublisherRegistry::build(&config(&redis, &publishers), None).await.unwrap_err();
-        assert!(matches!(err, RegistryError::Start(_)), "{component} {options}: {err:?}");
+        let err = PublisherRegistry::build_with(&config(&redis, &publishers), None, STRICT).await.unwrap_err();
+        assert!(is_start_error(&err), "{component} {options}: {err:?}");
         let message = err.to_string();
         assert!(
             message.contains("init rejected") && message.contains(&format!("`{option}`")),
@@ -169,4 +170,10 @@ async fn an_exception_in_guest_code_fails_the_event_with_its_message_and_replace
     }
     let len: usize = redis.client().xlen("raiser").unwrap();
     assert_eq!(len, 2);
+}
+
+const STRICT: BuildOptions = BuildOptions { strict: true };
+
+fn is_start_error(err: &RegistryError) -> bool {
+    matches!(err, RegistryError::Publisher { cause: PublisherSetupError::Component(ComponentSetupError::Start(_)), .. })
 }

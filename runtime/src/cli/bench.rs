@@ -13,7 +13,7 @@ use broadcaster::registry::PublisherRegistry;
 use broadcaster::relay::{Relay, RunOptions};
 use sqlx::Connection;
 
-use super::health::print_table;
+use super::output::print_table;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {

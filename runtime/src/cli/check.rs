@@ -24,12 +24,15 @@ pub struct CheckArgs {
 
 /// A component needs a capability the publisher does not grant.
 #[derive(Debug, thiserror::Error)]
-#[error("publisher `{publisher}` does not grant `{grant}`, which {file} needs for its import `{import}`")]
+#[error(
+    "publisher `{publisher}` does not grant `{grant}`, which {file} needs for its import `{import}`; grant it with {example}"
+)]
 pub struct MissingGrant {
     publisher: String,
     grant: String,
     file: String,
     import: String,
+    example: String,
 }
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -41,7 +44,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     if needs.is_empty() {
         println!("needs no grants");
     } else {
-        let list: Vec<String> = needs.iter().map(|(grant, import)| format!("{grant} (for {import})")).collect();
+        let list: Vec<String> = needs.iter().map(|n| format!("{} (for {})", n.key(), n.import)).collect();
         println!("needs grants: {}", list.join(", "));
     }
     for import in &loaded.imports {
@@ -49,24 +52,17 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(name) = &args.publisher {
         let config = load_config(&args.config)?;
-        let publisher = config.publishers.get(name).ok_or_else(|| UnknownPublisher {
-            name: name.clone(),
-            known: config.publishers.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?;
-        for (grant, import) in needs {
-            let granted = match grant {
-                "redis" => publisher.grants.redis.is_some(),
-                _ => publisher.grants.http.is_some(),
-            };
-            if !granted {
-                return Err(MissingGrant {
-                    publisher: name.clone(),
-                    grant: grant.to_string(),
-                    file: args.file.display().to_string(),
-                    import: import.to_string(),
-                }
-                .into());
+        let publisher =
+            config.publishers.get(name).ok_or_else(|| UnknownPublisher::new(name, config.publishers.keys()))?;
+        if let Some(missing) = needs.iter().find(|needed| !publisher.grants.contains(needed.key())) {
+            return Err(MissingGrant {
+                publisher: name.clone(),
+                grant: missing.key().to_string(),
+                file: args.file.display().to_string(),
+                import: missing.import.to_string(),
+                example: missing.example(name),
             }
+            .into());
         }
         println!("ok: publisher `{name}` grants everything it needs");
     }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use broadcaster::registry::PublisherRegistry;
 
 use super::ConfigArg;
+use super::output::print_table;
 
 #[derive(Debug, clap::Args)]
 pub struct HealthArgs {
@@ -47,29 +48,4 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(if report.iter().all(|(_, _, h)| h.healthy) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// Prints left-aligned columns separated by two spaces.
-pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == N {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
 }

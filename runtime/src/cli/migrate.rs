@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use broadcaster::outbox::OutboxStore;
-
 use super::ConfigArg;
 
 #[derive(Debug, clap::Args)]
@@ -14,7 +12,7 @@ pub struct MigrateArgs {
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
-    let store = OutboxStore::connect(&config.outbox.url).await?;
+    let store = super::connect_outbox(&config).await?;
     if store.migrate().await? {
         println!("created table outbox_events and its indexes in {}", store.display_url());
     } else {

@@ -5,8 +5,10 @@
 
 mod bench;
 mod check;
+mod event_flags;
 mod health;
 mod migrate;
+mod output;
 mod prune;
 mod publish;
 mod retry;
@@ -19,6 +21,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use broadcaster::config::{Config, ConfigError};
+use broadcaster::outbox::{OutboxStore, StoreError};
 use clap::{Parser, Subcommand};
 
 /// Broadcaster: a transactional-outbox relay with sandboxed WebAssembly publishers.
@@ -51,14 +54,32 @@ impl ConfigArg {
 
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     match Config::load(path) {
-        Err(ConfigError::Read { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Err(ConfigError::Read { path, source }).context(
+        Err(ConfigError::Read { path, cause }) if cause.kind() == std::io::ErrorKind::NotFound => {
+            Err(ConfigError::Read { path, cause }).context(
                 "no configuration: pass --config <file>, or start from the example with \
                  `cp examples/broadcaster.toml broadcaster.toml`",
             )
         }
         other => Ok(other?),
     }
+}
+
+/// Connects to the configuration's outbox; a URL that is not a database URL is named with the
+/// file and key it came from.
+pub async fn connect_outbox(config: &Config) -> anyhow::Result<OutboxStore> {
+    match OutboxStore::connect(&config.outbox.url).await {
+        Err(err @ StoreError::Url { .. }) => {
+            Err(err).with_context(|| format!("{}: `outbox.url`", config.path.display()))
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Connects to the configuration's outbox and checks that its table is there.
+pub async fn open_outbox(config: &Config) -> anyhow::Result<OutboxStore> {
+    let store = connect_outbox(config).await?;
+    store.verify().await?;
+    Ok(store)
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,20 +144,10 @@ pub fn init_logging(command: &Command) {
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(color).with_writer(std::io::stderr).init();
 }
 
-/// 2 for bad input, 1 for everything else.
+/// 2 for bad input, 1 for everything else. Each library error says whether it is bad input.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
-    use broadcaster::cloudevent_input::InputError;
-    use broadcaster::host::ComponentError;
-    use broadcaster::outbox::StoreError;
-    use broadcaster::registry::{RegistryError, UnknownPublisher};
     let bad_input = err.chain().any(|cause| {
-        cause.is::<ConfigError>()
-            || cause.is::<InputError>()
-            || cause.is::<ComponentError>()
-            || cause.is::<UnknownPublisher>()
-            || cause.is::<check::MissingGrant>()
-            || matches!(cause.downcast_ref::<StoreError>(), Some(e) if !matches!(e, StoreError::Database(_) | StoreError::BadRow { .. }))
-            || matches!(cause.downcast_ref::<RegistryError>(), Some(e) if !matches!(e, RegistryError::Engine(_)))
+        broadcaster::is_bad_input(cause) || cause.is::<check::MissingGrant>() || cause.is::<clap::Error>()
     });
     if bad_input { 2 } else { 1 }
 }

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use broadcaster::config::units::parse_duration;
 use broadcaster::event::now_micros;
-use broadcaster::outbox::OutboxStore;
 
 use super::ConfigArg;
 
@@ -25,8 +24,7 @@ pub struct PruneArgs {
 
 pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
-    let store = OutboxStore::connect(&config.outbox.url).await?;
-    store.verify().await?;
+    let store = super::open_outbox(&config).await?;
     let before = now_micros() - chrono::Duration::from_std(args.older_than)?;
     if args.dry_run {
         let count = store.count_prunable(before).await?;

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use broadcaster::cloudevent_input::InputError;
 use broadcaster::event::now_micros;
-use broadcaster::outbox::OutboxStore;
 
 use super::ConfigArg;
 
@@ -26,8 +25,7 @@ pub async fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     for id in &args.ids {
         broadcaster::outbox::parse_id(id).map_err(|err| InputError(err.to_string()))?;
     }
-    let store = OutboxStore::connect(&config.outbox.url).await?;
-    store.verify().await?;
+    let store = super::open_outbox(&config).await?;
     let changed = store.retry(&args.ids, now_micros()).await?;
     for id in &changed {
         println!("{id}");

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use broadcaster::config::units::parse_duration;
-use broadcaster::outbox::OutboxStore;
 use broadcaster::registry::PublisherRegistry;
 use broadcaster::relay::{Relay, RunOptions};
 
@@ -34,8 +33,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         interval: args.interval.unwrap_or(config.relay.interval.0),
         max_iterations: args.max_iterations,
     };
-    let store = OutboxStore::connect(&config.outbox.url).await?;
-    store.verify().await?;
+    let store = super::open_outbox(&config).await?;
     let registry = Arc::new(PublisherRegistry::build(&config, None).await?);
     let names: Vec<&str> = registry.iter().map(|(name, _)| name).collect();
     tracing::info!(

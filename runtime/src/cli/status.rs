@@ -4,10 +4,11 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use broadcaster::event::now_micros;
-use broadcaster::outbox::{OutboxStore, Status};
+use broadcaster::outbox::Status;
+use broadcaster::routing;
 
 use super::ConfigArg;
-use super::health::print_table;
+use super::output::print_table;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -20,8 +21,7 @@ pub struct StatusArgs {
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
-    let store = OutboxStore::connect(&config.outbox.url).await?;
-    store.verify().await?;
+    let store = super::open_outbox(&config).await?;
     let now = now_micros();
     let report = store.status(now, config.relay.lease_timeout.0).await?;
     let oldest_due_seconds = report.oldest_due.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
@@ -39,7 +39,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|p| {
                 let mut row = serde_json::Map::new();
-                row.insert("publisher".into(), display_name(p).into());
+                row.insert("publisher".into(), routing::display_stored(p).into());
                 for status in Status::ALL {
                     row.insert(status.as_str().into(), count(Some(p), status).into());
                 }
@@ -60,7 +60,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut rows: Vec<[String; 6]> = publishers
         .iter()
         .map(|p| {
-            let mut row = [display_name(p), String::new(), String::new(), String::new(), String::new(), String::new()];
+            let mut row =
+                [routing::display_stored(p), String::new(), String::new(), String::new(), String::new(), String::new()];
             for (i, status) in Status::ALL.into_iter().enumerate() {
                 row[i + 1] = count(Some(p), status).to_string();
             }
@@ -85,8 +86,4 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn display_name(publisher: &str) -> String {
-    if publisher.is_empty() { "default (empty)".to_string() } else { publisher.to_string() }
 }

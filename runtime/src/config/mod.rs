@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use publishers::{Grants, HttpGrant, Limits, PublisherConfig, PublisherKind, RedisGrant};
-pub(crate) use publishers::{default_redis_host, default_redis_port};
+pub use crate::routing::DEFAULT_PUBLISHER;
+pub use publishers::{Grants, Limits, PublisherConfig, PublisherKind};
+pub(crate) use publishers::{default_redis_host, default_redis_port, default_timeout};
 pub use relay::RelayConfig;
 pub use units::{ByteSize, Seconds};
 pub use wasm::{Allocator, WasmConfig};
@@ -26,20 +27,17 @@ pub use wasm::{Allocator, WasmConfig};
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "broadcaster.toml";
 
-/// The name of the publisher that events with an empty `publisher_backend` go to.
-pub const DEFAULT_PUBLISHER: &str = "default";
-
 /// A configuration that could not be loaded. Always names the file, and the key when there is
 /// one.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not valid TOML.
     #[error("{path} is not valid TOML: {message}")]
@@ -118,7 +116,7 @@ impl Config {
     /// validates the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_path_buf(), cause })?;
         Self::from_toml(&text, path, std::env::vars())
     }
 
@@ -174,7 +172,7 @@ impl Config {
             self.kind_of(name, publisher)?;
             let invalid = |key: &str, message: String| ConfigError::Invalid {
                 path: self.path.clone(),
-                key: format!("publishers.{name}.{key}"),
+                key: if key.is_empty() { format!("publishers.{name}") } else { format!("publishers.{name}.{key}") },
                 message,
             };
             if !valid_publisher_name(name) {
@@ -183,19 +181,14 @@ impl Config {
                     "a publisher name is 1 to 100 characters of letters, digits, `-`, `_` and `.`".into(),
                 ));
             }
-            if publisher.backend.is_some() && publisher.grants.redis.is_some() {
+            if publisher.backend.is_some() && !publisher.grants.is_empty() {
                 return Err(invalid(
                     "grants",
                     "grants are for components; the native backend takes its connection from `options`".into(),
                 ));
             }
-            if let Some(grant) = &publisher.grants.redis {
-                for pattern in &grant.streams {
-                    if pattern.is_empty() {
-                        return Err(invalid("grants.redis.streams", "a stream pattern cannot be empty".into()));
-                    }
-                }
-            }
+            crate::host::capabilities::check_grants(&publisher.grants)
+                .map_err(|err| invalid(&format!("grants.{}", err.key), err.message))?;
             if publisher.limits.memory.0 < 1024 * 1024 {
                 return Err(invalid("limits.memory", "must be at least 1MiB".into()));
             }
@@ -227,11 +220,6 @@ impl Config {
             )),
             (None, Some(path)) => Ok(PublisherKind::Component(self.base_dir.join(path))),
         }
-    }
-
-    /// The publisher an event with `publisher_backend` goes to (`default` for an empty one).
-    pub fn route<'a>(&self, publisher_backend: &'a str) -> &'a str {
-        if publisher_backend.is_empty() { DEFAULT_PUBLISHER } else { publisher_backend }
     }
 }
 

@@ -37,59 +37,34 @@ pub enum PublisherKind {
     Component(PathBuf),
 }
 
-/// Capabilities granted to a component. Anything not granted is not available.
+/// `[publishers.<name>.grants]`: the capabilities granted to a component, by grant key
+/// (`redis`, `http`). Each value is read by its capability (see
+/// [`crate::host::capabilities`]), which checks it when the configuration is loaded.
+/// Anything not granted is not available.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Grants {
-    /// `redis = { host, port, db, password, streams = ["tenant-a:*"] }`.
-    pub redis: Option<RedisGrant>,
-    /// `http = { allow = ["https://hooks.example.com"], timeout, max_response_bytes }`.
-    pub http: Option<HttpGrant>,
-}
+#[serde(transparent)]
+pub struct Grants(toml::Table);
 
-/// Outbound HTTP a component may make (`wasi:http`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpGrant {
-    /// Origins it may call: `scheme://host[:port]`, `*.` for subdomains. A private or
-    /// loopback address is reachable only through an entry that names it.
-    pub allow: Vec<String>,
-    /// Longest time for one request, connection to last byte. Default 5 s.
-    #[serde(default = "default_timeout")]
-    pub timeout: Seconds,
-    /// Largest response body read. Default 1 MiB.
-    #[serde(default = "default_max_response_bytes")]
-    pub max_response_bytes: ByteSize,
-}
+impl Grants {
+    /// The grant under `key`, as written.
+    pub fn get(&self, key: &str) -> Option<&toml::Value> {
+        self.0.get(key)
+    }
 
-fn default_max_response_bytes() -> ByteSize {
-    ByteSize(1024 * 1024)
-}
+    /// Whether `key` is granted.
+    pub fn contains(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
 
-/// The Redis a component may write to, and which streams.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisGrant {
-    /// Server host name or address. Default `localhost`.
-    #[serde(default = "default_redis_host")]
-    pub host: String,
-    /// Server port. Default 6379.
-    #[serde(default = "default_redis_port")]
-    pub port: u16,
-    /// Database number. Default 0.
-    #[serde(default)]
-    pub db: i64,
-    /// Password (`AUTH`); never shown to the component. Default none.
-    pub password: Option<String>,
-    /// Stream name patterns the component may `XADD` to; `*` matches any run of characters,
-    /// `?` one character. Required: an empty list allows nothing.
-    pub streams: Vec<String>,
-    /// Seconds to wait for a connection. Default 5.
-    #[serde(default = "default_timeout")]
-    pub connect_timeout: Seconds,
-    /// Seconds to wait for a reply. Default 5.
-    #[serde(default = "default_timeout")]
-    pub socket_timeout: Seconds,
+    /// Whether nothing is granted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The grants, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &toml::Value)> {
+        self.0.iter()
+    }
 }
 
 pub(crate) fn default_redis_host() -> String {
@@ -135,6 +110,15 @@ pub struct Limits {
     /// by the guest's own limits); then it returns an `unavailable` error. Default 1 s.
     #[serde(default = "default_host_call_timeout")]
     pub host_call_timeout: Seconds,
+    /// Longest stream name a backend may write to. Default 1 KiB.
+    #[serde(default = "default_stream_name_bytes")]
+    pub stream_name_bytes: ByteSize,
+    /// Most fields (pairs) in one stream entry. Default 1000.
+    #[serde(default = "default_entry_fields")]
+    pub entry_fields: u64,
+    /// Largest stream entry (stream name, field names and values). Default 1 MiB.
+    #[serde(default = "default_entry_bytes")]
+    pub entry_bytes: ByteSize,
 }
 
 impl Default for Limits {
@@ -148,6 +132,9 @@ impl Default for Limits {
             log_lines: default_log_lines(),
             log_bytes: default_log_bytes(),
             host_call_timeout: default_host_call_timeout(),
+            stream_name_bytes: default_stream_name_bytes(),
+            entry_fields: default_entry_fields(),
+            entry_bytes: default_entry_bytes(),
         }
     }
 }
@@ -172,4 +159,13 @@ fn default_log_bytes() -> ByteSize {
 }
 fn default_host_call_timeout() -> Seconds {
     Seconds(Duration::from_secs(1))
+}
+fn default_stream_name_bytes() -> ByteSize {
+    ByteSize(1024)
+}
+fn default_entry_fields() -> u64 {
+    1000
+}
+fn default_entry_bytes() -> ByteSize {
+    ByteSize(1024 * 1024)
 }

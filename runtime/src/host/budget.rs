@@ -19,6 +19,12 @@ pub struct CallLimits {
     pub log_bytes: u64,
     /// Longest time one host call may take.
     pub host_call_timeout: Duration,
+    /// Longest stream name.
+    pub stream_name_bytes: u64,
+    /// Most fields in one stream entry.
+    pub entry_fields: u64,
+    /// Largest stream entry.
+    pub entry_bytes: u64,
 }
 
 impl From<&Limits> for CallLimits {
@@ -29,6 +35,9 @@ impl From<&Limits> for CallLimits {
             log_lines: limits.log_lines,
             log_bytes: limits.log_bytes.0,
             host_call_timeout: limits.host_call_timeout.0,
+            stream_name_bytes: limits.stream_name_bytes.0,
+            entry_fields: limits.entry_fields,
+            entry_bytes: limits.entry_bytes.0,
         }
     }
 }
@@ -134,6 +143,7 @@ mod tests {
             log_lines: 1,
             log_bytes: 5,
             host_call_timeout: Duration::from_secs(1),
+            ..CallLimits::default()
         });
         budget.charge_host_call(4).unwrap();
         budget.charge_host_call(4).unwrap();

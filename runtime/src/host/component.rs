@@ -6,29 +6,32 @@ use std::path::{Path, PathBuf};
 use wasmtime::component::Component;
 
 use super::bindings::PublisherPre;
+use super::capabilities::{self, CapabilityEntry};
 use super::engine::HostEngine;
 use super::state::PublisherState;
 
+/// The version of the `broadcaster:backend` package this host implements.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
 /// The versions of the `broadcaster:backend` package this host implements.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &[CONTRACT_VERSION];
 
 /// The export every backend must have.
 pub const BACKEND_EXPORT: &str = "broadcaster:backend/backend@0.1.0";
 
-/// WASI 0.2 packages a backend may import; they are present but empty (no files, no
-/// environment, no sockets).
-const WASI_PACKAGES: &[&str] = &["cli", "clocks", "filesystem", "io", "random", "sockets"];
+/// The contract's own interface of shared types (no functions: always provided).
+const CONTRACT_TYPES: &str = "broadcaster:backend/types";
 
 /// Why a file cannot be used as a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
     /// The file could not be read.
-    #[error("cannot read component {path}: {source}")]
+    #[error("cannot read component {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Not WebAssembly at all.
     #[error("{path} is not a WebAssembly file (it does not start with the `\\0asm` header)")]
@@ -102,7 +105,7 @@ impl std::fmt::Debug for LoadedComponent {
 impl LoadedComponent {
     /// Reads, compiles and checks `path`.
     pub fn load(engine: &HostEngine, path: &Path) -> Result<Self, ComponentError> {
-        let bytes = std::fs::read(path).map_err(|source| ComponentError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|cause| ComponentError::Read { path: path.to_path_buf(), cause })?;
         Self::from_bytes(engine, path, &bytes)
     }
 
@@ -135,12 +138,12 @@ impl LoadedComponent {
         }
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| ComponentError::Mismatch {
             path: path_buf.clone(),
-            version: SUPPORTED_VERSIONS[0],
+            version: CONTRACT_VERSION,
             message: format!("{e:#}"),
         })?;
         let pre = PublisherPre::new(instance_pre).map_err(|e| ComponentError::Mismatch {
             path: path_buf.clone(),
-            version: SUPPORTED_VERSIONS[0],
+            version: CONTRACT_VERSION,
             message: format!("{e:#}"),
         })?;
         Ok(Self { path: path_buf, imports, pre })
@@ -151,54 +154,81 @@ impl LoadedComponent {
         self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
-    /// The capabilities its imports need, as (grant name, the import that needs it).
-    pub fn required_grants(&self) -> Vec<(&'static str, &str)> {
-        let mut needed = Vec::new();
-        if let Some(i) = self.imports.iter().find(|i| i.starts_with("broadcaster:backend/redis-stream@")) {
-            needed.push(("redis", i.as_str()));
-        }
-        if let Some(i) = self.imports.iter().find(|i| i.starts_with("wasi:http/outgoing-handler@")) {
-            needed.push(("http", i.as_str()));
+    /// The grants its imports need: for each capability that needs one, the first import
+    /// that needs it.
+    pub fn required_grants(&self) -> Vec<RequiredGrant<'_>> {
+        let mut needed: Vec<RequiredGrant<'_>> = Vec::new();
+        for import in &self.imports {
+            let interface = import.split_once('@').map_or(import.as_str(), |(interface, _)| interface);
+            if let Some(capability) = capabilities::providing(interface)
+                && capability.needs_grant(interface)
+                && !needed.iter().any(|n| std::ptr::addr_eq(n.capability, capability))
+            {
+                needed.push(RequiredGrant { capability, import });
+            }
         }
         needed
     }
 }
 
+/// A grant a component needs, and the import that needs it.
+#[derive(Clone, Copy)]
+pub struct RequiredGrant<'a> {
+    /// The capability.
+    pub capability: &'static dyn CapabilityEntry,
+    /// The import, with its version.
+    pub import: &'a str,
+}
+
+impl RequiredGrant<'_> {
+    /// The grant's key under `[publishers.<name>.grants]`.
+    pub fn key(&self) -> &'static str {
+        self.capability.grant().unwrap_or_default()
+    }
+
+    /// The configuration that would grant it to `publisher`, for messages.
+    pub fn example(&self, publisher: &str) -> String {
+        format!("[publishers.{publisher}.grants] {} = {}", self.key(), self.capability.grant_example())
+    }
+}
+
+impl std::fmt::Debug for RequiredGrant<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequiredGrant").field("grant", &self.key()).field("import", &self.import).finish()
+    }
+}
+
 /// `Ok` when this host provides `import`; otherwise why not.
 fn import_supported(import: &str) -> Result<(), String> {
-    let (package, rest) = import.split_once('/').unwrap_or((import, ""));
-    let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
-    match package {
-        "broadcaster:backend" => {
-            if SUPPORTED_VERSIONS.contains(&version) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "it was built against broadcaster:backend@{version}, and this Broadcaster supports {}; \
-                     rebuild it against wit/backend@{}",
-                    SUPPORTED_VERSIONS.join(", "),
-                    SUPPORTED_VERSIONS[0]
-                ))
-            }
-        }
-        "wasi:http" if matches!(interface, "types" | "outgoing-handler") && version.starts_with("0.2.") => Ok(()),
-        "wasi:http" => Err(format!(
-            "Broadcaster grants outbound HTTP through wasi:http/{{types,outgoing-handler}}@0.2.x; `{import}` is \
-             not provided (a backend cannot serve HTTP)"
-        )),
-        p if p.starts_with("wasi:") => {
-            let name = &p["wasi:".len()..];
-            if WASI_PACKAGES.contains(&name) && version.starts_with("0.2.") {
-                Ok(())
-            } else {
-                Err(format!("the WASI interfaces provided are wasi:{{{}}}@0.2.x", WASI_PACKAGES.join(",")))
-            }
-        }
-        _ => Err(format!(
-            "a backend may import broadcaster:backend/{{redis-stream,log,types}}@{} and WASI 0.2 only",
-            SUPPORTED_VERSIONS[0]
-        )),
+    let (interface, version) = import.split_once('@').unwrap_or((import, ""));
+    let package = interface.split_once('/').map_or(interface, |(package, _)| package);
+    if package == "broadcaster:backend" && !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(format!(
+            "it was built against broadcaster:backend@{version}, and this Broadcaster supports {}; \
+             rebuild it against wit/backend@{CONTRACT_VERSION}",
+            SUPPORTED_VERSIONS.join(", ")
+        ));
     }
+    if package.starts_with("wasi:") && !version.starts_with("0.2.") {
+        return Err(format!("Broadcaster provides WASI 0.2 (0.2.x); `{import}` is not provided"));
+    }
+    if interface == CONTRACT_TYPES || capabilities::providing(interface).is_some() {
+        return Ok(());
+    }
+    // An interface of a package a capability serves, which it does not provide.
+    let same_package = |pattern: &&str| pattern.split_once('/').is_some_and(|(p, _)| p == package);
+    if let Some(capability) = capabilities::CAPABILITIES.iter().find(|c| c.interfaces().iter().any(same_package)) {
+        let provided: Vec<&str> = capability.interfaces().iter().copied().filter(same_package).collect();
+        return Err(format!(
+            "of {package}, Broadcaster provides {}@0.2.x only {}",
+            provided.join(", "),
+            capability.unprovided_note()
+        )
+        .trim_end()
+        .to_string());
+    }
+    let all: Vec<&str> = capabilities::CAPABILITIES.iter().flat_map(|c| c.interfaces().iter().copied()).collect();
+    Err(format!("a backend may import {CONTRACT_TYPES} and {} only", all.join(", ")))
 }
 
 fn missing_export_reason(exports: &[String]) -> String {
@@ -229,9 +259,10 @@ mod tests {
         assert!(newer.contains("built against broadcaster:backend@0.2.0"), "{newer}");
         assert!(import_supported("wasi:http/outgoing-handler@0.2.3").is_ok());
         let serve = import_supported("wasi:http/incoming-handler@0.2.3").unwrap_err();
-        assert!(serve.contains("cannot serve HTTP"), "{serve}");
+        assert!(serve.contains("cannot serve HTTP") && serve.contains("wasi:http/outgoing-handler"), "{serve}");
         let p3 = import_supported("wasi:io/streams@0.3.0").unwrap_err();
         assert!(p3.contains("0.2.x"), "{p3}");
+        assert!(import_supported("wasi:keyvalue/store@0.2.0").is_err());
         let other = import_supported("acme:kv/store@1.0.0").unwrap_err();
         assert!(other.contains("may import"), "{other}");
     }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings;
+use super::capabilities::CAPABILITIES;
+use super::component::CONTRACT_VERSION;
 use super::state::PublisherState;
-use crate::config::Allocator;
+use crate::config::{Allocator, PublisherConfig};
 
 /// How often the engine's epoch advances. A guest in a loop notices its deadline (and yields
 /// to other tasks) at most this long after it passes.
@@ -140,6 +141,28 @@ impl HostEngine {
         Self::with_settings(&EngineSettings { cache_dir, ..EngineSettings::default() })
     }
 
+    /// The engine for the component publishers of a configuration: sized for their number,
+    /// their largest memory limit, and fuel when any of them has a fuel limit.
+    pub fn for_publishers(
+        wasm: &crate::config::WasmConfig,
+        components: &[&PublisherConfig],
+    ) -> Result<Self, EngineError> {
+        let settings = EngineSettings {
+            allocator: wasm.allocator,
+            max_memory: components
+                .iter()
+                .map(|p| usize::try_from(p.limits.memory.0).unwrap_or(usize::MAX))
+                .max()
+                .unwrap_or(64 << 20),
+            instances: u32::try_from(components.len()).unwrap_or(u32::MAX).saturating_add(16),
+            fuel: components.iter().any(|p| p.limits.fuel.is_some()),
+            cache_dir: wasm.cache_directory(),
+        };
+        let engine = Self::with_settings(&settings)?;
+        tracing::debug!(pooling = engine.is_pooling(), fuel = engine.meters_fuel(), "wasm engine ready");
+        Ok(engine)
+    }
+
     /// Creates the engine for `settings` and starts its epoch ticker. With
     /// [`Allocator::Auto`], falls back to on-demand allocation (and says so in the log) when
     /// the pooling allocator cannot reserve its address space.
@@ -165,11 +188,7 @@ impl HostEngine {
                 }
             }
         };
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| EngineError(e.to_string()))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| EngineError(e.to_string()))?;
-        bindings::Publisher::add_to_linker::<PublisherState, HasSelf<PublisherState>>(&mut linker, |state| state)
-            .map_err(|e| EngineError(e.to_string()))?;
+        let linker = build_linker(&engine).map_err(|e| EngineError(e.to_string()))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
         let guests = Arc::new(GuestThreads::start()?);
         Ok(Self { engine, linker: Arc::new(linker), pooling, fuel: settings.fuel, guests, _ticker: ticker })
@@ -203,6 +222,16 @@ impl HostEngine {
     pub fn meters_fuel(&self) -> bool {
         self.fuel
     }
+}
+
+/// The linker: the contract's `types` interface (types only) and every capability's imports.
+fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<PublisherState>> {
+    let mut linker = Linker::new(engine);
+    linker.instance(&format!("broadcaster:backend/types@{CONTRACT_VERSION}"))?;
+    for capability in CAPABILITIES {
+        capability.add_to_linker(&mut linker)?;
+    }
+    Ok(linker)
 }
 
 /// A thread that advances the engine's epoch every [`EPOCH_TICK`] until dropped.

@@ -3,6 +3,7 @@
 //! supervised: the replacement waits longer each time, and meanwhile the publisher reports
 //! itself degraded so the relay leaves its events waiting.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,14 +11,15 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{self, Publisher as Bindings};
 use super::budget::{CallBudget, CallLimits};
+use super::capabilities::{CallContext, ConfiguredCapabilities, PublisherSetup};
 use super::component::LoadedComponent;
 use super::engine::HostEngine;
-use super::http_capability::HttpPolicy;
-use super::redis_capability::RedisCapability;
-use super::secrets::Redactor;
+use super::guest_output::LastLines;
+use super::secrets::{self, Redactor};
 use super::state::PublisherState;
+use crate::config::{PublisherConfig, table_to_json};
 use crate::event::{OutboxEvent, Payload};
-use crate::publisher::{Health, PublishError};
+use crate::outcome::{Health, PublishError};
 
 /// How long past its deadline a call may spend inside the host (awaiting Redis, say) before
 /// it is abandoned; guest code itself is stopped at the deadline by the epoch check.
@@ -27,14 +29,14 @@ const HOST_GRACE: Duration = Duration::from_millis(500);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 
 /// A component publisher's settings.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ComponentSettings {
     /// The publisher's name.
     pub name: Arc<str>,
     /// `[publishers.<name>.options]` as a JSON object (secrets substituted).
     pub options_json: String,
-    /// The `redis` grant, bound to a client.
-    pub redis: Option<RedisCapability>,
+    /// Its capabilities, set up for its grants.
+    pub capabilities: ConfiguredCapabilities,
     /// Most linear memory, in bytes.
     pub memory_bytes: usize,
     /// Deadline of one call.
@@ -45,29 +47,41 @@ pub struct ComponentSettings {
     pub call_limits: CallLimits,
     /// The publisher's secrets, hidden from everything it writes.
     pub redactor: Arc<Redactor>,
-    /// The outbound HTTP policy.
-    pub http: HttpPolicy,
 }
 
-/// A publisher could not be started.
+/// A component cannot run as its publisher is configured.
 #[derive(Debug, thiserror::Error)]
+pub enum ComponentSetupError {
+    /// It imports a capability the publisher is not granted.
+    #[error(
+        "{component} imports `{import}`, a capability this publisher is not granted; \
+         grant it with {grant}, or use a backend that does not need it"
+    )]
+    NotGranted {
+        /// The component file.
+        component: String,
+        /// The import.
+        import: String,
+        /// The configuration that would grant it.
+        grant: String,
+    },
+    /// An option (a secret that cannot be read) or a grant cannot be used.
+    #[error("{0}")]
+    Options(String),
+    /// It did not start (only when starting strictly; otherwise it starts down).
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// A backend could not be started.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StartError {
     /// The backend's `init` refused the options.
-    #[error("publisher `{publisher}`: the backend's init rejected its options: {message}")]
-    InitRejected {
-        /// The publisher.
-        publisher: String,
-        /// The backend's message.
-        message: String,
-    },
+    #[error("the backend's init rejected its options: {0}")]
+    InitRejected(String),
     /// Instantiating or `init` trapped or timed out.
-    #[error("publisher `{publisher}`: the backend failed to start: {message}")]
-    Failed {
-        /// The publisher.
-        publisher: String,
-        /// What happened.
-        message: String,
-    },
+    #[error("the backend failed to start: {0}")]
+    Failed(String),
 }
 
 /// The call in progress passed its deadline (raised from the epoch callback).
@@ -119,15 +133,58 @@ impl std::fmt::Debug for ComponentPublisher {
 }
 
 impl ComponentPublisher {
-    /// Instantiates `component` for this publisher and calls `init` with its options.
+    /// The publisher `name` of a configuration, running `component`: checks that its
+    /// publisher grants every capability it imports, resolves the secrets in its options,
+    /// sets up its capabilities, and starts it (see [`Self::start`]).
+    pub async fn from_config(
+        engine: &HostEngine,
+        component: LoadedComponent,
+        name: &str,
+        publisher: &PublisherConfig,
+        base_dir: &Path,
+        strict: bool,
+    ) -> Result<Self, ComponentSetupError> {
+        if let Some(missing) =
+            component.required_grants().into_iter().find(|needed| !publisher.grants.contains(needed.key()))
+        {
+            return Err(ComponentSetupError::NotGranted {
+                component: component.path.display().to_string(),
+                import: missing.import.to_string(),
+                grant: missing.example(name),
+            });
+        }
+        let mut options = publisher.options.clone();
+        let env = |name: &str| std::env::var(name).ok();
+        let redactor = secrets::resolve(&mut options, base_dir, &env)
+            .map_err(|err| ComponentSetupError::Options(err.to_string()))?;
+        let name: Arc<str> = Arc::from(name);
+        let setup = PublisherSetup { publisher: &name, limits: &publisher.limits };
+        let capabilities =
+            ConfiguredCapabilities::configure(&publisher.grants, &setup).map_err(ComponentSetupError::Options)?;
+        let settings = ComponentSettings {
+            name,
+            options_json: table_to_json(&options).to_string(),
+            capabilities,
+            memory_bytes: usize::try_from(publisher.limits.memory.0).unwrap_or(usize::MAX),
+            call_timeout: publisher.limits.call_timeout.0,
+            fuel: publisher.limits.fuel,
+            call_limits: CallLimits::from(&publisher.limits),
+            redactor: Arc::new(redactor),
+        };
+        Ok(Self::start(engine, component, settings, strict).await?)
+    }
+
+    /// Instantiates `component` for this publisher and calls `init` with its options. When
+    /// that fails: with `strict`, the error; otherwise the publisher starts down, reports the
+    /// cause in its health, and its start is tried again with backoff, like the replacement
+    /// of an instance that trapped.
     pub async fn start(
         engine: &HostEngine,
         component: LoadedComponent,
         settings: ComponentSettings,
+        strict: bool,
     ) -> Result<Self, StartError> {
         let budget = CallBudget::new(settings.call_limits.clone());
-        let mut settings = settings;
-        settings.http = settings.http.with_budget(budget.clone());
         let publisher = Self {
             settings,
             component,
@@ -135,10 +192,23 @@ impl ComponentPublisher {
             budget,
             slot: tokio::sync::Mutex::new(Slot::default()),
         };
-        let live = publisher.instantiate().await?;
+        let started = publisher.instantiate().await;
         let mut slot = publisher.slot.lock().await;
-        slot.live = Some(live);
-        slot.instantiations = 1;
+        match started {
+            Ok(live) => {
+                slot.live = Some(live);
+                slot.instantiations = 1;
+            }
+            Err(err) if strict => return Err(err),
+            Err(err) => {
+                tracing::warn!(
+                    publisher = %publisher.settings.name,
+                    cause = %err,
+                    "the backend did not start; its events wait while its start is retried with backoff"
+                );
+                publisher.record_trap(&mut slot, err.to_string());
+            }
+        }
         drop(slot);
         Ok(publisher)
     }
@@ -164,20 +234,19 @@ impl ComponentPublisher {
     }
 
     async fn instantiate(&self) -> Result<LiveInstance, StartError> {
-        let name = self.settings.name.to_string();
         let redact = |message: &str| self.settings.redactor.redact(message);
-        let state = PublisherState::new(
-            self.settings.name.clone(),
-            self.settings.redis.clone(),
-            self.settings.memory_bytes,
-            self.budget.clone(),
-            self.settings.redactor.clone(),
-            self.settings.http.clone(),
-        );
+        let call = CallContext {
+            publisher: self.settings.name.clone(),
+            budget: self.budget.clone(),
+            redactor: self.settings.redactor.clone(),
+            last_stderr: LastLines::default(),
+            deadline: None,
+        };
+        let state = PublisherState::new(call, &self.settings.capabilities, self.settings.memory_bytes);
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         let timeout = self.settings.call_timeout;
-        store.epoch_deadline_callback(move |ctx| match ctx.data().deadline {
+        store.epoch_deadline_callback(move |ctx| match ctx.data().call.deadline {
             Some(deadline) if Instant::now() >= deadline => Err(wasmtime::Error::new(DeadlineExceeded(timeout))),
             _ => Ok(UpdateDeadline::Yield(1)),
         });
@@ -190,11 +259,11 @@ impl ComponentPublisher {
             Ok::<_, wasmtime::Error>((bindings, init))
         })
         .await;
-        store.data_mut().deadline = None;
+        store.data_mut().call.deadline = None;
         match started {
-            Err(_) => Err(StartError::Failed { publisher: name, message: DeadlineExceeded(timeout).to_string() }),
-            Ok(Err(err)) => Err(StartError::Failed { publisher: name, message: redact(&describe_trap(&err)) }),
-            Ok(Ok((_, Err(message)))) => Err(StartError::InitRejected { publisher: name, message: redact(&message) }),
+            Err(_) => Err(StartError::Failed(DeadlineExceeded(timeout).to_string())),
+            Ok(Err(err)) => Err(StartError::Failed(redact(&describe_trap(&err)))),
+            Ok(Ok((_, Err(message)))) => Err(StartError::InitRejected(redact(&message))),
             Ok(Ok((bindings, Ok(())))) => Ok(LiveInstance { store, bindings }),
         }
     }
@@ -202,7 +271,7 @@ impl ComponentPublisher {
     /// Resets the per-call budget, deadline and fuel.
     fn begin_call(&self, store: &mut Store<PublisherState>) {
         self.budget.reset();
-        store.data_mut().deadline = Some(Instant::now() + self.settings.call_timeout);
+        store.data_mut().call.deadline = Some(Instant::now() + self.settings.call_timeout);
         if self.engine.meters_fuel() {
             let _ = store.set_fuel(self.settings.fuel.unwrap_or(u64::MAX));
         }
@@ -259,10 +328,10 @@ impl ComponentPublisher {
     ) -> Result<CallOutcome<T>, String> {
         let instance = self.ensure_live(slot).await?;
         self.begin_call(&mut instance.store);
-        instance.store.data().last_stderr.clear();
+        instance.store.data().call.last_stderr.clear();
         let timeout = self.settings.call_timeout;
         let outcome = tokio::time::timeout(timeout + HOST_GRACE, invoke(instance)).await;
-        instance.store.data_mut().deadline = None;
+        instance.store.data_mut().call.deadline = None;
         let cause = match outcome {
             Ok(Ok(value)) => {
                 slot.consecutive_traps = 0;
@@ -270,7 +339,7 @@ impl ComponentPublisher {
             }
             Ok(Err(trap)) => {
                 let mut cause = describe_trap(&trap);
-                if let Some(line) = instance.store.data().last_stderr.take() {
+                if let Some(line) = instance.store.data().call.last_stderr.take() {
                     cause.push_str(&format!(" (the backend's last words on stderr: {line})"));
                 }
                 self.settings.redactor.redact(&cause)

@@ -105,6 +105,14 @@ pub enum StoreError {
     Unstorable(String),
 }
 
+impl StoreError {
+    /// Whether the input is at fault (a URL, a missing or foreign table, an event that cannot
+    /// be stored) rather than the database or its contents.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, Self::Database(_) | Self::BadRow { .. })
+    }
+}
+
 /// A claimed row: the event and what the relay needs to finish it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedEvent {

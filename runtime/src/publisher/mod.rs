@@ -8,69 +8,9 @@ use std::sync::Arc;
 
 use crate::event::OutboxEvent;
 use crate::host::ComponentPublisher;
+pub use crate::outcome::{Attempt, Health, PublishError};
 
 pub use redis_stream::{RedisStreamOptions, RedisStreamPublisher};
-
-/// Why an event was not published. The relay retries a transient error with backoff and
-/// fails the event at once on a permanent one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
-    /// The destination is unreachable, busy, or timed out; try again later.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// The event can never be published by this publisher.
-    #[error("permanent: {0}")]
-    Permanent(String),
-    /// The backend trapped (a panic, a limit hit, a missed deadline) while publishing this
-    /// event; its instance was replaced. Counts as a failed attempt, like a transient error,
-    /// but the event is not held back when the publisher then reports itself degraded.
-    #[error("trapped: {0} (instance recycled)")]
-    Trapped(String),
-}
-
-impl PublishError {
-    /// Whether a retry can succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_) | Self::Trapped(_))
-    }
-
-    /// The message without its kind.
-    pub fn message(&self) -> &str {
-        match self {
-            Self::Transient(m) | Self::Permanent(m) | Self::Trapped(m) => m,
-        }
-    }
-}
-
-/// What happened to one event of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attempt {
-    /// It was tried: published, or refused.
-    Done(Result<(), PublishError>),
-    /// It was not tried (an earlier event of the batch failed transiently).
-    NotAttempted,
-}
-
-/// A publisher's answer to a health check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
-    /// Whether it can publish now.
-    pub healthy: bool,
-    /// Why not, or what it is connected to. Never contains a secret.
-    pub detail: String,
-}
-
-impl Health {
-    /// Healthy, with a note.
-    pub fn up(detail: impl Into<String>) -> Self {
-        Self { healthy: true, detail: detail.into() }
-    }
-
-    /// Unhealthy, with the reason.
-    pub fn down(detail: impl Into<String>) -> Self {
-        Self { healthy: false, detail: detail.into() }
-    }
-}
 
 /// One named publisher.
 #[derive(Debug, Clone)]

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Health, PublishError};
 use crate::event::OutboxEvent;
-use crate::stream_client::{RedisEndpoint, StreamCallError, StreamClient};
+use crate::outcome::{Health, PublishError};
+use crate::stream_client::{RedisEndpoint, StreamCallError, StreamClient, StreamClients};
 
 /// The seed's `OPTIONS` for `RedisStreamBackend`, with its defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +92,15 @@ impl RedisStreamPublisher {
     /// `options.endpoint()`; it may be shared with other publishers of the same server).
     pub fn new(options: RedisStreamOptions, client: StreamClient) -> Self {
         Self { options, client }
+    }
+
+    /// The publisher of `[publishers.<name>.options]`, writing through the client of its
+    /// server in `clients` (native publishers are the operator's own: they share one
+    /// connection per server). The error names the option.
+    pub fn from_options(options: &toml::Table, clients: &mut StreamClients) -> Result<Self, String> {
+        let options = RedisStreamOptions::from_table(options)?;
+        let client = clients.shared(options.endpoint()).map_err(|err| err.to_string())?;
+        Ok(Self::new(options, client))
     }
 
     /// The stream this publisher appends to.

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::config::DEFAULT_PUBLISHER;
-use crate::publisher::Health;
+use crate::outcome::Health;
 use crate::registry::PublisherRegistry;
+use crate::routing::stored_names;
 
 /// The last known health of each publisher.
 #[derive(Debug, Default)]
@@ -42,13 +42,11 @@ impl HealthBoard {
         let mut skip = Vec::new();
         for (name, health) in state.iter() {
             if !health.healthy {
-                if name == DEFAULT_PUBLISHER {
-                    skip.push(String::new());
-                }
-                skip.push(name.clone());
+                skip.extend(stored_names(name).map(str::to_string));
             }
         }
         skip.sort();
+        skip.dedup();
         skip
     }
 

@@ -10,10 +10,11 @@ use rand::rngs::StdRng;
 use tokio::sync::watch;
 
 use super::{Backoff, Clock, HealthBoard, SystemClock};
-use crate::config::{DEFAULT_PUBLISHER, RelayConfig};
+use crate::config::RelayConfig;
 use crate::outbox::{ClaimedEvent, OutboxStore, Settlement, StoreError};
-use crate::publisher::{Attempt, PublishError};
+use crate::outcome::{Attempt, PublishError};
 use crate::registry::PublisherRegistry;
+use crate::routing::{publisher_for, stored_names};
 
 /// How `broadcaster run` loops (the seed's `outbox_worker` options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +174,7 @@ impl Relay {
             if last_sweep.is_none_or(|t| t.elapsed() >= options.interval) {
                 last_sweep = Some(Instant::now());
                 match self.store.publishers_with_work().await {
-                    Ok(names) => wanting.extend(names.into_iter().map(|name| route_name(&name).to_string())),
+                    Ok(names) => wanting.extend(names.into_iter().map(|name| publisher_for(&name).to_string())),
                     Err(err) => {
                         report.errors += 1;
                         tracing::error!(%err, "looking for due events failed; trying again after the interval");
@@ -409,17 +410,6 @@ impl Relay {
     }
 }
 
-/// The publisher an event's `publisher_backend` names (`default` for an empty one).
-fn route_name(publisher_backend: &str) -> &str {
-    if publisher_backend.is_empty() { DEFAULT_PUBLISHER } else { publisher_backend }
-}
-
-/// How events may name the publisher `name` in `publisher_backend` (the default publisher's
-/// may be stored with an empty name).
-fn stored_names(name: &str) -> [&str; 2] {
-    if name == DEFAULT_PUBLISHER { ["", DEFAULT_PUBLISHER] } else { [name, name] }
-}
-
 /// What a publisher's share of a batch came to: its publisher, and its counts or the
 /// database error that kept its outcome from being recorded.
 type ShareOutcome = (String, Result<BatchReport, StoreError>);
@@ -428,7 +418,7 @@ type ShareOutcome = (String, Result<BatchReport, StoreError>);
 fn group_by_publisher(events: Vec<ClaimedEvent>) -> Vec<(String, Vec<ClaimedEvent>)> {
     let mut groups: Vec<(String, Vec<ClaimedEvent>)> = Vec::new();
     for claimed in events {
-        let name = route_name(&claimed.event.publisher_backend);
+        let name = publisher_for(&claimed.event.publisher_backend);
         match groups.iter_mut().find(|(n, _)| n == name) {
             Some((_, events)) => events.push(claimed),
             None => groups.push((name.to_string(), vec![claimed])),

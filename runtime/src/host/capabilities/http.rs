@@ -15,10 +15,113 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme, Uri};
 use http_body_util::BodyExt;
-use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+use serde::Deserialize;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
-use super::budget::CallBudget;
-use crate::config::HttpGrant;
+use super::{CallContext, Capability, GrantError, PublisherSetup};
+use crate::config::{ByteSize, Seconds, default_timeout};
+use crate::host::budget::CallBudget;
+use crate::host::state::PublisherState;
+
+/// `grants.http`: outbound HTTP a component may make (`wasi:http`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGrant {
+    /// Origins it may call: `scheme://host[:port]`, `*.` for subdomains. A private or
+    /// loopback address is reachable only through an entry that names it.
+    pub allow: Vec<String>,
+    /// Longest time for one request, connection to last byte. Default 5 s.
+    #[serde(default = "default_timeout")]
+    pub timeout: Seconds,
+    /// Largest response body read. Default 1 MiB.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: ByteSize,
+}
+
+fn default_max_response_bytes() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+
+/// The `http` capability.
+#[derive(Debug)]
+pub struct OutboundHttp;
+
+/// A publisher's `http` grant, set up (nothing granted: every request is denied).
+#[derive(Debug, Clone)]
+pub struct HttpRules {
+    allow: Arc<Vec<AllowedOrigin>>,
+    timeout: Duration,
+    max_response_bytes: usize,
+}
+
+impl HttpRules {
+    /// The rules of `grant` (`None`: deny everything).
+    pub fn new(grant: Option<&HttpGrant>) -> Result<Self, AllowEntryError> {
+        Ok(match grant {
+            None => Self { allow: Arc::default(), timeout: Duration::from_secs(5), max_response_bytes: 0 },
+            Some(grant) => Self {
+                allow: Arc::new(grant.allow.iter().map(|e| AllowedOrigin::parse(e)).collect::<Result<_, _>>()?),
+                timeout: grant.timeout.0,
+                max_response_bytes: usize::try_from(grant.max_response_bytes.0).unwrap_or(usize::MAX),
+            },
+        })
+    }
+}
+
+/// One instance's HTTP state.
+pub struct HttpState {
+    ctx: WasiHttpCtx,
+    policy: HttpPolicy,
+}
+
+impl std::fmt::Debug for HttpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpState").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+impl Capability for OutboundHttp {
+    const GRANT: Option<&'static str> = Some("http");
+    const GRANT_EXAMPLE: &'static str = "{ allow = [\"https://…\"] }";
+    const INTERFACES: &'static [&'static str] = &["wasi:http/types", "wasi:http/outgoing-handler"];
+    const GRANTED_INTERFACES: &'static [&'static str] = &["wasi:http/outgoing-handler"];
+    const UNPROVIDED_NOTE: &'static str = "(a backend cannot serve HTTP)";
+    type Grant = HttpGrant;
+    type Configured = HttpRules;
+    type State = HttpState;
+
+    fn check_grant(grant: &HttpGrant) -> Result<(), GrantError> {
+        HttpRules::new(Some(grant))
+            .map(drop)
+            .map_err(|err| GrantError { key: "allow".into(), message: err.to_string() })
+    }
+
+    fn configure(grant: Option<HttpGrant>, _publisher: &PublisherSetup<'_>) -> Result<HttpRules, String> {
+        HttpRules::new(grant.as_ref()).map_err(|err| err.to_string())
+    }
+
+    fn instance_state(rules: &HttpRules, call: &CallContext) -> HttpState {
+        HttpState {
+            ctx: WasiHttpCtx::new(),
+            policy: HttpPolicy { publisher: call.publisher.clone(), rules: rules.clone(), budget: call.budget.clone() },
+        }
+    }
+
+    fn add_to_linker(linker: &mut Linker<PublisherState>) -> wasmtime::Result<()> {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+    }
+}
+
+impl WasiHttpView for PublisherState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        let (states, table) = self.capabilities_and_table();
+        let state = states.get_mut::<HttpState>();
+        WasiHttpCtxView { ctx: &mut state.ctx, table, hooks: &mut state.policy }
+    }
+}
 
 /// One `allow` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,36 +217,16 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
-/// The HTTP policy of one publisher: its grant, or nothing (every request denied).
+/// The HTTP policy of one instance: its publisher's rules, charging its requests to the
+/// call's budget.
 #[derive(Debug, Clone)]
 pub struct HttpPolicy {
     publisher: Arc<str>,
-    allow: Arc<Vec<AllowedOrigin>>,
-    timeout: Duration,
-    max_response_bytes: usize,
+    rules: HttpRules,
     budget: CallBudget,
 }
 
 impl HttpPolicy {
-    /// The policy for `grant` (`None`: deny everything).
-    pub fn new(publisher: Arc<str>, grant: Option<&HttpGrant>, budget: CallBudget) -> Result<Self, AllowEntryError> {
-        let (allow, timeout, max_response_bytes) = match grant {
-            None => (Vec::new(), Duration::from_secs(5), 0),
-            Some(grant) => (
-                grant.allow.iter().map(|e| AllowedOrigin::parse(e)).collect::<Result<_, _>>()?,
-                grant.timeout.0,
-                usize::try_from(grant.max_response_bytes.0).unwrap_or(usize::MAX),
-            ),
-        };
-        Ok(Self { publisher, allow: Arc::new(allow), timeout, max_response_bytes, budget })
-    }
-
-    /// The same policy, charging requests to `budget` (the publisher's per-call budget).
-    pub fn with_budget(mut self, budget: CallBudget) -> Self {
-        self.budget = budget;
-        self
-    }
-
     fn deny(&self, uri: &Uri, why: &str) -> HttpError {
         tracing::warn!(publisher = %self.publisher, %uri, "refused an HTTP request: {why}");
         HttpError::HttpRequestDenied
@@ -155,12 +238,12 @@ impl HttpPolicy {
         let authority = uri.authority().ok_or(HttpError::HttpRequestUriInvalid)?;
         let host = authority.host().to_ascii_lowercase();
         let port = port_of(&scheme, authority);
-        let Some(entry) = self.allow.iter().find(|e| e.matches(&scheme, &host, port)) else {
+        let Some(entry) = self.rules.allow.iter().find(|e| e.matches(&scheme, &host, port)) else {
             return Err(self.deny(uri, "the origin is not in grants.http.allow"));
         };
         let addresses: Vec<SocketAddr> = match bare_ip(&host) {
             Some(ip) => vec![SocketAddr::new(ip, port)],
-            None => tokio::time::timeout(self.timeout, tokio::net::lookup_host((host.as_str(), port)))
+            None => tokio::time::timeout(self.rules.timeout, tokio::net::lookup_host((host.as_str(), port)))
                 .await
                 .map_err(|_| HttpError::DnsTimeout)?
                 .map_err(|_| HttpError::DestinationNotFound)?
@@ -207,17 +290,20 @@ impl WasiHttpHooks for HttpPolicy {
                 parts.authority = Some(target.to_string().parse().map_err(|_| HttpError::HttpRequestUriInvalid)?);
                 *request.uri_mut() = Uri::from_parts(parts).map_err(|_| HttpError::HttpRequestUriInvalid)?;
             }
-            let limit = |guest: Option<Duration>| Some(guest.map_or(policy.timeout, |g| g.min(policy.timeout)));
+            let limit =
+                |guest: Option<Duration>| Some(guest.map_or(policy.rules.timeout, |g| g.min(policy.rules.timeout)));
             let options = RequestOptions {
                 connect_timeout: limit(options.and_then(|o| o.connect_timeout)),
                 first_byte_timeout: limit(options.and_then(|o| o.first_byte_timeout)),
                 between_bytes_timeout: limit(options.and_then(|o| o.between_bytes_timeout)),
             };
-            let (response, io) =
-                tokio::time::timeout(policy.timeout, wasmtime_wasi_http::default_send_request(request, Some(options)))
-                    .await
-                    .map_err(|_| HttpError::ConnectionTimeout)??;
-            let cap = policy.max_response_bytes;
+            let (response, io) = tokio::time::timeout(
+                policy.rules.timeout,
+                wasmtime_wasi_http::default_send_request(request, Some(options)),
+            )
+            .await
+            .map_err(|_| HttpError::ConnectionTimeout)??;
+            let cap = policy.rules.max_response_bytes;
             let response = response.map(|body| {
                 http_body_util::Limited::new(body, cap)
                     .map_err(move |err| match err.downcast::<HttpError>() {

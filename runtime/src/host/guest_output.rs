@@ -1,6 +1,6 @@
-//! The `broadcaster:backend/log` import and the guest's stdout/stderr, both written to
-//! Broadcaster's log with the publisher's name, within the call's log budget and with the
-//! publisher's secrets redacted.
+//! Where everything a backend writes goes: its `log` calls and its stdout/stderr lines become
+//! lines of Broadcaster's log, tagged with the publisher's name, bounded in length, within
+//! the call's log budget, and with the publisher's secrets redacted.
 
 use std::sync::Arc;
 
@@ -9,16 +9,15 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use super::bindings::Level;
-use super::bindings::broadcaster::backend::log::Host;
 use super::budget::CallBudget;
+use super::capabilities::CallContext;
 use super::secrets::Redactor;
-use super::state::PublisherState;
 
 /// The tracing target of everything backends log (`RUST_LOG=broadcaster::guest=debug`).
 pub const GUEST_LOG_TARGET: &str = "broadcaster::guest";
 
 /// Longest line kept from a backend; the rest is cut and marked.
-const MAX_LINE: usize = 8 * 1024;
+pub const MAX_LINE: usize = 8 * 1024;
 
 /// Writes one guest line to the log.
 pub fn emit(publisher: &str, level: Level, message: &str) {
@@ -32,7 +31,8 @@ pub fn emit(publisher: &str, level: Level, message: &str) {
     }
 }
 
-fn truncate(message: &str) -> std::borrow::Cow<'_, str> {
+/// `message` cut to [`MAX_LINE`] bytes (on a character boundary), with what was cut said.
+pub fn truncate(message: &str) -> std::borrow::Cow<'_, str> {
     if message.len() <= MAX_LINE {
         return message.into();
     }
@@ -43,16 +43,6 @@ fn truncate(message: &str) -> std::borrow::Cow<'_, str> {
     format!("{}… [{} bytes cut]", &message[..end], message.len() - end).into()
 }
 
-impl Host for PublisherState {
-    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        self.budget.charge_host_call(message.len())?;
-        self.budget.charge_log_bytes(message.len())?;
-        self.budget.charge_log_line()?;
-        emit(&self.publisher, level, &self.redactor.redact(&message));
-        Ok(())
-    }
-}
-
 /// A guest's stdout or stderr: each line becomes one log line (`info` for stdout, `warn`
 /// for stderr), counted against the call's log budget.
 #[derive(Debug, Clone)]
@@ -61,8 +51,8 @@ pub struct GuestOutput {
     level: Level,
     budget: CallBudget,
     redactor: Arc<Redactor>,
-    /// Where stderr keeps its last line (a panic message explains the trap that follows).
-    last_line: Option<LastLine>,
+    /// Where stderr keeps its last lines (a panic message explains the trap that follows).
+    last_line: Option<LastLines>,
 }
 
 /// How many of a guest's last stderr lines are kept to explain a trap (a Rust panic writes
@@ -71,9 +61,9 @@ const LAST_LINES: usize = 4;
 
 /// The last lines a guest wrote to stderr in the current call (cleared by the caller).
 #[derive(Debug, Clone, Default)]
-pub struct LastLine(Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+pub struct LastLines(Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
 
-impl LastLine {
+impl LastLines {
     fn push(&self, line: String) {
         let mut lines = self.0.lock().expect("last lines lock");
         if lines.len() == LAST_LINES {
@@ -96,14 +86,26 @@ impl LastLine {
 }
 
 impl GuestOutput {
-    /// The guest's stdout.
-    pub fn stdout(publisher: Arc<str>, budget: CallBudget, redactor: Arc<Redactor>) -> Self {
-        Self { publisher, level: Level::Info, budget, redactor, last_line: None }
+    /// The guest's stdout, for the calls of `call`'s publisher.
+    pub fn stdout(call: &CallContext) -> Self {
+        Self {
+            publisher: call.publisher.clone(),
+            level: Level::Info,
+            budget: call.budget.clone(),
+            redactor: call.redactor.clone(),
+            last_line: None,
+        }
     }
 
-    /// The guest's stderr; its last line is kept in `last_line`.
-    pub fn stderr(publisher: Arc<str>, budget: CallBudget, redactor: Arc<Redactor>, last_line: LastLine) -> Self {
-        Self { publisher, level: Level::Warn, budget, redactor, last_line: Some(last_line) }
+    /// The guest's stderr; its last lines are kept in the call's `last_stderr`.
+    pub fn stderr(call: &CallContext) -> Self {
+        Self {
+            publisher: call.publisher.clone(),
+            level: Level::Warn,
+            budget: call.budget.clone(),
+            redactor: call.redactor.clone(),
+            last_line: Some(call.last_stderr.clone()),
+        }
     }
 }
 

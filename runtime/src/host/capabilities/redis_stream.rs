@@ -1,0 +1,279 @@
+//! `broadcaster:backend/redis-stream`, bound to a publisher's `redis` grant:
+//! `grants.redis = { host, port, db, password, streams = ["tenant-a:*"], … }`.
+//!
+//! The guest sees stream names and error messages, never the server's address or password.
+//! Everything it passes is bounded before the host copies it: the number of fields
+//! (`limits.entry_fields`), the stream name (`limits.stream_name_bytes`) and the entry's bytes
+//! (`limits.entry_bytes`) are measured in the guest's memory first, and an entry over a cap is
+//! refused with `rejected` naming the cap (a backend maps it to a permanent error).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, WasmList, WasmStr};
+
+use super::{CallContext, Capability, CapabilityView, GrantError, PublisherSetup};
+use crate::config::{Seconds, default_redis_host, default_redis_port, default_timeout};
+use crate::host::bindings::RedisStreamError as Error;
+use crate::host::component::CONTRACT_VERSION;
+use crate::host::guest_output::truncate;
+use crate::host::state::PublisherState;
+use crate::stream_client::{RedisEndpoint, StreamCallError, StreamClient};
+
+/// `grants.redis`: the Redis a component may write to, and which streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisGrant {
+    /// Server host name or address. Default `localhost`.
+    #[serde(default = "default_redis_host")]
+    pub host: String,
+    /// Server port. Default 6379.
+    #[serde(default = "default_redis_port")]
+    pub port: u16,
+    /// Database number. Default 0.
+    #[serde(default)]
+    pub db: i64,
+    /// Password (`AUTH`); never shown to the component. Default none.
+    pub password: Option<String>,
+    /// Stream name patterns the component may `XADD` to; `*` matches any run of characters,
+    /// `?` one character. Required: an empty list allows nothing.
+    pub streams: Vec<String>,
+    /// Seconds to wait for a connection. Default 5.
+    #[serde(default = "default_timeout")]
+    pub connect_timeout: Seconds,
+    /// Seconds to wait for a reply. Default 5.
+    #[serde(default = "default_timeout")]
+    pub socket_timeout: Seconds,
+}
+
+impl RedisGrant {
+    /// The server it grants.
+    pub fn endpoint(&self) -> RedisEndpoint {
+        RedisEndpoint {
+            host: self.host.clone(),
+            port: self.port,
+            db: self.db,
+            password: self.password.clone(),
+            connect_timeout: self.connect_timeout.0,
+            socket_timeout: self.socket_timeout.0,
+        }
+    }
+}
+
+/// A set of stream name patterns ([`broadcaster_entry::glob`]); a name is allowed when any
+/// pattern matches it whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamPatterns(Vec<String>);
+
+impl StreamPatterns {
+    /// The patterns as written in the grant.
+    pub fn new(patterns: impl IntoIterator<Item = String>) -> Self {
+        Self(patterns.into_iter().collect())
+    }
+
+    /// Whether `stream` matches one of the patterns.
+    pub fn allows(&self, stream: &str) -> bool {
+        self.0.iter().any(|pattern| broadcaster_entry::glob::matches(pattern, stream))
+    }
+
+    /// The patterns, for messages.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// A publisher's `redis` grant, set up: its own connection (a tenant that floods Redis queues
+/// behind itself, not in front of its neighbours) and its streams.
+#[derive(Debug, Clone)]
+pub struct RedisStreamGrant {
+    /// The granted server.
+    pub client: StreamClient,
+    /// The granted stream patterns.
+    pub streams: StreamPatterns,
+}
+
+/// The `redis-stream` capability.
+#[derive(Debug)]
+pub struct RedisStream;
+
+/// One instance's `redis-stream` state: the grant, if any.
+#[derive(Debug)]
+pub struct RedisStreamState(Option<Arc<RedisStreamGrant>>);
+
+impl Capability for RedisStream {
+    const GRANT: Option<&'static str> = Some("redis");
+    const GRANT_EXAMPLE: &'static str = "{ host = \"…\", port = 6379, streams = [\"…\"] }";
+    const INTERFACES: &'static [&'static str] = &["broadcaster:backend/redis-stream"];
+    const GRANTED_INTERFACES: &'static [&'static str] = &["broadcaster:backend/redis-stream"];
+    type Grant = RedisGrant;
+    type Configured = Option<Arc<RedisStreamGrant>>;
+    type State = RedisStreamState;
+
+    fn check_grant(grant: &RedisGrant) -> Result<(), GrantError> {
+        if grant.streams.iter().any(String::is_empty) {
+            return Err(GrantError { key: "streams".into(), message: "a stream pattern cannot be empty".into() });
+        }
+        Ok(())
+    }
+
+    fn configure(grant: Option<RedisGrant>, _publisher: &PublisherSetup<'_>) -> Result<Self::Configured, String> {
+        let Some(grant) = grant else { return Ok(None) };
+        let client = StreamClient::new(grant.endpoint()).map_err(|err| format!("grants.redis: {err}"))?;
+        Ok(Some(Arc::new(RedisStreamGrant { client, streams: StreamPatterns::new(grant.streams) })))
+    }
+
+    fn instance_state(configured: &Self::Configured, _call: &CallContext) -> RedisStreamState {
+        RedisStreamState(configured.clone())
+    }
+
+    fn add_to_linker(linker: &mut Linker<PublisherState>) -> wasmtime::Result<()> {
+        let mut instance = linker.instance(&format!("broadcaster:backend/redis-stream@{CONTRACT_VERSION}"))?;
+        instance.func_wrap_async(
+            "xadd",
+            |mut store: StoreContextMut<'_, PublisherState>,
+             (stream, fields, max_len): (WasmStr, WasmList<(WasmStr, WasmStr)>, Option<u64>)| {
+                Box::new(async move {
+                    let entry = match read_entry(&mut store, &stream, &fields)? {
+                        Ok(entry) => entry,
+                        Err(refused) => return Ok((Err(refused),)),
+                    };
+                    let view = store.data_mut().view::<RedisStreamState>();
+                    Ok((view.xadd(entry, max_len).await,))
+                })
+            },
+        )?;
+        instance.func_wrap_async("ping", |mut store: StoreContextMut<'_, PublisherState>, (): ()| {
+            Box::new(async move {
+                store.data().call.budget.charge_host_call(0)?;
+                let view = store.data_mut().view::<RedisStreamState>();
+                Ok((view.ping().await,))
+            })
+        })?;
+        Ok(())
+    }
+}
+
+/// An entry read out of the guest's memory, within the caps.
+struct Entry {
+    stream: String,
+    fields: Vec<(String, String)>,
+}
+
+/// Reads `stream` and `fields` from the guest's memory, measuring before copying: an entry
+/// over a cap is refused (`Ok(Err(..))`) without being copied; going over the call's
+/// host-call budget traps (`Err`).
+fn read_entry(
+    store: &mut StoreContextMut<'_, PublisherState>,
+    stream: &WasmStr,
+    fields: &WasmList<(WasmStr, WasmStr)>,
+) -> wasmtime::Result<Result<Entry, Error>> {
+    let limits = store.data().call.budget.limits().clone();
+    // A refused call still counts as a host call.
+    let refuse = |store: &StoreContextMut<'_, PublisherState>, message: String| {
+        store.data().call.budget.charge_host_call(0)?;
+        Ok(Err(Error::Rejected(message)))
+    };
+    if fields.len() as u64 > limits.entry_fields {
+        return refuse(
+            store,
+            format!("the entry has {} fields, more than limits.entry_fields ({})", fields.len(), limits.entry_fields),
+        );
+    }
+    let stream_len = stream.to_str(&*store)?.len();
+    if stream_len as u64 > limits.stream_name_bytes {
+        return refuse(
+            store,
+            format!(
+                "the stream name is {stream_len} bytes, more than limits.stream_name_bytes ({})",
+                limits.stream_name_bytes
+            ),
+        );
+    }
+    let mut pairs = Vec::with_capacity(fields.len());
+    for i in 0..fields.len() {
+        pairs.push(fields.get(&mut *store, i).expect("index within the list")?);
+    }
+    let mut bytes = stream_len as u64;
+    for (field, value) in &pairs {
+        bytes += (field.to_str(&*store)?.len() + value.to_str(&*store)?.len()) as u64;
+    }
+    if bytes > limits.entry_bytes {
+        return refuse(
+            store,
+            format!(
+                "the entry is {bytes} bytes (stream name and fields), more than limits.entry_bytes ({})",
+                crate::config::ByteSize(limits.entry_bytes)
+            ),
+        );
+    }
+    store.data().call.budget.charge_host_call(bytes as usize)?;
+    let mut copied = Vec::with_capacity(pairs.len());
+    for (field, value) in &pairs {
+        copied.push((field.to_str(&*store)?.into_owned(), value.to_str(&*store)?.into_owned()));
+    }
+    Ok(Ok(Entry { stream: stream.to_str(&*store)?.into_owned(), fields: copied }))
+}
+
+/// The message a backend sees: what happened, never where (no host, port or password).
+fn guest_error(err: StreamCallError) -> Error {
+    match err {
+        StreamCallError::Unavailable { message, .. } => Error::Unavailable(message),
+        StreamCallError::Rejected { message, .. } => Error::Rejected(message),
+    }
+}
+
+/// Runs a Redis call under `timeout`; a call that takes longer is `unavailable` (the guest's
+/// limits do not cover time spent in the host).
+async fn bounded<T>(timeout: Duration, call: impl Future<Output = Result<T, StreamCallError>>) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(guest_error),
+        Err(_) => Err(Error::Unavailable(format!("no reply within {timeout:?} (limits.host_call_timeout)"))),
+    }
+}
+
+impl CapabilityView<'_, RedisStreamState> {
+    async fn xadd(self, entry: Entry, max_len: Option<u64>) -> Result<String, Error> {
+        let Some(grant) = &self.state.0 else {
+            return Err(Error::NotGranted);
+        };
+        if !grant.streams.allows(&entry.stream) {
+            let shown = truncate(&entry.stream);
+            tracing::warn!(
+                publisher = %self.call.publisher,
+                stream = %shown,
+                allowed = ?grant.streams.as_slice(),
+                "refused XADD to a stream outside the grant"
+            );
+            return Err(Error::StreamDenied(shown.into_owned()));
+        }
+        if entry.fields.is_empty() {
+            return Err(Error::Rejected("an entry needs at least one field".into()));
+        }
+        let client = grant.client.clone();
+        bounded(self.call.host_call_timeout(), client.xadd(&entry.stream, &entry.fields, max_len)).await
+    }
+
+    async fn ping(self) -> Result<(), Error> {
+        let Some(grant) = &self.state.0 else {
+            return Err(Error::NotGranted);
+        };
+        let client = grant.client.clone();
+        bounded(self.call.host_call_timeout(), client.ping()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_allowed_when_any_pattern_matches() {
+        let patterns = StreamPatterns::new(["tenant-a:*".to_string(), "audit".to_string()]);
+        assert!(patterns.allows("tenant-a:orders"));
+        assert!(patterns.allows("audit"));
+        assert!(!patterns.allows("tenant-b:orders"));
+        assert!(!StreamPatterns::default().allows("anything"));
+    }
+}
