@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::{Backoff, Clock, HealthBoard, SystemClock};
 use crate::config::{DEFAULT_PUBLISHER, RelayConfig};
-use crate::outbox::{ClaimedEvent, OutboxStore, Settlement, StoreError};
+use crate::outbox::{ClaimedEvent, OutboxStore, RejectedRow, Settlement, StoreError};
 use crate::publisher::{Attempt, PublishError};
 use crate::registry::PublisherRegistry;
 
@@ -35,7 +35,8 @@ pub struct BatchReport {
     pub published: u64,
     /// Failed transiently, due again later.
     pub retried: u64,
-    /// Failed for good (permanent error, retries used up, unknown publisher).
+    /// Failed for good (permanent error, retries used up, unknown publisher, a row the relay
+    /// cannot read).
     pub failed: u64,
     /// Not attempted (publisher unhealthy): back to waiting, no retry spent.
     pub released: u64,
@@ -188,11 +189,12 @@ impl Relay {
             for name in idle {
                 match self.store.claim_for(self.clock.now(), options.batch_size, stored_names(&name)).await {
                     Ok(claim) => {
-                        if claim.events.len() < options.batch_size as usize {
+                        if claim.len() < options.batch_size as usize {
                             wanting.remove(&name);
                         }
+                        claimed += claim.len();
+                        report.totals.failed += rejected(&claim.rejected);
                         if !claim.events.is_empty() {
-                            claimed += claim.events.len();
                             self.spawn_share(&mut in_flight, &mut busy, name, claim.token, claim.events);
                         }
                     }
@@ -313,8 +315,10 @@ impl Relay {
     /// (waiting for all of them: the step-by-step form of [`Relay::run`], for tests and tools).
     pub async fn run_batch(&self, batch_size: u32) -> Result<BatchReport, StoreError> {
         let claim = self.store.claim(self.clock.now(), batch_size, &self.health.skip_list()).await?;
+        let failed = rejected(&claim.rejected);
+        let mut report = BatchReport { claimed: failed, failed, ..BatchReport::default() };
         if claim.events.is_empty() {
-            return Ok(BatchReport::default());
+            return Ok(report);
         }
         let groups = group_by_publisher(claim.events);
         let outcomes = futures::future::join_all(groups.iter().map(|(name, events)| {
@@ -323,7 +327,8 @@ impl Relay {
         }))
         .await;
         let settlements: Vec<(String, Settlement)> = outcomes.into_iter().flatten().collect();
-        self.settle(claim.token, &settlements).await
+        report.add(&self.settle(claim.token, &settlements).await?);
+        Ok(report)
     }
 
     async fn publish_group(&self, name: &str, events: &[&ClaimedEvent]) -> Vec<(String, Settlement)> {
@@ -435,6 +440,20 @@ fn group_by_publisher(events: Vec<ClaimedEvent>) -> Vec<(String, Vec<ClaimedEven
         }
     }
     groups
+}
+
+/// Logs the rows a claim could not read (the store has marked them `failed`); returns how
+/// many.
+fn rejected(rows: &[RejectedRow]) -> u64 {
+    for row in rows {
+        tracing::warn!(
+            id = %row.id,
+            publisher = %row.publisher_backend,
+            error = %row.error,
+            "an outbox row cannot be read; marked failed, the rest of its batch goes on"
+        );
+    }
+    rows.len() as u64
 }
 
 /// Resolves when `shutdown` turns true; never, when its sender is gone.
