@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Claim, NewEvent, RowState, Settlement, StatusReport, StoreError, schema};
+use super::{Claim, FencedWrites, NewEvent, RowState, Settlement, StatusReport, StoreError, schema};
 
 /// The `outbox_events` table on one database.
 ///
@@ -18,6 +18,11 @@ use super::{Claim, NewEvent, RowState, Settlement, StatusReport, StoreError, sch
 ///
 /// Ids are passed and returned as text: the hyphenated UUID ([`ClaimedEvent`'s
 /// `event.id`](super::ClaimedEvent)), or any form [`super::parse_id`] reads.
+///
+/// A database implements the required methods with its own SQL; [`verify`](Self::verify) and
+/// [`settle`](Self::settle) are the same for all, built on [`table_columns`](Self::table_columns)
+/// and [`write`](Self::write). Claimed rows are read with [`RowReader`](super::row::RowReader)
+/// and decoded by [`Claim::from_rows`], so every database reads a row the same way.
 #[async_trait::async_trait]
 pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     /// The database URL without password, for messages.
@@ -78,7 +83,14 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
         token: DateTime<Utc>,
         now: DateTime<Utc>,
         settlements: &[(String, Settlement)],
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        self.write(&FencedWrites::settling(token, now, settlements)).await
+    }
+
+    /// Runs `writes`, each conditional on `status = 'processing' AND updated_at = token`;
+    /// returns how many rows they updated. The one way claimed rows are finished: by
+    /// [`settle`](Self::settle), and by [`claim`](Self::claim) for the rows it cannot read.
+    async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError>;
 
     /// Puts rows left `processing` longer than `lease` (their worker died or stalled) back to
     /// `pending`, or `retry` when they have failed before, without spending an attempt.

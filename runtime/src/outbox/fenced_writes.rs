@@ -1,43 +1,66 @@
-//! The writes that finish claimed rows, grouped by the statement each database runs for
-//! them. Settlements ([`Settlement`]) and rejected rows ([`RejectedRow`]) are both written
-//! this way, every statement conditional on the claim's fencing token.
+//! [`FencedWrites`]: the writes that finish claimed rows, grouped by the statement a database
+//! runs for them, every one conditional on the claim's fencing token. Settlements
+//! ([`Settlement`]) and rows a claim could not read ([`RejectedRow`](super::RejectedRow)) are
+//! both written this way ([`OutboxBackend::write`](super::OutboxBackend::write)).
 
 use chrono::{DateTime, Utc};
 
-use super::{RejectedRow, Settlement, Status, StoreError};
+use super::{Claim, Settlement, Status};
 
-/// The writes for one claim, ids in the form the database stores them (`Id`).
-#[derive(Debug)]
-pub(crate) struct FencedWrites<'a, Id> {
+/// Which row a write is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowId<'a> {
+    /// A claimed event's id as the relay has it (the hyphenated UUID).
+    Event(&'a str),
+    /// A row's id exactly as stored (a rejected row's: it may not even be a UUID).
+    Stored(&'a str),
+}
+
+impl<'a> RowId<'a> {
+    /// The id's text, whichever form it is in.
+    pub fn text(self) -> &'a str {
+        match self {
+            RowId::Event(id) | RowId::Stored(id) => id,
+        }
+    }
+}
+
+/// The writes for one claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FencedWrites<'a> {
+    /// The claim's fencing token: only rows still `processing` with this `updated_at` change.
+    pub token: DateTime<Utc>,
+    /// The new `updated_at` (and `published_at`).
+    pub now: DateTime<Utc>,
     /// Rows now `published`.
-    pub published: Vec<Id>,
-    /// Rows back to `pending`/`retry` unchanged.
-    pub released: Vec<Id>,
+    pub published: Vec<RowId<'a>>,
+    /// Rows back to `pending` (or `retry`, when they have failed before), otherwise unchanged.
+    pub released: Vec<RowId<'a>>,
     /// Rows to `retry` or `failed`.
-    pub outcomes: Vec<Outcome<'a, Id>>,
+    pub outcomes: Vec<Outcome<'a>>,
 }
 
 /// One row to `retry` or `failed`.
-#[derive(Debug)]
-pub(crate) struct Outcome<'a, Id> {
-    pub id: Id,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome<'a> {
+    /// The row.
+    pub id: RowId<'a>,
+    /// [`Status::Retry`] or [`Status::Failed`].
     pub status: Status,
     /// The new `retry_count`; `None` keeps the row's.
     pub retry_count: Option<u32>,
+    /// The new `last_error`.
     pub last_error: &'a str,
     /// The new `scheduled_at`; `None` keeps the row's.
     pub scheduled_at: Option<DateTime<Utc>>,
 }
 
-impl<'a, Id> FencedWrites<'a, Id> {
-    /// The writes for `settlements` (ids as the relay has them, converted by `stored_id`).
-    pub fn settling(
-        settlements: &'a [(String, Settlement)],
-        stored_id: impl Fn(&str) -> Result<Id, StoreError>,
-    ) -> Result<Self, StoreError> {
-        let mut writes = Self { published: Vec::new(), released: Vec::new(), outcomes: Vec::new() };
+impl<'a> FencedWrites<'a> {
+    /// The writes for `settlements` (by event id) of the claim `token`, at `now`.
+    pub fn settling(token: DateTime<Utc>, now: DateTime<Utc>, settlements: &'a [(String, Settlement)]) -> Self {
+        let mut writes = Self { token, now, published: Vec::new(), released: Vec::new(), outcomes: Vec::new() };
         for (id, settlement) in settlements {
-            let id = stored_id(id)?;
+            let id = RowId::Event(id);
             let (status, retry_count, last_error, scheduled_at) = match settlement {
                 Settlement::Published => {
                     writes.published.push(id);
@@ -52,27 +75,24 @@ impl<'a, Id> FencedWrites<'a, Id> {
             };
             writes.outcomes.push(Outcome { id, status, retry_count: Some(retry_count), last_error, scheduled_at });
         }
-        Ok(writes)
+        writes
     }
 
-    /// The writes that fail `rejected` rows (ids as stored, converted by `stored_id`),
-    /// keeping their `retry_count`.
-    pub fn rejecting(
-        rejected: &'a [RejectedRow],
-        stored_id: impl Fn(&str) -> Result<Id, StoreError>,
-    ) -> Result<Self, StoreError> {
-        let outcomes = rejected
+    /// The writes that fail the rows `claim` could not read (by id as stored), keeping their
+    /// `retry_count`; `None` when there are none.
+    pub fn rejecting(claim: &'a Claim) -> Option<Self> {
+        let outcomes: Vec<Outcome<'a>> = claim
+            .rejected
             .iter()
-            .map(|row| {
-                Ok(Outcome {
-                    id: stored_id(&row.id)?,
-                    status: Status::Failed,
-                    retry_count: None,
-                    last_error: &row.error,
-                    scheduled_at: None,
-                })
+            .map(|row| Outcome {
+                id: RowId::Stored(&row.id),
+                status: Status::Failed,
+                retry_count: None,
+                last_error: &row.error,
+                scheduled_at: None,
             })
-            .collect::<Result<_, StoreError>>()?;
-        Ok(Self { published: Vec::new(), released: Vec::new(), outcomes })
+            .collect();
+        let (token, now) = (claim.token, claim.token);
+        (!outcomes.is_empty()).then(|| Self { token, now, published: Vec::new(), released: Vec::new(), outcomes })
     }
 }

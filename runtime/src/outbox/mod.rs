@@ -6,6 +6,7 @@
 //! - [`sqlite`], [`postgres`]: the implementations, one statement set per database.
 //! - [`row`]: claimed rows as each database reads them, decoded into events in one place; a
 //!   row that cannot be read fails alone.
+//! - [`fenced_writes`]: the writes that finish claimed rows, fenced by the claim token.
 //! - [`schema`]: the table's DDL (Django's own, per database).
 //! - [`enqueue`]: writing events, including inside an application's own transaction.
 //!
@@ -13,7 +14,7 @@
 
 pub mod backend;
 pub mod enqueue;
-mod fenced_writes;
+pub mod fenced_writes;
 pub mod postgres;
 pub mod row;
 pub mod schema;
@@ -21,6 +22,7 @@ pub mod sqlite;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
@@ -28,6 +30,7 @@ use crate::event::OutboxEvent;
 
 pub use backend::OutboxBackend;
 pub use enqueue::NewEvent;
+pub use fenced_writes::{FencedWrites, RowId};
 pub use row::RejectedRow;
 
 /// The table name, fixed by django-broadcaster (`db_table = "outbox_events"`).
@@ -200,6 +203,18 @@ pub struct StatusReport {
     pub expired_leases: u64,
 }
 
+impl StatusReport {
+    /// The report of `counts` (publisher_backend, status, rows: unknown statuses left out),
+    /// the oldest due row and the expired leases.
+    pub fn of(counts: Vec<(String, String, i64)>, oldest_due: Option<DateTime<Utc>>, expired_leases: i64) -> Self {
+        let counts = counts
+            .into_iter()
+            .filter_map(|(publisher, status, rows)| Some(((publisher, Status::parse(&status)?), rows.unsigned_abs())))
+            .collect();
+        Self { counts, oldest_due, expired_leases: expired_leases.unsigned_abs() }
+    }
+}
+
 /// The outbox on one of the supported databases: a cheap-to-clone handle to its
 /// [`OutboxBackend`], whose methods it derefs to.
 #[derive(Debug, Clone)]
@@ -236,6 +251,12 @@ impl std::ops::Deref for OutboxStore {
     fn deref(&self) -> &Self::Target {
         &*self.backend
     }
+}
+
+/// When a lease of length `lease` that is still valid at `now` began: rows `processing` since
+/// before then have expired.
+pub(crate) fn lease_start(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
 }
 
 /// `url` with any password replaced by `***`.

@@ -7,15 +7,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
 use super::enqueue::Columns;
-use super::fenced_writes::FencedWrites;
-use super::row::{StoredRow, claimed_columns};
-use super::{Claim, NewEvent, OutboxBackend, RowState, Settlement, Status, StatusReport, StoreError, schema};
+use super::row::{RowReader, claimed_columns};
+use super::{Claim, FencedWrites, NewEvent, OutboxBackend, RowState, StatusReport, StoreError, schema};
 use crate::event::OutboxEvent;
 
 /// The outbox in a PostgreSQL database.
@@ -25,12 +24,8 @@ pub struct PostgresStore {
     url: String,
 }
 
-fn uuids(ids: &[String]) -> Result<Vec<Uuid>, StoreError> {
-    ids.iter().map(|id| super::parse_id(id)).collect()
-}
-
-fn lease_start(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
-    now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
+fn uuids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Result<Vec<Uuid>, StoreError> {
+    ids.into_iter().map(super::parse_id).collect()
 }
 
 /// Claims due rows whose publisher is not in `$2`. One index range scan per status, each
@@ -74,6 +69,14 @@ const CLAIM_FOR: &str = concat!(
     claimed_columns!()
 );
 
+/// Failed and retrying rows of ids `$2` back to `pending`, due at `$1`.
+const RETRY_IDS: &str = "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = $1, updated_at = $1 \
+     WHERE id = ANY($2) AND status IN ('failed', 'retry') RETURNING id";
+
+/// The rows of ids `$1`, for [`RowReader::state`].
+const FIND: &str = "SELECT id, status::text AS status, publisher_backend::text AS publisher_backend, retry_count, \
+     max_retries, scheduled_at, published_at, last_error FROM outbox_events WHERE id = ANY($1)";
+
 /// The fenced writes ([`FencedWrites`]) of ids `$2`.
 const PUBLISH: &str = "UPDATE outbox_events SET status = 'published', published_at = $1, updated_at = $1 \
      WHERE id = ANY($2) AND status = 'processing' AND updated_at = $3";
@@ -108,52 +111,18 @@ impl PostgresStore {
     /// Runs a claim statement; reads every row on its own and fails the unreadable ones.
     async fn claimed(&self, token: DateTime<Utc>, claim: Query<'_>) -> Result<Claim, StoreError> {
         let rows = claim.fetch_all(&self.pool).await?;
-        let read = rows.iter().map(StoredRow::read::<_, Uuid, Json<serde_json::Value>, DateTime<Utc>, i32>);
-        let claim = Claim::from_rows(token, read.collect::<Result<Vec<_>, _>>()?);
-        if !claim.rejected.is_empty() {
-            self.write(token, token, FencedWrites::rejecting(&claim.rejected, super::parse_id)?).await?;
+        let claim = Claim::from_rows(token, rows.iter().map(Reader::claimed).collect::<Result<Vec<_>, _>>()?);
+        if let Some(rejections) = FencedWrites::rejecting(&claim) {
+            self.write(&rejections).await?;
         }
         Ok(claim)
-    }
-
-    /// Runs the fenced writes, one statement per kind; returns how many rows they updated.
-    async fn write(
-        &self,
-        token: DateTime<Utc>,
-        now: DateTime<Utc>,
-        writes: FencedWrites<'_, Uuid>,
-    ) -> Result<u64, StoreError> {
-        let mut updated = 0;
-        for (statement, ids) in [(PUBLISH, &writes.published), (RELEASE, &writes.released)] {
-            if !ids.is_empty() {
-                let done = sqlx::query(statement).bind(now).bind(ids).bind(token).execute(&self.pool).await?;
-                updated += done.rows_affected();
-            }
-        }
-        if !writes.outcomes.is_empty() {
-            let outcomes = &writes.outcomes;
-            let done = sqlx::query(WRITE_OUTCOMES)
-                .bind(now)
-                .bind(outcomes.iter().map(|o| o.id).collect::<Vec<_>>())
-                .bind(outcomes.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
-                .bind(
-                    outcomes
-                        .iter()
-                        .map(|o| o.retry_count.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(outcomes.iter().map(|o| o.last_error).collect::<Vec<_>>())
-                .bind(outcomes.iter().map(|o| o.scheduled_at).collect::<Vec<_>>())
-                .bind(token)
-                .execute(&self.pool)
-                .await?;
-            updated += done.rows_affected();
-        }
-        Ok(updated)
     }
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// PostgreSQL hands over `uuid`, `jsonb`, `timestamptz` and `integer` columns typed.
+type Reader<'r> = RowReader<'r, PgRow, Uuid, Json<serde_json::Value>, DateTime<Utc>, i32>;
 
 #[async_trait::async_trait]
 impl OutboxBackend for PostgresStore {
@@ -202,11 +171,11 @@ impl OutboxBackend for PostgresStore {
     }
 
     async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
-        self.claimed(now, sqlx::query(CLAIM).bind(now).bind(skip.to_vec()).bind(i64::from(limit))).await
+        self.claimed(now, sqlx::query(CLAIM).bind(now).bind(skip).bind(i64::from(limit))).await
     }
 
     async fn claim_for(&self, now: DateTime<Utc>, limit: u32, names: [&str; 2]) -> Result<Claim, StoreError> {
-        let [first, second] = names.map(str::to_string);
+        let [first, second] = names;
         self.claimed(now, sqlx::query(CLAIM_FOR).bind(now).bind(first).bind(second).bind(i64::from(limit))).await
     }
 
@@ -214,105 +183,77 @@ impl OutboxBackend for PostgresStore {
         Ok(sqlx::query_scalar(schema::PUBLISHERS_WITH_WORK).fetch_all(&self.pool).await?)
     }
 
-    async fn settle(
-        &self,
-        token: DateTime<Utc>,
-        now: DateTime<Utc>,
-        settlements: &[(String, Settlement)],
-    ) -> Result<u64, StoreError> {
-        self.write(token, now, FencedWrites::settling(settlements, super::parse_id)?).await
+    async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError> {
+        let (token, now) = (writes.token, writes.now);
+        let mut updated = 0;
+        for (statement, ids) in [(PUBLISH, &writes.published), (RELEASE, &writes.released)] {
+            if !ids.is_empty() {
+                let ids = uuids(ids.iter().map(|id| id.text()))?;
+                let done = sqlx::query(statement).bind(now).bind(ids).bind(token).execute(&self.pool).await?;
+                updated += done.rows_affected();
+            }
+        }
+        if !writes.outcomes.is_empty() {
+            let outcomes = &writes.outcomes;
+            let done = sqlx::query(WRITE_OUTCOMES)
+                .bind(now)
+                .bind(uuids(outcomes.iter().map(|o| o.id.text()))?)
+                .bind(outcomes.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
+                .bind(
+                    outcomes
+                        .iter()
+                        .map(|o| o.retry_count.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(outcomes.iter().map(|o| o.last_error).collect::<Vec<_>>())
+                .bind(outcomes.iter().map(|o| o.scheduled_at).collect::<Vec<_>>())
+                .bind(token)
+                .execute(&self.pool)
+                .await?;
+            updated += done.rows_affected();
+        }
+        Ok(updated)
     }
 
     async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE outbox_events SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, \
-             updated_at = $1 WHERE status = 'processing' AND updated_at < $2",
-        )
-        .bind(now)
-        .bind(lease_start(now, lease))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        let reclaim = sqlx::query(schema::RECLAIM_EXPIRED).bind(now).bind(super::lease_start(now, lease));
+        Ok(reclaim.execute(&self.pool).await?.rows_affected())
     }
 
     async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {
-        let mut report = StatusReport::default();
-        let rows =
-            sqlx::query("SELECT publisher_backend::text, status::text, count(*) FROM outbox_events GROUP BY 1, 2")
-                .fetch_all(&self.pool)
-                .await?;
-        for row in rows {
-            let status: String = row.try_get(1)?;
-            let Some(status) = Status::parse(&status) else { continue };
-            report.counts.insert((row.try_get(0)?, status), row.try_get::<i64, _>(2)? as u64);
-        }
-        report.oldest_due = sqlx::query_scalar(
-            "SELECT min(scheduled_at) FROM outbox_events WHERE status IN ('pending', 'retry') AND scheduled_at <= $1",
-        )
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        let expired: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'processing' AND updated_at < $1")
-                .bind(lease_start(now, lease))
-                .fetch_one(&self.pool)
-                .await?;
-        report.expired_leases = expired as u64;
-        Ok(report)
+        let counts = sqlx::query_as(schema::COUNT_BY_STATUS).fetch_all(&self.pool).await?;
+        let oldest = sqlx::query_scalar(schema::OLDEST_DUE).bind(now).fetch_one(&self.pool).await?;
+        let expired_before = super::lease_start(now, lease);
+        let expired = sqlx::query_scalar(schema::EXPIRED_LEASES).bind(expired_before).fetch_one(&self.pool).await?;
+        Ok(StatusReport::of(counts, oldest, expired))
     }
 
     async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let changed: Vec<Uuid> = if ids.is_empty() {
-            sqlx::query_scalar(
-                "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = $1, updated_at = $1 \
-                 WHERE status = 'failed' RETURNING id",
-            )
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?
+            sqlx::query_scalar(schema::RETRY_FAILED).bind(now).fetch_all(&self.pool).await?
         } else {
-            sqlx::query_scalar(
-                "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = $1, updated_at = $1 \
-                 WHERE id = ANY($2) AND status IN ('failed', 'retry') RETURNING id",
-            )
-            .bind(now)
-            .bind(uuids(ids)?)
-            .fetch_all(&self.pool)
-            .await?
+            sqlx::query_scalar(RETRY_IDS)
+                .bind(now)
+                .bind(uuids(ids.iter().map(String::as_str))?)
+                .fetch_all(&self.pool)
+                .await?
         };
         Ok(changed.into_iter().map(|id| id.to_string()).collect())
     }
 
     async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, status::text AS status, publisher_backend::text AS publisher_backend, retry_count, \
-             max_retries, scheduled_at, published_at, last_error FROM outbox_events WHERE id = ANY($1)",
-        )
-        .bind(uuids(ids)?)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(RowState::read::<_, Uuid, DateTime<Utc>, i32>).collect()
+        let rows = sqlx::query(FIND).bind(uuids(ids.iter().map(String::as_str))?).fetch_all(&self.pool).await?;
+        rows.iter().map(Reader::state).collect()
     }
 
     async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
-             WHERE status = 'published' AND published_at < $1 LIMIT $2)",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        let prune = sqlx::query(schema::PRUNE_BATCH).bind(before).bind(i64::from(limit));
+        Ok(prune.execute(&self.pool).await?.rows_affected())
     }
 
     async fn count_prunable(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'published' AND published_at < $1")
-                .bind(before)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(count as u64)
+        let count: i64 = sqlx::query_scalar(schema::COUNT_PRUNABLE).bind(before).fetch_one(&self.pool).await?;
+        Ok(count.unsigned_abs())
     }
 }
 

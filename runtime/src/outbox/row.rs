@@ -1,12 +1,14 @@
 //! Outbox rows as the databases hand them over, and the one place they become events.
 //!
-//! A claimed row is read into a [`StoredRow`] ([`StoredRow::read`]: its columns as the
+//! A claimed row is read into a [`StoredRow`] ([`RowReader::claimed`]: its columns as the
 //! database stores them, each database naming only its column types: JSON as text or already
 //! parsed, times as text or already typed), and [`StoredRow::decode`] turns it into a
 //! [`ClaimedEvent`], checking everything the relay relies on. A row that does not pass becomes
 //! a [`RejectedRow`] naming the column and what is wrong with it; the store marks it `failed`
 //! on its own (see [`OutboxBackend::claim`](super::OutboxBackend::claim)).
-//! [`RowState::read`] does the same for the bookkeeping columns operators look at.
+//! [`RowReader`] reads both these and the bookkeeping columns operators look at ([`RowState`]).
+
+use std::marker::PhantomData;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
@@ -50,21 +52,25 @@ pub enum TimeColumn {
 pub struct StoredRow {
     /// `id` as stored (SQLite: 32 hex digits; PostgreSQL: the `uuid` rendered hyphenated).
     pub id: String,
-    /// `spec_version`.
-    pub spec_version: String,
-    /// `event_type`.
+    /// `publisher_backend`: the publisher's name, empty for `default`.
+    pub publisher_backend: String,
+    /// `event_type`, the CloudEvent `type` (required).
     pub event_type: String,
-    /// `source`.
+    /// `source`, the CloudEvent `source` (required).
     pub source: String,
-    /// `subject`.
-    pub subject: String,
-    /// `data_content_type`.
-    pub data_content_type: String,
-    /// `data_schema`.
-    pub data_schema: String,
     /// `data`; `None` for SQL NULL.
     pub data: Option<JsonColumn>,
-    /// `created_at`.
+    /// `publisher_config`: an object of extra stream fields, or JSON null.
+    pub publisher_config: JsonColumn,
+    /// `spec_version`.
+    pub spec_version: String,
+    /// `subject`; empty means absent.
+    pub subject: String,
+    /// `data_content_type`; empty means absent.
+    pub data_content_type: String,
+    /// `data_schema`; empty means absent.
+    pub data_schema: String,
+    /// `created_at`: the CloudEvent `time`.
     pub created_at: TimeColumn,
     /// `scheduled_at`.
     pub scheduled_at: TimeColumn,
@@ -72,10 +78,6 @@ pub struct StoredRow {
     pub retry_count: i64,
     /// `max_retries`.
     pub max_retries: i64,
-    /// `publisher_backend`.
-    pub publisher_backend: String,
-    /// `publisher_config`.
-    pub publisher_config: JsonColumn,
 }
 
 /// What is wrong with one column of a row.
@@ -139,44 +141,77 @@ impl<'r, DB: sqlx::Database, T: sqlx::Decode<'r, DB> + sqlx::Type<DB>> ColumnTyp
 /// A claimed row as read: its columns, or its rejection when one cannot even be read.
 pub type ReadRow = Result<StoredRow, RejectedRow>;
 
-impl StoredRow {
-    /// Reads the columns a claim returns ([`claimed_columns!`]) from a database row, the
-    /// database naming the Rust types its `id`, JSON, time and count columns decode into. A
-    /// column that does not decode rejects the row alone; only an `id` or `publisher_backend`
-    /// that cannot be read (the row cannot be named) is an error of the whole claim.
-    pub fn read<'r, R, Id, Json, Time, Count>(row: &'r R) -> Result<ReadRow, StoreError>
-    where
-        R: sqlx::Row,
-        &'static str: sqlx::ColumnIndex<R>,
-        Id: ColumnType<'r, R::Database> + ToString,
-        String: ColumnType<'r, R::Database>,
-        Json: ColumnType<'r, R::Database> + Into<JsonColumn>,
-        Time: ColumnType<'r, R::Database> + Into<TimeColumn>,
-        Count: ColumnType<'r, R::Database> + Into<i64>,
-    {
+/// Reads outbox rows of one database: `R` is its row type, and `Id`, `Json`, `Time`, `Count`
+/// the Rust types its `id`, JSON, time and count columns decode into (text columns decode
+/// into `String`). Each database names its types once, e.g. SQLite's
+/// `RowReader<'r, SqliteRow, String, String, String, i64>`.
+#[derive(Debug)]
+pub struct RowReader<'r, R, Id, Json, Time, Count>(PhantomData<(&'r R, Id, Json, Time, Count)>);
+
+impl<'r, R, Id, Json, Time, Count> RowReader<'r, R, Id, Json, Time, Count>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    String: ColumnType<'r, R::Database>,
+    Id: ColumnType<'r, R::Database> + ToString,
+    Json: ColumnType<'r, R::Database> + Into<JsonColumn>,
+    Time: ColumnType<'r, R::Database> + Into<TimeColumn>,
+    Count: ColumnType<'r, R::Database> + Into<i64>,
+{
+    /// Reads the columns a claim returns ([`claimed_columns!`]). A column that does not decode
+    /// rejects the row alone; only an `id` or `publisher_backend` that cannot be read (the row
+    /// cannot be named) is an error of the whole claim.
+    pub fn claimed(row: &'r R) -> Result<ReadRow, StoreError> {
         let id = row.try_get::<Id, _>("id")?.to_string();
         let publisher_backend: String = row.try_get("publisher_backend")?;
         let columns = (|| {
             Ok(StoredRow {
                 id: id.clone(),
-                spec_version: read_column(row, "spec_version")?,
+                publisher_backend: publisher_backend.clone(),
                 event_type: read_column(row, "event_type")?,
                 source: read_column(row, "source")?,
+                data: read_column::<_, Option<Json>>(row, "data")?.map(Into::into),
+                publisher_config: read_column::<_, Json>(row, "publisher_config")?.into(),
+                spec_version: read_column(row, "spec_version")?,
                 subject: read_column(row, "subject")?,
                 data_content_type: read_column(row, "data_content_type")?,
                 data_schema: read_column(row, "data_schema")?,
-                data: read_column::<_, Option<Json>>(row, "data")?.map(Into::into),
                 created_at: read_column::<_, Time>(row, "created_at")?.into(),
                 scheduled_at: read_column::<_, Time>(row, "scheduled_at")?.into(),
                 retry_count: read_column::<_, Count>(row, "retry_count")?.into(),
                 max_retries: read_column::<_, Count>(row, "max_retries")?.into(),
-                publisher_backend: publisher_backend.clone(),
-                publisher_config: read_column::<_, Json>(row, "publisher_config")?.into(),
             })
         })();
         Ok(columns.map_err(|error: RowError| RejectedRow::new(id, publisher_backend, &error)))
     }
 
+    /// Reads and checks the columns of a `find` (`id`, `status`, `publisher_backend`,
+    /// `retry_count`, `max_retries`, `scheduled_at`, `published_at`, `last_error`): the id
+    /// hyphenated when it is a UUID; [`StoreError::BadRow`] for an unknown status or a time
+    /// that is not a time.
+    pub fn state(row: &'r R) -> Result<RowState, StoreError> {
+        let id = row.try_get::<Id, _>("id")?.to_string();
+        let state = (|| {
+            let status: String = read_column(row, "status")?;
+            let status = Status::parse(&status)
+                .ok_or_else(|| RowError::new("status", format!("unknown status {}", quote(&status))))?;
+            let published_at: Option<Time> = read_column(row, "published_at")?;
+            Ok(RowState {
+                id: uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or_else(|_| id.clone()),
+                status,
+                publisher_backend: read_column(row, "publisher_backend")?,
+                retry_count: count(read_column::<_, Count>(row, "retry_count")?.into()),
+                max_retries: count(read_column::<_, Count>(row, "max_retries")?.into()),
+                scheduled_at: read_column::<_, Time>(row, "scheduled_at")?.into().to_time("scheduled_at")?,
+                published_at: published_at.map(|t| t.into().to_time("published_at")).transpose()?,
+                last_error: read_column(row, "last_error")?,
+            })
+        })();
+        state.map_err(|error: RowError| StoreError::BadRow { id, message: error.to_string() })
+    }
+}
+
+impl StoredRow {
     /// The event, or the row's rejection naming the first column that is wrong: an `id` that
     /// is not a UUID, an empty `event_type` or `source` (a CloudEvent needs both), `data` that
     /// is not JSON, a `publisher_config` that is not a JSON object (or null), a time that is
@@ -244,41 +279,6 @@ impl Claim {
         // `UPDATE … RETURNING` gives rows in no particular order.
         claim.events.sort_by_key(|e| (e.scheduled_at, e.event.created_at));
         claim
-    }
-}
-
-impl RowState {
-    /// Reads and checks the columns of a `find` (`id`, `status`, `publisher_backend`,
-    /// `retry_count`, `max_retries`, `scheduled_at`, `published_at`, `last_error`): the id
-    /// hyphenated when it is a UUID; [`StoreError::BadRow`] for an unknown status or a time
-    /// that is not a time.
-    pub fn read<'r, R, Id, Time, Count>(row: &'r R) -> Result<Self, StoreError>
-    where
-        R: sqlx::Row,
-        &'static str: sqlx::ColumnIndex<R>,
-        Id: ColumnType<'r, R::Database> + ToString,
-        String: ColumnType<'r, R::Database>,
-        Time: ColumnType<'r, R::Database> + Into<TimeColumn>,
-        Count: ColumnType<'r, R::Database> + Into<i64>,
-    {
-        let id = row.try_get::<Id, _>("id")?.to_string();
-        let state = (|| {
-            let status: String = read_column(row, "status")?;
-            let status = Status::parse(&status)
-                .ok_or_else(|| RowError::new("status", format!("unknown status {}", quote(&status))))?;
-            let published_at: Option<Time> = read_column(row, "published_at")?;
-            Ok(RowState {
-                id: uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or_else(|_| id.clone()),
-                status,
-                publisher_backend: read_column(row, "publisher_backend")?,
-                retry_count: count(read_column::<_, Count>(row, "retry_count")?.into()),
-                max_retries: count(read_column::<_, Count>(row, "max_retries")?.into()),
-                scheduled_at: read_column::<_, Time>(row, "scheduled_at")?.into().to_time("scheduled_at")?,
-                published_at: published_at.map(|t| t.into().to_time("published_at")).transpose()?,
-                last_error: read_column(row, "last_error")?,
-            })
-        })();
-        state.map_err(|error: RowError| StoreError::BadRow { id, message: error.to_string() })
     }
 }
 

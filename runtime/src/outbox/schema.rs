@@ -94,3 +94,34 @@ pub const PUBLISHERS_WITH_WORK: &str = "WITH RECURSIVE names(status, name) AS ( 
          WHERE o.status = names.status AND o.publisher_backend > names.name) \
      FROM names WHERE name IS NOT NULL) \
  SELECT DISTINCT name FROM names WHERE name IS NOT NULL";
+
+// Statements the same on every database (`$n` parameters: sqlx reads them on SQLite too).
+// Times are bound as each database stores them (SQLite: Django's text).
+
+/// Back to `pending` (or `retry`, when it has failed before) for rows `processing` since before
+/// `$2`, with `updated_at` = `$1`; no attempt spent.
+pub const RECLAIM_EXPIRED: &str = "UPDATE outbox_events \
+     SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, updated_at = $1 \
+     WHERE status = 'processing' AND updated_at < $2";
+
+/// Rows per (publisher_backend, status).
+pub const COUNT_BY_STATUS: &str = "SELECT CAST(publisher_backend AS TEXT), CAST(status AS TEXT), count(*) \
+     FROM outbox_events GROUP BY 1, 2";
+
+/// The oldest `scheduled_at` among rows due at `$1`.
+pub const OLDEST_DUE: &str =
+    "SELECT min(scheduled_at) FROM outbox_events WHERE status IN ('pending', 'retry') AND scheduled_at <= $1";
+
+/// Rows `processing` since before `$1`.
+pub const EXPIRED_LEASES: &str = "SELECT count(*) FROM outbox_events WHERE status = 'processing' AND updated_at < $1";
+
+/// Every `failed` row back to `pending`, due at `$1`, retries reset; returns their ids.
+pub const RETRY_FAILED: &str = "UPDATE outbox_events \
+     SET status = 'pending', retry_count = 0, scheduled_at = $1, updated_at = $1 WHERE status = 'failed' RETURNING id";
+
+/// Deletes up to `$2` rows published before `$1`.
+pub const PRUNE_BATCH: &str = "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
+     WHERE status = 'published' AND published_at < $1 LIMIT $2)";
+
+/// Rows published before `$1`.
+pub const COUNT_PRUNABLE: &str = "SELECT count(*) FROM outbox_events WHERE status = 'published' AND published_at < $1";

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, Sqlite, SqlitePool};
+use sqlx::{Sqlite, SqlitePool};
 
 use super::enqueue::Columns;
-use super::fenced_writes::FencedWrites;
-use super::row::{RowError, StoredRow, claimed_columns, quote};
+use super::row::{ReadRow, RowError, RowReader, claimed_columns, quote};
 use super::schema;
-use super::{Claim, NewEvent, OutboxBackend, RejectedRow, RowState, Settlement, Status, StatusReport, StoreError};
+use super::{Claim, FencedWrites, NewEvent, OutboxBackend, RejectedRow, RowId, RowState, StatusReport, StoreError};
 
 pub use super::row::parse_time;
 
@@ -65,33 +64,47 @@ const CLAIM: &str = concat!(
     claimed_columns!()
 );
 
+/// Up to `?4` due rows of one status and publisher name, oldest due first: one index range
+/// (a string literal, for `concat!`).
+macro_rules! due_range {
+    ($status:literal, $name:literal) => {
+        concat!(
+            "SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events WHERE status = '",
+            $status,
+            "' AND publisher_backend = ",
+            $name,
+            " AND scheduled_at <= ?1 ORDER BY scheduled_at LIMIT ?4)"
+        )
+    };
+}
+
 /// Claims due rows of the publisher named `?2` or `?3`: one index range per (status, name),
 /// each stopping after `limit` rows, so the cost does not grow with other publishers'
 /// backlogs.
 const CLAIM_FOR: &str = concat!(
-    "UPDATE outbox_events SET status = 'processing', updated_at = ?1 \
-     WHERE id IN (SELECT id FROM ( \
-         SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-             WHERE status = 'pending' AND publisher_backend = ?2 AND scheduled_at <= ?1 \
-             ORDER BY scheduled_at LIMIT ?4) \
-         UNION \
-         SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-             WHERE status = 'pending' AND publisher_backend = ?3 AND scheduled_at <= ?1 \
-             ORDER BY scheduled_at LIMIT ?4) \
-         UNION \
-         SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-             WHERE status = 'retry' AND publisher_backend = ?2 AND scheduled_at <= ?1 \
-             ORDER BY scheduled_at LIMIT ?4) \
-         UNION \
-         SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-             WHERE status = 'retry' AND publisher_backend = ?3 AND scheduled_at <= ?1 \
-             ORDER BY scheduled_at LIMIT ?4)) \
-         ORDER BY scheduled_at, created_at LIMIT ?4) \
-     RETURNING ",
+    "UPDATE outbox_events SET status = 'processing', updated_at = ?1 WHERE id IN (SELECT id FROM (",
+    due_range!("pending", "?2"),
+    " UNION ",
+    due_range!("pending", "?3"),
+    " UNION ",
+    due_range!("retry", "?2"),
+    " UNION ",
+    due_range!("retry", "?3"),
+    ") ORDER BY scheduled_at, created_at LIMIT ?4) RETURNING ",
     claimed_columns!()
 );
 
-/// The fenced writes ([`FencedWrites`]), each `(?1 now, ?2 JSON list, ?3 token)`.
+/// Failed and retrying rows of the JSON list of ids `?2` back to `pending`, due at `?1`.
+const RETRY_IDS: &str = "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = ?1, updated_at = ?1 \
+     WHERE id IN (SELECT value FROM json_each(?2)) AND status IN ('failed', 'retry') RETURNING id";
+
+/// The rows of the JSON list of ids `?1`, for [`RowReader::state`].
+const FIND: &str = "SELECT id, status, publisher_backend, retry_count, max_retries, scheduled_at, published_at, \
+     last_error FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))";
+
+const TABLE_COLUMNS: &str = "SELECT name FROM pragma_table_info('outbox_events')";
+
+/// The fenced writes ([`FencedWrites`]), each `(?1 now, ?2 JSON list of rows, ?3 token)`.
 const PUBLISH: &str = "UPDATE outbox_events SET status = 'published', published_at = ?1, updated_at = ?1 \
      WHERE id IN (SELECT value FROM json_each(?2)) AND status = 'processing' AND updated_at = ?3";
 const RELEASE: &str = "UPDATE outbox_events \
@@ -126,58 +139,62 @@ impl SqliteStore {
     async fn claimed(&self, token: DateTime<Utc>, claim: Query<'_>) -> Result<Claim, StoreError> {
         let rows = claim.fetch_all(&self.pool).await?;
         let claim = Claim::from_rows(token, rows.iter().map(read_claimed).collect::<Result<Vec<_>, _>>()?);
-        if !claim.rejected.is_empty() {
-            // Ids as stored: a row written by hand may not hold a UUID.
-            self.write(token, token, FencedWrites::rejecting(&claim.rejected, |id| Ok(id.to_string()))?).await?;
+        if let Some(rejections) = FencedWrites::rejecting(&claim) {
+            self.write(&rejections).await?;
         }
         Ok(claim)
     }
+}
 
-    /// Runs the fenced writes in one transaction; returns how many rows they updated.
-    async fn write(
-        &self,
-        token: DateTime<Utc>,
-        now: DateTime<Utc>,
-        writes: FencedWrites<'_, String>,
-    ) -> Result<u64, StoreError> {
-        let mut statements = Vec::new();
-        if !writes.published.is_empty() {
-            statements.push((PUBLISH, json_list(writes.published)));
-        }
-        if !writes.released.is_empty() {
-            statements.push((RELEASE, json_list(writes.released)));
-        }
-        if !writes.outcomes.is_empty() {
-            let outcomes = writes.outcomes.iter().map(|o| {
-                serde_json::json!({
-                    "id": o.id,
-                    "status": o.status.as_str(),
-                    "retry_count": o.retry_count,
-                    "last_error": o.last_error,
-                    "scheduled_at": o.scheduled_at.map(format_time),
-                })
-            });
-            statements.push((WRITE_OUTCOMES, serde_json::Value::Array(outcomes.collect()).to_string()));
-        }
-        let (token, now) = (format_time(token), format_time(now));
-        let mut tx = self.pool.begin().await?;
-        let mut updated = 0;
-        for (statement, rows) in statements {
-            let done = sqlx::query(statement).bind(&now).bind(rows).bind(&token).execute(&mut *tx).await?;
-            updated += done.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(updated)
+/// An id in the form the table holds it: Django's 32 hex digits for an event's, a rejected
+/// row's as it is.
+fn stored_id(id: RowId<'_>) -> Result<String, StoreError> {
+    match id {
+        RowId::Event(id) => hex_id(id),
+        RowId::Stored(id) => Ok(id.to_string()),
     }
+}
+
+/// The JSON list of ids in stored form.
+fn stored_ids(ids: &[RowId<'_>]) -> Result<String, StoreError> {
+    Ok(json_list(ids.iter().map(|id| stored_id(*id)).collect::<Result<Vec<_>, _>>()?))
+}
+
+/// The statements of `writes`, each with its JSON list of rows (`?2`); none for an empty list.
+fn write_statements(writes: &FencedWrites<'_>) -> Result<Vec<(&'static str, String)>, StoreError> {
+    let mut statements = Vec::new();
+    if !writes.published.is_empty() {
+        statements.push((PUBLISH, stored_ids(&writes.published)?));
+    }
+    if !writes.released.is_empty() {
+        statements.push((RELEASE, stored_ids(&writes.released)?));
+    }
+    if !writes.outcomes.is_empty() {
+        let outcomes = writes.outcomes.iter().map(|o| {
+            Ok(serde_json::json!({
+                "id": stored_id(o.id)?,
+                "status": o.status.as_str(),
+                "retry_count": o.retry_count,
+                "last_error": o.last_error,
+                "scheduled_at": o.scheduled_at.map(format_time),
+            }))
+        });
+        let outcomes = outcomes.collect::<Result<Vec<_>, StoreError>>()?;
+        statements.push((WRITE_OUTCOMES, serde_json::Value::Array(outcomes).to_string()));
+    }
+    Ok(statements)
 }
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
 
+/// SQLite hands over ids, JSON and times as text.
+type Reader<'r> = RowReader<'r, SqliteRow, String, String, String, i64>;
+
 /// Reads a claimed row. Django stores a UUID as 32 lowercase hex digits, and every write by
 /// id looks for that form: a row whose id is in any other form could never be settled, so it
 /// is rejected.
-fn read_claimed(row: &SqliteRow) -> Result<Result<StoredRow, RejectedRow>, StoreError> {
-    let read = StoredRow::read::<_, String, String, String, i64>(row)?;
+fn read_claimed(row: &SqliteRow) -> Result<ReadRow, StoreError> {
+    let read = Reader::claimed(row)?;
     Ok(read.and_then(|stored| match hex_id(&stored.id) {
         Ok(hex) if hex == stored.id => Ok(stored),
         _ => {
@@ -194,15 +211,14 @@ impl OutboxBackend for SqliteStore {
     }
 
     async fn table_columns(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT name FROM pragma_table_info('outbox_events')").fetch_all(&self.pool).await?)
+        Ok(sqlx::query_scalar(TABLE_COLUMNS).fetch_all(&self.pool).await?)
     }
 
     async fn migrate(&self) -> Result<bool, StoreError> {
         // The write lock first, so that of two `migrate`s at once one creates the table and the
         // other finds it.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let present: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM pragma_table_info('outbox_events')").fetch_all(&mut *tx).await?;
+        let present: Vec<String> = sqlx::query_scalar(TABLE_COLUMNS).fetch_all(&mut *tx).await?;
         let statements = if present.is_empty() { schema::SQLITE_DDL } else { &[] };
         for statement in statements {
             sqlx::query(*statement).execute(&mut *tx).await?;
@@ -229,118 +245,68 @@ impl OutboxBackend for SqliteStore {
     }
 
     async fn claim_for(&self, now: DateTime<Utc>, limit: u32, names: [&str; 2]) -> Result<Claim, StoreError> {
-        let [first, second] = names.map(str::to_string);
+        let [first, second] = names;
         let claim = sqlx::query(CLAIM_FOR).bind(format_time(now)).bind(first).bind(second);
         self.claimed(now, claim.bind(i64::from(limit))).await
+    }
+
+    async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError> {
+        let statements = write_statements(writes)?;
+        let (token, now) = (format_time(writes.token), format_time(writes.now));
+        let mut tx = self.pool.begin().await?;
+        let mut updated = 0;
+        for (statement, rows) in statements {
+            let done = sqlx::query(statement).bind(&now).bind(rows).bind(&token).execute(&mut *tx).await?;
+            updated += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(updated)
     }
 
     async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(schema::PUBLISHERS_WITH_WORK).fetch_all(&self.pool).await?)
     }
 
-    async fn settle(
-        &self,
-        token: DateTime<Utc>,
-        now: DateTime<Utc>,
-        settlements: &[(String, Settlement)],
-    ) -> Result<u64, StoreError> {
-        self.write(token, now, FencedWrites::settling(settlements, hex_id)?).await
-    }
-
     async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
-        let expired_before = now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        Ok(sqlx::query(
-            "UPDATE outbox_events SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, \
-             updated_at = ?1 WHERE status = 'processing' AND updated_at < ?2",
-        )
-        .bind(format_time(now))
-        .bind(format_time(expired_before))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        let expired_before = format_time(super::lease_start(now, lease));
+        let reclaim = sqlx::query(schema::RECLAIM_EXPIRED).bind(format_time(now)).bind(expired_before);
+        Ok(reclaim.execute(&self.pool).await?.rows_affected())
     }
 
     async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {
-        let mut report = StatusReport::default();
-        let rows = sqlx::query("SELECT publisher_backend, status, count(*) FROM outbox_events GROUP BY 1, 2")
-            .fetch_all(&self.pool)
-            .await?;
-        for row in rows {
-            let status: String = row.try_get(1)?;
-            let Some(status) = Status::parse(&status) else { continue };
-            report.counts.insert((row.try_get(0)?, status), row.try_get::<i64, _>(2)? as u64);
-        }
-        let oldest: Option<String> = sqlx::query_scalar(
-            "SELECT min(scheduled_at) FROM outbox_events WHERE status IN ('pending', 'retry') AND scheduled_at <= ?1",
-        )
-        .bind(format_time(now))
-        .fetch_one(&self.pool)
-        .await?;
-        report.oldest_due = oldest.as_deref().and_then(parse_time);
-        let expired_before = now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let expired: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'processing' AND updated_at < ?1")
-                .bind(format_time(expired_before))
-                .fetch_one(&self.pool)
-                .await?;
-        report.expired_leases = expired as u64;
-        Ok(report)
+        let counts = sqlx::query_as(schema::COUNT_BY_STATUS).fetch_all(&self.pool).await?;
+        let oldest: Option<String> =
+            sqlx::query_scalar(schema::OLDEST_DUE).bind(format_time(now)).fetch_one(&self.pool).await?;
+        let expired_before = format_time(super::lease_start(now, lease));
+        let expired = sqlx::query_scalar(schema::EXPIRED_LEASES).bind(expired_before).fetch_one(&self.pool).await?;
+        Ok(StatusReport::of(counts, oldest.as_deref().and_then(parse_time), expired))
     }
 
     async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        let ids = ids.iter().map(|id| hex_id(id)).collect::<Result<Vec<_>, _>>()?;
         let changed: Vec<String> = if ids.is_empty() {
-            sqlx::query_scalar(
-                "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = ?1, updated_at = ?1 \
-                 WHERE status = 'failed' RETURNING id",
-            )
-            .bind(format_time(now))
-            .fetch_all(&self.pool)
-            .await?
+            sqlx::query_scalar(schema::RETRY_FAILED).bind(format_time(now)).fetch_all(&self.pool).await?
         } else {
-            sqlx::query_scalar(
-                "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = ?1, updated_at = ?1 \
-                 WHERE id IN (SELECT value FROM json_each(?2)) AND status IN ('failed', 'retry') RETURNING id",
-            )
-            .bind(format_time(now))
-            .bind(json_list(ids))
-            .fetch_all(&self.pool)
-            .await?
+            let ids = json_list(ids.iter().map(|id| hex_id(id)).collect::<Result<Vec<_>, _>>()?);
+            sqlx::query_scalar(RETRY_IDS).bind(format_time(now)).bind(ids).fetch_all(&self.pool).await?
         };
         Ok(changed.into_iter().map(|id| uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or(id)).collect())
     }
 
     async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
-        let ids = ids.iter().map(|id| hex_id(id)).collect::<Result<Vec<_>, _>>()?;
-        let rows = sqlx::query(
-            "SELECT id, status, publisher_backend, retry_count, max_retries, scheduled_at, published_at, last_error \
-             FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(json_list(ids))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(RowState::read::<_, String, String, i64>).collect()
+        let ids = json_list(ids.iter().map(|id| hex_id(id)).collect::<Result<Vec<_>, _>>()?);
+        let rows = sqlx::query(FIND).bind(ids).fetch_all(&self.pool).await?;
+        rows.iter().map(Reader::state).collect()
     }
 
     async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
-             WHERE status = 'published' AND published_at < ?1 LIMIT ?2)",
-        )
-        .bind(format_time(before))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        let prune = sqlx::query(schema::PRUNE_BATCH).bind(format_time(before)).bind(i64::from(limit));
+        Ok(prune.execute(&self.pool).await?.rows_affected())
     }
 
     async fn count_prunable(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'published' AND published_at < ?1")
-                .bind(format_time(before))
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(count as u64)
+            sqlx::query_scalar(schema::COUNT_PRUNABLE).bind(format_time(before)).fetch_one(&self.pool).await?;
+        Ok(count.unsigned_abs())
     }
 }
 

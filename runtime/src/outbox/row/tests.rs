@@ -158,6 +158,8 @@ fn a_claim_keeps_events_in_due_order_and_the_unreadable_rows_apart() {
     assert_eq!((claim.len(), claim.is_empty()), (5, false));
 }
 
+type SqliteReader<'r> = RowReader<'r, sqlx::sqlite::SqliteRow, String, String, String, i64>;
+
 /// One row of SQLite's dynamic types, as a claim statement would return it.
 async fn sqlite_row(select: &str) -> sqlx::sqlite::SqliteRow {
     let mut db = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
@@ -172,11 +174,11 @@ const SELECT_ROW: &str = "SELECT '6f1c2b523f3c4d5e9a1b2c3d4e5f6a7b' AS id, '1.0'
 #[tokio::test]
 async fn a_column_of_the_wrong_type_rejects_the_row_alone() {
     let good = sqlite_row(&SELECT_ROW.replace("RETRY", "0")).await;
-    let read = StoredRow::read::<_, String, String, String, i64>(&good).unwrap();
+    let read = SqliteReader::claimed(&good).unwrap();
     assert_eq!(read.unwrap().decode().unwrap().event.id, UUID);
 
     let bad = sqlite_row(&SELECT_ROW.replace("RETRY", "'many'")).await;
-    let rejected = StoredRow::read::<_, String, String, String, i64>(&bad).unwrap().unwrap_err();
+    let rejected = SqliteReader::claimed(&bad).unwrap().unwrap_err();
     assert_eq!((rejected.id.as_str(), rejected.publisher_backend.as_str()), (HEX_ID, "p"));
     assert!(
         rejected.error.starts_with("cannot read this row: column retry_count: cannot be read ("),
@@ -191,7 +193,7 @@ async fn row_states_read_hyphenated_ids_and_refuse_unknown_statuses() {
          2 AS retry_count, 3 AS max_retries, '2026-11-29 10:00:00' AS scheduled_at, NULL AS published_at, \
          'boom' AS last_error";
     let row = sqlite_row(&select.replace("STATUS", "retry")).await;
-    let state = RowState::read::<_, String, String, i64>(&row).unwrap();
+    let state = SqliteReader::state(&row).unwrap();
     assert_eq!(
         state,
         RowState {
@@ -206,7 +208,7 @@ async fn row_states_read_hyphenated_ids_and_refuse_unknown_statuses() {
         }
     );
     let row = sqlite_row(&select.replace("STATUS", "done")).await;
-    let err = RowState::read::<_, String, String, i64>(&row).unwrap_err();
+    let err = SqliteReader::state(&row).unwrap_err();
     assert_eq!(err.to_string(), format!(r#"outbox row {HEX_ID}: column status: unknown status "done""#));
 }
 
