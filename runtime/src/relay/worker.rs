@@ -133,10 +133,12 @@ impl Relay {
     /// and healthy publisher that may have due events, a batch of that publisher's events alone
     /// (an index range, cheap however large another publisher's backlog is). Once per
     /// `interval` the names that events are waiting for are looked up (one index seek per
-    /// name); names no publisher has are claimed too, and their events fail. A publisher with a share in flight is not
-    /// claimed for, which also keeps its events in order. Never sleeps while something was
-    /// claimed. A database error is logged and the loop goes on. On shutdown nothing more is
-    /// claimed and the shares in flight are finished and settled before returning.
+    /// name); names no publisher has are claimed too, and their events fail. A publisher with a
+    /// share in flight is not claimed for, which also keeps its events in order. Never sleeps
+    /// while something was claimed. A row the store cannot read is failed by the claim itself
+    /// (logged here, counted as failed) and the rest of its batch is published. A database
+    /// error is logged and the loop goes on. On shutdown nothing more is claimed and the shares
+    /// in flight are finished and settled before returning.
     pub async fn run(self: Arc<Self>, options: RunOptions, mut shutdown: watch::Receiver<bool>) -> RelayReport {
         let mut report = RelayReport::default();
         self.refresh_health().await;
@@ -193,7 +195,7 @@ impl Relay {
                             wanting.remove(&name);
                         }
                         claimed += claim.len();
-                        report.totals.failed += rejected(&claim.rejected);
+                        report.totals.failed += log_rejected(&claim.rejected);
                         if !claim.events.is_empty() {
                             self.spawn_share(&mut in_flight, &mut busy, name, claim.token, claim.events);
                         }
@@ -315,7 +317,7 @@ impl Relay {
     /// (waiting for all of them: the step-by-step form of [`Relay::run`], for tests and tools).
     pub async fn run_batch(&self, batch_size: u32) -> Result<BatchReport, StoreError> {
         let claim = self.store.claim(self.clock.now(), batch_size, &self.health.skip_list()).await?;
-        let failed = rejected(&claim.rejected);
+        let failed = log_rejected(&claim.rejected);
         let mut report = BatchReport { claimed: failed, failed, ..BatchReport::default() };
         if claim.events.is_empty() {
             return Ok(report);
@@ -444,7 +446,7 @@ fn group_by_publisher(events: Vec<ClaimedEvent>) -> Vec<(String, Vec<ClaimedEven
 
 /// Logs the rows a claim could not read (the store has marked them `failed`); returns how
 /// many.
-fn rejected(rows: &[RejectedRow]) -> u64 {
+fn log_rejected(rows: &[RejectedRow]) -> u64 {
     for row in rows {
         tracing::warn!(
             id = %row.id,
