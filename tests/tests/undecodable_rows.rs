@@ -11,61 +11,32 @@ use broadcaster::event::now_micros;
 use broadcaster::outbox::{NewEvent, OutboxStore, Status};
 use broadcaster::registry::PublisherRegistry;
 use broadcaster::relay::{Relay, RunOptions};
-use broadcaster_tests::{RedisServer, TestDatabase};
+use broadcaster_tests::{OutboxKind, RedisServer, TestOutbox};
 use redis::Commands;
 use sqlx::Connection;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
 struct Fixture {
-    db: Db,
-    url: String,
+    outbox: TestOutbox,
     redis: RedisServer,
     store: OutboxStore,
     config: Config,
-    _pg: Option<TestDatabase>,
-    _dir: tempfile::TempDir,
 }
 
 /// A row made bad on purpose, and the column its `last_error` must name.
 struct BadRow {
-    /// The id as stored after the corruption.
+    /// The id as stored after the spoiling.
     id: String,
     column: &'static str,
 }
 
-async fn fixture(db: Db) -> Fixture {
+async fn fixture(kind: OutboxKind) -> Fixture {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (url, pg) = match db {
-        Db::Sqlite => (format!("sqlite://{}", dir.path().join("outbox.db").display()), None),
-        Db::Postgres => {
-            let pg = TestDatabase::create().await;
-            (pg.url().to_string(), Some(pg))
-        }
-    };
-    let text = format!(
-        r#"
-        [outbox]
-        url = "{url}"
-        [publishers.default]
-        backend = "redis-stream"
-        [publishers.default.options]
-        host = "127.0.0.1"
-        port = {port}
-        connect_timeout = 1
-        socket_timeout = 1
-        "#,
-        port = redis.port(),
-    );
+    let outbox = TestOutbox::create(kind).await;
+    let text = format!("[outbox]\nurl = \"{}\"\n{}", outbox.url(), redis.native_publisher_toml("default"));
     let config = Config::from_toml(&text, "undecodable.toml".as_ref(), Vec::new()).unwrap();
-    let store = OutboxStore::connect(&url).await.unwrap();
+    let store = OutboxStore::connect(outbox.url()).await.unwrap();
     assert!(store.migrate().await.unwrap());
-    Fixture { db, url, redis, store, config, _pg: pg, _dir: dir }
+    Fixture { outbox, redis, store, config }
 }
 
 impl Fixture {
@@ -84,23 +55,23 @@ impl Fixture {
 
     /// The id as this database stores it.
     fn stored_id(&self, id: &str) -> String {
-        match self.db {
-            Db::Sqlite => id.replace('-', ""),
-            Db::Postgres => id.to_string(),
+        match self.outbox.kind() {
+            OutboxKind::Sqlite => id.replace('-', ""),
+            OutboxKind::Postgres => id.to_string(),
         }
     }
 
     /// Runs `statement` on a connection of its own (SQLite: with the table's JSON checks off,
     /// as a hand-made table would have none).
     async fn corrupt(&self, statement: String) {
-        match self.db {
-            Db::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+        match self.outbox.kind() {
+            OutboxKind::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(self.outbox.url()).await.unwrap();
                 sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut conn).await.unwrap();
                 sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.unwrap();
             }
-            Db::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            OutboxKind::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(self.outbox.url()).await.unwrap();
                 sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.unwrap();
             }
         }
@@ -116,20 +87,25 @@ impl Fixture {
     /// (status, last_error, retry_count) of the row whose id is stored as `id`, read without
     /// Broadcaster (the id may not be a UUID).
     async fn raw_state(&self, id: &str) -> (String, String, i64) {
-        let query = match self.db {
-            Db::Sqlite => "SELECT status, last_error, retry_count FROM outbox_events WHERE id = $1",
-            Db::Postgres => {
-                "SELECT status::text, last_error, retry_count::bigint FROM outbox_events WHERE id::text = $1"
+        let url = self.outbox.url();
+        match self.outbox.kind() {
+            OutboxKind::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query_as("SELECT status, last_error, retry_count FROM outbox_events WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
             }
-        };
-        match self.db {
-            Db::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sqlx::query_as(query).bind(id).fetch_one(&mut conn).await.unwrap()
-            }
-            Db::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                sqlx::query_as(query).bind(id).fetch_one(&mut conn).await.unwrap()
+            OutboxKind::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query_as(
+                    "SELECT status::text, last_error, retry_count::bigint FROM outbox_events WHERE id::text = $1",
+                )
+                .bind(id)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
             }
         }
     }
@@ -148,34 +124,34 @@ impl Fixture {
     /// `failed` with a short `last_error` naming its column and its `retry_count` kept, nothing
     /// left `processing`.
     async fn assert_bad_rows_failed_alone(&self, good: &[String], bad: &[BadRow], retry_counts: &[(usize, i64)]) {
-        let db = self.db;
+        let kind = self.outbox.kind();
         let mut published = self.published_ids();
         published.sort();
         let mut expected = good.to_vec();
         expected.sort();
-        assert_eq!(published, expected, "{db:?}: every good row is in the stream, once");
+        assert_eq!(published, expected, "{kind:?}: every good row is in the stream, once");
         for row in self.store.find(good).await.unwrap() {
-            assert_eq!(row.status, Status::Published, "{db:?}: {}", row.id);
+            assert_eq!(row.status, Status::Published, "{kind:?}: {}", row.id);
         }
         for (i, row) in bad.iter().enumerate() {
             let (status, last_error, retry_count) = self.raw_state(&row.id).await;
-            assert_eq!(status, "failed", "{db:?}: {} ({})", row.id, row.column);
+            assert_eq!(status, "failed", "{kind:?}: {} ({})", row.id, row.column);
             let prefix = format!("cannot read this row: column {}: ", row.column);
-            assert!(last_error.starts_with(&prefix), "{db:?}: {last_error:?} should start with {prefix:?}");
-            assert!(last_error.len() < 400, "{db:?}: last_error is {} bytes: {last_error:?}", last_error.len());
+            assert!(last_error.starts_with(&prefix), "{kind:?}: {last_error:?} should start with {prefix:?}");
+            assert!(last_error.len() < 400, "{kind:?}: last_error is {} bytes: {last_error:?}", last_error.len());
             let kept = retry_counts.iter().find(|(at, _)| *at == i).map_or(0, |(_, n)| *n);
-            assert_eq!(retry_count, kept, "{db:?}: {} keeps its retry_count", row.id);
+            assert_eq!(retry_count, kept, "{kind:?}: {} keeps its retry_count", row.id);
         }
-        assert_eq!(self.count(Status::Processing).await, 0, "{db:?}: nothing is left processing");
+        assert_eq!(self.count(Status::Processing).await, 0, "{kind:?}: nothing is left processing");
     }
 }
 
 /// How rows are made unreadable on each database: (column named in `last_error`, `SET …`, the
 /// id the row is stored under afterwards when the spoiling changes it).
-fn spoilers(db: Db) -> Vec<(&'static str, String, Option<&'static str>)> {
+fn spoilers(kind: OutboxKind) -> Vec<(&'static str, String, Option<&'static str>)> {
     let set = |column, sql: &str| (column, sql.to_string(), None);
-    match db {
-        Db::Sqlite => vec![
+    match kind {
+        OutboxKind::Sqlite => vec![
             set("data", "data = 'not json'"),
             set("publisher_config", "publisher_config = '[1,2]', retry_count = 2"),
             set("publisher_config", r#"publisher_config = '"text"'"#),
@@ -185,7 +161,7 @@ fn spoilers(db: Db) -> Vec<(&'static str, String, Option<&'static str>)> {
             set("created_at", "created_at = 'yesterday'"),
             ("id", "id = 'order-17'".to_string(), Some("order-17")),
         ],
-        Db::Postgres => vec![
+        OutboxKind::Postgres => vec![
             set("publisher_config", r#"publisher_config = '"text"'::jsonb"#),
             set("publisher_config", "publisher_config = '[1,2]'::jsonb, retry_count = 2"),
             set("source", "source = ''"),
@@ -200,7 +176,7 @@ fn spoilers(db: Db) -> Vec<(&'static str, String, Option<&'static str>)> {
 async fn mixed_rows(f: &Fixture) -> (Vec<String>, Vec<BadRow>) {
     let mut good = f.enqueue(20).await;
     let mut bad = Vec::new();
-    for (i, (column, set, new_id)) in spoilers(f.db).into_iter().enumerate() {
+    for (i, (column, set, new_id)) in spoilers(f.outbox.kind()).into_iter().enumerate() {
         let spoiled = good.remove(1 + 2 * i);
         let mut row = f.spoil(&spoiled, column, &set).await;
         if let Some(new_id) = new_id {
@@ -216,38 +192,38 @@ const RETRY_COUNT_KEPT: &[(usize, i64)] = &[(1, 2)];
 
 #[tokio::test]
 async fn one_claim_with_unreadable_rows_fails_them_alone_and_publishes_the_rest() {
-    for db in [Db::Sqlite, Db::Postgres] {
-        let f = fixture(db).await;
+    for kind in [OutboxKind::Sqlite, OutboxKind::Postgres] {
+        let f = fixture(kind).await;
         let (good, bad) = mixed_rows(&f).await;
         let relay = f.relay().await;
 
         let report = relay.run_batch(100).await.unwrap();
-        assert_eq!(report.claimed, 20, "{db:?}: {report:?}");
-        assert_eq!(report.published, good.len() as u64, "{db:?}: {report:?}");
-        assert_eq!(report.failed, bad.len() as u64, "{db:?}: {report:?}");
-        assert_eq!(report.fenced, 0, "{db:?}: {report:?}");
+        assert_eq!(report.claimed, 20, "{kind:?}: {report:?}");
+        assert_eq!(report.published, good.len() as u64, "{kind:?}: {report:?}");
+        assert_eq!(report.failed, bad.len() as u64, "{kind:?}: {report:?}");
+        assert_eq!(report.fenced, 0, "{kind:?}: {report:?}");
         f.assert_bad_rows_failed_alone(&good, &bad, RETRY_COUNT_KEPT).await;
 
         let again = relay.run_batch(100).await.unwrap();
-        assert_eq!(again.claimed, 0, "{db:?}: failed rows are not claimed again: {again:?}");
+        assert_eq!(again.claimed, 0, "{kind:?}: failed rows are not claimed again: {again:?}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_running_relay_fails_unreadable_rows_alone_batch_after_batch() {
-    for db in [Db::Sqlite, Db::Postgres] {
-        let f = fixture(db).await;
+    for kind in [OutboxKind::Sqlite, OutboxKind::Postgres] {
+        let f = fixture(kind).await;
         let (good, bad) = mixed_rows(&f).await;
         let relay = Arc::new(f.relay().await);
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        // Batches of 4: some are full of bad rows, and a full batch must lead to another claim.
+        // Batches of 4, most with a bad row among good ones.
         let options = RunOptions { batch_size: 4, interval: Duration::from_millis(50), max_iterations: 0 };
         let running = tokio::spawn(relay.run(options, stopped));
         let deadline = Instant::now() + Duration::from_secs(30);
         while f.count(Status::Published).await + f.count(Status::Failed).await < 20 {
             assert!(
                 Instant::now() < deadline,
-                "{db:?}: timed out; {:?}",
+                "{kind:?}: timed out; {:?}",
                 f.store.status(now_micros(), Duration::from_secs(300)).await.unwrap()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -258,9 +234,13 @@ async fn the_running_relay_fails_unreadable_rows_alone_batch_after_batch() {
         assert_eq!(
             (totals.claimed, totals.published, totals.failed),
             (20, good.len() as u64, bad.len() as u64),
-            "{db:?}: {report:?}"
+            "{kind:?}: {report:?}"
         );
-        assert_eq!((totals.retried, totals.released, totals.fenced, report.errors), (0, 0, 0, 0), "{db:?}: {report:?}");
+        assert_eq!(
+            (totals.retried, totals.released, totals.fenced, report.errors),
+            (0, 0, 0, 0),
+            "{kind:?}: {report:?}"
+        );
         f.assert_bad_rows_failed_alone(&good, &bad, RETRY_COUNT_KEPT).await;
     }
 }
