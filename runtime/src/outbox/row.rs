@@ -16,8 +16,8 @@ use serde_json::{Map, Value};
 use super::{Claim, ClaimedEvent, RowState, Status, StoreError};
 use crate::event::{OutboxEvent, Payload};
 
-/// The columns a claim returns, in the order [`StoredRow`] lists them (a string literal, for
-/// `concat!` into each database's claim statement).
+/// The columns a claim returns, which [`RowReader::claimed`] reads by name (a string literal,
+/// for `concat!` into each database's claim statement).
 macro_rules! claimed_columns {
     () => {
         "id, spec_version, event_type, source, subject, data_content_type, data_schema, data, created_at, \
