@@ -6,13 +6,16 @@
 //!   can stop and restart it on the same port (for outage tests).
 //! - [`TestDatabase`]: a fresh PostgreSQL database per test on the local server, dropped
 //!   afterwards.
+//! - [`TestOutbox`]: an empty outbox database of either kind ([`OutboxKind`]).
 //! - [`components`]: paths of the shipped and test-only `.wasm` components, built by
 //!   `build.rs` (Rust) and `scripts/build-polyglot` (Python, JavaScript).
 #![deny(missing_docs)]
 
+mod outbox;
 mod postgres;
 mod redis_server;
 
+pub use outbox::{OutboxKind, TestOutbox};
 pub use postgres::{TestDatabase, server_url as postgres_server_url};
 pub use redis_server::RedisServer;
 

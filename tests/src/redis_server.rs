@@ -34,6 +34,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// The `[publishers.<name>]` table of a `broadcaster.toml` for a native Redis Stream
+    /// publisher writing to this server (stream `events`, one-second timeouts).
+    pub fn native_publisher_toml(&self, name: &str) -> String {
+        format!(
+            "[publishers.{name}]\nbackend = \"redis-stream\"\n[publishers.{name}.options]\n\
+             host = \"127.0.0.1\"\nport = {}\nconnect_timeout = 1\nsocket_timeout = 1\n",
+            self.port
+        )
+    }
+
     /// A synchronous client connection (for assertions in tests).
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connecting to the test redis-server")

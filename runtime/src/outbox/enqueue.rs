@@ -159,22 +159,13 @@ impl<'a> Columns<'a> {
 
 /// Inserts `event` through `executor` (a connection or an open transaction) on SQLite;
 /// returns its id.
-pub async fn sqlite<'e, E>(executor: E, event: &NewEvent) -> Result<uuid::Uuid, StoreError>
-where
-    E: sqlx::SqliteExecutor<'e>,
-{
-    let columns = Columns::of(event, now_micros())?;
-    super::sqlite::insert(executor, &columns, now_micros()).await?;
-    Ok(columns.id)
+pub async fn sqlite<'e>(executor: impl sqlx::SqliteExecutor<'e>, event: &NewEvent) -> Result<uuid::Uuid, StoreError> {
+    let now = now_micros();
+    super::sqlite::insert(executor, &Columns::of(event, now)?, now).await
 }
 
-/// Inserts `event` through `executor` (a connection or an open transaction) on PostgreSQL;
-/// returns its id.
-pub async fn postgres<'e, E>(executor: E, event: &NewEvent) -> Result<uuid::Uuid, StoreError>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    let columns = Columns::of(event, now_micros())?;
-    super::postgres::insert(executor, &columns, now_micros()).await?;
-    Ok(columns.id)
+/// The same on PostgreSQL: `executor` is a `&mut PgConnection` or an open transaction.
+pub async fn postgres<'e>(executor: impl sqlx::PgExecutor<'e>, event: &NewEvent) -> Result<uuid::Uuid, StoreError> {
+    let now = now_micros();
+    super::postgres::insert(executor, &Columns::of(event, now)?, now).await
 }

@@ -1,28 +1,37 @@
 //! The outbox table `outbox_events`, as django-broadcaster 0.1.1's migration creates it, on
 //! SQLite (the embedded default) or PostgreSQL (to scale out), chosen by `[outbox] url`.
 //!
-//! - [`schema`]: the table's DDL (Django's own, per database) and `migrate`.
-//! - [`sqlite`], [`postgres`]: the statements, one implementation per database.
+//! - [`backend`]: [`OutboxBackend`], the contract every database implements (claims are
+//!   leases fenced by the claim token; see there).
+//! - [`sqlite`], [`postgres`]: the implementations, one statement set per database.
+//! - [`row`]: claimed rows as each database reads them, decoded into events in one place; a
+//!   row that cannot be read fails alone.
+//! - [`fenced_writes`]: the writes that finish claimed rows, fenced by the claim token.
+//! - [`schema`]: the table's DDL (Django's own, per database).
 //! - [`enqueue`]: writing events, including inside an application's own transaction.
 //!
-//! Claims are leases: a claimed row is `processing` with `updated_at` = the claim time,
-//! which is also the claim's fencing token. Every later write to the row (published, retry,
-//! failed, released) is conditional on `status = 'processing' AND updated_at = <token>`, so
-//! a worker whose lease expired and was taken over cannot overwrite the new owner's state.
+//! [`OutboxStore`] is the handle the relay and the CLI hold: the backend `connect` picks by URL.
 
+pub mod backend;
 pub mod enqueue;
+pub mod fenced_writes;
 pub mod postgres;
+pub mod row;
 pub mod schema;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::event::OutboxEvent;
 
+pub use backend::OutboxBackend;
 pub use enqueue::NewEvent;
+pub use fenced_writes::{FencedWrites, RowId};
+pub use row::RejectedRow;
 
 /// The table name, fixed by django-broadcaster (`db_table = "outbox_events"`).
 pub const TABLE: &str = "outbox_events";
@@ -32,7 +41,7 @@ pub const TABLE: &str = "outbox_events";
 pub enum Status {
     /// Waiting to be published.
     Pending,
-    /// Claimed by a worker (a lease; see the module docs).
+    /// Claimed by a worker (a lease; see [`OutboxBackend`]).
     Processing,
     /// Published.
     Published,
@@ -127,8 +136,22 @@ pub struct ClaimedEvent {
 pub struct Claim {
     /// The claim time; also the fencing token written to `updated_at`.
     pub token: DateTime<Utc>,
-    /// The rows, in due order (`scheduled_at`, then `created_at`).
+    /// The rows read as events, in due order (`scheduled_at`, then `created_at`).
     pub events: Vec<ClaimedEvent>,
+    /// The rows that could not be read; the store has already marked them `failed`.
+    pub rejected: Vec<RejectedRow>,
+}
+
+impl Claim {
+    /// The rows claimed: events and rejected rows.
+    pub fn len(&self) -> usize {
+        self.events.len() + self.rejected.len()
+    }
+
+    /// Whether nothing was due.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What to do with one claimed row after publishing.
@@ -188,132 +211,60 @@ pub struct StatusReport {
     pub expired_leases: u64,
 }
 
-/// The outbox on one of the supported databases.
-#[derive(Debug, Clone)]
-pub enum OutboxStore {
-    /// SQLite (a file).
-    Sqlite(sqlite::SqliteStore),
-    /// PostgreSQL.
-    Postgres(postgres::PostgresStore),
+impl StatusReport {
+    /// The report of `counts` (publisher_backend, status, rows: unknown statuses left out),
+    /// the oldest due row and the expired leases.
+    pub fn of(counts: Vec<(String, String, i64)>, oldest_due: Option<DateTime<Utc>>, expired_leases: i64) -> Self {
+        let counts = counts
+            .into_iter()
+            .filter_map(|(publisher, status, rows)| Some(((publisher, Status::parse(&status)?), rows.unsigned_abs())))
+            .collect();
+        Self { counts, oldest_due, expired_leases: expired_leases.unsigned_abs() }
+    }
 }
 
-macro_rules! dispatch {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match $self {
-            OutboxStore::Sqlite(store) => store.$method($($arg),*).await,
-            OutboxStore::Postgres(store) => store.$method($($arg),*).await,
-        }
-    };
+/// The outbox on one of the supported databases: a cheap-to-clone handle to its
+/// [`OutboxBackend`], whose methods it derefs to.
+#[derive(Debug, Clone)]
+pub struct OutboxStore {
+    backend: Arc<dyn OutboxBackend>,
 }
 
 impl OutboxStore {
     /// Connects to `url` (`sqlite://file`, `sqlite::memory:`, `postgres://…`). A SQLite file is
-    /// created when missing; the table is not (see [`OutboxStore::migrate`]).
+    /// created when missing; the table is not (see [`OutboxBackend::migrate`]).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        if url.starts_with("sqlite:") {
-            Ok(Self::Sqlite(sqlite::SqliteStore::connect(url).await?))
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres(postgres::PostgresStore::connect(url).await?))
-        } else {
-            Err(StoreError::Url {
-                url: redact(url),
-                message: "expected sqlite://<file> or postgres://user@host/db".into(),
-            })
-        }
+        let backend: Arc<dyn OutboxBackend> = match url.split_once(':').map(|(scheme, _)| scheme) {
+            Some("sqlite") => Arc::new(sqlite::SqliteStore::connect(url).await?),
+            Some("postgres" | "postgresql") => Arc::new(postgres::PostgresStore::connect(url).await?),
+            _ => {
+                return Err(StoreError::Url {
+                    url: redact(url),
+                    message: "expected sqlite://<file> or postgres://user@host/db".into(),
+                });
+            }
+        };
+        Ok(Self { backend })
     }
 
-    /// The database URL without password.
-    pub fn display_url(&self) -> String {
-        match self {
-            Self::Sqlite(s) => s.display_url(),
-            Self::Postgres(s) => s.display_url(),
-        }
+    /// A store on `backend` (a database `connect` does not know).
+    pub fn new(backend: impl OutboxBackend + 'static) -> Self {
+        Self { backend: Arc::new(backend) }
     }
+}
 
-    /// Creates the table and Django's indexes when the table is missing. Returns `true` when
-    /// it created them, `false` when the table was there (it is then checked, not changed).
-    pub async fn migrate(&self) -> Result<bool, StoreError> {
-        dispatch!(self.migrate())
-    }
+impl std::ops::Deref for OutboxStore {
+    type Target = dyn OutboxBackend;
 
-    /// Checks that the table exists with django-broadcaster's columns.
-    pub async fn verify(&self) -> Result<(), StoreError> {
-        dispatch!(self.verify())
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
     }
+}
 
-    /// Inserts events in one transaction; returns their ids.
-    pub async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        dispatch!(self.enqueue(events, now))
-    }
-
-    /// Claims up to `limit` due rows (pending/retry with `scheduled_at <= now`) whose
-    /// publisher is not in `skip` (names as stored: give both `""` and `"default"` to skip
-    /// the default publisher), oldest due first.
-    pub async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
-        let mut claim = dispatch!(self.claim(now, limit, skip))?;
-        // `UPDATE … RETURNING` gives rows in no particular order.
-        claim.events.sort_by_key(|e| (e.scheduled_at, e.event.created_at));
-        Ok(claim)
-    }
-
-    /// Claims up to `limit` due rows of one publisher (`names`: how its events may name it,
-    /// e.g. `["", "default"]` for the default publisher, or the name twice), oldest due first.
-    /// Cheap however many rows other publishers have waiting (with the claim index).
-    pub async fn claim_for(&self, now: DateTime<Utc>, limit: u32, names: [&str; 2]) -> Result<Claim, StoreError> {
-        let mut claim = dispatch!(self.claim_for(now, limit, names))?;
-        claim.events.sort_by_key(|e| (e.scheduled_at, e.event.created_at));
-        Ok(claim)
-    }
-
-    /// The `publisher_backend` values that have `pending` or `retry` rows (due or not), found
-    /// with one index seek per name.
-    pub async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
-        dispatch!(self.publishers_with_work())
-    }
-
-    /// Applies the outcome of each claimed row; rows whose lease was taken over are left
-    /// alone. Returns how many rows were updated.
-    pub async fn settle(
-        &self,
-        token: DateTime<Utc>,
-        now: DateTime<Utc>,
-        settlements: &[(String, Settlement)],
-    ) -> Result<u64, StoreError> {
-        dispatch!(self.settle(token, now, settlements))
-    }
-
-    /// Puts rows left `processing` longer than `lease` back to `pending`/`retry`. Returns
-    /// how many.
-    pub async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
-        dispatch!(self.reclaim_expired(now, lease))
-    }
-
-    /// Counts per publisher and status, and the oldest due row.
-    pub async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {
-        dispatch!(self.status(now, lease))
-    }
-
-    /// Sets the given rows (by id), or every `failed` row when `ids` is empty, back to
-    /// `pending`, due now, with `retry_count` 0. Only `failed` and `retry` rows are changed.
-    /// Returns the rows changed.
-    pub async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        dispatch!(self.retry(ids, now))
-    }
-
-    /// The rows with these ids (those that exist).
-    pub async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
-        dispatch!(self.find(ids))
-    }
-
-    /// Deletes up to `limit` `published` rows published before `before`; returns how many.
-    pub async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-        dispatch!(self.prune_batch(before, limit))
-    }
-
-    /// Counts `published` rows published before `before`.
-    pub async fn count_prunable(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        dispatch!(self.count_prunable(before))
-    }
+/// When a lease of length `lease` that is still valid at `now` began: rows `processing` since
+/// before then have expired.
+pub(crate) fn lease_start(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
 }
 
 /// `url` with any password replaced by `***`.

@@ -7,14 +7,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{PgPool, Row};
+use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
 use super::enqueue::Columns;
-use super::{Claim, ClaimedEvent, NewEvent, RowState, Settlement, Status, StatusReport, StoreError, schema};
-use crate::event::{OutboxEvent, Payload};
+use super::row::{RowReader, claimed_columns};
+use super::{Claim, FencedWrites, NewEvent, OutboxBackend, RowState, StatusReport, StoreError, schema};
+use crate::event::OutboxEvent;
 
 /// The outbox in a PostgreSQL database.
 #[derive(Debug, Clone)]
@@ -23,13 +24,71 @@ pub struct PostgresStore {
     url: String,
 }
 
-fn uuids(ids: &[String]) -> Result<Vec<Uuid>, StoreError> {
-    ids.iter().map(|id| super::parse_id(id)).collect()
+fn uuids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Result<Vec<Uuid>, StoreError> {
+    ids.into_iter().map(super::parse_id).collect()
 }
 
-fn lease_start(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
-    now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
-}
+/// Claims due rows whose publisher is not in `$2`. One index range scan per status, each
+/// stopping after `limit` rows, so a claim costs the same with ten or ten million rows waiting
+/// (a single `status IN (…)` with ORDER BY would sort every due row on every claim).
+const CLAIM: &str = concat!(
+    "WITH pending AS (SELECT id, scheduled_at, created_at FROM outbox_events \
+         WHERE status = 'pending' AND scheduled_at <= $1 AND NOT (publisher_backend = ANY($2)) \
+         ORDER BY scheduled_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+     retrying AS (SELECT id, scheduled_at, created_at FROM outbox_events \
+         WHERE status = 'retry' AND scheduled_at <= $1 AND NOT (publisher_backend = ANY($2)) \
+         ORDER BY scheduled_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+     due AS (SELECT id AS due_id FROM (SELECT * FROM pending UNION ALL SELECT * FROM retrying) candidates \
+         ORDER BY scheduled_at, created_at LIMIT $3) \
+     UPDATE outbox_events SET status = 'processing', updated_at = $1 FROM due WHERE id = due.due_id \
+     RETURNING ",
+    claimed_columns!()
+);
+
+/// Claims due rows of the publisher named `$2` or `$3`: one index range per (status, name),
+/// each stopping after `limit` rows, so the cost does not grow with other publishers'
+/// backlogs.
+const CLAIM_FOR: &str = concat!(
+    "WITH p1 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
+         WHERE status = 'pending' AND publisher_backend = $2 AND scheduled_at <= $1 \
+         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+     p2 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
+         WHERE status = 'pending' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
+         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+     r1 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
+         WHERE status = 'retry' AND publisher_backend = $2 AND scheduled_at <= $1 \
+         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+     r2 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
+         WHERE status = 'retry' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
+         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+     candidates AS (SELECT * FROM p1 UNION ALL SELECT * FROM p2 UNION ALL SELECT * FROM r1 \
+         UNION ALL SELECT * FROM r2), \
+     due AS (SELECT id AS due_id FROM candidates ORDER BY scheduled_at, created_at LIMIT $4) \
+     UPDATE outbox_events SET status = 'processing', updated_at = $1 FROM due WHERE id = due.due_id \
+     RETURNING ",
+    claimed_columns!()
+);
+
+/// Failed and retrying rows of ids `$2` back to `pending`, due at `$1`.
+const RETRY_IDS: &str = "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = $1, updated_at = $1 \
+     WHERE id = ANY($2) AND status IN ('failed', 'retry') RETURNING id";
+
+/// The rows of ids `$1`, for [`RowReader::state`].
+const FIND: &str = "SELECT id, status::text AS status, publisher_backend::text AS publisher_backend, retry_count, \
+     max_retries, scheduled_at, published_at, last_error FROM outbox_events WHERE id = ANY($1)";
+
+/// The fenced writes ([`FencedWrites`]) of ids `$2`.
+const PUBLISH: &str = "UPDATE outbox_events SET status = 'published', published_at = $1, updated_at = $1 \
+     WHERE id = ANY($2) AND status = 'processing' AND updated_at = $3";
+const RELEASE: &str = "UPDATE outbox_events \
+     SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, updated_at = $1 \
+     WHERE id = ANY($2) AND status = 'processing' AND updated_at = $3";
+const WRITE_OUTCOMES: &str = "UPDATE outbox_events o SET status = v.status, \
+         retry_count = COALESCE(v.retry_count, o.retry_count), last_error = v.last_error, \
+         scheduled_at = COALESCE(v.scheduled_at, o.scheduled_at), updated_at = $1 \
+     FROM UNNEST($2::uuid[], $3::text[], $4::int[], $5::text[], $6::timestamptz[]) \
+         AS v(id, status, retry_count, last_error, scheduled_at) \
+     WHERE o.id = v.id AND o.status = 'processing' AND o.updated_at = $7";
 
 impl PostgresStore {
     /// Connects a small pool to `url`.
@@ -44,17 +103,34 @@ impl PostgresStore {
         Ok(Self { pool, url: super::redact(url) })
     }
 
-    /// The URL without password.
-    pub fn display_url(&self) -> String {
-        self.url.clone()
-    }
-
     /// The pool, for applications that share it.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    async fn columns(&self) -> Result<Vec<String>, StoreError> {
+    /// Runs a claim statement; reads every row on its own and fails the unreadable ones.
+    async fn claimed(&self, token: DateTime<Utc>, claim: Query<'_>) -> Result<Claim, StoreError> {
+        let rows = claim.fetch_all(&self.pool).await?;
+        let claim = Claim::from_rows(token, rows.iter().map(Reader::claimed).collect::<Result<Vec<_>, _>>()?);
+        if let Some(rejections) = FencedWrites::rejecting(&claim) {
+            self.write(&rejections).await?;
+        }
+        Ok(claim)
+    }
+}
+
+type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// PostgreSQL hands over `uuid`, `jsonb`, `timestamptz` and `integer` columns typed.
+type Reader<'r> = RowReader<'r, PgRow, Uuid, Json<serde_json::Value>, DateTime<Utc>, i32>;
+
+#[async_trait::async_trait]
+impl OutboxBackend for PostgresStore {
+    fn display_url(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn table_columns(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT column_name::text FROM information_schema.columns \
              WHERE table_name = 'outbox_events' AND table_schema = current_schema()",
@@ -63,18 +139,7 @@ impl PostgresStore {
         .await?)
     }
 
-    pub(crate) async fn verify(&self) -> Result<(), StoreError> {
-        let present = self.columns().await?;
-        if present.is_empty() {
-            return Err(StoreError::MissingTable { url: self.display_url() });
-        }
-        match schema::missing_columns(&present) {
-            Some(missing) => Err(StoreError::WrongTable { url: self.display_url(), missing }),
-            None => Ok(()),
-        }
-    }
-
-    pub(crate) async fn migrate(&self) -> Result<bool, StoreError> {
+    async fn migrate(&self) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Two `migrate`s at once must not both try to create the table.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('broadcaster.outbox_events'))").execute(&mut *tx).await?;
@@ -84,20 +149,18 @@ impl PostgresStore {
         )
         .fetch_one(&mut *tx)
         .await?;
-        if exists {
-            tx.commit().await?;
-            self.verify().await?;
-            sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
-            return Ok(false);
-        }
-        for statement in schema::POSTGRES_DDL.iter().chain([&schema::CLAIM_INDEX]) {
-            sqlx::query(*statement).execute(&mut *tx).await?;
+        if !exists {
+            for statement in schema::POSTGRES_DDL {
+                sqlx::query(*statement).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
-        Ok(true)
+        self.verify().await?;
+        sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
+        Ok(!exists)
     }
 
-    pub(crate) async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+    async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.pool.begin().await?;
         for chunk in columns.chunks(1000) {
@@ -107,255 +170,99 @@ impl PostgresStore {
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
     }
 
-    pub(crate) async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
-        let token = now;
-        let rows = sqlx::query(
-            // One index range scan per status, each stopping after `limit` rows, so a claim
-            // costs the same with ten or ten million rows waiting (a single `status IN (…)`
-            // with ORDER BY would sort every due row on every claim).
-            "WITH pending AS (SELECT id, scheduled_at, created_at FROM outbox_events \
-                 WHERE status = 'pending' AND scheduled_at <= $1 AND NOT (publisher_backend = ANY($2)) \
-                 ORDER BY scheduled_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             retrying AS (SELECT id, scheduled_at, created_at FROM outbox_events \
-                 WHERE status = 'retry' AND scheduled_at <= $1 AND NOT (publisher_backend = ANY($2)) \
-                 ORDER BY scheduled_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             due AS (SELECT id FROM (SELECT * FROM pending UNION ALL SELECT * FROM retrying) candidates \
-                 ORDER BY scheduled_at, created_at LIMIT $3) \
-             UPDATE outbox_events o SET status = 'processing', updated_at = $1 FROM due WHERE o.id = due.id \
-             RETURNING o.id, o.spec_version, o.event_type, o.source, o.subject, o.data_content_type, \
-                 o.data_schema, o.data, o.created_at, o.scheduled_at, o.retry_count, o.max_retries, \
-                 o.publisher_backend, o.publisher_config",
-        )
-        .bind(token)
-        .bind(skip)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(Claim { token, events })
+    async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
+        self.claimed(now, sqlx::query(CLAIM).bind(now).bind(skip).bind(i64::from(limit))).await
     }
 
-    pub(crate) async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
+    async fn claim_for(&self, now: DateTime<Utc>, limit: u32, names: [&str; 2]) -> Result<Claim, StoreError> {
+        let [first, second] = names;
+        self.claimed(now, sqlx::query(CLAIM_FOR).bind(now).bind(first).bind(second).bind(i64::from(limit))).await
+    }
+
+    async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(schema::PUBLISHERS_WITH_WORK).fetch_all(&self.pool).await?)
     }
 
-    pub(crate) async fn claim_for(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        names: [&str; 2],
-    ) -> Result<Claim, StoreError> {
-        let token = now;
-        let rows = sqlx::query(
-            // One index range per (status, name), each stopping after `limit` rows: the cost
-            // does not grow with other publishers' backlogs.
-            "WITH p1 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
-                 WHERE status = 'pending' AND publisher_backend = $2 AND scheduled_at <= $1 \
-                 ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
-             p2 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
-                 WHERE status = 'pending' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
-                 ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
-             r1 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
-                 WHERE status = 'retry' AND publisher_backend = $2 AND scheduled_at <= $1 \
-                 ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
-             r2 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
-                 WHERE status = 'retry' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
-                 ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
-             candidates AS (SELECT * FROM p1 UNION ALL SELECT * FROM p2 UNION ALL SELECT * FROM r1 \
-                 UNION ALL SELECT * FROM r2), \
-             due AS (SELECT id FROM candidates ORDER BY scheduled_at, created_at LIMIT $4) \
-             UPDATE outbox_events o SET status = 'processing', updated_at = $1 FROM due WHERE o.id = due.id \
-             RETURNING o.id, o.spec_version, o.event_type, o.source, o.subject, o.data_content_type, \
-                 o.data_schema, o.data, o.created_at, o.scheduled_at, o.retry_count, o.max_retries, \
-                 o.publisher_backend, o.publisher_config",
-        )
-        .bind(token)
-        .bind(names[0])
-        .bind(names[1])
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(Claim { token, events })
-    }
-
-    pub(crate) async fn settle(
-        &self,
-        token: DateTime<Utc>,
-        now: DateTime<Utc>,
-        settlements: &[(String, Settlement)],
-    ) -> Result<u64, StoreError> {
-        let mut published = Vec::new();
-        let mut released = Vec::new();
-        let (mut ids, mut statuses, mut counts, mut errors, mut times) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (id, settlement) in settlements {
-            let id = super::parse_id(id)?;
-            match settlement {
-                Settlement::Published => published.push(id),
-                Settlement::Release => released.push(id),
-                Settlement::Retry { retry_count, at, error } => {
-                    ids.push(id);
-                    statuses.push("retry");
-                    counts.push(i32::try_from(*retry_count).unwrap_or(i32::MAX));
-                    errors.push(error.as_str());
-                    times.push(Some(*at));
-                }
-                Settlement::Failed { retry_count, error } => {
-                    ids.push(id);
-                    statuses.push("failed");
-                    counts.push(i32::try_from(*retry_count).unwrap_or(i32::MAX));
-                    errors.push(error.as_str());
-                    times.push(None);
-                }
+    async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError> {
+        let (token, now) = (writes.token, writes.now);
+        let mut updated = 0;
+        for (statement, ids) in [(PUBLISH, &writes.published), (RELEASE, &writes.released)] {
+            if !ids.is_empty() {
+                let ids = uuids(ids.iter().map(|id| id.text()))?;
+                let done = sqlx::query(statement).bind(now).bind(ids).bind(token).execute(&self.pool).await?;
+                updated += done.rows_affected();
             }
         }
-        let mut updated = 0;
-        if !published.is_empty() {
-            updated += sqlx::query(
-                "UPDATE outbox_events SET status = 'published', published_at = $1, updated_at = $1 \
-                 WHERE id = ANY($2) AND status = 'processing' AND updated_at = $3",
-            )
-            .bind(now)
-            .bind(&published)
-            .bind(token)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        }
-        if !ids.is_empty() {
-            updated += sqlx::query(
-                "UPDATE outbox_events o SET status = v.status, retry_count = v.retry_count, \
-                 last_error = v.last_error, scheduled_at = COALESCE(v.scheduled_at, o.scheduled_at), updated_at = $1 \
-                 FROM UNNEST($2::uuid[], $3::text[], $4::int[], $5::text[], $6::timestamptz[]) \
-                     AS v(id, status, retry_count, last_error, scheduled_at) \
-                 WHERE o.id = v.id AND o.status = 'processing' AND o.updated_at = $7",
-            )
-            .bind(now)
-            .bind(&ids)
-            .bind(&statuses)
-            .bind(&counts)
-            .bind(&errors)
-            .bind(&times)
-            .bind(token)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        }
-        if !released.is_empty() {
-            updated += sqlx::query(
-                "UPDATE outbox_events SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, \
-                 updated_at = $1 WHERE id = ANY($2) AND status = 'processing' AND updated_at = $3",
-            )
-            .bind(now)
-            .bind(&released)
-            .bind(token)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        if !writes.outcomes.is_empty() {
+            let outcomes = &writes.outcomes;
+            let done = sqlx::query(WRITE_OUTCOMES)
+                .bind(now)
+                .bind(uuids(outcomes.iter().map(|o| o.id.text()))?)
+                .bind(outcomes.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
+                .bind(
+                    outcomes
+                        .iter()
+                        .map(|o| o.retry_count.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(outcomes.iter().map(|o| o.last_error).collect::<Vec<_>>())
+                .bind(outcomes.iter().map(|o| o.scheduled_at).collect::<Vec<_>>())
+                .bind(token)
+                .execute(&self.pool)
+                .await?;
+            updated += done.rows_affected();
         }
         Ok(updated)
     }
 
-    pub(crate) async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE outbox_events SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, \
-             updated_at = $1 WHERE status = 'processing' AND updated_at < $2",
-        )
-        .bind(now)
-        .bind(lease_start(now, lease))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+    async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
+        let reclaim = sqlx::query(schema::RECLAIM_EXPIRED).bind(now).bind(super::lease_start(now, lease));
+        Ok(reclaim.execute(&self.pool).await?.rows_affected())
     }
 
-    pub(crate) async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {
-        let mut report = StatusReport::default();
-        let rows =
-            sqlx::query("SELECT publisher_backend::text, status::text, count(*) FROM outbox_events GROUP BY 1, 2")
-                .fetch_all(&self.pool)
-                .await?;
-        for row in rows {
-            let status: String = row.try_get(1)?;
-            let Some(status) = Status::parse(&status) else { continue };
-            report.counts.insert((row.try_get(0)?, status), row.try_get::<i64, _>(2)? as u64);
-        }
-        report.oldest_due = sqlx::query_scalar(
-            "SELECT min(scheduled_at) FROM outbox_events WHERE status IN ('pending', 'retry') AND scheduled_at <= $1",
-        )
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        let expired: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'processing' AND updated_at < $1")
-                .bind(lease_start(now, lease))
-                .fetch_one(&self.pool)
-                .await?;
-        report.expired_leases = expired as u64;
-        Ok(report)
+    async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {
+        let counts = sqlx::query_as(schema::COUNT_BY_STATUS).fetch_all(&self.pool).await?;
+        let oldest = sqlx::query_scalar(schema::OLDEST_DUE).bind(now).fetch_one(&self.pool).await?;
+        let expired_before = super::lease_start(now, lease);
+        let expired = sqlx::query_scalar(schema::EXPIRED_LEASES).bind(expired_before).fetch_one(&self.pool).await?;
+        Ok(StatusReport::of(counts, oldest, expired))
     }
 
-    pub(crate) async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+    async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let changed: Vec<Uuid> = if ids.is_empty() {
-            sqlx::query_scalar(
-                "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = $1, updated_at = $1 \
-                 WHERE status = 'failed' RETURNING id",
-            )
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?
+            sqlx::query_scalar(schema::RETRY_FAILED).bind(now).fetch_all(&self.pool).await?
         } else {
-            sqlx::query_scalar(
-                "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = $1, updated_at = $1 \
-                 WHERE id = ANY($2) AND status IN ('failed', 'retry') RETURNING id",
-            )
-            .bind(now)
-            .bind(uuids(ids)?)
-            .fetch_all(&self.pool)
-            .await?
+            sqlx::query_scalar(RETRY_IDS)
+                .bind(now)
+                .bind(uuids(ids.iter().map(String::as_str))?)
+                .fetch_all(&self.pool)
+                .await?
         };
         Ok(changed.into_iter().map(|id| id.to_string()).collect())
     }
 
-    pub(crate) async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, status::text AS status, publisher_backend::text AS publisher_backend, retry_count, \
-             max_retries, scheduled_at, published_at, last_error FROM outbox_events WHERE id = ANY($1)",
-        )
-        .bind(uuids(ids)?)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(row_state).collect()
+    async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
+        let rows = sqlx::query(FIND).bind(uuids(ids.iter().map(String::as_str))?).fetch_all(&self.pool).await?;
+        rows.iter().map(Reader::state).collect()
     }
 
-    pub(crate) async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
-             WHERE status = 'published' AND published_at < $1 LIMIT $2)",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+    async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let prune = sqlx::query(schema::PRUNE_BATCH).bind(before).bind(i64::from(limit));
+        Ok(prune.execute(&self.pool).await?.rows_affected())
     }
 
-    pub(crate) async fn count_prunable(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'published' AND published_at < $1")
-                .bind(before)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(count as u64)
+    async fn count_prunable(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(schema::COUNT_PRUNABLE).bind(before).fetch_one(&self.pool).await?;
+        Ok(count.unsigned_abs())
     }
 }
 
-/// Inserts one row (for [`super::enqueue::postgres`]).
-pub(crate) async fn insert<'e, E>(executor: E, row: &Columns<'_>, now: DateTime<Utc>) -> Result<(), StoreError>
+/// Inserts one row (for [`super::enqueue::postgres`]); returns its id.
+pub(crate) async fn insert<'e, E>(executor: E, row: &Columns<'_>, now: DateTime<Utc>) -> Result<Uuid, StoreError>
 where
     E: sqlx::PgExecutor<'e>,
 {
-    insert_many(executor, std::slice::from_ref(row), now).await
+    insert_many(executor, std::slice::from_ref(row), now).await.map(|()| row.id)
 }
 
 /// Inserts rows in one statement (`UNNEST` of one array per column).
@@ -399,49 +306,4 @@ where
     .execute(executor)
     .await?;
     Ok(())
-}
-
-fn row_state(row: &PgRow) -> Result<RowState, StoreError> {
-    let id: Uuid = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
-    Ok(RowState {
-        id: id.to_string(),
-        status: Status::parse(&status)
-            .ok_or_else(|| StoreError::BadRow { id: id.to_string(), message: format!("unknown status {status:?}") })?,
-        publisher_backend: row.try_get("publisher_backend")?,
-        retry_count: u32::try_from(row.try_get::<i32, _>("retry_count")?).unwrap_or(0),
-        max_retries: u32::try_from(row.try_get::<i32, _>("max_retries")?).unwrap_or(0),
-        scheduled_at: row.try_get("scheduled_at")?,
-        published_at: row.try_get("published_at")?,
-        last_error: row.try_get("last_error")?,
-    })
-}
-
-fn decode(row: &PgRow) -> Result<ClaimedEvent, StoreError> {
-    let id: Uuid = row.try_get("id")?;
-    let data: Option<Json<serde_json::Value>> = row.try_get("data")?;
-    let config: Json<serde_json::Value> = row.try_get("publisher_config")?;
-    let publisher_config = match config.0 {
-        serde_json::Value::Object(map) => map,
-        serde_json::Value::Null => serde_json::Map::new(),
-        _ => {
-            return Err(StoreError::BadRow {
-                id: id.to_string(),
-                message: "publisher_config is not a JSON object".into(),
-            });
-        }
-    };
-    let mut event = OutboxEvent::new(row.try_get::<String, _>("event_type")?, row.try_get::<String, _>("source")?);
-    event.id = id.to_string();
-    event.spec_version = row.try_get("spec_version")?;
-    event.subject = row.try_get("subject")?;
-    event.data_content_type = row.try_get("data_content_type")?;
-    event.data_schema = row.try_get("data_schema")?;
-    event.data = data.map(|d| Payload::Json(d.0)).unwrap_or(Payload::None);
-    event.created_at = row.try_get::<DateTime<Utc>, _>("created_at")?.fixed_offset();
-    event.retry_count = u32::try_from(row.try_get::<i32, _>("retry_count")?).unwrap_or(0);
-    event.max_retries = u32::try_from(row.try_get::<i32, _>("max_retries")?).unwrap_or(0);
-    event.publisher_backend = row.try_get("publisher_backend")?;
-    event.publisher_config = publisher_config;
-    Ok(ClaimedEvent { event, scheduled_at: row.try_get("scheduled_at")? })
 }

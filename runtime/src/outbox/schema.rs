@@ -24,29 +24,51 @@ pub const COLUMNS: &[&str] = &[
     "publisher_config",
 ];
 
-/// PostgreSQL: `python manage.py sqlmigrate django_broadcaster 0001`.
-pub const POSTGRES_DDL: &[&str] = &[
-    r#"CREATE TABLE "outbox_events" ("id" uuid NOT NULL PRIMARY KEY, "spec_version" varchar(10) NOT NULL, "event_type" varchar(255) NOT NULL, "source" varchar(255) NOT NULL, "subject" varchar(255) NOT NULL, "data_content_type" varchar(100) NOT NULL, "data_schema" varchar(200) NOT NULL, "data" jsonb NULL, "status" varchar(20) NOT NULL, "created_at" timestamp with time zone NOT NULL, "updated_at" timestamp with time zone NOT NULL, "scheduled_at" timestamp with time zone NOT NULL, "published_at" timestamp with time zone NULL, "retry_count" integer NOT NULL CHECK ("retry_count" >= 0), "max_retries" integer NOT NULL CHECK ("max_retries" >= 0), "last_error" text NOT NULL, "publisher_backend" varchar(100) NOT NULL, "publisher_config" jsonb NOT NULL)"#,
+/// PostgreSQL: `python manage.py sqlmigrate django_broadcaster 0001` (its `_like` indexes
+/// last).
+pub const POSTGRES_DDL: &[&str] = &ddl::<9>(POSTGRES_TABLE, &[&DJANGO_INDEXES, &POSTGRES_LIKE_INDEXES]);
+
+/// SQLite: `python manage.py sqlmigrate django_broadcaster 0001`.
+pub const SQLITE_DDL: &[&str] = &ddl::<7>(SQLITE_TABLE, &[&DJANGO_INDEXES]);
+
+const POSTGRES_TABLE: &str = r#"CREATE TABLE "outbox_events" ("id" uuid NOT NULL PRIMARY KEY, "spec_version" varchar(10) NOT NULL, "event_type" varchar(255) NOT NULL, "source" varchar(255) NOT NULL, "subject" varchar(255) NOT NULL, "data_content_type" varchar(100) NOT NULL, "data_schema" varchar(200) NOT NULL, "data" jsonb NULL, "status" varchar(20) NOT NULL, "created_at" timestamp with time zone NOT NULL, "updated_at" timestamp with time zone NOT NULL, "scheduled_at" timestamp with time zone NOT NULL, "published_at" timestamp with time zone NULL, "retry_count" integer NOT NULL CHECK ("retry_count" >= 0), "max_retries" integer NOT NULL CHECK ("max_retries" >= 0), "last_error" text NOT NULL, "publisher_backend" varchar(100) NOT NULL, "publisher_config" jsonb NOT NULL)"#;
+
+const SQLITE_TABLE: &str = r#"CREATE TABLE "outbox_events" ("id" char(32) NOT NULL PRIMARY KEY, "spec_version" varchar(10) NOT NULL, "event_type" varchar(255) NOT NULL, "source" varchar(255) NOT NULL, "subject" varchar(255) NOT NULL, "data_content_type" varchar(100) NOT NULL, "data_schema" varchar(200) NOT NULL, "data" text NULL CHECK ((JSON_VALID("data") OR "data" IS NULL)), "status" varchar(20) NOT NULL, "created_at" datetime NOT NULL, "updated_at" datetime NOT NULL, "scheduled_at" datetime NOT NULL, "published_at" datetime NULL, "retry_count" integer unsigned NOT NULL CHECK ("retry_count" >= 0), "max_retries" integer unsigned NOT NULL CHECK ("max_retries" >= 0), "last_error" text NOT NULL, "publisher_backend" varchar(100) NOT NULL, "publisher_config" text NOT NULL CHECK ((JSON_VALID("publisher_config") OR "publisher_config" IS NULL)))"#;
+
+/// Django's indexes: the same statements on both databases.
+const DJANGO_INDEXES: [&str; 6] = [
     r#"CREATE INDEX "outbox_events_event_type_be2433af" ON "outbox_events" ("event_type")"#,
-    r#"CREATE INDEX "outbox_events_event_type_be2433af_like" ON "outbox_events" ("event_type" varchar_pattern_ops)"#,
     r#"CREATE INDEX "outbox_events_status_86c5cced" ON "outbox_events" ("status")"#,
-    r#"CREATE INDEX "outbox_events_status_86c5cced_like" ON "outbox_events" ("status" varchar_pattern_ops)"#,
     r#"CREATE INDEX "outbox_events_created_at_c16d9c3f" ON "outbox_events" ("created_at")"#,
     r#"CREATE INDEX "outbox_events_scheduled_at_6a2d7649" ON "outbox_events" ("scheduled_at")"#,
     r#"CREATE INDEX "outbox_even_status_83a3ef_idx" ON "outbox_events" ("status", "scheduled_at")"#,
     r#"CREATE INDEX "outbox_even_event_t_fc32b0_idx" ON "outbox_events" ("event_type", "created_at")"#,
 ];
 
-/// SQLite: `python manage.py sqlmigrate django_broadcaster 0001`.
-pub const SQLITE_DDL: &[&str] = &[
-    r#"CREATE TABLE "outbox_events" ("id" char(32) NOT NULL PRIMARY KEY, "spec_version" varchar(10) NOT NULL, "event_type" varchar(255) NOT NULL, "source" varchar(255) NOT NULL, "subject" varchar(255) NOT NULL, "data_content_type" varchar(100) NOT NULL, "data_schema" varchar(200) NOT NULL, "data" text NULL CHECK ((JSON_VALID("data") OR "data" IS NULL)), "status" varchar(20) NOT NULL, "created_at" datetime NOT NULL, "updated_at" datetime NOT NULL, "scheduled_at" datetime NOT NULL, "published_at" datetime NULL, "retry_count" integer unsigned NOT NULL CHECK ("retry_count" >= 0), "max_retries" integer unsigned NOT NULL CHECK ("max_retries" >= 0), "last_error" text NOT NULL, "publisher_backend" varchar(100) NOT NULL, "publisher_config" text NOT NULL CHECK ((JSON_VALID("publisher_config") OR "publisher_config" IS NULL)))"#,
-    r#"CREATE INDEX "outbox_events_event_type_be2433af" ON "outbox_events" ("event_type")"#,
-    r#"CREATE INDEX "outbox_events_status_86c5cced" ON "outbox_events" ("status")"#,
-    r#"CREATE INDEX "outbox_events_created_at_c16d9c3f" ON "outbox_events" ("created_at")"#,
-    r#"CREATE INDEX "outbox_events_scheduled_at_6a2d7649" ON "outbox_events" ("scheduled_at")"#,
-    r#"CREATE INDEX "outbox_even_status_83a3ef_idx" ON "outbox_events" ("status", "scheduled_at")"#,
-    r#"CREATE INDEX "outbox_even_event_t_fc32b0_idx" ON "outbox_events" ("event_type", "created_at")"#,
+/// PostgreSQL's extra `varchar_pattern_ops` indexes for `LIKE` on the indexed varchar columns.
+const POSTGRES_LIKE_INDEXES: [&str; 2] = [
+    r#"CREATE INDEX "outbox_events_event_type_be2433af_like" ON "outbox_events" ("event_type" varchar_pattern_ops)"#,
+    r#"CREATE INDEX "outbox_events_status_86c5cced_like" ON "outbox_events" ("status" varchar_pattern_ops)"#,
 ];
+
+/// `table` followed by every statement of `parts`, as an array of exactly `N` statements
+/// (checked when the constant is evaluated).
+const fn ddl<const N: usize>(table: &'static str, parts: &[&[&'static str]]) -> [&'static str; N] {
+    let mut statements = [table; N];
+    let mut filled = 1;
+    let mut part = 0;
+    while part < parts.len() {
+        let mut i = 0;
+        while i < parts[part].len() {
+            statements[filled] = parts[part][i];
+            filled += 1;
+            i += 1;
+        }
+        part += 1;
+    }
+    assert!(filled == N, "N must be the number of statements");
+    statements
+}
 
 /// The columns of [`COLUMNS`] missing from `present`, comma-separated, or `None`.
 pub fn missing_columns(present: &[String]) -> Option<String> {
@@ -72,3 +94,34 @@ pub const PUBLISHERS_WITH_WORK: &str = "WITH RECURSIVE names(status, name) AS ( 
          WHERE o.status = names.status AND o.publisher_backend > names.name) \
      FROM names WHERE name IS NOT NULL) \
  SELECT DISTINCT name FROM names WHERE name IS NOT NULL";
+
+// Statements the same on every database (`$n` parameters: sqlx reads them on SQLite too).
+// Times are bound as each database stores them (SQLite: Django's text).
+
+/// Back to `pending` (or `retry`, when it has failed before) for rows `processing` since before
+/// `$2`, with `updated_at` = `$1`; no attempt spent.
+pub const RECLAIM_EXPIRED: &str = "UPDATE outbox_events \
+     SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, updated_at = $1 \
+     WHERE status = 'processing' AND updated_at < $2";
+
+/// Rows per (publisher_backend, status).
+pub const COUNT_BY_STATUS: &str = "SELECT CAST(publisher_backend AS TEXT), CAST(status AS TEXT), count(*) \
+     FROM outbox_events GROUP BY 1, 2";
+
+/// The oldest `scheduled_at` among rows due at `$1`.
+pub const OLDEST_DUE: &str =
+    "SELECT min(scheduled_at) FROM outbox_events WHERE status IN ('pending', 'retry') AND scheduled_at <= $1";
+
+/// Rows `processing` since before `$1`.
+pub const EXPIRED_LEASES: &str = "SELECT count(*) FROM outbox_events WHERE status = 'processing' AND updated_at < $1";
+
+/// Every `failed` row back to `pending`, due at `$1`, retries reset; returns their ids.
+pub const RETRY_FAILED: &str = "UPDATE outbox_events \
+     SET status = 'pending', retry_count = 0, scheduled_at = $1, updated_at = $1 WHERE status = 'failed' RETURNING id";
+
+/// Deletes up to `$2` rows published before `$1`.
+pub const PRUNE_BATCH: &str = "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
+     WHERE status = 'published' AND published_at < $1 LIMIT $2)";
+
+/// Rows published before `$1`.
+pub const COUNT_PRUNABLE: &str = "SELECT count(*) FROM outbox_events WHERE status = 'published' AND published_at < $1";

@@ -7,13 +7,16 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, SqlitePool};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
+use sqlx::{Sqlite, SqlitePool};
 
 use super::enqueue::Columns;
-use super::{Claim, ClaimedEvent, NewEvent, RowState, Settlement, Status, StatusReport, StoreError, schema};
-use crate::event::{OutboxEvent, Payload};
+use super::row::{ReadRow, RowError, RowReader, claimed_columns, quote};
+use super::schema;
+use super::{Claim, FencedWrites, NewEvent, OutboxBackend, RejectedRow, RowId, RowState, StatusReport, StoreError};
+
+pub use super::row::parse_time;
 
 /// The outbox in a SQLite file.
 #[derive(Debug, Clone)]
@@ -32,24 +35,6 @@ pub fn format_time(t: DateTime<Utc>) -> String {
     }
 }
 
-/// Reads a time as Django (or anyone else) stored it: naive UTC with a space or a `T`,
-/// with or without a fraction, or with an offset.
-pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    if let Ok(t) = DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%:z") {
-        return Some(t.with_timezone(&Utc));
-    }
-    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(t.and_utc());
-        }
-    }
-    None
-}
-
 fn json_list(items: impl IntoIterator<Item = String>) -> String {
     serde_json::Value::Array(items.into_iter().map(serde_json::Value::String).collect()).to_string()
 }
@@ -57,6 +42,81 @@ fn json_list(items: impl IntoIterator<Item = String>) -> String {
 fn hex_id(id: &str) -> Result<String, StoreError> {
     Ok(super::parse_id(id)?.simple().to_string())
 }
+
+/// Claims due rows whose publisher is not in the JSON list `?2`. One index range scan per
+/// status, each stopping after `limit` rows, so a claim costs the same with ten or ten million
+/// rows waiting (a single `status IN (…)` with ORDER BY would sort every due row on every
+/// claim).
+const CLAIM: &str = concat!(
+    "UPDATE outbox_events SET status = 'processing', updated_at = ?1 \
+     WHERE id IN (SELECT id FROM ( \
+         SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
+             WHERE status = 'pending' AND scheduled_at <= ?1 \
+               AND publisher_backend NOT IN (SELECT value FROM json_each(?2)) \
+             ORDER BY scheduled_at LIMIT ?3) \
+         UNION ALL \
+         SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
+             WHERE status = 'retry' AND scheduled_at <= ?1 \
+               AND publisher_backend NOT IN (SELECT value FROM json_each(?2)) \
+             ORDER BY scheduled_at LIMIT ?3)) \
+         ORDER BY scheduled_at, created_at LIMIT ?3) \
+     RETURNING ",
+    claimed_columns!()
+);
+
+/// Up to `?4` due rows of one status and publisher name, oldest due first: one index range
+/// (a string literal, for `concat!`).
+macro_rules! due_range {
+    ($status:literal, $name:literal) => {
+        concat!(
+            "SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events WHERE status = '",
+            $status,
+            "' AND publisher_backend = ",
+            $name,
+            " AND scheduled_at <= ?1 ORDER BY scheduled_at LIMIT ?4)"
+        )
+    };
+}
+
+/// Claims due rows of the publisher named `?2` or `?3`: one index range per (status, name),
+/// each stopping after `limit` rows, so the cost does not grow with other publishers'
+/// backlogs.
+const CLAIM_FOR: &str = concat!(
+    "UPDATE outbox_events SET status = 'processing', updated_at = ?1 WHERE id IN (SELECT id FROM (",
+    due_range!("pending", "?2"),
+    " UNION ",
+    due_range!("pending", "?3"),
+    " UNION ",
+    due_range!("retry", "?2"),
+    " UNION ",
+    due_range!("retry", "?3"),
+    ") ORDER BY scheduled_at, created_at LIMIT ?4) RETURNING ",
+    claimed_columns!()
+);
+
+/// Failed and retrying rows of the JSON list of ids `?2` back to `pending`, due at `?1`.
+const RETRY_IDS: &str = "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = ?1, updated_at = ?1 \
+     WHERE id IN (SELECT value FROM json_each(?2)) AND status IN ('failed', 'retry') RETURNING id";
+
+/// The rows of the JSON list of ids `?1`, for [`RowReader::state`].
+const FIND: &str = "SELECT id, status, publisher_backend, retry_count, max_retries, scheduled_at, published_at, \
+     last_error FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))";
+
+const TABLE_COLUMNS: &str = "SELECT name FROM pragma_table_info('outbox_events')";
+
+/// The fenced writes ([`FencedWrites`]), each `(?1 now, ?2 JSON list of rows, ?3 token)`.
+const PUBLISH: &str = "UPDATE outbox_events SET status = 'published', published_at = ?1, updated_at = ?1 \
+     WHERE id IN (SELECT value FROM json_each(?2)) AND status = 'processing' AND updated_at = ?3";
+const RELEASE: &str = "UPDATE outbox_events \
+     SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, updated_at = ?1 \
+     WHERE id IN (SELECT value FROM json_each(?2)) AND status = 'processing' AND updated_at = ?3";
+const WRITE_OUTCOMES: &str = "UPDATE outbox_events SET status = v.status, \
+         retry_count = coalesce(v.retry_count, outbox_events.retry_count), last_error = v.last_error, \
+         scheduled_at = coalesce(v.scheduled_at, outbox_events.scheduled_at), updated_at = ?1 \
+     FROM (SELECT value ->> 'id' AS id, value ->> 'status' AS status, value ->> 'retry_count' AS retry_count, \
+             value ->> 'last_error' AS last_error, value ->> 'scheduled_at' AS scheduled_at \
+         FROM json_each(?2)) AS v \
+     WHERE outbox_events.id = v.id AND outbox_events.status = 'processing' AND outbox_events.updated_at = ?3";
 
 impl SqliteStore {
     /// Opens (creating when missing) the database file of `url`.
@@ -70,46 +130,106 @@ impl SqliteStore {
         Ok(Self { pool, url: url.to_string() })
     }
 
-    /// The URL.
-    pub fn display_url(&self) -> String {
-        self.url.clone()
-    }
-
     /// The pool, for applications that share it.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    async fn columns(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT name FROM pragma_table_info('outbox_events')").fetch_all(&self.pool).await?)
+    /// Runs a claim statement; reads every row on its own and fails the unreadable ones.
+    async fn claimed(&self, token: DateTime<Utc>, claim: Query<'_>) -> Result<Claim, StoreError> {
+        let rows = claim.fetch_all(&self.pool).await?;
+        let claim = Claim::from_rows(token, rows.iter().map(read_claimed).collect::<Result<Vec<_>, _>>()?);
+        if let Some(rejections) = FencedWrites::rejecting(&claim) {
+            self.write(&rejections).await?;
+        }
+        Ok(claim)
+    }
+}
+
+/// An id in the form the table holds it: Django's 32 hex digits for an event's, a rejected
+/// row's as it is.
+fn stored_id(id: RowId<'_>) -> Result<String, StoreError> {
+    match id {
+        RowId::Event(id) => hex_id(id),
+        RowId::Stored(id) => Ok(id.to_string()),
+    }
+}
+
+/// The JSON list of ids in stored form.
+fn stored_ids(ids: &[RowId<'_>]) -> Result<String, StoreError> {
+    Ok(json_list(ids.iter().map(|id| stored_id(*id)).collect::<Result<Vec<_>, _>>()?))
+}
+
+/// The statements of `writes`, each with its JSON list of rows (`?2`); none for an empty list.
+fn write_statements(writes: &FencedWrites<'_>) -> Result<Vec<(&'static str, String)>, StoreError> {
+    let mut statements = Vec::new();
+    if !writes.published.is_empty() {
+        statements.push((PUBLISH, stored_ids(&writes.published)?));
+    }
+    if !writes.released.is_empty() {
+        statements.push((RELEASE, stored_ids(&writes.released)?));
+    }
+    if !writes.outcomes.is_empty() {
+        let outcomes = writes.outcomes.iter().map(|o| {
+            Ok(serde_json::json!({
+                "id": stored_id(o.id)?,
+                "status": o.status.as_str(),
+                "retry_count": o.retry_count,
+                "last_error": o.last_error,
+                "scheduled_at": o.scheduled_at.map(format_time),
+            }))
+        });
+        let outcomes = outcomes.collect::<Result<Vec<_>, StoreError>>()?;
+        statements.push((WRITE_OUTCOMES, serde_json::Value::Array(outcomes).to_string()));
+    }
+    Ok(statements)
+}
+
+type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
+
+/// SQLite hands over ids, JSON and times as text.
+type Reader<'r> = RowReader<'r, SqliteRow, String, String, String, i64>;
+
+/// Reads a claimed row. Django stores a UUID as 32 lowercase hex digits, and every write by
+/// id looks for that form: a row whose id is in any other form could never be settled, so it
+/// is rejected.
+fn read_claimed(row: &SqliteRow) -> Result<ReadRow, StoreError> {
+    let read = Reader::claimed(row)?;
+    Ok(read.and_then(|stored| match hex_id(&stored.id) {
+        Ok(hex) if hex == stored.id => Ok(stored),
+        _ => {
+            let problem = format!("not a UUID as Django stores it (32 hex digits): {}", quote(&stored.id));
+            Err(RejectedRow::new(stored.id, stored.publisher_backend, &RowError::new("id", problem)))
+        }
+    }))
+}
+
+#[async_trait::async_trait]
+impl OutboxBackend for SqliteStore {
+    fn display_url(&self) -> String {
+        self.url.clone()
     }
 
-    pub(crate) async fn verify(&self) -> Result<(), StoreError> {
-        let present = self.columns().await?;
-        if present.is_empty() {
-            return Err(StoreError::MissingTable { url: self.display_url() });
-        }
-        match schema::missing_columns(&present) {
-            Some(missing) => Err(StoreError::WrongTable { url: self.display_url(), missing }),
-            None => Ok(()),
-        }
+    async fn table_columns(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(TABLE_COLUMNS).fetch_all(&self.pool).await?)
     }
 
-    pub(crate) async fn migrate(&self) -> Result<bool, StoreError> {
-        if !self.columns().await?.is_empty() {
-            self.verify().await?;
-            sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
-            return Ok(false);
-        }
-        let mut tx = self.pool.begin().await?;
-        for statement in schema::SQLITE_DDL.iter().chain([&schema::CLAIM_INDEX]) {
+    async fn migrate(&self) -> Result<bool, StoreError> {
+        // The write lock first, so that of two `migrate`s at once one creates the table and the
+        // other finds it.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let present: Vec<String> = sqlx::query_scalar(TABLE_COLUMNS).fetch_all(&mut *tx).await?;
+        let statements = if present.is_empty() { schema::SQLITE_DDL } else { &[] };
+        for statement in statements {
             sqlx::query(*statement).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        self.verify().await?;
+        sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
+        Ok(present.is_empty())
     }
 
-    pub(crate) async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+    async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.pool.begin().await?;
         for row in &columns {
@@ -119,258 +239,79 @@ impl SqliteStore {
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
     }
 
-    pub(crate) async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
-        let token = now;
-        let rows = sqlx::query(
-            // One index range scan per status, each stopping after `limit` rows, so a claim
-            // costs the same with ten or ten million rows waiting (a single `status IN (…)`
-            // with ORDER BY would sort every due row on every claim).
-            "UPDATE outbox_events SET status = 'processing', updated_at = ?1 \
-             WHERE id IN (SELECT id FROM ( \
-                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-                     WHERE status = 'pending' AND scheduled_at <= ?1 \
-                       AND publisher_backend NOT IN (SELECT value FROM json_each(?2)) \
-                     ORDER BY scheduled_at LIMIT ?3) \
-                 UNION ALL \
-                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-                     WHERE status = 'retry' AND scheduled_at <= ?1 \
-                       AND publisher_backend NOT IN (SELECT value FROM json_each(?2)) \
-                     ORDER BY scheduled_at LIMIT ?3)) \
-                 ORDER BY scheduled_at, created_at LIMIT ?3) \
-             RETURNING id, spec_version, event_type, source, subject, data_content_type, data_schema, data, \
-                 created_at, scheduled_at, retry_count, max_retries, publisher_backend, publisher_config",
-        )
-        .bind(format_time(token))
-        .bind(json_list(skip.iter().cloned()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(Claim { token, events })
+    async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
+        let skip = json_list(skip.iter().cloned());
+        self.claimed(now, sqlx::query(CLAIM).bind(format_time(now)).bind(skip).bind(i64::from(limit))).await
     }
 
-    pub(crate) async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(schema::PUBLISHERS_WITH_WORK).fetch_all(&self.pool).await?)
+    async fn claim_for(&self, now: DateTime<Utc>, limit: u32, names: [&str; 2]) -> Result<Claim, StoreError> {
+        let [first, second] = names;
+        let claim = sqlx::query(CLAIM_FOR).bind(format_time(now)).bind(first).bind(second);
+        self.claimed(now, claim.bind(i64::from(limit))).await
     }
 
-    pub(crate) async fn claim_for(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        names: [&str; 2],
-    ) -> Result<Claim, StoreError> {
-        let token = now;
-        let rows = sqlx::query(
-            // One index range per (status, name), each stopping after `limit` rows: the cost
-            // does not grow with other publishers' backlogs.
-            "UPDATE outbox_events SET status = 'processing', updated_at = ?1 \
-             WHERE id IN (SELECT id FROM ( \
-                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-                     WHERE status = 'pending' AND publisher_backend = ?2 AND scheduled_at <= ?1 \
-                     ORDER BY scheduled_at LIMIT ?4) \
-                 UNION \
-                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-                     WHERE status = 'pending' AND publisher_backend = ?3 AND scheduled_at <= ?1 \
-                     ORDER BY scheduled_at LIMIT ?4) \
-                 UNION \
-                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-                     WHERE status = 'retry' AND publisher_backend = ?2 AND scheduled_at <= ?1 \
-                     ORDER BY scheduled_at LIMIT ?4) \
-                 UNION \
-                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-                     WHERE status = 'retry' AND publisher_backend = ?3 AND scheduled_at <= ?1 \
-                     ORDER BY scheduled_at LIMIT ?4)) \
-                 ORDER BY scheduled_at, created_at LIMIT ?4) \
-             RETURNING id, spec_version, event_type, source, subject, data_content_type, data_schema, data, \
-                 created_at, scheduled_at, retry_count, max_retries, publisher_backend, publisher_config",
-        )
-        .bind(format_time(token))
-        .bind(names[0])
-        .bind(names[1])
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(Claim { token, events })
-    }
-
-    pub(crate) async fn settle(
-        &self,
-        token: DateTime<Utc>,
-        now: DateTime<Utc>,
-        settlements: &[(String, Settlement)],
-    ) -> Result<u64, StoreError> {
-        let token = format_time(token);
-        let now = format_time(now);
-        let mut published = Vec::new();
-        let mut released = Vec::new();
+    async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError> {
+        let statements = write_statements(writes)?;
+        let (token, now) = (format_time(writes.token), format_time(writes.now));
         let mut tx = self.pool.begin().await?;
         let mut updated = 0;
-        for (id, settlement) in settlements {
-            let id = hex_id(id)?;
-            match settlement {
-                Settlement::Published => published.push(id),
-                Settlement::Release => released.push(id),
-                Settlement::Retry { retry_count, at, error } => {
-                    updated += sqlx::query(
-                        "UPDATE outbox_events SET status = 'retry', retry_count = ?1, last_error = ?2, \
-                         scheduled_at = ?3, updated_at = ?4 \
-                         WHERE id = ?5 AND status = 'processing' AND updated_at = ?6",
-                    )
-                    .bind(i64::from(*retry_count))
-                    .bind(error)
-                    .bind(format_time(*at))
-                    .bind(&now)
-                    .bind(&id)
-                    .bind(&token)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                }
-                Settlement::Failed { retry_count, error } => {
-                    updated += sqlx::query(
-                        "UPDATE outbox_events SET status = 'failed', retry_count = ?1, last_error = ?2, \
-                         updated_at = ?3 WHERE id = ?4 AND status = 'processing' AND updated_at = ?5",
-                    )
-                    .bind(i64::from(*retry_count))
-                    .bind(error)
-                    .bind(&now)
-                    .bind(&id)
-                    .bind(&token)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                }
-            }
-        }
-        if !published.is_empty() {
-            updated += sqlx::query(
-                "UPDATE outbox_events SET status = 'published', published_at = ?1, updated_at = ?1 \
-                 WHERE id IN (SELECT value FROM json_each(?2)) AND status = 'processing' AND updated_at = ?3",
-            )
-            .bind(&now)
-            .bind(json_list(published))
-            .bind(&token)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        if !released.is_empty() {
-            updated += sqlx::query(
-                "UPDATE outbox_events SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, \
-                 updated_at = ?1 \
-                 WHERE id IN (SELECT value FROM json_each(?2)) AND status = 'processing' AND updated_at = ?3",
-            )
-            .bind(&now)
-            .bind(json_list(released))
-            .bind(&token)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        for (statement, rows) in statements {
+            let done = sqlx::query(statement).bind(&now).bind(rows).bind(&token).execute(&mut *tx).await?;
+            updated += done.rows_affected();
         }
         tx.commit().await?;
         Ok(updated)
     }
 
-    pub(crate) async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
-        let expired_before = now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        Ok(sqlx::query(
-            "UPDATE outbox_events SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, \
-             updated_at = ?1 WHERE status = 'processing' AND updated_at < ?2",
-        )
-        .bind(format_time(now))
-        .bind(format_time(expired_before))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+    async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(schema::PUBLISHERS_WITH_WORK).fetch_all(&self.pool).await?)
     }
 
-    pub(crate) async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {
-        let mut report = StatusReport::default();
-        let rows = sqlx::query("SELECT publisher_backend, status, count(*) FROM outbox_events GROUP BY 1, 2")
-            .fetch_all(&self.pool)
-            .await?;
-        for row in rows {
-            let status: String = row.try_get(1)?;
-            let Some(status) = Status::parse(&status) else { continue };
-            report.counts.insert((row.try_get(0)?, status), row.try_get::<i64, _>(2)? as u64);
-        }
-        let oldest: Option<String> = sqlx::query_scalar(
-            "SELECT min(scheduled_at) FROM outbox_events WHERE status IN ('pending', 'retry') AND scheduled_at <= ?1",
-        )
-        .bind(format_time(now))
-        .fetch_one(&self.pool)
-        .await?;
-        report.oldest_due = oldest.as_deref().and_then(parse_time);
-        let expired_before = now - chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        let expired: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'processing' AND updated_at < ?1")
-                .bind(format_time(expired_before))
-                .fetch_one(&self.pool)
-                .await?;
-        report.expired_leases = expired as u64;
-        Ok(report)
+    async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
+        let expired_before = format_time(super::lease_start(now, lease));
+        let reclaim = sqlx::query(schema::RECLAIM_EXPIRED).bind(format_time(now)).bind(expired_before);
+        Ok(reclaim.execute(&self.pool).await?.rows_affected())
     }
 
-    pub(crate) async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        let ids = ids.iter().map(|id| hex_id(id)).collect::<Result<Vec<_>, _>>()?;
+    async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {
+        let counts = sqlx::query_as(schema::COUNT_BY_STATUS).fetch_all(&self.pool).await?;
+        let oldest: Option<String> =
+            sqlx::query_scalar(schema::OLDEST_DUE).bind(format_time(now)).fetch_one(&self.pool).await?;
+        let expired_before = format_time(super::lease_start(now, lease));
+        let expired = sqlx::query_scalar(schema::EXPIRED_LEASES).bind(expired_before).fetch_one(&self.pool).await?;
+        Ok(StatusReport::of(counts, oldest.as_deref().and_then(parse_time), expired))
+    }
+
+    async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let changed: Vec<String> = if ids.is_empty() {
-            sqlx::query_scalar(
-                "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = ?1, updated_at = ?1 \
-                 WHERE status = 'failed' RETURNING id",
-            )
-            .bind(format_time(now))
-            .fetch_all(&self.pool)
-            .await?
+            sqlx::query_scalar(schema::RETRY_FAILED).bind(format_time(now)).fetch_all(&self.pool).await?
         } else {
-            sqlx::query_scalar(
-                "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = ?1, updated_at = ?1 \
-                 WHERE id IN (SELECT value FROM json_each(?2)) AND status IN ('failed', 'retry') RETURNING id",
-            )
-            .bind(format_time(now))
-            .bind(json_list(ids))
-            .fetch_all(&self.pool)
-            .await?
+            let ids = json_list(ids.iter().map(|id| hex_id(id)).collect::<Result<Vec<_>, _>>()?);
+            sqlx::query_scalar(RETRY_IDS).bind(format_time(now)).bind(ids).fetch_all(&self.pool).await?
         };
         Ok(changed.into_iter().map(|id| uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or(id)).collect())
     }
 
-    pub(crate) async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
-        let ids = ids.iter().map(|id| hex_id(id)).collect::<Result<Vec<_>, _>>()?;
-        let rows = sqlx::query(
-            "SELECT id, status, publisher_backend, retry_count, max_retries, scheduled_at, published_at, last_error \
-             FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(json_list(ids))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(row_state).collect()
+    async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError> {
+        let ids = json_list(ids.iter().map(|id| hex_id(id)).collect::<Result<Vec<_>, _>>()?);
+        let rows = sqlx::query(FIND).bind(ids).fetch_all(&self.pool).await?;
+        rows.iter().map(Reader::state).collect()
     }
 
-    pub(crate) async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
-             WHERE status = 'published' AND published_at < ?1 LIMIT ?2)",
-        )
-        .bind(format_time(before))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+    async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let prune = sqlx::query(schema::PRUNE_BATCH).bind(format_time(before)).bind(i64::from(limit));
+        Ok(prune.execute(&self.pool).await?.rows_affected())
     }
 
-    pub(crate) async fn count_prunable(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    async fn count_prunable(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE status = 'published' AND published_at < ?1")
-                .bind(format_time(before))
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(count as u64)
+            sqlx::query_scalar(schema::COUNT_PRUNABLE).bind(format_time(before)).fetch_one(&self.pool).await?;
+        Ok(count.unsigned_abs())
     }
 }
 
-/// Inserts one row (shared by the store and [`super::enqueue::sqlite`]).
-pub(crate) async fn insert<'e, E>(executor: E, row: &Columns<'_>, now: DateTime<Utc>) -> Result<(), StoreError>
+/// Inserts one row (shared by the store and [`super::enqueue::sqlite`]); returns its id.
+pub(crate) async fn insert<'e, E>(executor: E, row: &Columns<'_>, now: DateTime<Utc>) -> Result<uuid::Uuid, StoreError>
 where
     E: sqlx::SqliteExecutor<'e>,
 {
@@ -399,58 +340,7 @@ where
     .bind(config)
     .execute(executor)
     .await?;
-    Ok(())
-}
-
-fn row_state(row: &SqliteRow) -> Result<RowState, StoreError> {
-    let raw_id: String = row.try_get("id")?;
-    let bad = |message: String| StoreError::BadRow { id: raw_id.clone(), message };
-    let status: String = row.try_get("status")?;
-    let time = |text: String| parse_time(&text).ok_or_else(|| bad(format!("{text:?} is not a time")));
-    Ok(RowState {
-        id: uuid::Uuid::parse_str(&raw_id).map(|u| u.to_string()).unwrap_or(raw_id.clone()),
-        status: Status::parse(&status).ok_or_else(|| bad(format!("unknown status {status:?}")))?,
-        publisher_backend: row.try_get("publisher_backend")?,
-        retry_count: u32::try_from(row.try_get::<i64, _>("retry_count")?).unwrap_or(0),
-        max_retries: u32::try_from(row.try_get::<i64, _>("max_retries")?).unwrap_or(0),
-        scheduled_at: time(row.try_get("scheduled_at")?)?,
-        published_at: row.try_get::<Option<String>, _>("published_at")?.map(time).transpose()?,
-        last_error: row.try_get("last_error")?,
-    })
-}
-
-fn decode(row: &SqliteRow) -> Result<ClaimedEvent, StoreError> {
-    let raw_id: String = row.try_get("id")?;
-    let bad = |message: String| StoreError::BadRow { id: raw_id.clone(), message };
-    let id = uuid::Uuid::parse_str(&raw_id).map_err(|_| bad("id is not a UUID".into()))?;
-    let time = |column: &str| -> Result<DateTime<Utc>, StoreError> {
-        let text: String = row.try_get(column)?;
-        parse_time(&text).ok_or_else(|| bad(format!("{column} {text:?} is not a time")))
-    };
-    let data: Option<String> = row.try_get("data")?;
-    let data = match data {
-        None => Payload::None,
-        Some(text) => Payload::Json(serde_json::from_str(&text).map_err(|e| bad(format!("data is not JSON: {e}")))?),
-    };
-    let config: String = row.try_get("publisher_config")?;
-    let publisher_config = match serde_json::from_str(&config) {
-        Ok(serde_json::Value::Object(map)) => map,
-        Ok(serde_json::Value::Null) => serde_json::Map::new(),
-        _ => return Err(bad("publisher_config is not a JSON object".into())),
-    };
-    let mut event = OutboxEvent::new(row.try_get::<String, _>("event_type")?, row.try_get::<String, _>("source")?);
-    event.id = id.to_string();
-    event.spec_version = row.try_get("spec_version")?;
-    event.subject = row.try_get("subject")?;
-    event.data_content_type = row.try_get("data_content_type")?;
-    event.data_schema = row.try_get("data_schema")?;
-    event.data = data;
-    event.created_at = time("created_at")?.fixed_offset();
-    event.retry_count = u32::try_from(row.try_get::<i64, _>("retry_count")?).unwrap_or(0);
-    event.max_retries = u32::try_from(row.try_get::<i64, _>("max_retries")?).unwrap_or(0);
-    event.publisher_backend = row.try_get("publisher_backend")?;
-    event.publisher_config = publisher_config;
-    Ok(ClaimedEvent { event, scheduled_at: time("scheduled_at")? })
+    Ok(row.id)
 }
 
 #[cfg(test)]
@@ -463,15 +353,6 @@ mod tests {
         assert_eq!(format_time(t), "2026-11-29 10:00:00.123456");
         let whole = DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z").unwrap().to_utc();
         assert_eq!(format_time(whole), "2026-11-29 10:00:00");
-        for text in [
-            "2026-11-29 10:00:00.123456",
-            "2026-11-29T10:00:00.123456",
-            "2026-11-29 10:00:00.123456+00:00",
-            "2026-11-29T12:00:00.123456+02:00",
-        ] {
-            assert_eq!(parse_time(text), Some(t), "{text}");
-        }
-        assert_eq!(parse_time("2026-11-29 10:00:00"), Some(whole));
-        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time(&format_time(t)), Some(t));
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::{Backoff, Clock, HealthBoard, SystemClock};
 use crate::config::RelayConfig;
-use crate::outbox::{ClaimedEvent, OutboxStore, Settlement, StoreError};
+use crate::outbox::{ClaimedEvent, OutboxStore, RejectedRow, Settlement, StoreError};
 use crate::outcome::{Attempt, PublishError};
 use crate::registry::PublisherRegistry;
 use crate::routing::{publisher_for, stored_names};
@@ -36,7 +36,8 @@ pub struct BatchReport {
     pub published: u64,
     /// Failed transiently, due again later.
     pub retried: u64,
-    /// Failed for good (permanent error, retries used up, unknown publisher).
+    /// Failed for good (permanent error, retries used up, unknown publisher, a row the relay
+    /// cannot read).
     pub failed: u64,
     /// Not attempted (publisher unhealthy): back to waiting, no retry spent.
     pub released: u64,
@@ -133,10 +134,12 @@ impl Relay {
     /// and healthy publisher that may have due events, a batch of that publisher's events alone
     /// (an index range, cheap however large another publisher's backlog is). Once per
     /// `interval` the names that events are waiting for are looked up (one index seek per
-    /// name); names no publisher has are claimed too, and their events fail. A publisher with a share in flight is not
-    /// claimed for, which also keeps its events in order. Never sleeps while something was
-    /// claimed. A database error is logged and the loop goes on. On shutdown nothing more is
-    /// claimed and the shares in flight are finished and settled before returning.
+    /// name); names no publisher has are claimed too, and their events fail. A publisher with a
+    /// share in flight is not claimed for, which also keeps its events in order. Never sleeps
+    /// while something was claimed. A row the store cannot read is failed by the claim itself
+    /// (logged here, counted as failed) and the rest of its batch is published. A database
+    /// error is logged and the loop goes on. On shutdown nothing more is claimed and the shares
+    /// in flight are finished and settled before returning.
     pub async fn run(self: Arc<Self>, options: RunOptions, mut shutdown: watch::Receiver<bool>) -> RelayReport {
         let mut report = RelayReport::default();
         self.refresh_health().await;
@@ -189,11 +192,12 @@ impl Relay {
             for name in idle {
                 match self.store.claim_for(self.clock.now(), options.batch_size, stored_names(&name)).await {
                     Ok(claim) => {
-                        if claim.events.len() < options.batch_size as usize {
+                        if claim.len() < options.batch_size as usize {
                             wanting.remove(&name);
                         }
+                        claimed += claim.len();
+                        report.totals.failed += log_rejected(&claim.rejected);
                         if !claim.events.is_empty() {
-                            claimed += claim.events.len();
                             self.spawn_share(&mut in_flight, &mut busy, name, claim.token, claim.events);
                         }
                     }
@@ -314,8 +318,10 @@ impl Relay {
     /// (waiting for all of them: the step-by-step form of [`Relay::run`], for tests and tools).
     pub async fn run_batch(&self, batch_size: u32) -> Result<BatchReport, StoreError> {
         let claim = self.store.claim(self.clock.now(), batch_size, &self.health.skip_list()).await?;
+        let failed = log_rejected(&claim.rejected);
+        let mut report = BatchReport { claimed: failed, failed, ..BatchReport::default() };
         if claim.events.is_empty() {
-            return Ok(BatchReport::default());
+            return Ok(report);
         }
         let groups = group_by_publisher(claim.events);
         let outcomes = futures::future::join_all(groups.iter().map(|(name, events)| {
@@ -324,7 +330,8 @@ impl Relay {
         }))
         .await;
         let settlements: Vec<(String, Settlement)> = outcomes.into_iter().flatten().collect();
-        self.settle(claim.token, &settlements).await
+        report.add(&self.settle(claim.token, &settlements).await?);
+        Ok(report)
     }
 
     async fn publish_group(&self, name: &str, events: &[&ClaimedEvent]) -> Vec<(String, Settlement)> {
@@ -425,6 +432,20 @@ fn group_by_publisher(events: Vec<ClaimedEvent>) -> Vec<(String, Vec<ClaimedEven
         }
     }
     groups
+}
+
+/// Logs the rows a claim could not read (the store has marked them `failed`); returns how
+/// many.
+fn log_rejected(rows: &[RejectedRow]) -> u64 {
+    for row in rows {
+        tracing::warn!(
+            id = %row.id,
+            publisher = %row.publisher_backend,
+            error = %row.error,
+            "an outbox row cannot be read; marked failed, the rest of its batch goes on"
+        );
+    }
+    rows.len() as u64
 }
 
 /// Resolves when `shutdown` turns true; never, when its sender is gone.

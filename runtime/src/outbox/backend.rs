@@ -1,0 +1,116 @@
+//! [`OutboxBackend`]: everything the relay and the CLI ask of an outbox database. SQLite
+//! ([`super::sqlite`]) and PostgreSQL ([`super::postgres`]) implement it; [`super::OutboxStore`]
+//! picks one by URL.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{Claim, FencedWrites, NewEvent, RowState, Settlement, StatusReport, StoreError, schema};
+
+/// The `outbox_events` table on one database.
+///
+/// **Claims are leases.** A claim sets its rows to `processing` with `updated_at` = the claim
+/// time, the claim's **fencing token** ([`Claim::token`]). Every later write to a claimed row
+/// (published, retry, failed, released) is conditional on `status = 'processing' AND
+/// updated_at = <token>`, so a worker whose lease expired and was taken over (see
+/// [`reclaim_expired`](Self::reclaim_expired)) cannot overwrite the new owner's outcome.
+///
+/// Ids are passed and returned as text: the hyphenated UUID ([`ClaimedEvent`'s
+/// `event.id`](super::ClaimedEvent)), or any form [`super::parse_id`] reads.
+///
+/// A database implements the required methods with its own SQL; [`verify`](Self::verify) and
+/// [`settle`](Self::settle) are the same for all, built on [`table_columns`](Self::table_columns)
+/// and [`write`](Self::write). Claimed rows are read with [`RowReader`](super::row::RowReader)
+/// and decoded by [`Claim::from_rows`], so every database reads a row the same way.
+#[async_trait::async_trait]
+pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
+    /// The database URL without password, for messages.
+    fn display_url(&self) -> String;
+
+    /// The columns of `outbox_events`; empty when the table does not exist.
+    async fn table_columns(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Checks that the table exists with django-broadcaster's columns
+    /// ([`StoreError::MissingTable`], [`StoreError::WrongTable`]).
+    async fn verify(&self) -> Result<(), StoreError> {
+        let present = self.table_columns().await?;
+        if present.is_empty() {
+            return Err(StoreError::MissingTable { url: self.display_url() });
+        }
+        match schema::missing_columns(&present) {
+            Some(missing) => Err(StoreError::WrongTable { url: self.display_url(), missing }),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates the table and Django's indexes (plus [`schema::CLAIM_INDEX`]) when the table is
+    /// missing, in one transaction; two `migrate`s at once must not both create it. Returns
+    /// `true` when it created them, `false` when the table was there: it is then
+    /// [verified](Self::verify), and only the claim index is added when missing.
+    async fn migrate(&self) -> Result<bool, StoreError>;
+
+    /// Inserts events, `pending`, in one transaction (all or none); returns their ids. An event
+    /// the table cannot hold is [`StoreError::Unstorable`].
+    async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
+
+    /// Claims up to `limit` due rows (`pending`/`retry` with `scheduled_at <= now`) whose
+    /// publisher is not in `skip` (names as stored: give both `""` and `"default"` to skip the
+    /// default publisher), oldest due first, as one lease with token `now`.
+    ///
+    /// Every claimed row is read on its own ([`Claim::from_rows`]): [`Claim::events`] holds the
+    /// rows that read as events, in due order (`scheduled_at`, then `created_at`);
+    /// [`Claim::rejected`] the rows that cannot be read, which this call has already marked
+    /// `failed` with a `last_error` naming the column (their `retry_count` unchanged, fenced by
+    /// the token, found by their id as stored). One bad row never holds back the others.
+    async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError>;
+
+    /// Claims up to `limit` due rows of one publisher (`names`: how its events may name it,
+    /// e.g. `["", "default"]` for the default publisher, or the name twice), oldest due first.
+    /// Cheap however many rows other publishers have waiting (with the claim index). The
+    /// result is as for [`claim`](Self::claim), unreadable rows already failed.
+    async fn claim_for(&self, now: DateTime<Utc>, limit: u32, names: [&str; 2]) -> Result<Claim, StoreError>;
+
+    /// The `publisher_backend` values that have `pending` or `retry` rows (due or not), found
+    /// with one index seek per name ([`schema::PUBLISHERS_WITH_WORK`]).
+    async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Applies the outcome of each claimed row (by id), fenced by `token`; rows whose lease
+    /// was taken over are left alone. `now` is written to `updated_at` (and `published_at`).
+    /// Returns how many rows were updated (fewer than `settlements`: some were fenced off).
+    async fn settle(
+        &self,
+        token: DateTime<Utc>,
+        now: DateTime<Utc>,
+        settlements: &[(String, Settlement)],
+    ) -> Result<u64, StoreError> {
+        self.write(&FencedWrites::settling(token, now, settlements)).await
+    }
+
+    /// Runs `writes`, each conditional on `status = 'processing' AND updated_at = token`;
+    /// returns how many rows they updated. The one way claimed rows are finished: by
+    /// [`settle`](Self::settle), and by [`claim`](Self::claim) for the rows it cannot read.
+    async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError>;
+
+    /// Puts rows left `processing` longer than `lease` (their worker died or stalled) back to
+    /// `pending`, or `retry` when they have failed before, without spending an attempt.
+    /// Returns how many.
+    async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError>;
+
+    /// Counts per publisher and status, the oldest due row, and the expired leases.
+    async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError>;
+
+    /// Sets the given rows (by id), or every `failed` row when `ids` is empty, back to
+    /// `pending`, due now, with `retry_count` 0. Only `failed` and `retry` rows are changed.
+    /// Returns the ids of the rows changed (hyphenated).
+    async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
+
+    /// The rows with these ids (those that exist), in no particular order.
+    async fn find(&self, ids: &[String]) -> Result<Vec<RowState>, StoreError>;
+
+    /// Deletes up to `limit` `published` rows published before `before`; returns how many.
+    async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+
+    /// Counts `published` rows published before `before`.
+    async fn count_prunable(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
