@@ -41,6 +41,25 @@ impl std::fmt::Debug for RedisEndpoint {
     }
 }
 
+impl RedisEndpoint {
+    /// The server at `host:port`, database `db`, with these timeouts.
+    pub fn new(
+        (host, port, db): (&str, u16, i64),
+        password: Option<&str>,
+        connect_timeout: Duration,
+        socket_timeout: Duration,
+    ) -> Self {
+        Self {
+            host: host.to_string(),
+            port,
+            db,
+            password: password.map(str::to_string),
+            connect_timeout,
+            socket_timeout,
+        }
+    }
+}
+
 impl std::fmt::Display for RedisEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)

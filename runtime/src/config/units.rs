@@ -63,52 +63,75 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// A quantity written as a number or as text with a unit; one visitor reads them all.
+trait Quantity: Sized {
+    /// What a value should look like, for messages.
+    const EXPECTING: &'static str;
+    /// Why a negative number is refused.
+    const NEGATIVE: &'static str;
+    fn from_whole(value: u64) -> Self;
+    fn from_fraction(value: f64) -> Result<Self, String>;
+    fn from_text(text: &str) -> Result<Self, String>;
+}
+
+impl Quantity for Seconds {
+    const EXPECTING: &'static str = "a duration such as \"250ms\", \"5s\" or a number of seconds";
+    const NEGATIVE: &'static str = "a duration cannot be negative";
+    fn from_whole(value: u64) -> Self {
+        Seconds(Duration::from_secs(value))
+    }
+    fn from_fraction(value: f64) -> Result<Self, String> {
+        Duration::try_from_secs_f64(value).map(Seconds).map_err(|_| Self::NEGATIVE.to_string())
+    }
+    fn from_text(text: &str) -> Result<Self, String> {
+        parse_duration(text).map(Seconds)
+    }
+}
+
+impl Quantity for ByteSize {
+    const EXPECTING: &'static str = "a size such as \"64MiB\" or a number of bytes";
+    const NEGATIVE: &'static str = "a size cannot be negative";
+    fn from_whole(value: u64) -> Self {
+        ByteSize(value)
+    }
+    fn from_fraction(value: f64) -> Result<Self, String> {
+        Err(format!("{value} is not a whole number of bytes; write a size such as \"1.5MiB\""))
+    }
+    fn from_text(text: &str) -> Result<Self, String> {
+        parse_byte_size(text).map(ByteSize)
+    }
+}
+
+struct QuantityVisitor<Q>(std::marker::PhantomData<Q>);
+
+impl<Q: Quantity> Visitor<'_> for QuantityVisitor<Q> {
+    type Value = Q;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Q::EXPECTING)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Q, E> {
+        u64::try_from(v).map(Q::from_whole).map_err(|_| E::custom(Q::NEGATIVE))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Q, E> {
+        Ok(Q::from_whole(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Q, E> {
+        Q::from_fraction(v).map_err(E::custom)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Q, E> {
+        Q::from_text(v).map_err(E::custom)
+    }
+}
+
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Seconds;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as \"250ms\", \"5s\" or a number of seconds")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
-                u64::try_from(v)
-                    .map(|v| Seconds(Duration::from_secs(v)))
-                    .map_err(|_| E::custom("a duration cannot be negative"))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
-                Ok(Seconds(Duration::from_secs(v)))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
-                Duration::try_from_secs_f64(v).map(Seconds).map_err(|_| E::custom("a duration cannot be negative"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
-                parse_duration(v).map(Seconds).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_any(V)
+        deserializer.deserialize_any(QuantityVisitor(std::marker::PhantomData))
     }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size such as \"64MiB\" or a number of bytes")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(v))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                parse_byte_size(v).map(ByteSize).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_any(V)
+        deserializer.deserialize_any(QuantityVisitor(std::marker::PhantomData))
     }
 }
 

@@ -7,6 +7,7 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use super::capabilities::{CallContext, CapabilityStates, CapabilityView, ConfiguredCapabilities};
 
 /// The data of one publisher's `Store`.
+#[derive(Debug)]
 pub struct PublisherState {
     /// Who is calling, what the call may still spend, when it must end.
     pub call: CallContext,
@@ -14,12 +15,6 @@ pub struct PublisherState {
     pub limits: StoreLimits,
     table: ResourceTable,
     capabilities: CapabilityStates,
-}
-
-impl std::fmt::Debug for PublisherState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublisherState").field("call", &self.call).finish_non_exhaustive()
-    }
 }
 
 impl PublisherState {

@@ -69,14 +69,10 @@ impl RedisStreamOptions {
 
     /// The server these options point at.
     pub fn endpoint(&self) -> RedisEndpoint {
-        RedisEndpoint {
-            host: self.host.clone(),
-            port: self.port,
-            db: self.db,
-            password: self.password.clone(),
-            connect_timeout: Duration::from_secs_f64(self.connect_timeout),
-            socket_timeout: Duration::from_secs_f64(self.socket_timeout),
-        }
+        let server = (self.host.as_str(), self.port, self.db);
+        let (connect, socket) =
+            (Duration::from_secs_f64(self.connect_timeout), Duration::from_secs_f64(self.socket_timeout));
+        RedisEndpoint::new(server, self.password.as_deref(), connect, socket)
     }
 }
 

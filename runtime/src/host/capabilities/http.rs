@@ -72,15 +72,10 @@ impl HttpRules {
 }
 
 /// One instance's HTTP state.
+#[derive(Debug)]
 pub struct HttpState {
     ctx: WasiHttpCtx,
     policy: HttpPolicy,
-}
-
-impl std::fmt::Debug for HttpState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpState").field("policy", &self.policy).finish_non_exhaustive()
-    }
 }
 
 impl Capability for OutboundHttp {

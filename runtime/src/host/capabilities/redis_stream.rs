@@ -51,14 +51,8 @@ pub struct RedisGrant {
 impl RedisGrant {
     /// The server it grants.
     pub fn endpoint(&self) -> RedisEndpoint {
-        RedisEndpoint {
-            host: self.host.clone(),
-            port: self.port,
-            db: self.db,
-            password: self.password.clone(),
-            connect_timeout: self.connect_timeout.0,
-            socket_timeout: self.socket_timeout.0,
-        }
+        let server = (self.host.as_str(), self.port, self.db);
+        RedisEndpoint::new(server, self.password.as_deref(), self.connect_timeout.0, self.socket_timeout.0)
     }
 }
 
