@@ -157,6 +157,19 @@ impl PublisherRegistry {
         self.publishers.iter().map(|(name, p)| (name.as_str(), p))
     }
 
+    /// Stops every publisher taking calls (see [`crate::host::ComponentPublisher::stop`]).
+    pub fn stop(&self) {
+        for publisher in self.publishers.values() {
+            publisher.stop();
+        }
+    }
+
+    /// The longest any publisher's call can take, host time included (zero with no
+    /// components): how long a stop can take.
+    pub fn longest_call(&self) -> std::time::Duration {
+        self.publishers.values().map(Publisher::longest_call).max().unwrap_or_default()
+    }
+
     /// Checks every publisher at once; results in name order.
     pub async fn health(&self) -> Vec<(String, Publisher, Health)> {
         let checks = self
@@ -208,7 +221,7 @@ impl Builder<'_> {
                     self.options.strict,
                 )
                 .await?;
-                Ok(Publisher::Component(Arc::new(started)))
+                Ok(Publisher::Component(started))
             }
         }
     }

@@ -94,7 +94,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_sigterm_stops_cleanly() {
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut b.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(stderr.contains("stopping after the batch in flight"), "{stderr}");
+    assert!(stderr.contains("stopping: no new events"), "{stderr}");
     assert!(stderr.contains("120 published"), "{stderr}");
     assert_eq!(count(&store, Status::Processing).await, 0);
 
@@ -105,4 +105,57 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_sigterm_stops_cleanly() {
     let distinct: HashSet<&String> = published.iter().collect();
     assert_eq!(distinct, ids.iter().collect::<HashSet<_>>());
     assert_eq!(published.len(), 120 + written_by_a, "duplicates are exactly what A wrote before it died");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_a_slow_backend_stops_within_its_deadline_and_releases_its_events() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+    let config = dir.path().join("broadcaster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [outbox]
+            url = "{url}"
+            [publishers.slow]
+            component = "{attacker}"
+            [publishers.slow.options]
+            attack = "slow"
+            burn_ms = 1500
+            stream_name = "slow:events"
+            [publishers.slow.grants]
+            redis = {{ host = "127.0.0.1", port = {port}, streams = ["slow:*"] }}
+            [publishers.slow.limits]
+            call_timeout = "2s"
+            "#,
+            attacker = components::ATTACKER,
+            port = redis.port(),
+        ),
+    )
+    .unwrap();
+    let store = OutboxStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let events: Vec<NewEvent> = (0..50).map(|i| NewEvent::new(format!("e{i}"), "/s").publisher("slow")).collect();
+    store.enqueue(&events, now_micros()).await.unwrap();
+
+    let mut worker = spawn_worker(&config, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&store, Status::Processing).await == 0 {
+        assert!(Instant::now() < deadline, "the worker claimed nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The backend is inside a 1.5 s call now, with most of its batch to go (75 s of work).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    signal(&worker, "-TERM");
+    let status = worker.wait().unwrap();
+    let took = stopping.elapsed();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    assert!(took < Duration::from_secs(2 + 5), "stopping took {took:?}, more than call_timeout + 5 s");
+    assert_eq!(count(&store, Status::Processing).await, 0, "nothing is left processing");
+    let published = count(&store, Status::Published).await;
+    let pending = count(&store, Status::Pending).await;
+    assert_eq!(published + pending, 50, "every event is published or back to waiting, none spent a retry");
 }

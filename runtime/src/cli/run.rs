@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use broadcaster::config::units::parse_duration;
-use broadcaster::registry::PublisherRegistry;
+use broadcaster::registry::{BuildOptions, PublisherRegistry};
 use broadcaster::relay::{Relay, RunOptions};
 
 use super::ConfigArg;
@@ -24,7 +24,16 @@ pub struct RunArgs {
     /// Stop after this many iterations (0: run until SIGINT/SIGTERM).
     #[arg(long, default_value_t = 0)]
     max_iterations: u64,
+    /// Refuse to start unless every publisher starts (for deploy pipelines). Without it, a
+    /// component whose start fails (its init refuses the options, traps, or misses its
+    /// deadline) starts down, says why in the log and `broadcaster health`, keeps its events
+    /// waiting, and is started again with backoff while the others publish.
+    #[arg(long)]
+    strict: bool,
 }
+
+/// Time allowed after the longest call for the last outcomes to be written when stopping.
+const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
@@ -34,7 +43,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_iterations: args.max_iterations,
     };
     let store = super::open_outbox(&config).await?;
-    let registry = Arc::new(PublisherRegistry::build(&config, None).await?);
+    let registry = Arc::new(PublisherRegistry::build_with(&config, None, BuildOptions { strict: args.strict }).await?);
+    // However the backends behave, a stop takes no longer than their longest call and a few
+    // seconds to record outcomes.
+    let stop_within = registry.longest_call() + STOP_MARGIN;
     let names: Vec<&str> = registry.iter().map(|(name, _)| name).collect();
     tracing::info!(
         outbox = %store.display_url(),
@@ -54,10 +66,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
-        eprintln!("broadcaster worker: stopping after the batch in flight (signal again to exit at once)");
+        eprintln!(
+            "broadcaster worker: stopping: no new events; calls in flight finish or are cut within {stop_within:?} \
+             (signal again to exit at once)"
+        );
         let _ = stop_tx.send(true);
-        wait_for_signal().await;
-        eprintln!("broadcaster worker: exiting now; claimed events return after the lease timeout");
+        tokio::select! {
+            _ = wait_for_signal() => {
+                eprintln!("broadcaster worker: exiting now; claimed events return after the lease timeout");
+            }
+            _ = tokio::time::sleep(stop_within) => {
+                eprintln!(
+                    "broadcaster worker: still not stopped after {stop_within:?}; exiting now, claimed events \
+                     return after the lease timeout"
+                );
+            }
+        }
         std::process::exit(130);
     });
     let relay = Arc::new(Relay::new(store, registry, &config.relay));

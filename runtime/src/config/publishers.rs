@@ -100,6 +100,17 @@ pub struct Limits {
     /// 16 MiB.
     #[serde(default = "default_host_call_bytes")]
     pub host_call_bytes: ByteSize,
+    /// Wall-clock deadline for one `health-check` call (at most `call_timeout`). Default
+    /// 500 ms.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: Seconds,
+    /// Most log lines per second, over all calls (more are dropped and counted). Default 100.
+    #[serde(default = "default_log_rate")]
+    pub log_rate: u64,
+    /// Most log bytes per second, over all calls (more are dropped and counted). Default
+    /// 64 KiB.
+    #[serde(default = "default_log_bytes")]
+    pub log_rate_bytes: ByteSize,
     /// Most log lines (log calls, and lines printed to stdout/stderr) in one call. Default 100.
     #[serde(default = "default_log_lines")]
     pub log_lines: u64,
@@ -126,6 +137,9 @@ impl Default for Limits {
         Self {
             memory: default_memory(),
             call_timeout: default_call_timeout(),
+            health_timeout: default_health_timeout(),
+            log_rate: default_log_rate(),
+            log_rate_bytes: default_log_bytes(),
             fuel: None,
             host_calls: default_host_calls(),
             host_call_bytes: default_host_call_bytes(),
@@ -168,4 +182,10 @@ fn default_entry_fields() -> u64 {
 }
 fn default_entry_bytes() -> ByteSize {
     ByteSize(1024 * 1024)
+}
+fn default_health_timeout() -> Seconds {
+    Seconds(Duration::from_millis(500))
+}
+fn default_log_rate() -> u64 {
+    100
 }

@@ -11,6 +11,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::capabilities::CAPABILITIES;
 use super::component::CONTRACT_VERSION;
+use super::lanes::{CpuAccount, GuestLanes};
 use super::state::PublisherState;
 use crate::config::{Allocator, PublisherConfig};
 
@@ -22,6 +23,12 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the WebAssembly engine: {0}")]
 pub struct EngineError(String);
+
+impl EngineError {
+    pub(crate) fn new(message: String) -> Self {
+        Self(message)
+    }
+}
 
 /// What the engine must accommodate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +51,7 @@ impl Default for EngineSettings {
     }
 }
 
-/// The engine, the linker, the epoch ticker, and the threads guest code runs on. Cheap to
+/// The engine, the linker, the epoch ticker, and the lanes guest code runs in. Cheap to
 /// clone.
 #[derive(Clone)]
 pub struct HostEngine {
@@ -52,35 +59,8 @@ pub struct HostEngine {
     linker: Arc<Linker<PublisherState>>,
     pooling: bool,
     fuel: bool,
-    guests: Arc<GuestThreads>,
+    lanes: Arc<GuestLanes>,
     _ticker: Arc<EpochTicker>,
-}
-
-/// A runtime of its own for guest code, one thread fewer than the machine has cores (at least
-/// one), so that guests burning CPU never take the relay's own threads: the relay, the
-/// database and the native publishers always keep a core.
-struct GuestThreads(Option<tokio::runtime::Runtime>);
-
-impl GuestThreads {
-    fn start() -> Result<Self, EngineError> {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores.saturating_sub(1).max(1))
-            .thread_name("wasm-guest")
-            .enable_all()
-            .build()
-            .map_err(|e| EngineError(format!("guest threads: {e}")))?;
-        Ok(Self(Some(runtime)))
-    }
-}
-
-impl Drop for GuestThreads {
-    fn drop(&mut self) {
-        // May be dropped from async code, where a blocking shutdown is not allowed.
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
 }
 
 impl std::fmt::Debug for HostEngine {
@@ -190,8 +170,8 @@ impl HostEngine {
         };
         let linker = build_linker(&engine).map_err(|e| EngineError(e.to_string()))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
-        let guests = Arc::new(GuestThreads::start()?);
-        Ok(Self { engine, linker: Arc::new(linker), pooling, fuel: settings.fuel, guests, _ticker: ticker })
+        let lanes = Arc::new(GuestLanes::start()?);
+        Ok(Self { engine, linker: Arc::new(linker), pooling, fuel: settings.fuel, lanes, _ticker: ticker })
     }
 
     /// The wasmtime engine.
@@ -204,13 +184,14 @@ impl HostEngine {
         &self.linker
     }
 
-    /// Runs `work` (a call into guest code) on the guest threads and waits for it.
-    pub async fn on_guest_threads<T: Send + 'static>(
+    /// Runs `work` (calls into the guest code of the publisher whose CPU `account` keeps)
+    /// on the guest lanes and waits for it.
+    pub async fn run_guest<T: Send + 'static>(
         &self,
+        account: Arc<CpuAccount>,
         work: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
-        let runtime = self.guests.0.as_ref().expect("guest threads live as long as the engine");
-        runtime.spawn(work).await
+        self.lanes.run(account, work).await
     }
 
     /// Whether instances come from the pooling allocator.

@@ -3,8 +3,10 @@
 //! - [`engine`]: the wasmtime engine, the linker, and the epoch ticker behind call deadlines.
 //! - [`component`]: loading a `.wasm` and checking it against the `publisher` world and the
 //!   capability table.
-//! - [`publisher`]: a running component publisher (set-up from its configuration, instance
-//!   lifecycle, calls, recycling).
+//! - [`publisher`]: a running component publisher (set-up from its configuration, calls,
+//!   health, stop); [`instance`]: its instance's lifecycle and supervision (the breaker).
+//! - [`lanes`]: where guest code runs and how the CPU is shared between tenants.
+//! - [`wit_event`]: an event as a backend sees it.
 //! - [`state`]: what each publisher's store holds.
 //! - [`capabilities`]: the host imports, one module per capability, in one table.
 //! - [`guest_output`]: where a backend's log lines and stdout/stderr go.
@@ -17,9 +19,12 @@ pub mod capabilities;
 pub mod component;
 pub mod engine;
 pub mod guest_output;
+pub mod instance;
+pub mod lanes;
 pub mod publisher;
 pub mod secrets;
 pub mod state;
+pub mod wit_event;
 
 pub use budget::{CallBudget, CallLimits, LimitExceeded};
 pub use component::{ComponentError, LoadedComponent, SUPPORTED_VERSIONS};

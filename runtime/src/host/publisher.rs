@@ -1,32 +1,26 @@
-//! A publisher backed by a component: one instance in its own store, created at start-up
-//! with `init(options)`, replaced after a trap or a missed deadline. Repeated traps are
-//! supervised: the replacement waits longer each time, and meanwhile the publisher reports
-//! itself degraded so the relay leaves its events waiting.
+//! A publisher backed by a component: set up from its configuration, its instance made
+//! (and `init`ed) in the background at start-up or when first needed, its calls run on the
+//! guest lanes ([`super::lanes`]) one at a time. The instance's lifecycle and supervision
+//! live in [`super::instance`].
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use wasmtime::{Store, UpdateDeadline};
-
-use super::bindings::{self, Publisher as Bindings};
+use super::bindings;
 use super::budget::{CallBudget, CallLimits};
-use super::capabilities::{CallContext, ConfiguredCapabilities, PublisherSetup};
+use super::capabilities::{ConfiguredCapabilities, PublisherSetup};
 use super::component::LoadedComponent;
 use super::engine::HostEngine;
-use super::guest_output::LastLines;
+use super::guest_output::{LogRate, bounded_text};
+use super::instance::{CallOutcome, LiveInstance, SharedSlot, Slot};
+use super::lanes::CpuAccount;
 use super::secrets::{self, Redactor};
-use super::state::PublisherState;
+use super::wit_event::to_wit;
 use crate::config::{PublisherConfig, table_to_json};
-use crate::event::{OutboxEvent, Payload};
+use crate::event::OutboxEvent;
 use crate::outcome::{Health, PublishError};
-
-/// How long past its deadline a call may spend inside the host (awaiting Redis, say) before
-/// it is abandoned; guest code itself is stopped at the deadline by the epoch check.
-const HOST_GRACE: Duration = Duration::from_millis(500);
-
-/// The longest wait before replacing an instance that keeps trapping.
-const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 
 /// A component publisher's settings.
 #[derive(Debug)]
@@ -41,6 +35,8 @@ pub struct ComponentSettings {
     pub memory_bytes: usize,
     /// Deadline of one call.
     pub call_timeout: Duration,
+    /// Deadline of one `health-check` call.
+    pub health_timeout: Duration,
     /// Fuel per call (when the engine meters fuel).
     pub fuel: Option<u64>,
     /// Host-call and log limits per call.
@@ -84,43 +80,20 @@ pub enum StartError {
     Failed(String),
 }
 
-/// The call in progress passed its deadline (raised from the epoch callback).
-#[derive(Debug, thiserror::Error)]
-#[error("the call did not finish within its {0:?} deadline (limits.call_timeout)")]
-struct DeadlineExceeded(Duration);
-
-struct LiveInstance {
-    store: Store<PublisherState>,
-    bindings: Bindings,
-}
-
-/// The instance slot and its supervision record.
-#[derive(Default)]
-struct Slot {
-    live: Option<LiveInstance>,
-    /// Traps since the last successful call.
-    consecutive_traps: u32,
-    /// No new instance before this time.
-    restart_at: Option<Instant>,
-    /// The last trap's cause.
-    last_trap: Option<String>,
-    /// Instances created so far (1 after start).
-    instantiations: u64,
-}
-
-/// What a call into the instance came to.
-enum CallOutcome<T> {
-    Returned(T),
-    Trapped(String),
-}
-
 /// A publisher backed by a WebAssembly component.
 pub struct ComponentPublisher {
-    settings: ComponentSettings,
-    component: LoadedComponent,
-    engine: HostEngine,
-    budget: CallBudget,
-    slot: tokio::sync::Mutex<Slot>,
+    pub(super) settings: ComponentSettings,
+    pub(super) component: LoadedComponent,
+    pub(super) engine: HostEngine,
+    pub(super) budget: CallBudget,
+    /// How much guest CPU it uses, and so which lane its calls run in.
+    pub(super) cpu: Arc<CpuAccount>,
+    /// How many log lines and bytes per second it may write.
+    pub(super) log_rate: Arc<LogRate>,
+    /// Set when the relay shuts down: no new calls, and a call cut by its deadline does not
+    /// count against its event.
+    pub(super) stopping: AtomicBool,
+    slot: SharedSlot,
 }
 
 impl std::fmt::Debug for ComponentPublisher {
@@ -143,7 +116,7 @@ impl ComponentPublisher {
         publisher: &PublisherConfig,
         base_dir: &Path,
         strict: bool,
-    ) -> Result<Self, ComponentSetupError> {
+    ) -> Result<Arc<Self>, ComponentSetupError> {
         if let Some(missing) =
             component.required_grants().into_iter().find(|needed| !publisher.grants.contains(needed.key()))
         {
@@ -167,49 +140,58 @@ impl ComponentPublisher {
             capabilities,
             memory_bytes: usize::try_from(publisher.limits.memory.0).unwrap_or(usize::MAX),
             call_timeout: publisher.limits.call_timeout.0,
+            health_timeout: publisher.limits.health_timeout.0.min(publisher.limits.call_timeout.0),
             fuel: publisher.limits.fuel,
             call_limits: CallLimits::from(&publisher.limits),
             redactor: Arc::new(redactor),
         };
-        Ok(Self::start(engine, component, settings, strict).await?)
+        let log_rate = Arc::new(LogRate::new(publisher.limits.log_rate, publisher.limits.log_rate_bytes.0));
+        Ok(Self::start(engine, component, settings, log_rate, strict).await?)
     }
 
-    /// Instantiates `component` for this publisher and calls `init` with its options. When
-    /// that fails: with `strict`, the error; otherwise the publisher starts down, reports the
-    /// cause in its health, and its start is tried again with backoff, like the replacement
-    /// of an instance that trapped.
+    /// Starts a publisher running `component`.
+    ///
+    /// With `strict`, its instance is made and `init`ed now, and an error is returned when
+    /// that fails. Otherwise this returns at once and the instance is made in the background:
+    /// a publisher whose start fails (an `init` error, a trap, its deadline) is *down*, says why
+    /// in its health, keeps its events waiting, and its start is tried again with backoff,
+    /// while every other publisher runs.
     pub async fn start(
         engine: &HostEngine,
         component: LoadedComponent,
         settings: ComponentSettings,
+        log_rate: Arc<LogRate>,
         strict: bool,
-    ) -> Result<Self, StartError> {
+    ) -> Result<Arc<Self>, StartError> {
         let budget = CallBudget::new(settings.call_limits.clone());
-        let publisher = Self {
+        let publisher = Arc::new(Self {
             settings,
             component,
             engine: engine.clone(),
             budget,
-            slot: tokio::sync::Mutex::new(Slot::default()),
-        };
-        let started = publisher.instantiate().await;
-        let mut slot = publisher.slot.lock().await;
-        match started {
-            Ok(live) => {
-                slot.live = Some(live);
-                slot.instantiations = 1;
-            }
-            Err(err) if strict => return Err(err),
-            Err(err) => {
-                tracing::warn!(
-                    publisher = %publisher.settings.name,
-                    cause = %err,
-                    "the backend did not start; its events wait while its start is retried with backoff"
-                );
-                publisher.record_trap(&mut slot, err.to_string());
-            }
+            cpu: Arc::default(),
+            log_rate,
+            stopping: AtomicBool::new(false),
+            slot: SharedSlot::default(),
+        });
+        if strict {
+            let live = publisher.instantiate().await?;
+            let mut slot = publisher.slot.lock().await;
+            slot.live = Some(live);
+            slot.instantiations = 1;
+        } else {
+            // Take the slot before returning, so that the first call waits for the start
+            // rather than starting another instance.
+            let mut slot = publisher.slot.clone().lock_owned().await;
+            let this = publisher.clone();
+            tokio::spawn(async move {
+                let (engine, account) = (this.engine.clone(), this.cpu.clone());
+                let start = async move {
+                    let _ = this.ensure_live(&mut slot).await;
+                };
+                let _ = engine.run_guest(account, start).await;
+            });
         }
-        drop(slot);
         Ok(publisher)
     }
 
@@ -228,149 +210,51 @@ impl ComponentPublisher {
         &self.settings.name
     }
 
-    /// How many instances have been created (start-up counts one); more means recycling.
+    /// How many instances have been made so far; more than one means recycling.
     pub async fn instantiations(&self) -> u64 {
         self.slot.lock().await.instantiations
     }
 
-    async fn instantiate(&self) -> Result<LiveInstance, StartError> {
-        let redact = |message: &str| self.settings.redactor.redact(message);
-        let call = CallContext {
-            publisher: self.settings.name.clone(),
-            budget: self.budget.clone(),
-            redactor: self.settings.redactor.clone(),
-            last_stderr: LastLines::default(),
-            deadline: None,
-        };
-        let state = PublisherState::new(call, &self.settings.capabilities, self.settings.memory_bytes);
-        let mut store = Store::new(self.engine.engine(), state);
-        store.limiter(|state| &mut state.limits);
-        let timeout = self.settings.call_timeout;
-        store.epoch_deadline_callback(move |ctx| match ctx.data().call.deadline {
-            Some(deadline) if Instant::now() >= deadline => Err(wasmtime::Error::new(DeadlineExceeded(timeout))),
-            _ => Ok(UpdateDeadline::Yield(1)),
-        });
-        store.set_epoch_deadline(1);
-        self.begin_call(&mut store);
-        let started = tokio::time::timeout(timeout + HOST_GRACE, async {
-            let bindings = self.component.pre.instantiate_async(&mut store).await?;
-            let init =
-                bindings.broadcaster_backend_backend().call_init(&mut store, &self.settings.options_json).await?;
-            Ok::<_, wasmtime::Error>((bindings, init))
-        })
-        .await;
-        store.data_mut().call.deadline = None;
-        match started {
-            Err(_) => Err(StartError::Failed(DeadlineExceeded(timeout).to_string())),
-            Ok(Err(err)) => Err(StartError::Failed(redact(&describe_trap(&err)))),
-            Ok(Ok((_, Err(message)))) => Err(StartError::InitRejected(redact(&message))),
-            Ok(Ok((bindings, Ok(())))) => Ok(LiveInstance { store, bindings }),
-        }
+    /// Guest CPU seen so far, in epoch ticks (about 10 ms each).
+    pub fn cpu_ticks(&self) -> u64 {
+        self.cpu.total_ticks()
     }
 
-    /// Resets the per-call budget, deadline and fuel.
-    fn begin_call(&self, store: &mut Store<PublisherState>) {
-        self.budget.reset();
-        store.data_mut().call.deadline = Some(Instant::now() + self.settings.call_timeout);
-        if self.engine.meters_fuel() {
-            let _ = store.set_fuel(self.settings.fuel.unwrap_or(u64::MAX));
-        }
+    /// The longest a call into it can take, host time included.
+    pub fn longest_call(&self) -> Duration {
+        self.settings.call_timeout + super::instance::HOST_GRACE
     }
 
-    /// The live instance, creating one if needed and allowed.
-    async fn ensure_live<'a>(&self, slot: &'a mut Slot) -> Result<&'a mut LiveInstance, String> {
-        if slot.live.is_none() {
-            if let Some(at) = slot.restart_at
-                && Instant::now() < at
-            {
-                return Err(format!(
-                    "the backend is restarting after {} consecutive traps (last: {}); next attempt in {:?}",
-                    slot.consecutive_traps,
-                    slot.last_trap.as_deref().unwrap_or("unknown"),
-                    at.saturating_duration_since(Instant::now())
-                ));
-            }
-            match self.instantiate().await {
-                Ok(live) => {
-                    slot.instantiations += 1;
-                    slot.live = Some(live);
-                }
-                Err(err) => {
-                    let cause = err.to_string();
-                    self.record_trap(slot, cause.clone());
-                    return Err(format!("could not re-create the backend instance: {cause}"));
-                }
-            }
-        }
-        Ok(slot.live.as_mut().expect("instance present"))
+    /// Stops taking calls (the relay is shutting down): a batch in progress stops before its
+    /// next event, and a call in progress that fails from now on (it is cut at its deadline at
+    /// the latest) did not publish its event, which goes back to waiting without spending a
+    /// retry.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Drops the instance and schedules its replacement after 100 ms, then 200 ms, 400 ms, …
-    /// up to 30 s while the traps keep coming (a successful call resets the count). Meanwhile
-    /// the publisher reports itself degraded, so the relay does not hand it events.
-    fn record_trap(&self, slot: &mut Slot, cause: String) {
-        slot.live = None;
-        slot.consecutive_traps += 1;
-        let delay = Duration::from_millis(100)
-            .saturating_mul(1 << slot.consecutive_traps.saturating_sub(1).min(20))
-            .min(MAX_RESTART_DELAY);
-        slot.restart_at = Some(Instant::now() + delay);
-        slot.last_trap = Some(cause);
-    }
-
-    /// Runs one export call with the per-call limits; a trap or an abandoned call replaces
-    /// the instance.
-    async fn call<T>(
-        &self,
-        slot: &mut Slot,
-        what: &str,
-        invoke: impl AsyncFnOnce(&mut LiveInstance) -> wasmtime::Result<T>,
-    ) -> Result<CallOutcome<T>, String> {
-        let instance = self.ensure_live(slot).await?;
-        self.begin_call(&mut instance.store);
-        instance.store.data().call.last_stderr.clear();
-        let timeout = self.settings.call_timeout;
-        let outcome = tokio::time::timeout(timeout + HOST_GRACE, invoke(instance)).await;
-        instance.store.data_mut().call.deadline = None;
-        let cause = match outcome {
-            Ok(Ok(value)) => {
-                slot.consecutive_traps = 0;
-                return Ok(CallOutcome::Returned(value));
-            }
-            Ok(Err(trap)) => {
-                let mut cause = describe_trap(&trap);
-                if let Some(line) = instance.store.data().call.last_stderr.take() {
-                    cause.push_str(&format!(" (the backend's last words on stderr: {line})"));
-                }
-                self.settings.redactor.redact(&cause)
-            }
-            Err(_) => format!("the {what} call did not return within {timeout:?} (limits.call_timeout)"),
-        };
-        tracing::warn!(publisher = %self.settings.name, %cause, "backend trapped during {what}; instance recycled");
-        self.record_trap(slot, cause.clone());
-        Ok(CallOutcome::Trapped(cause))
-    }
-
-    /// Calls the backend's `publish` for each event in order, on the guest threads, stopping
-    /// at the first transient error or trap (the events after it are `None`: not attempted).
+    /// Calls the backend's `publish` for each event in order, on the guest lanes, stopping at
+    /// the first transient error or trap, or when the publisher is stopped (the events after
+    /// that are `None`: not attempted; so is an event whose call trapped after a stop).
     pub async fn publish_all(self: &Arc<Self>, events: Vec<OutboxEvent>) -> Vec<Option<Result<(), PublishError>>> {
         let this = self.clone();
         let count = events.len();
         let work = async move {
             let mut outcomes = Vec::with_capacity(events.len());
-            let mut stopped = false;
+            let mut halted = false;
             for event in &events {
-                if stopped {
+                if halted || this.stopping.load(Ordering::Relaxed) {
                     outcomes.push(None);
                     continue;
                 }
                 let result = this.publish(event).await;
-                stopped = matches!(result, Err(PublishError::Transient(_) | PublishError::Trapped(_)));
-                outcomes.push(Some(result));
+                halted = matches!(result, Err(PublishError::Transient(_) | PublishError::Trapped(_)));
+                let cut = matches!(result, Err(PublishError::Trapped(_))) && this.stopping.load(Ordering::Relaxed);
+                outcomes.push(if cut { None } else { Some(result) });
             }
             outcomes
         };
-        match self.engine.on_guest_threads(work).await {
+        match self.engine.run_guest(self.cpu.clone(), work).await {
             Ok(outcomes) => outcomes,
             Err(err) => {
                 let failed = Some(Err(PublishError::Transient(format!("the guest task failed: {err}"))));
@@ -379,11 +263,11 @@ impl ComponentPublisher {
         }
     }
 
-    /// Calls the backend's `health-check` on the guest threads.
+    /// Calls the backend's `health-check` on the guest lanes.
     pub async fn check_health(self: &Arc<Self>) -> Health {
         let this = self.clone();
         self.engine
-            .on_guest_threads(async move { this.health().await })
+            .run_guest(self.cpu.clone(), async move { this.health().await })
             .await
             .unwrap_or_else(|err| Health::down(format!("the guest task failed: {err}")))
     }
@@ -392,96 +276,51 @@ impl ComponentPublisher {
     pub async fn publish(&self, event: &OutboxEvent) -> Result<(), PublishError> {
         let wit_event = to_wit(event);
         let mut slot = self.slot.lock().await;
+        let limit = (self.settings.call_timeout, "limits.call_timeout");
         let outcome = self
-            .call(&mut slot, "publish", async |live: &mut LiveInstance| {
+            .call(&mut slot, "publish", limit, async |live: &mut LiveInstance| {
                 live.bindings.broadcaster_backend_backend().call_publish(&mut live.store, &wit_event).await
             })
             .await
             .map_err(PublishError::Transient)?;
-        let redact = |m: String| self.settings.redactor.redact(&m);
+        // What the backend says is bounded before it is kept, logged or stored.
+        let said = |m: String| self.settings.redactor.redact(&bounded_text(&m));
         match outcome {
             CallOutcome::Returned(Ok(())) => Ok(()),
-            CallOutcome::Returned(Err(bindings::PublishError::Transient(m))) => Err(PublishError::Transient(redact(m))),
-            CallOutcome::Returned(Err(bindings::PublishError::Permanent(m))) => Err(PublishError::Permanent(redact(m))),
+            CallOutcome::Returned(Err(bindings::PublishError::Transient(m))) => Err(PublishError::Transient(said(m))),
+            CallOutcome::Returned(Err(bindings::PublishError::Permanent(m))) => Err(PublishError::Permanent(said(m))),
             CallOutcome::Trapped(cause) => Err(PublishError::Trapped(cause)),
         }
     }
 
-    /// Calls the backend's `health-check`. While the backend is waiting to restart after
-    /// repeated traps it is reported degraded without being called.
+    /// Calls the backend's `health-check`, within `limits.health_timeout`. While the backend
+    /// is paused after failures (a start that failed, traps) it is reported down without
+    /// being called.
     pub async fn health(&self) -> Health {
         let component = self.component.name();
         let mut slot = self.slot.lock().await;
+        let limit = (self.settings.health_timeout, "limits.health_timeout");
         let outcome = self
-            .call(&mut slot, "health-check", async |live: &mut LiveInstance| {
+            .call(&mut slot, "health-check", limit, async |live: &mut LiveInstance| {
                 live.bindings.broadcaster_backend_backend().call_health_check(&mut live.store).await
             })
             .await;
-        match outcome {
-            Err(restarting) => Health::down(format!("{component}: degraded: {restarting}")),
-            Ok(CallOutcome::Returned(true)) if slot.instantiations > 1 => {
-                Health::up(format!("{component} (instance replaced {} times)", slot.instantiations - 1))
-            }
-            Ok(CallOutcome::Returned(true)) => Health::up(component),
-            Ok(CallOutcome::Returned(false)) => Health::down(format!("{component}: health-check returned false")),
-            Ok(CallOutcome::Trapped(cause)) => {
-                Health::down(format!("{component}: degraded: health-check trapped: {cause}"))
-            }
-        }
+        health_of(&component, &slot, outcome)
     }
 }
 
-/// A one-line cause for a trap or instantiation error.
-fn describe_trap(err: &wasmtime::Error) -> String {
-    if let Some(deadline) = err.downcast_ref::<DeadlineExceeded>() {
-        return deadline.to_string();
-    }
-    let mut parts: Vec<String> = Vec::new();
-    if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
-        parts.push(trap.to_string());
-    }
-    for cause in err.chain() {
-        let text = cause.to_string();
-        let first = text.lines().next().unwrap_or_default().trim_end_matches(':').to_string();
-        // wasmtime wraps a guest trap in "error while executing at wasm backtrace:" and the
-        // frames; the frames mean nothing to an operator.
-        if first.is_empty() || first.starts_with("error while executing at wasm backtrace") || parts.contains(&first) {
-            continue;
+/// The health a `health-check` call (or the reason there was none) comes to.
+fn health_of(component: &str, slot: &Slot, outcome: Result<CallOutcome<bool>, String>) -> Health {
+    match outcome {
+        Err(why) if slot.instantiations == 0 => Health::down(format!("{component}: not started: {why}")),
+        Err(why) => Health::down(format!("{component}: degraded: {why}")),
+        Ok(CallOutcome::Returned(true)) if slot.instantiations > 1 => {
+            Health::up(format!("{component} (instance replaced {} times)", slot.instantiations - 1))
         }
-        parts.push(first);
-    }
-    parts.join(": ")
-}
-
-/// The WIT view of an event; JSON is rendered as `json.dumps` does so backends can splice it.
-fn to_wit(event: &OutboxEvent) -> bindings::OutboxEvent {
-    fn present(s: &str) -> Option<String> {
-        (!s.is_empty()).then(|| s.to_string())
-    }
-    bindings::OutboxEvent {
-        event: bindings::CloudEvent {
-            id: event.id.clone(),
-            source: event.source.clone(),
-            specversion: event.spec_version.clone(),
-            type_: event.event_type.clone(),
-            datacontenttype: present(&event.data_content_type),
-            dataschema: present(&event.data_schema),
-            subject: present(&event.subject),
-            time: Some(event.time()),
-            data: match &event.data {
-                Payload::None | Payload::Json(serde_json::Value::Null) => None,
-                Payload::Json(value) => Some(bindings::EventData::Json(broadcaster_entry::pyjson::to_string(value))),
-                Payload::Text(text) => Some(bindings::EventData::Text(text.clone())),
-                Payload::Binary(bytes) => Some(bindings::EventData::Binary(bytes.clone())),
-            },
-            extensions: event.extensions.clone(),
-        },
-        retry_count: event.retry_count,
-        max_retries: event.max_retries,
-        publisher_config: event
-            .publisher_config
-            .iter()
-            .map(|(k, v)| (k.clone(), broadcaster_entry::pyjson::to_string(v)))
-            .collect(),
+        Ok(CallOutcome::Returned(true)) => Health::up(component),
+        Ok(CallOutcome::Returned(false)) => Health::down(format!("{component}: health-check returned false")),
+        Ok(CallOutcome::Trapped(cause)) => {
+            Health::down(format!("{component}: degraded: health-check trapped: {cause}"))
+        }
     }
 }

@@ -59,6 +59,22 @@ impl Publisher {
         }
     }
 
+    /// Stops taking calls (the relay is shutting down); see
+    /// [`ComponentPublisher::stop`]. The native backend finishes its pipeline.
+    pub fn stop(&self) {
+        if let Self::Component(p) = self {
+            p.stop();
+        }
+    }
+
+    /// The longest one call can take, host time included.
+    pub fn longest_call(&self) -> std::time::Duration {
+        match self {
+            Self::RedisStream(p) => p.longest_call(),
+            Self::Component(p) => p.longest_call(),
+        }
+    }
+
     /// What kind of publisher this is, for people: `redis-stream` or the component file.
     pub fn kind(&self) -> String {
         match self {

@@ -143,6 +143,12 @@ impl RedisStreamPublisher {
         results
     }
 
+    /// The longest one call can take (connect and reply timeouts).
+    pub fn longest_call(&self) -> Duration {
+        let endpoint = self.client.endpoint();
+        endpoint.connect_timeout + endpoint.socket_timeout
+    }
+
     /// `PING` within the socket timeout.
     pub async fn health(&self) -> Health {
         match self.client.ping().await {

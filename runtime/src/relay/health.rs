@@ -3,7 +3,10 @@
 //! spends none of their retries.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
 
 use crate::outcome::Health;
 use crate::registry::PublisherRegistry;
@@ -48,6 +51,24 @@ impl HealthBoard {
         skip.sort();
         skip.dedup();
         skip
+    }
+
+    /// Checks each publisher of `registry` every `every`, starting now, each on its own task
+    /// (a slow check holds up only its own publisher's next check). Runs until the returned
+    /// set is dropped.
+    pub fn monitor(self: &Arc<Self>, registry: &PublisherRegistry, every: Duration) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        for (name, publisher) in registry.iter() {
+            let (board, name, publisher) = (self.clone(), name.to_string(), publisher.clone());
+            tasks.spawn(async move {
+                loop {
+                    let health = publisher.health().await;
+                    board.record(&name, health);
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
+        tasks
     }
 
     /// Checks every publisher of `registry` at once and records the results.

@@ -16,6 +16,10 @@ use crate::outcome::{Attempt, PublishError};
 use crate::registry::PublisherRegistry;
 use crate::routing::{publisher_for, stored_names};
 
+/// How many times the outcomes of a share are written before they are given up to lease
+/// expiry.
+pub const OUTCOME_WRITE_ATTEMPTS: u32 = 4;
+
 /// How `broadcaster run` loops (the seed's `outbox_worker` options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOptions {
@@ -138,20 +142,15 @@ impl Relay {
     /// share in flight is not claimed for, which also keeps its events in order. Never sleeps
     /// while something was claimed. A row the store cannot read is failed by the claim itself
     /// (logged here, counted as failed) and the rest of its batch is published. A database
-    /// error is logged and the loop goes on. On shutdown nothing more is claimed and the shares
-    /// in flight are finished and settled before returning.
+    /// error is logged and the loop goes on. Health is checked from the start, every
+    /// publisher on its own task; until its first answer a publisher counts as healthy (a
+    /// failure then checks it at once). On shutdown nothing more is claimed, the publishers are
+    /// stopped (a component's batch stops before its next event; its call in flight ends by its
+    /// deadline at the latest, and an event whose call was cut goes back to waiting), and the
+    /// shares in flight are settled before returning.
     pub async fn run(self: Arc<Self>, options: RunOptions, mut shutdown: watch::Receiver<bool>) -> RelayReport {
         let mut report = RelayReport::default();
-        self.refresh_health().await;
-        let monitor = {
-            let (registry, health, every) = (self.registry.clone(), self.health.clone(), self.health_interval);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    health.refresh(&registry).await;
-                }
-            })
-        };
+        let monitor = self.health.monitor(&self.registry, self.health_interval);
         let reclaim_every = (self.lease_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         let mut last_reclaim: Option<Instant> = None;
         let mut last_sweep: Option<Instant> = None;
@@ -164,6 +163,7 @@ impl Relay {
                 self.finished(done, &mut busy, &mut report);
             }
             if *shutdown.borrow() {
+                self.registry.stop();
                 break;
             }
             if last_reclaim.is_none_or(|t| t.elapsed() >= reclaim_every) {
@@ -226,7 +226,7 @@ impl Relay {
         while let Some(done) = in_flight.join_next_with_id().await {
             self.finished(done, &mut busy, &mut report);
         }
-        monitor.abort();
+        drop(monitor);
         report
     }
 
@@ -302,7 +302,7 @@ impl Relay {
                 Settlement::Release => report.released += 1,
             }
         }
-        let updated = self.store.settle(token, self.clock.now(), settlements).await?;
+        let updated = self.write_outcomes(token, settlements).await?;
         report.fenced = (settlements.len() as u64).saturating_sub(updated);
         if report.fenced > 0 {
             tracing::warn!(
@@ -312,6 +312,31 @@ impl Relay {
             );
         }
         Ok(report)
+    }
+
+    /// Writes the outcomes of a share, trying again after a database error (a blip must not
+    /// send published events back to be published again at lease expiry): up to
+    /// [`OUTCOME_WRITE_ATTEMPTS`] attempts, waiting 100 ms, then 400 ms, … between them. The
+    /// writes are fenced by the claim token, so an attempt that did reach the database before
+    /// failing is harmless to repeat.
+    async fn write_outcomes(
+        &self,
+        token: DateTime<Utc>,
+        settlements: &[(String, Settlement)],
+    ) -> Result<u64, StoreError> {
+        let mut pause = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self.store.settle(token, self.clock.now(), settlements).await {
+                Err(StoreError::Database(err)) if attempt < OUTCOME_WRITE_ATTEMPTS => {
+                    tracing::warn!(%err, attempt, "recording outcomes failed; trying again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Claims one batch, publishes every publisher's share at once, and settles every row

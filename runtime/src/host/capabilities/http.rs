@@ -223,6 +223,7 @@ pub struct HttpPolicy {
 
 impl HttpPolicy {
     fn deny(&self, uri: &Uri, why: &str) -> HttpError {
+        let uri = crate::host::guest_output::truncate(&uri.to_string()).into_owned();
         tracing::warn!(publisher = %self.publisher, %uri, "refused an HTTP request: {why}");
         HttpError::HttpRequestDenied
     }

@@ -38,7 +38,7 @@ impl Capability for GuestLog {
             call.budget.charge_host_call(message.len())?;
             call.budget.charge_log_bytes(message.len())?;
             call.budget.charge_log_line()?;
-            emit(&call.publisher, level, &call.redactor.redact(&message));
+            emit(&call.publisher, &call.log_rate, level, &call.redactor.redact(&message));
             Ok(())
         })?;
         Ok(())

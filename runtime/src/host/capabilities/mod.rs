@@ -29,7 +29,8 @@ use serde::de::DeserializeOwned;
 use wasmtime::component::Linker;
 
 use super::budget::CallBudget;
-use super::guest_output::LastLines;
+use super::guest_output::{LastLines, LogRate};
+use super::lanes::CpuAccount;
 use super::secrets::Redactor;
 use super::state::PublisherState;
 use crate::config::Grants;
@@ -106,8 +107,15 @@ pub struct CallContext {
     pub redactor: Arc<Redactor>,
     /// The last lines the guest wrote to stderr (they explain a panic).
     pub last_stderr: LastLines,
-    /// When the call in progress must end; checked on every epoch tick.
-    pub deadline: Option<Instant>,
+    /// When the call in progress must end, its limit and the key that sets it; checked on
+    /// every epoch tick.
+    pub deadline: Option<(Instant, Duration, &'static str)>,
+    /// Epoch ticks at which the call in progress was seen running guest code.
+    pub ticks: u32,
+    /// The publisher's guest CPU, which decides its lane.
+    pub cpu: Arc<CpuAccount>,
+    /// The publisher's log rate limit.
+    pub log_rate: Arc<LogRate>,
 }
 
 impl CallContext {
@@ -116,7 +124,7 @@ impl CallContext {
     pub fn host_call_timeout(&self) -> Duration {
         let limit = self.budget.limits().host_call_timeout;
         match self.deadline {
-            Some(deadline) => limit.min(deadline.saturating_duration_since(Instant::now())),
+            Some((deadline, ..)) => limit.min(deadline.saturating_duration_since(Instant::now())),
             None => limit,
         }
     }

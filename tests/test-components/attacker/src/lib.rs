@@ -15,6 +15,15 @@
 //! | `snoop` | reads environment variables, files and the network, and writes what it saw |
 //! | `http-get` | GETs `url`, following redirects; fails permanently with what happened |
 //! | `leak` | logs, prints and returns its `url` option (a secret, in the test) |
+//! | `slow` | burns `burn_ms` (900) of CPU, then publishes normally: slow, not hostile |
+//! | `health-hang` | publishes normally, but spins in `health-check` |
+//! | `huge-error` | fails with a 64 MiB `publish-error` message |
+//! | `long-stream` | writes to a stream whose name is 8 MiB |
+//! | `many-fields` | writes one entry of a million one-byte fields |
+//! | `sleep` | sleeps 10 s in `publish` |
+//!
+//! `init_attack` makes `init` misbehave instead: `error` (a 1 MiB error message), `trap`
+//! (a panic) or `loop` (spins until the deadline).
 //!
 //! Anything else, or an event whose data says `{"behave": true}`, publishes normally to
 //! `stream_name`.
@@ -26,10 +35,37 @@ use broadcaster_guest::{Backend, OutboxEvent, PublishError, export_backend, log,
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Options {
+    #[serde(default)]
     attack: String,
     stream_name: String,
     #[serde(default)]
     url: String,
+    #[serde(default = "default_burn_ms")]
+    burn_ms: u64,
+    #[serde(default)]
+    init_attack: String,
+}
+
+fn default_burn_ms() -> u64 {
+    900
+}
+
+/// Keeps the CPU busy for `ms` milliseconds.
+fn burn(ms: u64) {
+    let start = std::time::Instant::now();
+    let mut x: u64 = 0;
+    while start.elapsed() < std::time::Duration::from_millis(ms) {
+        for _ in 0..10_000 {
+            x = black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+    }
+}
+
+fn spin() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
 }
 
 /// GETs `url`, following up to five redirects; returns the final status or the error.
@@ -81,7 +117,12 @@ impl Backend for Attacker {
     type Options = Options;
 
     fn init(options: Options) -> Result<Self, String> {
-        Ok(Attacker(options))
+        match options.init_attack.as_str() {
+            "error" => Err(format!("init refuses: {}", "e".repeat(1 << 20))),
+            "trap" => panic!("attacker panics in init"),
+            "loop" => spin(),
+            _ => Ok(Attacker(options)),
+        }
     }
 
     fn publish(&mut self, event: &OutboxEvent) -> Result<(), PublishError> {
@@ -89,12 +130,18 @@ impl Backend for Attacker {
         let stream = self.0.stream_name.clone();
         if !behave {
             match self.0.attack.as_str() {
-                "loop" => {
-                    let mut x: u64 = 0;
-                    loop {
-                        x = black_box(x.wrapping_mul(31).wrapping_add(7));
-                    }
+                "loop" => spin(),
+                "slow" => burn(self.0.burn_ms),
+                "huge-error" => return Err(PublishError::Permanent("x".repeat(64 << 20))),
+                "long-stream" => {
+                    let name = format!("attacker:{}", "s".repeat(8 << 20));
+                    redis_stream::xadd(&name, &[("a".into(), "1".into())], None)?;
                 }
+                "many-fields" => {
+                    let fields: Vec<(String, String)> = (0..1_000_000).map(|_| ("f".into(), "v".into())).collect();
+                    redis_stream::xadd(&stream, &fields, None)?;
+                }
+                "sleep" => std::thread::sleep(std::time::Duration::from_secs(10)),
                 "grow" => {
                     let mut hoard: Vec<Vec<u8>> = Vec::new();
                     loop {
@@ -164,6 +211,9 @@ impl Backend for Attacker {
     }
 
     fn health_check(&mut self) -> bool {
+        if self.0.attack == "health-hang" {
+            spin();
+        }
         redis_stream::ping().is_ok()
     }
 }
