@@ -1,0 +1,96 @@
+//! `broadcaster bench`: measurements that print a table (speed targets live here, not in
+//! timed tests). One file per measurement.
+
+mod isolation;
+mod relay;
+mod startup;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use sqlx::Connection;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BenchCommand {
+    /// Relay throughput, outbox → Redis: enqueue N events of about 300 bytes, then time one
+    /// worker (as `broadcaster run` runs it) publishing all of them, for each outbox ×
+    /// publisher combination.
+    Relay(relay::RelayBench),
+    /// Start-up of many publishers built from one component (each with its own options),
+    /// with an empty compile cache and with a warm one, and resident memory per idle
+    /// publisher. Each measurement runs in a fresh process.
+    Startup(startup::StartupBench),
+    /// Isolation: a well-behaved component tenant (the shipped redis-stream.wasm) beside
+    /// hostile and slow ones (the test attacker component): its throughput beside each
+    /// attacker as a fraction of alone, the time to its first published event, the time to
+    /// stop, and the relay's resident memory.
+    Isolation(isolation::IsolationBench),
+    /// One start-up measurement (run by `bench startup` in a child process).
+    #[command(hide = true)]
+    StartupOnce(startup::StartupOnce),
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.what {
+        BenchCommand::Relay(bench) => relay::run(bench).await,
+        BenchCommand::Startup(bench) => startup::run(bench).await,
+        BenchCommand::StartupOnce(once) => startup::run_once(once).await,
+        BenchCommand::Isolation(bench) => isolation::run(bench).await,
+    }
+}
+
+/// A scratch outbox: a temporary SQLite file, or a temporary PostgreSQL database.
+pub(super) struct Scratch {
+    pub(super) url: String,
+    server: Option<String>,
+    name: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Scratch {
+    pub(super) async fn create(kind: &str, postgres: &str) -> anyhow::Result<Self> {
+        match kind {
+            "sqlite" => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                Ok(Self { url, server: None, name: String::new(), _dir: Some(dir) })
+            }
+            "postgres" => {
+                let name = format!("broadcaster_bench_{}", std::process::id());
+                let mut conn = sqlx::PgConnection::connect(postgres)
+                    .await
+                    .with_context(|| format!("connecting to {postgres} (--postgres)"))?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\"")))
+                    .execute(&mut conn)
+                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await?;
+                let base = postgres.rsplit_once('/').map(|(b, _)| b).context("--postgres needs a database")?;
+                Ok(Self { url: format!("{base}/{name}"), server: Some(postgres.to_string()), name, _dir: None })
+            }
+            other => bail!("unknown --outbox {other:?} (sqlite, postgres)"),
+        }
+    }
+
+    pub(super) async fn drop(self) {
+        if let Some(server) = &self.server
+            && let Ok(mut conn) = sqlx::PgConnection::connect(server).await
+        {
+            let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+        }
+    }
+}
+
+/// Resident memory of this process, in bytes (Linux `/proc/self/status`).
+pub(super) fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

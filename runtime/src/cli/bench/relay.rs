@@ -1,0 +1,157 @@
+//! `broadcaster bench relay`: relay throughput, outbox → Redis.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use broadcaster::config::Config;
+use broadcaster::event::now_micros;
+use broadcaster::outbox::{NewEvent, OutboxStore, Status};
+use broadcaster::registry::PublisherRegistry;
+use broadcaster::relay::{Relay, RunOptions};
+
+use super::Scratch;
+use crate::cli::output::print_table;
+
+#[derive(Debug, clap::Args)]
+pub struct RelayBench {
+    /// Events per run.
+    #[arg(long, default_value_t = 10_000)]
+    events: usize,
+    /// Events claimed per batch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: u32,
+    /// Outboxes to measure: sqlite, postgres (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    outbox: Vec<String>,
+    /// Publishers to measure (comma-separated): `native`, `rust`, `python`, `js` (the
+    /// `redis-stream` backend in each language, from components/dist/), or a .wasm file.
+    #[arg(long, value_delimiter = ',', default_value = "native,rust,python,js")]
+    publisher: Vec<String>,
+    /// The Redis to publish to (streams bench:* are created and deleted).
+    #[arg(long, default_value = "127.0.0.1:6379", value_name = "HOST:PORT")]
+    redis: String,
+    /// A PostgreSQL server URL; a scratch database is created on it and dropped afterwards.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test", value_name = "URL")]
+    postgres: String,
+}
+
+/// The component file a `--publisher` name stands for (`None`: the native backend).
+fn publisher_component(name: &str) -> Option<std::path::PathBuf> {
+    let file = match name {
+        "native" => return None,
+        "rust" | "wasm" => "components/dist/redis-stream.wasm",
+        "python" => "components/dist/python-redis-stream.wasm",
+        "js" => "components/dist/js-redis-stream.wasm",
+        path => path,
+    };
+    Some(std::path::PathBuf::from(file))
+}
+
+pub async fn run(bench: RelayBench) -> anyhow::Result<ExitCode> {
+    let (host, port) = bench.redis.rsplit_once(':').context("--redis is HOST:PORT")?;
+    let port: u16 = port.parse().context("--redis port")?;
+    let mut rows = Vec::new();
+    for publisher in &bench.publisher {
+        let component = match publisher_component(publisher) {
+            None => None,
+            Some(file) => match std::fs::canonicalize(&file) {
+                Ok(path) => Some(path),
+                Err(_) => {
+                    eprintln!(
+                        "skipping {publisher}: {} is missing (scripts/build-components, scripts/build-polyglot)",
+                        file.display()
+                    );
+                    continue;
+                }
+            },
+        };
+        for outbox in &bench.outbox {
+            let scratch = Scratch::create(outbox, &bench.postgres).await?;
+            let stream = format!("bench:{outbox}:{publisher}");
+            let publisher_section = match &component {
+                None => format!(
+                    "[publishers.bench]\nbackend = \"redis-stream\"\n[publishers.bench.options]\n\
+                     host = \"{host}\"\nport = {port}\nstream_name = \"{stream}\"\nmax_len = 1000000\n"
+                ),
+                Some(path) => format!(
+                    "[publishers.bench]\ncomponent = \"{}\"\n[publishers.bench.options]\n\
+                     stream_name = \"{stream}\"\nmax_len = 1000000\n[publishers.bench.grants]\n\
+                     redis = {{ host = \"{host}\", port = {port}, streams = [\"bench:*\"] }}\n",
+                    path.display()
+                ),
+            };
+            let config = Config::from_toml(
+                &format!("[outbox]\nurl = \"{}\"\n{publisher_section}", scratch.url),
+                "bench.toml".as_ref(),
+                Vec::new(),
+            )?;
+            let result = relay_once(&config, &bench, &stream).await;
+            scratch.drop().await;
+            let (elapsed, published) = result?;
+            let rate = published as f64 / elapsed.as_secs_f64();
+            eprintln!("{outbox} × {publisher}: {published} events in {:.2}s", elapsed.as_secs_f64());
+            rows.push([
+                outbox.clone(),
+                format!("{publisher} redis-stream"),
+                published.to_string(),
+                format!("{:.2}", elapsed.as_secs_f64()),
+                format!("{rate:.0}"),
+            ]);
+        }
+    }
+    println!("relay throughput: {} events of ~300 bytes, batch {}, one worker", bench.events, bench.batch_size);
+    print_table(["OUTBOX", "PUBLISHER", "EVENTS", "SECONDS", "EVENTS/S"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn relay_once(config: &Config, bench: &RelayBench, stream: &str) -> anyhow::Result<(Duration, u64)> {
+    let name = "bench";
+    let store = OutboxStore::connect(&config.outbox.url).await?;
+    store.migrate().await?;
+    let events: Vec<NewEvent> = (0..bench.events)
+        .map(|i| {
+            NewEvent::new("order.created", "/bench/shop").publisher(name).subject(format!("order/{i}")).data(
+                serde_json::json!({
+                    "order_id": i,
+                    "customer": {"id": 4711, "name": "Zoë Example"},
+                    "items": [{"sku": "SKU-1", "qty": 2, "price": 9.95}],
+                    "total": 19.9,
+                }),
+            )
+        })
+        .collect();
+    store.enqueue(&events, now_micros()).await?;
+    let registry = Arc::new(PublisherRegistry::build(config, Some(&[name])).await?);
+    let client = redis::Client::open(format!("redis://{}/", bench.redis))?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    redis::cmd("DEL").arg(stream).query_async::<()>(&mut redis).await?;
+    // The worker as `broadcaster run` runs it, stopped once the stream holds every event;
+    // the time includes recording the last outcomes.
+    let relay = Arc::new(Relay::new(store.clone(), registry, &config.relay));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let options = RunOptions { batch_size: bench.batch_size, interval: Duration::from_millis(50), max_iterations: 0 };
+    let started = Instant::now();
+    let running = tokio::spawn(relay.run(options, stopped));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let written: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut redis).await?;
+        if written >= bench.events as u64 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.send(true).ok();
+    let report = running.await?;
+    let elapsed = started.elapsed();
+    let published = report.totals.published;
+    let written: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut redis).await?;
+    redis::cmd("DEL").arg(stream).query_async::<()>(&mut redis).await?;
+    let report = store.status(now_micros(), Duration::from_secs(300)).await?;
+    let done: u64 = report.counts.iter().filter(|((_, s), _)| *s == Status::Published).map(|(_, n)| n).sum();
+    if written != bench.events as u64 || done != bench.events as u64 {
+        bail!("expected {} events published, the stream has {written} and the outbox {done}", bench.events);
+    }
+    Ok((elapsed, published))
+}
