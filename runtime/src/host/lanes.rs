@@ -6,12 +6,14 @@
 //! - the **light** lane, at normal priority, where every publisher starts;
 //! - the **heavy** lane, whose threads run at the lowest priority (nice 19).
 //!
-//! Guest code yields to its lane at every epoch tick ([`super::engine::EPOCH_TICK`]), and each
-//! tick at which it is seen running is counted against its publisher ([`CpuAccount`]). A
-//! publisher becomes *heavy* when one call runs through [`HEAVY_CALL_TICKS`] ticks, or when it
-//! runs through more than [`HEAVY_TICKS_PER_WINDOW`] ticks within [`WINDOW`]. A call of a heavy
-//! publisher moves to the heavy lane at its next yield, and the publisher's later calls start
-//! there, until it has shown no heavy behaviour for [`RECOVERY`].
+//! Guest code yields to its lane at every epoch tick ([`super::engine::EPOCH_TICK`]). Each
+//! publisher's [`CpuAccount`] keeps what its guest code costs: the time its work spends being
+//! polled on a lane thread (running guest code and the host side of its calls, not waiting for
+//! Redis), and the ticks its current call has run through. A publisher becomes *heavy* when
+//! one call runs through [`HEAVY_CALL_TICKS`] ticks, or when it keeps a lane thread busy for
+//! more than [`HEAVY_BUSY_PER_WINDOW`] within [`WINDOW`]. A call of a heavy publisher moves to
+//! the heavy lane at its next yield, and the publisher's later calls start there, until it has
+//! shown no heavy behaviour for [`RECOVERY`].
 //!
 //! The kernel runs a normal-priority thread ahead of a nice-19 one, so a light tenant whose
 //! Redis reply has just arrived gets a core at once however many heavy tenants spin, and the
@@ -19,7 +21,7 @@
 //! tasks take turns at every tick.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
@@ -33,8 +35,9 @@ pub const HEAVY_CALL_TICKS: u32 = 3;
 /// The window over which a publisher's ticks are counted.
 pub const WINDOW: Duration = Duration::from_secs(1);
 
-/// More ticks than this within one window makes a publisher heavy (about a fifth of a core).
-pub const HEAVY_TICKS_PER_WINDOW: u32 = 20;
+/// Keeping a lane thread busy for longer than this within one window (half a core) makes a
+/// publisher heavy.
+pub const HEAVY_BUSY_PER_WINDOW: Duration = Duration::from_millis(500);
 
 /// A heavy publisher becomes light again after this long without heavy behaviour.
 pub const RECOVERY: Duration = Duration::from_secs(2);
@@ -54,7 +57,7 @@ pub struct CpuAccount {
 #[derive(Debug)]
 struct Window {
     started: Instant,
-    ticks: u32,
+    busy: Duration,
     /// When the publisher last behaved heavily.
     last_heavy: Option<Instant>,
 }
@@ -64,7 +67,7 @@ impl Default for CpuAccount {
         Self {
             heavy: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
-            window: Mutex::new(Window { started: Instant::now(), ticks: 0, last_heavy: None }),
+            window: Mutex::new(Window { started: Instant::now(), busy: Duration::ZERO, last_heavy: None }),
         }
     }
 }
@@ -74,20 +77,31 @@ impl CpuAccount {
     /// ticks of the call in progress so far. Returns whether the publisher is now heavy.
     pub fn tick(&self, call_ticks: u32) -> bool {
         self.ticks.fetch_add(1, Ordering::Relaxed);
-        let mut window = self.window.lock().expect("cpu account lock");
-        let now = Instant::now();
-        if now.duration_since(window.started) >= WINDOW {
-            window.started = now;
-            window.ticks = 0;
-        }
-        window.ticks += 1;
-        if call_ticks >= HEAVY_CALL_TICKS || window.ticks > HEAVY_TICKS_PER_WINDOW {
-            window.last_heavy = Some(now);
-            if !self.heavy.swap(true, Ordering::Relaxed) {
-                tracing::debug!(call_ticks, window_ticks = window.ticks, "publisher moved to the heavy lane");
-            }
+        if call_ticks >= HEAVY_CALL_TICKS {
+            let mut window = self.window.lock().expect("cpu account lock");
+            self.turn_heavy(&mut window, "a long call");
         }
         self.heavy.load(Ordering::Relaxed)
+    }
+
+    /// Counts `busy`, time the publisher's work kept a lane thread busy (one poll).
+    pub fn record_busy(&self, busy: Duration) {
+        let mut window = self.window.lock().expect("cpu account lock");
+        if window.started.elapsed() >= WINDOW {
+            window.started = Instant::now();
+            window.busy = Duration::ZERO;
+        }
+        window.busy += busy;
+        if window.busy > HEAVY_BUSY_PER_WINDOW {
+            self.turn_heavy(&mut window, "a busy second");
+        }
+    }
+
+    fn turn_heavy(&self, window: &mut Window, why: &str) {
+        window.last_heavy = Some(Instant::now());
+        if !self.heavy.swap(true, Ordering::Relaxed) {
+            tracing::debug!(why, "publisher moved to the heavy lane");
+        }
     }
 
     /// Whether the publisher's calls run on the heavy lane now; a heavy publisher that has been
@@ -164,14 +178,14 @@ impl GuestLanes {
         account: std::sync::Arc<CpuAccount>,
         work: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
+        let mut work = Metered { work: Box::pin(work), account: account.clone() };
         if account.is_heavy() {
             return self.heavy().spawn(work).await;
         }
         let heavy = self.heavy().handle().clone();
         let on_light = self.light().spawn(async move {
-            let mut work = Box::pin(work);
             let light_outcome = {
-                let mut polled = pin!(std::future::poll_fn(|cx| match work.as_mut().poll(cx) {
+                let mut polled = pin!(std::future::poll_fn(|cx| match Pin::new(&mut work).poll(cx) {
                     Poll::Ready(value) => Poll::Ready(Some(value)),
                     Poll::Pending if account.is_heavy() => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
@@ -184,6 +198,23 @@ impl GuestLanes {
             }
         });
         on_light.await?
+    }
+}
+
+/// A publisher's work, charging the time each poll keeps the thread busy to its account.
+struct Metered<F> {
+    work: Pin<Box<F>>,
+    account: std::sync::Arc<CpuAccount>,
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let started = Instant::now();
+        let polled = self.work.as_mut().poll(cx);
+        self.account.record_busy(started.elapsed());
+        polled
     }
 }
 
@@ -208,11 +239,13 @@ mod tests {
         assert!(long_call.is_heavy());
 
         let busy = CpuAccount::default();
-        for _ in 0..HEAVY_TICKS_PER_WINDOW {
+        for _ in 0..5 {
+            busy.record_busy(HEAVY_BUSY_PER_WINDOW / 5);
             assert!(!busy.tick(1), "short calls within the window's allowance stay light");
         }
-        assert!(busy.tick(1));
-        assert_eq!(busy.total_ticks(), u64::from(HEAVY_TICKS_PER_WINDOW) + 1);
+        busy.record_busy(Duration::from_millis(1));
+        assert!(busy.is_heavy());
+        assert_eq!(busy.total_ticks(), 5);
     }
 
     #[test]
