@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use broadcaster::event::now_micros;
 use broadcaster::outbox::Status;
+use broadcaster::registry::PublisherRegistry;
 use broadcaster::routing;
 
 use super::ConfigArg;
@@ -17,6 +18,10 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also start every publisher and check its health, as `broadcaster health` does: a
+    /// publisher that is down says why (a backend that did not start, Redis unreachable).
+    #[arg(long)]
+    health: bool,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -26,6 +31,18 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let report = store.status(now, config.relay.lease_timeout.0).await?;
     let oldest_due_seconds = report.oldest_due.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
     let publishers: BTreeSet<&str> = report.counts.keys().map(|(p, _)| p.as_str()).collect();
+    let unconfigured: Vec<&str> = publishers
+        .iter()
+        .copied()
+        .filter(|p| !config.publishers.contains_key(routing::publisher_for(p)))
+        .filter(|p| count_of(&report.counts, p, Status::Pending) + count_of(&report.counts, p, Status::Retry) > 0)
+        .collect();
+    let health = if args.health {
+        let registry = PublisherRegistry::build(&config, None).await?;
+        registry.health().await.into_iter().map(|(name, _, health)| (name, health)).collect()
+    } else {
+        Vec::new()
+    };
     let count = |publisher: Option<&str>, status: Status| -> u64 {
         report
             .counts
@@ -53,6 +70,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "publishers": rows,
                 "oldest_due_seconds": oldest_due_seconds,
                 "expired_leases": report.expired_leases,
+                "waiting_for_unconfigured_publishers": unconfigured,
+                "health": health.iter().map(|(name, h)| serde_json::json!({
+                    "publisher": name, "healthy": h.healthy, "detail": h.detail,
+                })).collect::<Vec<_>>(),
             })
         );
         return Ok(ExitCode::SUCCESS);
@@ -79,6 +100,24 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         Some(age) => println!("oldest due event: waiting {age:.1}s"),
         None => println!("oldest due event: none due"),
     }
+    if !unconfigured.is_empty() {
+        println!(
+            "events wait for publishers not configured in {}: {} (a worker marks them failed)",
+            config.path.display(),
+            unconfigured.join(", ")
+        );
+    }
+    if !health.is_empty() {
+        let rows: Vec<[String; 3]> = health
+            .iter()
+            .map(|(name, h)| {
+                let state = if h.healthy { "healthy" } else { "DOWN" };
+                [name.clone(), state.to_string(), h.detail.clone()]
+            })
+            .collect();
+        println!();
+        print_table(["PUBLISHER", "HEALTH", "DETAIL"], &rows);
+    }
     if report.expired_leases > 0 {
         println!(
             "{} event(s) in processing past the lease timeout ({:?}): their worker stopped; a running worker takes them back",
@@ -86,4 +125,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn count_of(counts: &std::collections::BTreeMap<(String, Status), u64>, publisher: &str, status: Status) -> u64 {
+    counts.get(&(publisher.to_string(), status)).copied().unwrap_or(0)
 }
