@@ -81,111 +81,60 @@ pub(crate) fn default_timeout() -> Seconds {
 /// component (`init`, `publish`, `health-check`); hitting one traps the call, which fails
 /// with a message naming the limit, and the instance is replaced.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Most linear memory the instance may use (`"64MiB"`, or bytes). Default 64 MiB.
-    #[serde(default = "default_memory")]
     pub memory: ByteSize,
     /// Wall-clock deadline for one call (`"2s"`, `"500ms"`, or seconds). Default 2 s.
-    #[serde(default = "default_call_timeout")]
     pub call_timeout: Seconds,
     /// CPU budget of one call in wasmtime fuel units (about one per instruction). Default:
     /// none (only the deadline bounds CPU). Turning it on for any publisher meters them all.
-    #[serde(default)]
     pub fuel: Option<u64>,
     /// Most host calls (`xadd`, `ping`, `log`, …) in one call. Default 1000.
-    #[serde(default = "default_host_calls")]
     pub host_calls: u64,
     /// Most bytes passed to host calls in one call (stream names, fields, log text). Default
     /// 16 MiB.
-    #[serde(default = "default_host_call_bytes")]
     pub host_call_bytes: ByteSize,
     /// Wall-clock deadline for one `health-check` call (at most `call_timeout`). Default
     /// 500 ms.
-    #[serde(default = "default_health_timeout")]
     pub health_timeout: Seconds,
     /// Most log lines per second, over all calls (more are dropped and counted). Default 100.
-    #[serde(default = "default_log_rate")]
     pub log_rate: u64,
     /// Most log bytes per second, over all calls (more are dropped and counted). Default
     /// 64 KiB.
-    #[serde(default = "default_log_bytes")]
     pub log_rate_bytes: ByteSize,
     /// Most log lines (log calls, and lines printed to stdout/stderr) in one call. Default 100.
-    #[serde(default = "default_log_lines")]
     pub log_lines: u64,
     /// Most log bytes in one call. Default 64 KiB.
-    #[serde(default = "default_log_bytes")]
     pub log_bytes: ByteSize,
     /// Longest time one host capability call may take (time inside the host is not bounded
     /// by the guest's own limits); then it returns an `unavailable` error. Default 1 s.
-    #[serde(default = "default_host_call_timeout")]
     pub host_call_timeout: Seconds,
     /// Longest stream name a backend may write to. Default 1 KiB.
-    #[serde(default = "default_stream_name_bytes")]
     pub stream_name_bytes: ByteSize,
     /// Most fields (pairs) in one stream entry. Default 1000.
-    #[serde(default = "default_entry_fields")]
     pub entry_fields: u64,
     /// Largest stream entry (stream name, field names and values). Default 1 MiB.
-    #[serde(default = "default_entry_bytes")]
     pub entry_bytes: ByteSize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            memory: default_memory(),
-            call_timeout: default_call_timeout(),
-            health_timeout: default_health_timeout(),
-            log_rate: default_log_rate(),
-            log_rate_bytes: default_log_bytes(),
+            memory: ByteSize(64 * 1024 * 1024),
+            call_timeout: Seconds(Duration::from_secs(2)),
+            health_timeout: Seconds(Duration::from_millis(500)),
+            log_rate: 100,
+            log_rate_bytes: ByteSize(64 * 1024),
             fuel: None,
-            host_calls: default_host_calls(),
-            host_call_bytes: default_host_call_bytes(),
-            log_lines: default_log_lines(),
-            log_bytes: default_log_bytes(),
-            host_call_timeout: default_host_call_timeout(),
-            stream_name_bytes: default_stream_name_bytes(),
-            entry_fields: default_entry_fields(),
-            entry_bytes: default_entry_bytes(),
+            host_calls: 1000,
+            host_call_bytes: ByteSize(16 * 1024 * 1024),
+            log_lines: 100,
+            log_bytes: ByteSize(64 * 1024),
+            host_call_timeout: Seconds(Duration::from_secs(1)),
+            stream_name_bytes: ByteSize(1024),
+            entry_fields: 1000,
+            entry_bytes: ByteSize(1024 * 1024),
         }
     }
-}
-
-fn default_memory() -> ByteSize {
-    ByteSize(64 * 1024 * 1024)
-}
-fn default_call_timeout() -> Seconds {
-    Seconds(Duration::from_secs(2))
-}
-fn default_host_calls() -> u64 {
-    1000
-}
-fn default_host_call_bytes() -> ByteSize {
-    ByteSize(16 * 1024 * 1024)
-}
-fn default_log_lines() -> u64 {
-    100
-}
-fn default_log_bytes() -> ByteSize {
-    ByteSize(64 * 1024)
-}
-fn default_host_call_timeout() -> Seconds {
-    Seconds(Duration::from_secs(1))
-}
-fn default_stream_name_bytes() -> ByteSize {
-    ByteSize(1024)
-}
-fn default_entry_fields() -> u64 {
-    1000
-}
-fn default_entry_bytes() -> ByteSize {
-    ByteSize(1024 * 1024)
-}
-fn default_health_timeout() -> Seconds {
-    Seconds(Duration::from_millis(500))
-}
-fn default_log_rate() -> u64 {
-    100
 }
