@@ -285,3 +285,30 @@ fn help_explains_every_command() {
     let send = broadcaster(&["send", "--help"], None);
     assert!(send.stdout.contains("--publisher-config") && send.stdout.contains("stdin"), "{}", send.stdout);
 }
+
+#[test]
+fn a_backend_whose_init_fails_stops_run_only_with_strict_and_health_says_why() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[outbox]\nurl = \"sqlite://{}\"\n{}[publishers.r]\ncomponent = \"{}\"\n[publishers.r.options]\nroutes = {{}}\n\
+             [publishers.r.grants]\nredis = {{ streams = [\"r:*\"] }}\n",
+            db.display(),
+            native_config(redis.port()),
+            components::ROUTER
+        ),
+    );
+    let c = config.to_str().unwrap();
+    assert_eq!(broadcaster(&["migrate", "-c", c], None).code, 0);
+    let strict = broadcaster(&["run", "-c", c, "--strict", "--max-iterations", "1"], None);
+    assert_bad_input(&strict, &["publisher `r`", "init rejected", "option `routes`"]);
+    let lenient = broadcaster(&["run", "-c", c, "--max-iterations", "1", "--interval", "10ms"], None);
+    assert_eq!(lenient.code, 0, "{}", lenient.stderr);
+    assert!(lenient.stderr.contains("the backend did not start"), "{}", lenient.stderr);
+    let health = broadcaster(&["health", "-c", c], None);
+    assert_eq!(health.code, 1, "{}", health.stderr);
+    assert!(health.stdout.contains("not started") && health.stdout.contains("option `routes`"), "{}", health.stdout);
+}
