@@ -86,9 +86,12 @@ pub async fn open_outbox(config: &Config) -> anyhow::Result<OutboxStore> {
 pub enum Command {
     /// Run the relay worker: claim due events, publish them, record the outcome.
     ///
-    /// Stops on SIGINT/SIGTERM after the batch in flight (a second signal exits at once;
-    /// claimed events then return after the lease timeout). Several workers may share a
-    /// PostgreSQL outbox. Logs at info by default (RUST_LOG to change).
+    /// Stops on SIGINT/SIGTERM: claims nothing more, lets each call in flight finish (a
+    /// backend's call is cut at its deadline at the latest), puts the rest of each batch back
+    /// to waiting without spending a retry, and exits within the longest call_timeout + 5 s (a
+    /// second signal exits at once; claimed events then return after the lease timeout).
+    /// Several workers may share a PostgreSQL outbox. Logs at info by default (RUST_LOG to
+    /// change).
     Run(run::RunArgs),
     /// Enqueue events into the outbox and print their ids.
     ///
