@@ -184,3 +184,32 @@ async fn broadcaster_and_django_broadcaster_share_the_table_and_write_the_same_e
         let _ = redis.client().del::<_, ()>("seed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_relay_is_woken_by_rows_django_inserts() {
+    for kind in ["sqlite", "postgres"] {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = if kind == "postgres" { Some(TestDatabase::create().await) } else { None };
+        let (django_db, url) = match &pg {
+            Some(db) => (db.url().to_string(), db.url().to_string()),
+            None => {
+                let file = dir.path().join("django.sqlite3").display().to_string();
+                (file.clone(), format!("sqlite://{file}"))
+            }
+        };
+        django(&django_db, &["migrate"]);
+        let store = OutboxStore::connect(&url).await.unwrap();
+        // Installs the notify trigger on Django's table (PostgreSQL).
+        store.migrate().await.unwrap();
+        assert!(!store.wait_for_writes(std::time::Duration::from_millis(100)).await);
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.wait_for_writes(std::time::Duration::from_secs(60)).await }
+        });
+        let kwargs = Value::Array(publish_event_kwargs()).to_string();
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || django(&django_db, &["enqueue", &kwargs])).await.unwrap();
+        assert!(waiter.await.unwrap(), "{kind}: woken by Django's insert");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{kind}: woken, not timed out");
+    }
+}

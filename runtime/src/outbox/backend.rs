@@ -28,6 +28,24 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     /// The database URL without password, for messages.
     fn display_url(&self) -> String;
 
+    /// Returns when events may have been written since the last call, by any process, as far
+    /// as the database can tell (PostgreSQL: the notify trigger `migrate` installs; SQLite:
+    /// the kernel's notice of a write to the file), or after `timeout`. A write that happened
+    /// while nobody waited is remembered for the next call. The relay polls as well, so a
+    /// wake-up that is lost only costs latency. Returns whether it was woken by a write. The
+    /// default just waits `timeout` out.
+    async fn wait_for_writes(&self, timeout: Duration) -> bool {
+        tokio::time::sleep(timeout).await;
+        false
+    }
+
+    /// Removes what `migrate` installs to wake relays on inserts, where the database has such a
+    /// thing (PostgreSQL's notify trigger; its `NOTIFY` serializes concurrently committing
+    /// producers). Relays then find new events by polling. The default has nothing to remove.
+    async fn remove_wakeup_trigger(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// The columns of `outbox_events`; empty when the table does not exist.
     async fn table_columns(&self) -> Result<Vec<String>, StoreError>;
 

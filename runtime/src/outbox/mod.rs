@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod enqueue;
 pub mod fenced_writes;
+pub mod file_watch;
 pub mod postgres;
 pub mod row;
 pub mod schema;
@@ -228,6 +229,8 @@ impl StatusReport {
 #[derive(Debug, Clone)]
 pub struct OutboxStore {
     backend: Arc<dyn OutboxBackend>,
+    /// Rung when this process enqueues through this store (or a clone of it).
+    enqueued: Arc<tokio::sync::Notify>,
 }
 
 impl OutboxStore {
@@ -244,12 +247,31 @@ impl OutboxStore {
                 });
             }
         };
-        Ok(Self { backend })
+        Ok(Self { backend, enqueued: Arc::default() })
     }
 
     /// A store on `backend` (a database `connect` does not know).
     pub fn new(backend: impl OutboxBackend + 'static) -> Self {
-        Self { backend: Arc::new(backend) }
+        Self { backend: Arc::new(backend), enqueued: Arc::default() }
+    }
+
+    /// Inserts events in one transaction ([`OutboxBackend::enqueue`]) and wakes a relay of
+    /// this process that waits on this store.
+    pub async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        let ids = self.backend.enqueue(events, now).await?;
+        self.enqueued.notify_one();
+        Ok(ids)
+    }
+
+    /// Returns when new events may be waiting: enqueued by this process through this store,
+    /// or written by anyone as far as the database can tell
+    /// ([`OutboxBackend::wait_for_writes`]), or after `timeout`. Returns whether it was woken
+    /// by a write.
+    pub async fn wait_for_writes(&self, timeout: Duration) -> bool {
+        tokio::select! {
+            woken = self.backend.wait_for_writes(timeout) => woken,
+            () = self.enqueued.notified() => true,
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
@@ -22,6 +22,8 @@ use crate::event::OutboxEvent;
 pub struct PostgresStore {
     pool: PgPool,
     url: String,
+    /// `LISTEN`ing for the notify trigger, once someone waits.
+    listener: std::sync::Arc<tokio::sync::Mutex<Option<PgListener>>>,
 }
 
 fn uuids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Result<Vec<Uuid>, StoreError> {
@@ -100,7 +102,28 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self { pool, url: super::redact(url) })
+        Ok(Self { pool, url: super::redact(url), listener: Default::default() })
+    }
+
+    /// A connection `LISTEN`ing on [`schema::NOTIFY_CHANNEL`]; warns when the table has no
+    /// notify trigger (a table `migrate` has not seen since it learnt to install it).
+    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(schema::NOTIFY_CHANNEL).await?;
+        let trigger: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'broadcaster_outbox_notify' \
+             AND tgrelid = 'outbox_events'::regclass)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(false);
+        if !trigger {
+            tracing::warn!(
+                "outbox_events has no broadcaster_outbox_notify trigger: new events are found by polling only; \
+                 run `broadcaster migrate` to install it"
+            );
+        }
+        Ok(listener)
     }
 
     /// The pool, for applications that share it.
@@ -139,6 +162,40 @@ impl OutboxBackend for PostgresStore {
         .await?)
     }
 
+    async fn wait_for_writes(&self, timeout: Duration) -> bool {
+        let mut listener = self.listener.lock().await;
+        if listener.is_none() {
+            match self.listen().await {
+                Ok(listening) => *listener = Some(listening),
+                Err(err) => tracing::warn!(%err, "cannot LISTEN for new events; polling instead"),
+            }
+        }
+        let Some(listening) = listener.as_mut() else {
+            tokio::time::sleep(timeout).await;
+            return false;
+        };
+        match tokio::time::timeout(timeout, listening.recv()).await {
+            Err(_) => false,
+            Ok(Ok(_)) => {
+                // A burst of commits is one wake-up.
+                while listening.next_buffered().is_some() {}
+                true
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "listening for new events failed; polling until it is back");
+                *listener = None;
+                false
+            }
+        }
+    }
+
+    async fn remove_wakeup_trigger(&self) -> Result<bool, StoreError> {
+        sqlx::query(r#"DROP TRIGGER IF EXISTS "broadcaster_outbox_notify" ON "outbox_events""#)
+            .execute(&self.pool)
+            .await?;
+        Ok(true)
+    }
+
     async fn migrate(&self) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Two `migrate`s at once must not both try to create the table.
@@ -157,6 +214,12 @@ impl OutboxBackend for PostgresStore {
         tx.commit().await?;
         self.verify().await?;
         sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('broadcaster.outbox_events'))").execute(&mut *tx).await?;
+        for statement in schema::POSTGRES_NOTIFY_TRIGGER {
+            sqlx::query(*statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(!exists)
     }
 

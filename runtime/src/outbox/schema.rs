@@ -125,3 +125,21 @@ pub const PRUNE_BATCH: &str = "DELETE FROM outbox_events WHERE id IN (SELECT id 
 
 /// Rows published before `$1`.
 pub const COUNT_PRUNABLE: &str = "SELECT count(*) FROM outbox_events WHERE status = 'published' AND published_at < $1";
+
+/// The channel the notify trigger signals new events on.
+pub const NOTIFY_CHANNEL: &str = "broadcaster_outbox";
+
+/// A statement-level trigger that wakes relays (`LISTEN broadcaster_outbox`) whenever rows are
+/// inserted, by Broadcaster, Django or anyone else. `broadcaster migrate` installs it, also on
+/// a table Django made (Django does not mind triggers). One `pg_notify` per inserting
+/// statement, deduplicated per transaction.
+pub const POSTGRES_NOTIFY_TRIGGER: &[&str] = &[
+    r#"CREATE OR REPLACE FUNCTION "broadcaster_outbox_notify"() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('broadcaster_outbox', '');
+    RETURN NULL;
+END
+$$"#,
+    r#"DROP TRIGGER IF EXISTS "broadcaster_outbox_notify" ON "outbox_events""#,
+    r#"CREATE TRIGGER "broadcaster_outbox_notify" AFTER INSERT ON "outbox_events" FOR EACH STATEMENT EXECUTE FUNCTION "broadcaster_outbox_notify"()"#,
+];

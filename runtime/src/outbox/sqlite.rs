@@ -4,14 +4,18 @@
 //! One process writes at a time (SQLite's rule); claims are single `UPDATE … RETURNING`
 //! statements, so they are atomic without row locks.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Sqlite, SqlitePool};
 
 use super::enqueue::Columns;
+use super::file_watch::FileWrites;
 use super::row::{ReadRow, RowError, RowReader, claimed_columns, quote};
 use super::schema;
 use super::{Claim, FencedWrites, NewEvent, OutboxBackend, RejectedRow, RowId, RowState, StatusReport, StoreError};
@@ -23,6 +27,10 @@ pub use super::row::parse_time;
 pub struct SqliteStore {
     pool: SqlitePool,
     url: String,
+    /// The database file (none in memory).
+    file: Option<PathBuf>,
+    /// Writes to the file, once someone waits for them.
+    writes: std::sync::Arc<tokio::sync::Mutex<Option<FileWrites>>>,
 }
 
 /// A time as Django stores it in SQLite.
@@ -124,10 +132,20 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|err| StoreError::Url { url: url.to_string(), message: err.to_string() })?
             .create_if_missing(true)
+            // Readers never block the writer and the writer never blocks readers; one commit
+            // is one append to the WAL. The mode belongs to the file, so an application that
+            // shares it (Django) uses WAL too, which needs every process on the same machine.
+            .journal_mode(SqliteJournalMode::Wal)
+            // Broadcaster's own commits (claims, outcomes) are not synced one by one: a power
+            // cut may lose the last of them, which only means those events are published
+            // again. The application's commits keep its own setting (FULL by default).
+            .synchronous(SqliteSynchronous::Normal)
             // Wait for the application's write transactions instead of failing.
             .busy_timeout(Duration::from_secs(30));
+        let file = Some(options.get_filename().to_path_buf())
+            .filter(|f| !f.as_os_str().is_empty() && !url.contains(":memory:"));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        Ok(Self { pool, url: url.to_string() })
+        Ok(Self { pool, url: url.to_string(), file, writes: Default::default() })
     }
 
     /// The pool, for applications that share it.
@@ -212,6 +230,32 @@ impl OutboxBackend for SqliteStore {
 
     async fn table_columns(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(TABLE_COLUMNS).fetch_all(&self.pool).await?)
+    }
+
+    async fn wait_for_writes(&self, timeout: Duration) -> bool {
+        let mut writes = self.writes.lock().await;
+        if writes.is_none()
+            && let Some(file) = &self.file
+        {
+            match FileWrites::watch(file) {
+                Ok(watch) => *writes = Some(watch),
+                Err(err) => tracing::debug!(%err, "cannot watch the outbox file; polling instead"),
+            }
+        }
+        match writes.as_mut() {
+            Some(watch) => match watch.wait(timeout).await {
+                Ok(written) => written,
+                Err(err) => {
+                    tracing::debug!(%err, "watching the outbox file failed; polling instead");
+                    *writes = None;
+                    false
+                }
+            },
+            None => {
+                tokio::time::sleep(timeout).await;
+                false
+            }
+        }
     }
 
     async fn migrate(&self) -> Result<bool, StoreError> {

@@ -20,6 +20,9 @@ use crate::routing::{publisher_for, stored_names};
 /// expiry.
 pub const OUTCOME_WRITE_ATTEMPTS: u32 = 4;
 
+/// The first poll after work; polls back off from it to `interval` while nothing comes.
+pub const FIRST_POLL: Duration = Duration::from_millis(50);
+
 /// How `broadcaster run` loops (the seed's `outbox_worker` options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOptions {
@@ -158,6 +161,10 @@ impl Relay {
         let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
         // Publishers that may have due events; a claim that comes back short drops one.
         let mut wanting: BTreeSet<String> = self.registry.iter().map(|(name, _)| name.to_string()).collect();
+        // How long after a sweep the next one is due when nothing arrives: FIRST_POLL after
+        // work, doubling up to the interval while the outbox stays quiet.
+        let first_poll = FIRST_POLL.min(options.interval);
+        let mut sweep_every = first_poll;
         loop {
             while let Some(done) = in_flight.try_join_next_with_id() {
                 self.finished(done, &mut busy, &mut report);
@@ -174,7 +181,7 @@ impl Relay {
                 last_reclaim = Some(Instant::now());
             }
             let mut claimed = 0usize;
-            if last_sweep.is_none_or(|t| t.elapsed() >= options.interval) {
+            if last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
                 last_sweep = Some(Instant::now());
                 match self.store.publishers_with_work().await {
                     Ok(names) => wanting.extend(names.into_iter().map(|name| publisher_for(&name).to_string())),
@@ -209,16 +216,24 @@ impl Relay {
             }
             report.totals.claimed += claimed as u64;
             report.iterations += 1;
+            if claimed > 0 {
+                sweep_every = first_poll;
+            }
             if options.max_iterations > 0 && report.iterations >= options.max_iterations {
                 break;
             }
             if claimed == 0 {
-                let sweep_in = options.interval.saturating_sub(last_sweep.map_or(Duration::ZERO, |t| t.elapsed()));
+                let sweep_in = sweep_every.saturating_sub(last_sweep.map_or(Duration::ZERO, |t| t.elapsed()));
                 tokio::select! {
                     Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                         self.finished(done, &mut busy, &mut report);
                     }
-                    _ = tokio::time::sleep(sweep_in) => {}
+                    woken = self.store.wait_for_writes(sweep_in) => {
+                        // Look for due events now: at once after a write, and on the polling
+                        // schedule otherwise, which backs off while nothing comes.
+                        last_sweep = None;
+                        sweep_every = if woken { first_poll } else { (sweep_every * 2).min(options.interval) };
+                    }
                     _ = stopped(&mut shutdown) => {}
                 }
             }

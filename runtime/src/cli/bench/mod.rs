@@ -2,6 +2,7 @@
 //! timed tests). One file per measurement.
 
 mod isolation;
+mod latency;
 mod relay;
 mod startup;
 
@@ -31,6 +32,9 @@ enum BenchCommand {
     /// attacker as a fraction of alone, the time to its first published event, the time to
     /// stop, and the relay's resident memory.
     Isolation(isolation::IsolationBench),
+    /// Latency, commit → entry a consumer reads, at fixed offered rates (open loop), per
+    /// outbox, with the relay's default configuration; and the relay's CPU when idle.
+    Latency(latency::LatencyBench),
     /// One start-up measurement (run by `bench startup` in a child process).
     #[command(hide = true)]
     StartupOnce(startup::StartupOnce),
@@ -42,6 +46,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Startup(bench) => startup::run(bench).await,
         BenchCommand::StartupOnce(once) => startup::run_once(once).await,
         BenchCommand::Isolation(bench) => isolation::run(bench).await,
+        BenchCommand::Latency(bench) => latency::run(bench).await,
     }
 }
 

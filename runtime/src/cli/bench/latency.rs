@@ -1,0 +1,279 @@
+//! `broadcaster bench latency`: from an application's commit to the entry a consumer reads.
+//!
+//! An open-loop producer enqueues one event per transaction at a fixed offered rate (it does
+//! not slow down when the relay does, so slow answers are not hidden), through its own
+//! connection pool as an application would; a consumer reads the stream with `XREAD BLOCK`;
+//! the relay runs as `broadcaster run` runs it, with the configuration's defaults. Each
+//! event's latency is the time from its commit returning to the consumer receiving it.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use broadcaster::config::Config;
+use broadcaster::config::units::parse_duration;
+use broadcaster::outbox::{NewEvent, OutboxStore};
+use broadcaster::registry::PublisherRegistry;
+use broadcaster::relay::{Relay, RunOptions};
+
+use super::Scratch;
+use crate::cli::output::print_table;
+
+#[derive(Debug, clap::Args)]
+pub struct LatencyBench {
+    /// Offered rates, events per second (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    rates: Vec<u32>,
+    /// How long the producer runs at each rate.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Outboxes to measure: sqlite, postgres (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    outbox: Vec<String>,
+    /// The relay's `relay.interval` (default: the configuration's default).
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<Duration>,
+    /// The Redis to publish to (streams bench:* are created and deleted).
+    #[arg(long, default_value = "127.0.0.1:6379", value_name = "HOST:PORT")]
+    redis: String,
+    /// A PostgreSQL server URL; a scratch database is created on it and dropped afterwards.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test", value_name = "URL")]
+    postgres: String,
+}
+
+/// Producer tasks per rate: enough concurrent transactions for the highest rates.
+fn producers(rate: u32) -> u32 {
+    (rate / 500).clamp(1, 16)
+}
+
+/// An application's own connection pool, enqueuing each event in its own transaction with the
+/// public API ([`broadcaster::outbox::enqueue`]), as the README shows.
+#[derive(Clone)]
+enum Application {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Application {
+    async fn connect(url: &str, connections: u32) -> anyhow::Result<Self> {
+        Ok(if url.starts_with("sqlite:") {
+            Self::Sqlite(sqlx::sqlite::SqlitePoolOptions::new().max_connections(connections).connect(url).await?)
+        } else {
+            Self::Postgres(sqlx::postgres::PgPoolOptions::new().max_connections(connections).connect(url).await?)
+        })
+    }
+
+    async fn enqueue(&self, event: &NewEvent) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                broadcaster::outbox::enqueue::sqlite(&mut *tx, event).await?;
+                tx.commit().await?;
+            }
+            Self::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                broadcaster::outbox::enqueue::postgres(&mut *tx, event).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(bench: LatencyBench) -> anyhow::Result<ExitCode> {
+    let mut rows = Vec::new();
+    for outbox in &bench.outbox {
+        let idle = idle_cpu(&bench, outbox).await?;
+        rows.push([outbox.clone(), "idle".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), idle]);
+        for &rate in &bench.rates {
+            let measured = at_rate(&bench, outbox, rate).await?;
+            rows.push(measured);
+        }
+    }
+    println!(
+        "latency: commit → entry read by an XREAD BLOCK consumer, open-loop producer, one event per transaction, \
+         relay with {}",
+        bench.interval.map_or("the default configuration".to_string(), |i| format!("relay.interval = {i:?}"))
+    );
+    print_table(["OUTBOX", "OFFERED/S (ACHIEVED)", "EVENTS", "P50", "P90", "P99", "MAX", "PROCESS CPU"], &rows);
+    println!("PROCESS CPU: producer, relay and consumer together, as a share of one core; idle: the relay alone");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config(bench: &LatencyBench, url: &str, stream: &str) -> anyhow::Result<Config> {
+    let (host, port) = bench.redis.rsplit_once(':').context("--redis is HOST:PORT")?;
+    let interval = bench.interval.map(|i| format!("[relay]\ninterval = \"{}ms\"\n", i.as_millis())).unwrap_or_default();
+    let text = format!(
+        "[outbox]\nurl = \"{url}\"\n{interval}[publishers.default]\nbackend = \"redis-stream\"\n\
+         [publishers.default.options]\nhost = \"{host}\"\nport = {port}\nstream_name = \"{stream}\"\nmax_len = 1000000\n"
+    );
+    Ok(Config::from_toml(&text, "latency.toml".as_ref(), Vec::new())?)
+}
+
+/// A relay running in this process, as `broadcaster run` runs it.
+struct RunningRelay {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<broadcaster::relay::RelayReport>,
+}
+
+async fn start_relay(config: &Config) -> anyhow::Result<RunningRelay> {
+    let store = OutboxStore::connect(&config.outbox.url).await?;
+    let registry = Arc::new(PublisherRegistry::build(config, None).await?);
+    let relay = Arc::new(Relay::new(store, registry, &config.relay));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let options =
+        RunOptions { batch_size: config.relay.batch_size, interval: config.relay.interval.0, max_iterations: 0 };
+    Ok(RunningRelay { stop, task: tokio::spawn(relay.run(options, stopped)) })
+}
+
+impl RunningRelay {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.send(true).ok();
+        self.task.await?;
+        Ok(())
+    }
+}
+
+/// CPU time (user + system) this process has used.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // Fields after the command name: state is 0, utime 11, stime 12; clock ticks of 10 ms.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// The relay's CPU while nothing arrives, as a share of one core.
+async fn idle_cpu(bench: &LatencyBench, outbox: &str) -> anyhow::Result<String> {
+    let scratch = Scratch::create(outbox, &bench.postgres).await?;
+    let config = config(bench, &scratch.url, "bench:latency:idle")?;
+    OutboxStore::connect(&scratch.url).await?.migrate().await?;
+    let relay = start_relay(&config).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cpu, wall) = (process_cpu(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let share = (process_cpu() - cpu).as_secs_f64() / wall.elapsed().as_secs_f64();
+    relay.stop().await?;
+    scratch.drop().await;
+    Ok(format!("{:.1}% idle", share * 100.0))
+}
+
+async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32) -> anyhow::Result<[String; 8]> {
+    let scratch = Scratch::create(outbox, &bench.postgres).await?;
+    let stream = format!("bench:latency:{outbox}:{rate}");
+    let config = config(bench, &scratch.url, &stream)?;
+    let producer_store = OutboxStore::connect(&scratch.url).await?;
+    producer_store.migrate().await?;
+    let client = redis::Client::open(format!("redis://{}/", bench.redis))?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    redis::cmd("DEL").arg(&stream).query_async::<()>(&mut conn).await?;
+
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let consumer = tokio::spawn(consume(client.clone(), stream.clone(), arrivals.clone()));
+    let relay = start_relay(&config).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_before = (process_cpu(), Instant::now());
+
+    let total = (f64::from(rate) * bench.duration.as_secs_f64()) as u64;
+    let tasks = producers(rate);
+    let commits: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let application = Application::connect(&scratch.url, tasks).await?;
+    let started = Instant::now();
+    let mut producing = Vec::new();
+    for task in 0..tasks {
+        let (application, commits) = (application.clone(), commits.clone());
+        let period = Duration::from_secs_f64(f64::from(tasks) / f64::from(rate));
+        let count = total / u64::from(tasks) + u64::from(u64::from(task) < total % u64::from(tasks));
+        producing.push(tokio::spawn(async move {
+            let offset = period.mul_f64(f64::from(task) / f64::from(tasks));
+            for i in 0..count {
+                // Open loop: each event is due at its time, however late the previous one was.
+                let due = started + offset + period.mul_f64(i as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let event = NewEvent::new("latency.probe", "/bench").data(serde_json::json!({"n": i}));
+                let id = event.event.id.clone();
+                application.enqueue(&event).await?;
+                commits.lock().expect("commits lock").insert(id, Instant::now());
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in producing {
+        task.await??;
+    }
+    // What the producer achieved: it may fall behind the offered rate (commits are what they
+    // are); latencies are measured from each commit all the same.
+    let achieved = total as f64 / started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals.lock().expect("arrivals lock").len() < total as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = (process_cpu() - cpu_before.0).as_secs_f64() / cpu_before.1.elapsed().as_secs_f64();
+    relay.stop().await?;
+    consumer.abort();
+    redis::cmd("DEL").arg(&stream).query_async::<()>(&mut conn).await?;
+    scratch.drop().await;
+
+    let commits = commits.lock().expect("commits lock");
+    let arrivals = arrivals.lock().expect("arrivals lock");
+    let mut latencies: Vec<Duration> = commits
+        .iter()
+        .filter_map(|(id, committed)| arrivals.get(id).map(|arrived| arrived.saturating_duration_since(*committed)))
+        .collect();
+    latencies.sort();
+    let lost = commits.len() - latencies.len();
+    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
+    let ms = |d: Option<&Duration>| d.map_or("-".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
+    eprintln!(
+        "{outbox} at {rate}/s: {} events, p50 {}, p99 {}, {lost} not received",
+        commits.len(),
+        ms(at(0.5)),
+        ms(at(0.99))
+    );
+    Ok([
+        outbox.to_string(),
+        format!("{rate} ({achieved:.0})"),
+        format!("{}{}", latencies.len(), if lost > 0 { format!(" ({lost} lost)") } else { String::new() }),
+        ms(at(0.5)),
+        ms(at(0.9)),
+        ms(at(0.99)),
+        ms(latencies.last()),
+        format!("{:.0}%", cpu * 100.0),
+    ])
+}
+
+/// Reads the stream from now on, noting when each event arrives.
+async fn consume(
+    client: redis::Client,
+    stream: String,
+    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+) -> anyhow::Result<()> {
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    // The stream was deleted before the run: read it from its start.
+    let mut last = "0-0".to_string();
+    loop {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(100)
+            .arg("COUNT")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(&last)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let now = Instant::now();
+        for key in reply.keys {
+            for entry in key.ids {
+                if let Some(id) = entry.get::<String>("event_id") {
+                    arrivals.lock().expect("arrivals lock").insert(id, now);
+                }
+                last = entry.id;
+            }
+        }
+    }
+}
