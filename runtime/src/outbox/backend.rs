@@ -6,7 +6,24 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Claim, FencedWrites, NewEvent, RowState, Settlement, StatusReport, StoreError, schema};
+use super::{Claim, Fence, FencedWrites, NewEvent, RowState, Settlement, StatusReport, StoreError, schema};
+
+/// A claim whose rows are locked by an open transaction ([`OutboxBackend::claim_held`]).
+/// Dropping it unfinished rolls the transaction back: the rows are due again as they were.
+#[async_trait::async_trait]
+pub trait HeldClaim: std::fmt::Debug + Send + Sync {
+    /// The rows claimed (the unreadable ones already marked `failed` in the transaction).
+    fn claim(&self) -> &Claim;
+
+    /// Writes the outcome of each claimed row (by id; released rows stay as they were) and
+    /// commits. Returns how many rows the outcomes cover. A failure here (the commit too) leaves
+    /// every row as it was before the claim: published ones are published again.
+    async fn finish(
+        self: Box<Self>,
+        now: DateTime<Utc>,
+        settlements: &[(String, Settlement)],
+    ) -> Result<u64, StoreError>;
+}
 
 /// The `outbox_events` table on one database.
 ///
@@ -102,7 +119,24 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
         now: DateTime<Utc>,
         settlements: &[(String, Settlement)],
     ) -> Result<u64, StoreError> {
-        self.write(&FencedWrites::settling(token, now, settlements)).await
+        self.write(&FencedWrites::settling(Fence::Lease(token), now, settlements)).await
+    }
+
+    /// Claims like [`claim_for`](Self::claim_for), but as row locks inside a transaction that
+    /// stays open until [`HeldClaim::finish`] writes the outcomes and commits: every row is
+    /// written once (pending → published) instead of twice (→ processing → published), and a
+    /// worker that dies lets its rows go at once (the database rolls its transaction back)
+    /// instead of at lease expiry. For publishers that answer fast: the transaction and a
+    /// connection are held while the batch is published. `None` when this database does not
+    /// hold claims, or all the connections it lends for them are in use: claim a lease then.
+    async fn claim_held(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        names: [&str; 2],
+    ) -> Result<Option<Box<dyn HeldClaim>>, StoreError> {
+        let _ = (now, limit, names);
+        Ok(None)
     }
 
     /// Runs `writes`, each conditional on `status = 'processing' AND updated_at = token`;

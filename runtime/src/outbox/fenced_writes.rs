@@ -1,5 +1,5 @@
 //! [`FencedWrites`]: the writes that finish claimed rows, grouped by the statement a database
-//! runs for them, every one conditional on the claim's fencing token. Settlements
+//! runs for them, every one conditional on the claim's [`Fence`]. Settlements
 //! ([`Settlement`]) and rows a claim could not read ([`RejectedRow`](super::RejectedRow)) are
 //! both written this way ([`OutboxBackend::write`](super::OutboxBackend::write)).
 
@@ -25,11 +25,33 @@ impl<'a> RowId<'a> {
     }
 }
 
+/// What keeps a claim's rows its own until they are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// A lease ([`OutboxBackend::claim`](super::OutboxBackend::claim)): the rows were set
+    /// `processing` with this `updated_at`, the fencing token; only rows still so change.
+    Lease(DateTime<Utc>),
+    /// Row locks ([`OutboxBackend::claim_held`](super::OutboxBackend::claim_held)): the rows are
+    /// unchanged (`pending` or `retry`) and locked by the transaction the writes run in, so
+    /// nobody else can have changed them. Released rows need no write.
+    Held,
+}
+
+impl Fence {
+    /// The fencing token of a lease; `None` for rows held by a transaction.
+    pub fn token(self) -> Option<DateTime<Utc>> {
+        match self {
+            Fence::Lease(token) => Some(token),
+            Fence::Held => None,
+        }
+    }
+}
+
 /// The writes for one claim.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FencedWrites<'a> {
-    /// The claim's fencing token: only rows still `processing` with this `updated_at` change.
-    pub token: DateTime<Utc>,
+    /// What keeps the rows the claim's: only rows still so change.
+    pub fence: Fence,
     /// The new `updated_at` (and `published_at`).
     pub now: DateTime<Utc>,
     /// Rows now `published`.
@@ -56,9 +78,9 @@ pub struct Outcome<'a> {
 }
 
 impl<'a> FencedWrites<'a> {
-    /// The writes for `settlements` (by event id) of the claim `token`, at `now`.
-    pub fn settling(token: DateTime<Utc>, now: DateTime<Utc>, settlements: &'a [(String, Settlement)]) -> Self {
-        let mut writes = Self { token, now, published: Vec::new(), released: Vec::new(), outcomes: Vec::new() };
+    /// The writes for `settlements` (by event id) of the claim fenced by `fence`, at `now`.
+    pub fn settling(fence: Fence, now: DateTime<Utc>, settlements: &'a [(String, Settlement)]) -> Self {
+        let mut writes = Self { fence, now, published: Vec::new(), released: Vec::new(), outcomes: Vec::new() };
         for (id, settlement) in settlements {
             let id = RowId::Event(id);
             let (status, retry_count, last_error, scheduled_at) = match settlement {
@@ -80,7 +102,7 @@ impl<'a> FencedWrites<'a> {
 
     /// The writes that fail the rows `claim` could not read (by id as stored), keeping their
     /// `retry_count`; `None` when there are none.
-    pub fn rejecting(claim: &'a Claim) -> Option<Self> {
+    pub fn rejecting(claim: &'a Claim, fence: Fence) -> Option<Self> {
         let outcomes: Vec<Outcome<'a>> = claim
             .rejected
             .iter()
@@ -92,7 +114,7 @@ impl<'a> FencedWrites<'a> {
                 scheduled_at: None,
             })
             .collect();
-        let (token, now) = (claim.token, claim.token);
-        (!outcomes.is_empty()).then(|| Self { token, now, published: Vec::new(), released: Vec::new(), outcomes })
+        let now = claim.token;
+        (!outcomes.is_empty()).then(|| Self { fence, now, published: Vec::new(), released: Vec::new(), outcomes })
     }
 }

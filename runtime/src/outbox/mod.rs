@@ -29,9 +29,10 @@ use chrono::{DateTime, Utc};
 
 use crate::event::OutboxEvent;
 
+pub use backend::HeldClaim;
 pub use backend::OutboxBackend;
 pub use enqueue::NewEvent;
-pub use fenced_writes::{FencedWrites, RowId};
+pub use fenced_writes::{Fence, FencedWrites, RowId};
 pub use row::RejectedRow;
 
 /// The table name, fixed by django-broadcaster (`db_table = "outbox_events"`).
@@ -135,7 +136,7 @@ pub struct ClaimedEvent {
 /// A batch of claimed rows sharing one fencing token.
 #[derive(Debug, Clone)]
 pub struct Claim {
-    /// The claim time; also the fencing token written to `updated_at`.
+    /// The claim time; for a lease also the fencing token written to `updated_at`.
     pub token: DateTime<Utc>,
     /// The rows read as events, in due order (`scheduled_at`, then `created_at`).
     pub events: Vec<ClaimedEvent>,

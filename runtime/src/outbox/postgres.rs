@@ -14,7 +14,10 @@ use uuid::Uuid;
 
 use super::enqueue::Columns;
 use super::row::{RowReader, claimed_columns};
-use super::{Claim, FencedWrites, NewEvent, OutboxBackend, RowState, StatusReport, StoreError, schema};
+use super::{
+    Claim, Fence, FencedWrites, HeldClaim, NewEvent, OutboxBackend, RowState, Settlement, StatusReport, StoreError,
+    schema,
+};
 use crate::event::OutboxEvent;
 
 /// The outbox in a PostgreSQL database.
@@ -24,6 +27,8 @@ pub struct PostgresStore {
     url: String,
     /// `LISTEN`ing for the notify trigger, once someone waits.
     listener: std::sync::Arc<tokio::sync::Mutex<Option<PgListener>>>,
+    /// Permits for claims held in transactions ([`HELD_CLAIMS`]).
+    held_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 fn uuids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Result<Vec<Uuid>, StoreError> {
@@ -79,18 +84,69 @@ const RETRY_IDS: &str = "UPDATE outbox_events SET status = 'pending', retry_coun
 const FIND: &str = "SELECT id, status::text AS status, publisher_backend::text AS publisher_backend, retry_count, \
      max_retries, scheduled_at, published_at, last_error FROM outbox_events WHERE id = ANY($1)";
 
+/// Due rows of the publisher named `$2` or `$3`, as [`CLAIM_FOR`] finds them, locked and left
+/// unchanged: the claim of [`OutboxBackend::claim_held`].
+const CLAIM_HELD: &str = concat!(
+    "WITH p1 AS (SELECT ",
+    claimed_columns!(),
+    " FROM outbox_events \
+         WHERE status = 'pending' AND publisher_backend = $2 AND scheduled_at <= $1 \
+         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+     p2 AS (SELECT ",
+    claimed_columns!(),
+    " FROM outbox_events \
+         WHERE status = 'pending' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
+         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+     r1 AS (SELECT ",
+    claimed_columns!(),
+    " FROM outbox_events \
+         WHERE status = 'retry' AND publisher_backend = $2 AND scheduled_at <= $1 \
+         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+     r2 AS (SELECT ",
+    claimed_columns!(),
+    " FROM outbox_events \
+         WHERE status = 'retry' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
+         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     SELECT * FROM (SELECT * FROM p1 UNION ALL SELECT * FROM p2 UNION ALL SELECT * FROM r1 \
+         UNION ALL SELECT * FROM r2) candidates ORDER BY scheduled_at, created_at LIMIT $4"
+);
+
+/// The [`Fence`] of a write, `$3` being the lease's token or NULL for rows the writing
+/// transaction holds (a string literal, for `concat!`).
+macro_rules! fenced {
+    () => {
+        " AND ((o.status = 'processing' AND o.updated_at = $3) \
+         OR ($3::timestamptz IS NULL AND o.status IN ('pending', 'retry')))"
+    };
+}
+
 /// The fenced writes ([`FencedWrites`]) of ids `$2`.
-const PUBLISH: &str = "UPDATE outbox_events SET status = 'published', published_at = $1, updated_at = $1 \
-     WHERE id = ANY($2) AND status = 'processing' AND updated_at = $3";
-const RELEASE: &str = "UPDATE outbox_events \
+const PUBLISH: &str = concat!(
+    "UPDATE outbox_events o SET status = 'published', published_at = $1, updated_at = $1 WHERE o.id = ANY($2)",
+    fenced!()
+);
+const RELEASE: &str = concat!(
+    "UPDATE outbox_events o \
      SET status = CASE WHEN retry_count > 0 THEN 'retry' ELSE 'pending' END, updated_at = $1 \
-     WHERE id = ANY($2) AND status = 'processing' AND updated_at = $3";
-const WRITE_OUTCOMES: &str = "UPDATE outbox_events o SET status = v.status, \
+     WHERE o.id = ANY($2)",
+    fenced!()
+);
+const WRITE_OUTCOMES: &str = concat!(
+    "UPDATE outbox_events o SET status = v.status, \
          retry_count = COALESCE(v.retry_count, o.retry_count), last_error = v.last_error, \
          scheduled_at = COALESCE(v.scheduled_at, o.scheduled_at), updated_at = $1 \
-     FROM UNNEST($2::uuid[], $3::text[], $4::int[], $5::text[], $6::timestamptz[]) \
+     FROM UNNEST($2::uuid[], $4::text[], $5::int[], $6::text[], $7::timestamptz[]) \
          AS v(id, status, retry_count, last_error, scheduled_at) \
-     WHERE o.id = v.id AND o.status = 'processing' AND o.updated_at = $7";
+     WHERE o.id = v.id",
+    fenced!()
+);
+
+/// Claims held in open transactions at once at most: each holds a connection while its batch
+/// is published, and the relay's other statements need some too.
+const HELD_CLAIMS: usize = 4;
+
+/// Connections in the pool: the held claims plus the relay's own statements and the listener.
+const POOL_CONNECTIONS: u32 = 8;
 
 impl PostgresStore {
     /// Connects a small pool to `url`.
@@ -98,11 +154,12 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(|err| StoreError::Url { url: super::redact(url), message: err.to_string() })?;
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(POOL_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self { pool, url: super::redact(url), listener: Default::default() })
+        let held_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(HELD_CLAIMS));
+        Ok(Self { pool, url: super::redact(url), listener: Default::default(), held_slots })
     }
 
     /// A connection `LISTEN`ing on [`schema::NOTIFY_CHANNEL`]; warns when the table has no
@@ -135,7 +192,7 @@ impl PostgresStore {
     async fn claimed(&self, token: DateTime<Utc>, claim: Query<'_>) -> Result<Claim, StoreError> {
         let rows = claim.fetch_all(&self.pool).await?;
         let claim = Claim::from_rows(token, rows.iter().map(Reader::claimed).collect::<Result<Vec<_>, _>>()?);
-        if let Some(rejections) = FencedWrites::rejecting(&claim) {
+        if let Some(rejections) = FencedWrites::rejecting(&claim, Fence::Lease(token)) {
             self.write(&rejections).await?;
         }
         Ok(claim)
@@ -247,35 +304,27 @@ impl OutboxBackend for PostgresStore {
     }
 
     async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError> {
-        let (token, now) = (writes.token, writes.now);
-        let mut updated = 0;
-        for (statement, ids) in [(PUBLISH, &writes.published), (RELEASE, &writes.released)] {
-            if !ids.is_empty() {
-                let ids = uuids(ids.iter().map(|id| id.text()))?;
-                let done = sqlx::query(statement).bind(now).bind(ids).bind(token).execute(&self.pool).await?;
-                updated += done.rows_affected();
-            }
+        write_on(&mut *self.pool.acquire().await?, writes).await
+    }
+
+    async fn claim_held(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        names: [&str; 2],
+    ) -> Result<Option<Box<dyn HeldClaim>>, StoreError> {
+        let Ok(permit) = self.held_slots.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        let [first, second] = names;
+        let mut tx = self.pool.begin().await?;
+        let claim = sqlx::query(CLAIM_HELD).bind(now).bind(first).bind(second).bind(i64::from(limit));
+        let rows = claim.fetch_all(&mut *tx).await?;
+        let claim = Claim::from_rows(now, rows.iter().map(Reader::claimed).collect::<Result<Vec<_>, _>>()?);
+        if let Some(rejections) = FencedWrites::rejecting(&claim, Fence::Held) {
+            write_on(&mut tx, &rejections).await?;
         }
-        if !writes.outcomes.is_empty() {
-            let outcomes = &writes.outcomes;
-            let done = sqlx::query(WRITE_OUTCOMES)
-                .bind(now)
-                .bind(uuids(outcomes.iter().map(|o| o.id.text()))?)
-                .bind(outcomes.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
-                .bind(
-                    outcomes
-                        .iter()
-                        .map(|o| o.retry_count.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(outcomes.iter().map(|o| o.last_error).collect::<Vec<_>>())
-                .bind(outcomes.iter().map(|o| o.scheduled_at).collect::<Vec<_>>())
-                .bind(token)
-                .execute(&self.pool)
-                .await?;
-            updated += done.rows_affected();
-        }
-        Ok(updated)
+        Ok(Some(Box::new(PgHeldClaim { tx, claim, _permit: permit })))
     }
 
     async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
@@ -317,6 +366,71 @@ impl OutboxBackend for PostgresStore {
     async fn count_prunable(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let count: i64 = sqlx::query_scalar(schema::COUNT_PRUNABLE).bind(before).fetch_one(&self.pool).await?;
         Ok(count.unsigned_abs())
+    }
+}
+
+/// Runs `writes` on one connection (a transaction's, for a held claim).
+async fn write_on(conn: &mut sqlx::PgConnection, writes: &FencedWrites<'_>) -> Result<u64, StoreError> {
+    let (token, now) = (writes.fence.token(), writes.now);
+    let mut updated = 0;
+    for (statement, ids) in [(PUBLISH, &writes.published), (RELEASE, &writes.released)] {
+        if ids.is_empty() {
+            continue;
+        }
+        if writes.fence == Fence::Held && statement == RELEASE {
+            // Held rows were never changed: releasing them is letting go of the lock.
+            updated += ids.len() as u64;
+            continue;
+        }
+        let ids = uuids(ids.iter().map(|id| id.text()))?;
+        let done = sqlx::query(statement).bind(now).bind(ids).bind(token).execute(&mut *conn).await?;
+        updated += done.rows_affected();
+    }
+    if !writes.outcomes.is_empty() {
+        let outcomes = &writes.outcomes;
+        let done = sqlx::query(WRITE_OUTCOMES)
+            .bind(now)
+            .bind(uuids(outcomes.iter().map(|o| o.id.text()))?)
+            .bind(token)
+            .bind(outcomes.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
+            .bind(
+                outcomes
+                    .iter()
+                    .map(|o| o.retry_count.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(outcomes.iter().map(|o| o.last_error).collect::<Vec<_>>())
+            .bind(outcomes.iter().map(|o| o.scheduled_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        updated += done.rows_affected();
+    }
+    Ok(updated)
+}
+
+/// A claim held by an open transaction on PostgreSQL: its rows locked `FOR UPDATE`.
+#[derive(Debug)]
+struct PgHeldClaim {
+    tx: sqlx::Transaction<'static, Postgres>,
+    claim: Claim,
+    /// Given back when the claim is finished or dropped.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+#[async_trait::async_trait]
+impl HeldClaim for PgHeldClaim {
+    fn claim(&self) -> &Claim {
+        &self.claim
+    }
+
+    async fn finish(
+        mut self: Box<Self>,
+        now: DateTime<Utc>,
+        settlements: &[(String, Settlement)],
+    ) -> Result<u64, StoreError> {
+        let updated = write_on(&mut self.tx, &FencedWrites::settling(Fence::Held, now, settlements)).await?;
+        self.tx.commit().await?;
+        Ok(updated)
     }
 }
 

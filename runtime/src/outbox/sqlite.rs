@@ -18,7 +18,9 @@ use super::enqueue::Columns;
 use super::file_watch::FileWrites;
 use super::row::{ReadRow, RowError, RowReader, claimed_columns, quote};
 use super::schema;
-use super::{Claim, FencedWrites, NewEvent, OutboxBackend, RejectedRow, RowId, RowState, StatusReport, StoreError};
+use super::{
+    Claim, Fence, FencedWrites, NewEvent, OutboxBackend, RejectedRow, RowId, RowState, StatusReport, StoreError,
+};
 
 pub use super::row::parse_time;
 
@@ -157,7 +159,7 @@ impl SqliteStore {
     async fn claimed(&self, token: DateTime<Utc>, claim: Query<'_>) -> Result<Claim, StoreError> {
         let rows = claim.fetch_all(&self.pool).await?;
         let claim = Claim::from_rows(token, rows.iter().map(read_claimed).collect::<Result<Vec<_>, _>>()?);
-        if let Some(rejections) = FencedWrites::rejecting(&claim) {
+        if let Some(rejections) = FencedWrites::rejecting(&claim, Fence::Lease(token)) {
             self.write(&rejections).await?;
         }
         Ok(claim)
@@ -296,7 +298,7 @@ impl OutboxBackend for SqliteStore {
 
     async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError> {
         let statements = write_statements(writes)?;
-        let (token, now) = (format_time(writes.token), format_time(writes.now));
+        let (token, now) = (writes.fence.token().map(format_time), format_time(writes.now));
         let mut tx = self.pool.begin().await?;
         let mut updated = 0;
         for (statement, rows) in statements {

@@ -75,6 +75,14 @@ impl Publisher {
         }
     }
 
+    /// Whether its calls are short enough to publish a batch inside the database transaction
+    /// that claimed it ([`OutboxBackend::claim_held`](crate::outbox::OutboxBackend::claim_held)):
+    /// the native backend's pipelined round trip. A component's call may take up to its
+    /// deadline, so its batches are leased.
+    pub fn answers_fast(&self) -> bool {
+        matches!(self, Self::RedisStream(_))
+    }
+
     /// What kind of publisher this is, for people: `redis-stream` or the component file.
     pub fn kind(&self) -> String {
         match self {

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::{Backoff, Clock, HealthBoard, SystemClock};
 use crate::config::RelayConfig;
-use crate::outbox::{ClaimedEvent, OutboxStore, RejectedRow, Settlement, StoreError};
+use crate::outbox::{Claim, ClaimedEvent, HeldClaim, OutboxStore, RejectedRow, Settlement, StoreError};
 use crate::outcome::{Attempt, PublishError};
 use crate::registry::PublisherRegistry;
 use crate::routing::{publisher_for, stored_names};
@@ -197,15 +197,16 @@ impl Relay {
                 .cloned()
                 .collect();
             for name in idle {
-                match self.store.claim_for(self.clock.now(), options.batch_size, stored_names(&name)).await {
-                    Ok(claim) => {
+                match self.claim_share(&name, options.batch_size).await {
+                    Ok(share) => {
+                        let claim = share.claim();
                         if claim.len() < options.batch_size as usize {
                             wanting.remove(&name);
                         }
                         claimed += claim.len();
                         report.totals.failed += log_rejected(&claim.rejected);
                         if !claim.events.is_empty() {
-                            self.spawn_share(&mut in_flight, &mut busy, name, claim.token, claim.events);
+                            self.spawn_share(&mut in_flight, &mut busy, name, share);
                         }
                     }
                     Err(err) => {
@@ -245,22 +246,37 @@ impl Relay {
         report
     }
 
+    /// Claims a batch of `name`'s due events: held in a transaction for a publisher that
+    /// answers fast, when the database can ([`OutboxBackend::claim_held`](crate::outbox::OutboxBackend::claim_held)), a lease
+    /// otherwise.
+    async fn claim_share(&self, name: &str, batch_size: u32) -> Result<Share, StoreError> {
+        let now = self.clock.now();
+        if self.registry.get(name).is_ok_and(|p| p.answers_fast())
+            && let Some(held) = self.store.claim_held(now, batch_size, stored_names(name)).await?
+        {
+            return Ok(Share::Held(held));
+        }
+        Ok(Share::Leased(self.store.claim_for(now, batch_size, stored_names(name)).await?))
+    }
+
     /// Publishes and settles one publisher's share on its own task.
     fn spawn_share(
         self: &Arc<Self>,
         in_flight: &mut tokio::task::JoinSet<ShareOutcome>,
         busy: &mut HashMap<tokio::task::Id, String>,
         name: String,
-        token: DateTime<Utc>,
-        events: Vec<ClaimedEvent>,
+        share: Share,
     ) {
         let relay = self.clone();
         let task_name = name.clone();
         let handle = in_flight.spawn(async move {
             let started = Instant::now();
-            let refs: Vec<&ClaimedEvent> = events.iter().collect();
+            let refs: Vec<&ClaimedEvent> = share.claim().events.iter().collect();
             let settlements = relay.publish_group(&name, &refs).await;
-            let result = relay.settle(token, &settlements).await;
+            let result = match share {
+                Share::Leased(claim) => relay.settle(claim.token, &settlements).await,
+                Share::Held(held) => relay.finish_held(held, &settlements).await,
+            };
             if let Ok(share) = &result {
                 tracing::info!(
                     publisher = %name,
@@ -308,15 +324,7 @@ impl Relay {
         token: DateTime<Utc>,
         settlements: &[(String, Settlement)],
     ) -> Result<BatchReport, StoreError> {
-        let mut report = BatchReport { claimed: settlements.len() as u64, ..BatchReport::default() };
-        for (_, settlement) in settlements {
-            match settlement {
-                Settlement::Published => report.published += 1,
-                Settlement::Retry { .. } => report.retried += 1,
-                Settlement::Failed { .. } => report.failed += 1,
-                Settlement::Release => report.released += 1,
-            }
-        }
+        let mut report = count_settlements(settlements);
         let updated = self.write_outcomes(token, settlements).await?;
         report.fenced = (settlements.len() as u64).saturating_sub(updated);
         if report.fenced > 0 {
@@ -326,6 +334,20 @@ impl Relay {
                  their outcome here was not recorded (they may be published twice)"
             );
         }
+        Ok(report)
+    }
+
+    /// Writes the settlements of a held share and commits its transaction; counts them. A
+    /// failure leaves the rows as they were before the claim (the published ones are published
+    /// again by the next claim).
+    async fn finish_held(
+        &self,
+        held: Box<dyn HeldClaim>,
+        settlements: &[(String, Settlement)],
+    ) -> Result<BatchReport, StoreError> {
+        let mut report = count_settlements(settlements);
+        let updated = held.finish(self.clock.now(), settlements).await?;
+        report.fenced = (settlements.len() as u64).saturating_sub(updated);
         Ok(report)
     }
 
@@ -454,6 +476,37 @@ impl Relay {
                 (event.id.clone(), settlement)
             })
             .collect()
+    }
+}
+
+/// The counts of `settlements`.
+fn count_settlements(settlements: &[(String, Settlement)]) -> BatchReport {
+    let mut report = BatchReport { claimed: settlements.len() as u64, ..BatchReport::default() };
+    for (_, settlement) in settlements {
+        match settlement {
+            Settlement::Published => report.published += 1,
+            Settlement::Retry { .. } => report.retried += 1,
+            Settlement::Failed { .. } => report.failed += 1,
+            Settlement::Release => report.released += 1,
+        }
+    }
+    report
+}
+
+/// A publisher's claimed batch: leased (rows `processing`, fenced by the claim token) or held
+/// (rows locked by an open transaction).
+#[derive(Debug)]
+enum Share {
+    Leased(Claim),
+    Held(Box<dyn HeldClaim>),
+}
+
+impl Share {
+    fn claim(&self) -> &Claim {
+        match self {
+            Share::Leased(claim) => claim,
+            Share::Held(held) => held.claim(),
+        }
     }
 }
 
