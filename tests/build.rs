@@ -8,7 +8,7 @@ use std::process::Command;
 /// (workspace dir relative to the repository root, member crates)
 const WORKSPACES: &[(&str, &[&str])] = &[
     ("components", &["redis-stream", "router", "webhook"]),
-    ("tests/test-components", &["attacker", "command", "scripted", "slow-stream"]),
+    ("tests/test-components", &["attacker", "batcher", "command", "scripted", "slow-stream", "stream-v0-1"]),
 ];
 
 fn main() {

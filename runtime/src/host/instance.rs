@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, UpdateDeadline};
 
-use super::bindings::Publisher as Bindings;
+use super::bindings::{OutboxEvent, PublishError, v0_1, v0_2};
 use super::capabilities::CallContext;
+use super::component::ContractPre;
 use super::guest_output::{LastLines, bounded_text};
 use super::publisher::{ComponentPublisher, StartError};
 use super::state::PublisherState;
@@ -34,6 +35,57 @@ pub struct DeadlineExceeded(pub Duration, pub &'static str);
 pub(crate) struct LiveInstance {
     pub(super) store: Store<PublisherState>,
     pub(super) bindings: Bindings,
+}
+
+/// An instance's exports, as its contract version has them.
+pub(crate) enum Bindings {
+    /// `broadcaster:backend@0.1.0`.
+    V0_1(v0_1::Publisher),
+    /// `broadcaster:backend@0.2.0`.
+    V0_2(v0_2::Publisher),
+}
+
+impl Bindings {
+    async fn call_init(&self, store: &mut Store<PublisherState>, options: &str) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Self::V0_1(b) => b.broadcaster_backend_backend().call_init(store, options).await,
+            Self::V0_2(b) => b.broadcaster_backend_backend().call_init(store, options).await,
+        }
+    }
+
+    /// `publish(event)`.
+    pub(super) async fn call_publish(
+        &self,
+        store: &mut Store<PublisherState>,
+        event: &OutboxEvent,
+    ) -> wasmtime::Result<Result<(), PublishError>> {
+        match self {
+            Self::V0_1(b) => b.broadcaster_backend_backend().call_publish(store, event).await,
+            Self::V0_2(b) => b.broadcaster_backend_backend().call_publish(store, event).await,
+        }
+    }
+
+    /// `publish-batch(events)`: one result per event at most, as the guest returned them (the
+    /// whole list is bounded by the store's hostcall fuel as it is lifted). A 0.1.0 instance
+    /// has no such export: the caller asks only 0.2.0 ones.
+    pub(super) async fn call_publish_batch(
+        &self,
+        store: &mut Store<PublisherState>,
+        events: &[OutboxEvent],
+    ) -> wasmtime::Result<Vec<Result<(), PublishError>>> {
+        match self {
+            Self::V0_1(_) => Err(wasmtime::Error::msg("a 0.1.0 backend has no publish-batch")),
+            Self::V0_2(b) => b.broadcaster_backend_backend().call_publish_batch(store, events).await,
+        }
+    }
+
+    /// `health-check()`.
+    pub(super) async fn call_health_check(&self, store: &mut Store<PublisherState>) -> wasmtime::Result<bool> {
+        match self {
+            Self::V0_1(b) => b.broadcaster_backend_backend().call_health_check(store).await,
+            Self::V0_2(b) => b.broadcaster_backend_backend().call_health_check(store).await,
+        }
+    }
 }
 
 /// A publisher's instance, if it has one, and its supervision record.
@@ -70,6 +122,7 @@ impl ComponentPublisher {
             last_stderr: LastLines::default(),
             deadline: None,
             ticks: 0,
+            events: 1,
             cpu: self.cpu.clone(),
             log_rate: self.log_rate.clone(),
         };
@@ -79,7 +132,9 @@ impl ComponentPublisher {
         store.epoch_deadline_callback(|mut ctx| {
             let call = &mut ctx.data_mut().call;
             call.ticks += 1;
-            call.cpu.tick(call.ticks);
+            // A batch call may run as long per event as a single call does before it counts
+            // as long.
+            call.cpu.tick(call.ticks.div_ceil(call.events.max(1)));
             match call.deadline {
                 Some((deadline, limit, key)) if Instant::now() >= deadline => {
                     Err(wasmtime::Error::new(DeadlineExceeded(limit, key)))
@@ -91,10 +146,13 @@ impl ComponentPublisher {
         });
         store.set_epoch_deadline(1);
         let timeout = settings.call_timeout;
-        self.begin_call(&mut store, timeout, "limits.call_timeout");
+        self.begin_call(&mut store, (timeout, "limits.call_timeout"), 1);
         let started = tokio::time::timeout(timeout + HOST_GRACE, async {
-            let bindings = self.component.pre.instantiate_async(&mut store).await?;
-            let init = bindings.broadcaster_backend_backend().call_init(&mut store, &settings.options_json).await?;
+            let bindings = match &self.component.pre {
+                ContractPre::V0_1(pre) => Bindings::V0_1(pre.instantiate_async(&mut store).await?),
+                ContractPre::V0_2(pre) => Bindings::V0_2(pre.instantiate_async(&mut store).await?),
+            };
+            let init = bindings.call_init(&mut store, &settings.options_json).await?;
             Ok::<_, wasmtime::Error>((bindings, init))
         })
         .await;
@@ -108,15 +166,24 @@ impl ComponentPublisher {
         }
     }
 
-    /// Starts a call: resets the per-call budget, ticks and fuel; sets the deadline.
-    pub(super) fn begin_call(&self, store: &mut Store<PublisherState>, timeout: Duration, key: &'static str) {
-        self.budget.reset();
+    /// Starts a call handling `events` events (more than one for `publish-batch`): resets the
+    /// budget (the per-call limits times `events`), ticks and fuel (likewise); sets the
+    /// deadline.
+    pub(super) fn begin_call(
+        &self,
+        store: &mut Store<PublisherState>,
+        (timeout, key): (Duration, &'static str),
+        events: usize,
+    ) {
+        self.budget.reset_for_events(events);
         let call = &mut store.data_mut().call;
         call.deadline = Some((Instant::now() + timeout, timeout, key));
         call.ticks = 0;
+        call.events = u32::try_from(events.max(1)).unwrap_or(u32::MAX);
         call.last_stderr.clear();
         if self.engine.meters_fuel() {
-            let _ = store.set_fuel(self.settings.fuel.unwrap_or(u64::MAX));
+            let fuel = self.settings.fuel.map_or(u64::MAX, |fuel| fuel.saturating_mul(events.max(1) as u64));
+            let _ = store.set_fuel(fuel);
         }
     }
 
@@ -174,11 +241,23 @@ impl ComponentPublisher {
         &self,
         slot: &mut Slot,
         what: &str,
+        limit: (Duration, &'static str),
+        invoke: impl AsyncFnOnce(&mut LiveInstance) -> wasmtime::Result<T>,
+    ) -> Result<CallOutcome<T>, String> {
+        self.call_for_events(slot, what, limit, 1, invoke).await
+    }
+
+    /// [`Self::call`] for a call that handles `events` events (its budget scales with them).
+    pub(super) async fn call_for_events<T>(
+        &self,
+        slot: &mut Slot,
+        what: &str,
         (timeout, key): (Duration, &'static str),
+        events: usize,
         invoke: impl AsyncFnOnce(&mut LiveInstance) -> wasmtime::Result<T>,
     ) -> Result<CallOutcome<T>, String> {
         let instance = self.ensure_live(slot).await?;
-        self.begin_call(&mut instance.store, timeout, key);
+        self.begin_call(&mut instance.store, (timeout, key), events);
         let outcome = tokio::time::timeout(timeout + HOST_GRACE, invoke(instance)).await;
         instance.store.data_mut().call.deadline = None;
         let cause = match outcome {

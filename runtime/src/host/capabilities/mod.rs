@@ -112,6 +112,8 @@ pub struct CallContext {
     pub deadline: Option<(Instant, Duration, &'static str)>,
     /// Epoch ticks at which the call in progress was seen running guest code.
     pub ticks: u32,
+    /// How many events the call in progress handles (more than one for `publish-batch`).
+    pub events: u32,
     /// The publisher's guest CPU, which decides its lane.
     pub cpu: Arc<CpuAccount>,
     /// The publisher's log rate limit.
