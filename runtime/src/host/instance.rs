@@ -3,7 +3,7 @@
 //! failures in a row (a start that fails, a trap) are a circuit breaker that keeps the
 //! publisher paused for longer each time, while its health says why.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,8 @@ impl ComponentPublisher {
             deadline: None,
             ticks: 0,
             events: 1,
+            stopped_at: self.stopped_at.clone(),
+            after_stop: settings.call_timeout,
             cpu: self.cpu.clone(),
             log_rate: self.log_rate.clone(),
         };
@@ -135,9 +137,14 @@ impl ComponentPublisher {
             // A batch call may run as long per event as a single call does before it counts
             // as long.
             call.cpu.tick(call.ticks.div_ceil(call.events.max(1)));
+            let now = Instant::now();
             match call.deadline {
-                Some((deadline, limit, key)) if Instant::now() >= deadline => {
+                Some((deadline, limit, key)) if now >= deadline => {
                     Err(wasmtime::Error::new(DeadlineExceeded(limit, key)))
+                }
+                // A long `publish-batch` call does not hold a stop up for longer than a call.
+                Some(_) if call.stop_cut().is_some_and(|cut| now >= cut) => {
+                    Err(wasmtime::Error::new(DeadlineExceeded(call.after_stop, "limits.call_timeout after a stop")))
                 }
                 // Let the lane run someone else (and move this call to the heavy lane if its
                 // publisher just turned heavy).
@@ -258,15 +265,25 @@ impl ComponentPublisher {
     ) -> Result<CallOutcome<T>, String> {
         let instance = self.ensure_live(slot).await?;
         self.begin_call(&mut instance.store, (timeout, key), events);
-        let outcome = tokio::time::timeout(timeout + HOST_GRACE, invoke(instance)).await;
+        let stopped_at = self.stopped_at.clone();
+        let after_stop = self.settings.call_timeout;
+        // Time in the host (a WASI sleep, say) is not seen by the epoch check: the call is
+        // abandoned at its deadline, or `call_timeout` after a stop, plus the grace.
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(timeout + HOST_GRACE, invoke(instance)) => outcome.ok(),
+            () = cut_after_stop(&stopped_at, after_stop + HOST_GRACE), if timeout > after_stop => None,
+        };
         instance.store.data_mut().call.deadline = None;
         let cause = match outcome {
-            Ok(Ok(value)) => {
+            Some(Ok(value)) => {
                 slot.failures_in_a_row = 0;
                 return Ok(CallOutcome::Returned(value));
             }
-            Ok(Err(trap)) => self.settings.redactor.redact(&self.describe_trap(&trap, &instance.store)),
-            Err(_) => format!("the {what} call did not return within {timeout:?} ({key})"),
+            Some(Err(trap)) => self.settings.redactor.redact(&self.describe_trap(&trap, &instance.store)),
+            None if self.stopping.load(Ordering::Relaxed) && timeout > after_stop => {
+                format!("the {what} call was cut {after_stop:?} after the publisher was stopped")
+            }
+            None => format!("the {what} call did not return within {timeout:?} ({key})"),
         };
         if !self.stopping.load(Ordering::Relaxed) {
             tracing::warn!(publisher = %self.settings.name, %cause, "backend trapped during {what}; instance recycled");
@@ -283,6 +300,17 @@ impl ComponentPublisher {
             cause.push_str(&format!(" (the backend's last words on stderr: {lines})"));
         }
         bounded_text(&cause).into_owned()
+    }
+}
+
+/// Returns `after` after the publisher is stopped (checking every 50 ms whether it is).
+async fn cut_after_stop(stopped_at: &OnceLock<Instant>, after: Duration) {
+    loop {
+        if let Some(at) = stopped_at.get() {
+            tokio::time::sleep_until((*at + after).into()).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -4,9 +4,9 @@
 //! live in [`super::instance`].
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::bindings;
 use super::budget::{CallBudget, CallLimits};
@@ -95,6 +95,8 @@ pub struct ComponentPublisher {
     /// Set when the relay shuts down: no new calls, and a call cut by its deadline does not
     /// count against its event.
     pub(super) stopping: AtomicBool,
+    /// When it was stopped: calls in progress then get `call_timeout` more at most.
+    pub(super) stopped_at: Arc<OnceLock<Instant>>,
     pub(super) slot: SharedSlot,
 }
 
@@ -175,6 +177,7 @@ impl ComponentPublisher {
             cpu: Arc::default(),
             log_rate,
             stopping: AtomicBool::new(false),
+            stopped_at: Arc::default(),
             slot: SharedSlot::default(),
         });
         if strict {
@@ -203,6 +206,11 @@ impl ComponentPublisher {
         self.component.name()
     }
 
+    /// The contract version its component was built against.
+    pub fn version(&self) -> super::component::ContractVersion {
+        self.component.version
+    }
+
     /// Whether its instances come from the pooling allocator.
     pub fn is_pooling(&self) -> bool {
         self.engine.is_pooling()
@@ -223,22 +231,19 @@ impl ComponentPublisher {
         self.cpu.total_ticks()
     }
 
-    /// The longest a call into it can take, host time included (a `publish-batch` call may
-    /// take up to `limits.batch_timeout`).
+    /// The longest a call into it can take once it is stopped, host time included: a
+    /// `publish-batch` call may run up to `limits.batch_timeout`, but a stop cuts it
+    /// `call_timeout` later at most.
     pub fn longest_call(&self) -> Duration {
-        let longest = if self.component.version.has_batches() {
-            self.settings.call_timeout.max(self.settings.batch_timeout)
-        } else {
-            self.settings.call_timeout
-        };
-        longest + super::instance::HOST_GRACE
+        self.settings.call_timeout + super::instance::HOST_GRACE
     }
 
     /// Stops taking calls (the relay is shutting down): a batch in progress stops before its
-    /// next event, and a call in progress that fails from now on (it is cut at its deadline at
-    /// the latest) did not publish its event, which goes back to waiting without spending a
-    /// retry.
+    /// next event (a 0.1.0 backend's), and a call in progress that fails from now on (it is cut
+    /// at its deadline, or `call_timeout` after the stop, at the latest) did not publish its
+    /// events, which go back to waiting without spending a retry.
     pub fn stop(&self) {
+        self.stopped_at.get_or_init(Instant::now);
         self.stopping.store(true, Ordering::Relaxed);
     }
 
