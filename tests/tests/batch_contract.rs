@@ -134,7 +134,7 @@ async fn an_xadd_batch_over_its_entry_or_byte_cap_is_refused_whole_and_writes_no
     let redis = RedisServer::start();
     for (limits, named) in [
         ("xadd_batch_entries = 2", "limits.xadd_batch_entries (2)"),
-        ("xadd_batch_bytes = \"1KiB\"", "limits.xadd_batch_bytes (1 KiB)"),
+        ("xadd_batch_bytes = \"1KiB\"", "limits.xadd_batch_bytes (1KiB)"),
     ] {
         let (_r, batcher) = publisher(&redis, components::BATCHER, "", limits).await;
         let attempts = batcher.publish_batch(&oks(3)).await;
