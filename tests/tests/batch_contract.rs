@@ -15,7 +15,12 @@ use redis::Commands;
 use serde_json::json;
 
 /// A registry with one publisher `p` running `component`, writing to streams `batch:*`.
-async fn publisher(redis: &RedisServer, component: &str, options: &str, limits: &str) -> (PublisherRegistry, Publisher) {
+async fn publisher(
+    redis: &RedisServer,
+    component: &str,
+    options: &str,
+    limits: &str,
+) -> (PublisherRegistry, Publisher) {
     let text = format!(
         "[publishers.p]\ncomponent = \"{component}\"\n[publishers.p.options]\nstream_name = \"batch:events\"\n{options}\n\
          [publishers.p.grants]\nredis = {{ host = \"127.0.0.1\", port = {port}, streams = [\"batch:*\"] }}\n\
@@ -138,7 +143,10 @@ async fn an_xadd_batch_over_its_entry_or_byte_cap_is_refused_whole_and_writes_no
     ] {
         let (_r, batcher) = publisher(&redis, components::BATCHER, "", limits).await;
         let attempts = batcher.publish_batch(&oks(3)).await;
-        assert!(attempts.iter().all(|a| is_permanent(a, named) && is_permanent(a, "nothing was written")), "{attempts:?}");
+        assert!(
+            attempts.iter().all(|a| is_permanent(a, named) && is_permanent(a, "nothing was written")),
+            "{attempts:?}"
+        );
         assert!(!redis.client().exists::<_, bool>("batch:events").unwrap(), "{limits}: nothing is written");
     }
     // Under the same caps the SDK's xadd_batch falls back to one xadd per entry.
@@ -173,7 +181,10 @@ async fn redis_unavailable_fails_the_first_event_transiently_and_leaves_the_rest
     assert_eq!(shipped.publish_batch(&oks(2)).await, vec![OK, OK]);
     redis.stop();
     let attempts = shipped.publish_batch(&oks(3)).await;
-    assert!(matches!(&attempts[0], Attempt::Done(Err(PublishError::Transient(m))) if m.contains("unavailable")), "{attempts:?}");
+    assert!(
+        matches!(&attempts[0], Attempt::Done(Err(PublishError::Transient(m))) if m.contains("unavailable")),
+        "{attempts:?}"
+    );
     assert_eq!(attempts[1..], [Attempt::NotAttempted, Attempt::NotAttempted]);
 }
 

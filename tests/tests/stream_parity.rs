@@ -239,7 +239,10 @@ async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_err
     for name in &IMPLEMENTATIONS[1..] {
         let results = registry.get(name).unwrap().publish_batch(&batch).await;
         assert_eq!(results[0], Attempt::Done(Ok(())), "{name}");
-        assert!(matches!(&results[1], Attempt::Done(Err(PublishError::Permanent(m))) if m.contains("event_id")), "{name}");
+        assert!(
+            matches!(&results[1], Attempt::Done(Err(PublishError::Permanent(m))) if m.contains("event_id")),
+            "{name}"
+        );
         assert_eq!(conn.xlen::<_, usize>(*name).unwrap(), 1, "{name}: only the good event of the batch is written");
     }
 }

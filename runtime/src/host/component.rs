@@ -194,8 +194,11 @@ impl LoadedComponent {
         else {
             return Err(ComponentError::NotABackend { path: path_buf, reason: missing_export_reason(&exports) });
         };
-        let mismatch =
-            |e: wasmtime::Error| ComponentError::Mismatch { path: path_buf.clone(), version, message: format!("{e:#}") };
+        let mismatch = |e: wasmtime::Error| ComponentError::Mismatch {
+            path: path_buf.clone(),
+            version,
+            message: format!("{e:#}"),
+        };
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(mismatch)?;
         let pre = match version {
             ContractVersion::V0_1 => ContractPre::V0_1(v0_1::PublisherPre::new(instance_pre).map_err(mismatch)?),
@@ -295,7 +298,8 @@ fn missing_export_reason(exports: &[String]) -> String {
     }
     let names: Vec<&str> = exports.iter().map(String::as_str).collect();
     let what = if names.is_empty() { "nothing".to_string() } else { names.join(", ") };
-    let accepted: Vec<String> = ContractVersion::ALL.iter().rev().map(|v| format!("`{}`", v.backend_export())).collect();
+    let accepted: Vec<String> =
+        ContractVersion::ALL.iter().rev().map(|v| format!("`{}`", v.backend_export())).collect();
     format!(
         "it must export {} (the `publisher` world in wit/), but it exports {what}; \
          was it built for another world?",

@@ -3,8 +3,8 @@
 //! failures in a row (a start that fails, a trap) are a circuit breaker that keeps the
 //! publisher paused for longer each time, while its health says why.
 
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, UpdateDeadline};
@@ -46,7 +46,11 @@ pub(crate) enum Bindings {
 }
 
 impl Bindings {
-    async fn call_init(&self, store: &mut Store<PublisherState>, options: &str) -> wasmtime::Result<Result<(), String>> {
+    async fn call_init(
+        &self,
+        store: &mut Store<PublisherState>,
+        options: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
         match self {
             Self::V0_1(b) => b.broadcaster_backend_backend().call_init(store, options).await,
             Self::V0_2(b) => b.broadcaster_backend_backend().call_init(store, options).await,
