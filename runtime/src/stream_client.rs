@@ -179,13 +179,10 @@ impl StreamClient {
         }
     }
 
-    /// Appends entries to any streams, each with its own `MAXLEN ~` (`(stream, fields,
-    /// max_len)`), in one round trip: a pipeline of `XADD`s, run in order. Returns one result
-    /// per entry: on a connection failure all of them fail. (For components' `xadd-batch`.)
-    pub async fn xadd_entries(
-        &self,
-        entries: &[(&str, &[(String, String)], Option<u64>)],
-    ) -> Vec<Result<String, StreamCallError>> {
+    /// Appends entries to any streams, each with its own `MAXLEN ~`, in one round trip: a
+    /// pipeline of `XADD`s, run in order. Returns one result per entry: on a connection
+    /// failure all of them fail. (For components' `xadd-batch`.)
+    pub async fn xadd_entries(&self, entries: &[XaddRequest<'_>]) -> Vec<Result<String, StreamCallError>> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for (stream, fields, max_len) in entries {
@@ -229,6 +226,9 @@ impl StreamClient {
         }
     }
 }
+
+/// One entry for [`StreamClient::xadd_entries`]: the stream, the fields, and `MAXLEN ~`.
+pub type XaddRequest<'a> = (&'a str, &'a [(String, String)], Option<u64>);
 
 /// The clients of several publishers, one per server: for publishers that may share one.
 #[derive(Debug, Default)]
