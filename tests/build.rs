@@ -1,6 +1,8 @@
 //! Builds the shipped components (`../components`) and the test-only components
-//! (`test-components/`) for `wasm32-wasip2`, and writes their paths as constants into
-//! `$OUT_DIR/components.rs` (included by `src/lib.rs` as `broadcaster_tests::components`).
+//! (`test-components/`) for `wasm32-wasip2`, copies them into `$OUT_DIR` (so a later build
+//! of another checkout sharing the target directory cannot swap them under the tests), and
+//! writes their paths as constants into `$OUT_DIR/components.rs` (included by `src/lib.rs` as
+//! `broadcaster_tests::components`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,7 +10,7 @@ use std::process::Command;
 /// (workspace dir relative to the repository root, member crates)
 const WORKSPACES: &[(&str, &[&str])] = &[
     ("components", &["redis-stream", "router", "webhook"]),
-    ("tests/test-components", &["attacker", "command", "scripted", "slow-stream"]),
+    ("tests/test-components", &["attacker", "batcher", "command", "scripted", "slow-stream", "stream-v0-1"]),
 ];
 
 fn main() {
@@ -32,8 +34,10 @@ fn main() {
         build(&workspace_dir, &target_dir);
         for member in *members {
             let file = member.replace('-', "_");
-            let path = target_dir.join("wasm32-wasip2/release").join(format!("{file}.wasm"));
-            assert!(path.exists(), "building {workspace} did not produce {}", path.display());
+            let built = target_dir.join("wasm32-wasip2/release").join(format!("{file}.wasm"));
+            assert!(built.exists(), "building {workspace} did not produce {}", built.display());
+            let path = out_dir.join(format!("{file}.wasm"));
+            std::fs::copy(&built, &path).unwrap_or_else(|err| panic!("copying {}: {err}", built.display()));
             constants.push_str(&format!(
                 "/// `{workspace}/{member}` built for wasm32-wasip2.\npub const {}: &str = {:?};\n",
                 member.to_uppercase().replace('-', "_"),

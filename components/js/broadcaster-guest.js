@@ -5,6 +5,10 @@
 //
 //     import * as bg from './broadcaster-guest.js';
 //
+// It implements `broadcaster:backend@0.2.0`: the host hands `publishBatch` a whole batch (by
+// default it calls `publish` for each event; override it to send the batch at once, e.g.
+// with `bg.redis.xaddBatch`).
+//
 //     class Mirror extends bg.Publisher {
 //       init(options) { this.stream = options.string('stream_name', { default: 'events' }); }
 //       publish(event) { bg.redis.xadd(this.stream, bg.streamFields(event), 10000); }
@@ -24,8 +28,8 @@
 // an absent option is `undefined`, `data` is `{ tag: 'json' | 'text' | 'binary', val }`,
 // tuples are two-element arrays, u64 is a BigInt.
 
-import { log as witLog } from 'broadcaster:backend/log@0.1.0';
-import { ping as witPing, xadd as witXadd } from 'broadcaster:backend/redis-stream@0.1.0';
+import { log as witLog } from 'broadcaster:backend/log@0.2.0';
+import { ping as witPing, xadd as witXadd, xaddBatch as witXaddBatch } from 'broadcaster:backend/redis-stream@0.2.0';
 
 // ---------------------------------------------------------------------------------------
 // Errors
@@ -284,6 +288,12 @@ function describeRedisError(err) {
   }
 }
 
+/** Transient (Redis unavailable) or Permanent (anything else) for a WIT error. */
+function redisFailure(err) {
+  const Kind = err.tag === 'unavailable' ? Transient : Permanent;
+  return new Kind(describeRedisError(err), err);
+}
+
 // componentize-js throws an import's `err` as an Error-like object whose `payload` is the
 // WIT error value; map it to Transient (Redis unavailable) or Permanent (anything else).
 function redisCall(fn) {
@@ -291,13 +301,17 @@ function redisCall(fn) {
     return fn();
   } catch (e) {
     const err = e && e.payload;
-    if (err && typeof err.tag === 'string') {
-      const Kind = err.tag === 'unavailable' ? Transient : Permanent;
-      throw new Kind(describeRedisError(err), err);
-    }
+    if (err && typeof err.tag === 'string') throw redisFailure(err);
     throw e;
   }
 }
+
+/** The most entries `redis.xaddBatch` passes in one host call (the host's default `limits.xadd_batch_entries`). */
+export const BATCH_ENTRIES = 1000;
+/** The most bytes `redis.xaddBatch` passes in one host call (the host's default `limits.xadd_batch_bytes`). */
+export const BATCH_BYTES = 16 * 1024 * 1024;
+
+const utf8Length = (s) => new TextEncoder().encode(s).length;
 
 /**
  * Redis Streams through the publisher's `redis` grant. Failures throw `Transient` when Redis
@@ -310,6 +324,56 @@ export const redis = Object.freeze({
     const pairs = fields.map(([k, v]) => [String(k), String(v)]);
     const limit = maxLen === undefined || maxLen === null ? undefined : BigInt(maxLen);
     return redisCall(() => witXadd(String(stream), pairs, limit));
+  },
+  /**
+   * Appends `[stream, fields, maxLen]` entries in as few round trips as the host allows: one
+   * `xadd-batch` (a pipeline of `XADD`s) per `BATCH_ENTRIES` entries or `BATCH_BYTES` bytes.
+   * Returns one item per entry, in order: its id, or the `Transient`/`Permanent` error
+   * (returned, not thrown) that kept it out (a stream outside the grant fails only its entry;
+   * Redis unavailable fails every entry of the round trip). When the host refuses a round
+   * trip as too large (its limits set lower than these), its entries are appended one `xadd`
+   * at a time instead.
+   */
+  xaddBatch(entries) {
+    const pending = entries.map(([stream, fields, maxLen]) => ({
+      stream: String(stream),
+      fields: fields.map(([k, v]) => [String(k), String(v)]),
+      maxLen: maxLen === undefined || maxLen === null ? undefined : BigInt(maxLen),
+    }));
+    const results = [];
+    let start = 0;
+    while (start < pending.length) {
+      let end = start;
+      let size = 0;
+      while (end < pending.length && end - start < BATCH_ENTRIES) {
+        const e = pending[end];
+        const entrySize = utf8Length(e.stream) + e.fields.reduce((n, [k, v]) => n + utf8Length(k) + utf8Length(v), 0);
+        if (end > start && size + entrySize > BATCH_BYTES) break;
+        end += 1;
+        size += entrySize;
+      }
+      const chunk = pending.slice(start, end);
+      try {
+        for (const reply of witXaddBatch(chunk)) results.push(reply.tag === 'ok' ? reply.val : redisFailure(reply.val));
+      } catch (e) {
+        const err = e && e.payload;
+        if (!err || typeof err.tag !== 'string') throw e;
+        if (err.tag === 'rejected' && chunk.length > 1) {
+          for (const one of chunk) {
+            try {
+              results.push(witXadd(one.stream, one.fields, one.maxLen));
+            } catch (e1) {
+              if (!(e1 && e1.payload && typeof e1.payload.tag === 'string')) throw e1;
+              results.push(redisFailure(e1.payload));
+            }
+          }
+        } else {
+          for (let i = 0; i < chunk.length; i += 1) results.push(redisFailure(err));
+        }
+      }
+      start = end;
+    }
+    return results;
   },
   /** `PING` the granted Redis; throws like `xadd`. */
   ping() {
@@ -479,7 +543,7 @@ export class Options {
 
 /**
  * Extend this and override `init(options)`, `publish(event)` and (optionally)
- * `healthCheck()`. Keep no state you cannot rebuild from the options: after a trap the host
+ * `publishBatch(events)` and `healthCheck()`. Keep no state you cannot rebuild from the options: after a trap the host
  * throws the instance away and calls `init` again on a fresh one.
  */
 export class Publisher {
@@ -491,10 +555,52 @@ export class Publisher {
     throw new Error('publish is not implemented');
   }
 
+  /**
+   * Publishes a batch (never empty), in order: returns one item per event, `null` when it was
+   * published or the `Transient`/`Permanent` error (returned, not thrown) that failed it. A
+   * shorter array means the events past its end were not attempted (they wait, with no retry
+   * spent); stop at the first transient error, as the host treats every event after it as
+   * not attempted anyway. The default calls `publish` for each event and stops after the
+   * first transient error.
+   */
+  publishBatch(events) {
+    const results = [];
+    for (const event of events) {
+      try {
+        if (isThenable(this.publish(event))) throw new Error(`publish ${ASYNC}`);
+        results.push(null);
+      } catch (e) {
+        if (!(e instanceof PublishError)) throw e;
+        results.push(e);
+        if (e.transient) break;
+      }
+    }
+    return results;
+  }
+
   /** Whether the backend can publish now; called on an interval. Defaults to `true`. */
   healthCheck() {
     return true;
   }
+}
+
+/** `results` cut after the first transient error: what a batch that attempted every event at once should return. */
+export function untilTransient(results) {
+  const first = results.findIndex((r) => r instanceof PublishError && r.transient);
+  return first < 0 ? results : results.slice(0, first + 1);
+}
+
+/** The WIT `publish-error` of a `Transient`/`Permanent`. */
+const witError = (e) => ({ tag: e.transient ? 'transient' : 'permanent', val: e.message });
+
+/**
+ * What to throw on for a bug in `what` (anything thrown but a `PublishError`): its stack is
+ * logged and, thrown on, it traps (componentize-js prints it to stderr, and the host quotes
+ * those last lines in the event's error).
+ */
+function trap(what, e) {
+  log.error(`${what} threw: ${e && e.stack ? `${describeThrown(e)}\n${e.stack}` : describeThrown(e)}`);
+  return e instanceof Error ? e : new Error(describeThrown(e));
 }
 
 /** What was thrown, for a message: `TypeError: x is undefined`. */
@@ -518,6 +624,8 @@ const ASYNC = 'returned a Promise: the WIT functions are synchronous, so write i
  *   prints the error to stderr). The host fails the event with a transient error quoting
  *   those last lines (the relay retries it), throws the instance away (the engine may hold
  *   half-done state) and starts a fresh one.
+ * - `publishBatch`: the array `Publisher.publishBatch` returns, `null` → `ok`,
+ *   `Transient`/`Permanent` → `publish-error`; anything else thrown traps, as in `publish`.
  * - `healthCheck`: `false` when it throws or before a successful `init`.
  */
 export function exportBackend(PublisherClass) {
@@ -549,12 +657,21 @@ export function exportBackend(PublisherClass) {
       try {
         if (isThenable(instance.publish(event))) throw new Error(`publish ${ASYNC}`);
       } catch (e) {
-        if (e instanceof PublishError) throw { tag: e.transient ? 'transient' : 'permanent', val: e.message };
-        log.error(`publish threw: ${e && e.stack ? `${describeThrown(e)}\n${e.stack}` : describeThrown(e)}`);
-        // Thrown on, it traps: componentize-js prints it to stderr, and the host quotes those
-        // last lines in the event's error.
-        throw e instanceof Error ? e : new Error(describeThrown(e));
+        if (e instanceof PublishError) throw witError(e);
+        throw trap('publish', e);
       }
+    },
+
+    publishBatch(events) {
+      if (!instance) return [{ tag: 'err', val: { tag: 'transient', val: 'publish-batch called before a successful init' } }];
+      let results;
+      try {
+        results = instance.publishBatch(events);
+        if (isThenable(results)) throw new Error(`publishBatch ${ASYNC}`);
+      } catch (e) {
+        throw trap('publishBatch', e);
+      }
+      return Array.from(results, (r) => (r instanceof PublishError ? { tag: 'err', val: witError(r) } : { tag: 'ok' }));
     },
 
     healthCheck() {

@@ -40,6 +40,12 @@ pub fn publish<B: Backend>(event: &OutboxEvent) -> Result<(), PublishError> {
         .unwrap_or_else(|| Err(PublishError::Transient("publish called before init".into())))
 }
 
+/// `publish-batch(events)`.
+pub fn publish_batch<B: Backend>(events: &[OutboxEvent]) -> Vec<Result<(), PublishError>> {
+    with_backend::<B, _>(|backend| backend.publish_batch(events))
+        .unwrap_or_else(|| vec![Err(PublishError::Transient("publish-batch called before init".into()))])
+}
+
 /// `health-check()`.
 pub fn health_check<B: Backend>() -> bool {
     with_backend::<B, _>(|backend| backend.health_check()).unwrap_or(false)

@@ -179,6 +179,32 @@ impl StreamClient {
         }
     }
 
+    /// Appends entries to any streams, each with its own `MAXLEN ~`, in one round trip: a
+    /// pipeline of `XADD`s, run in order. Returns one result per entry: on a connection
+    /// failure all of them fail. (For components' `xadd-batch`.)
+    pub async fn xadd_entries(&self, entries: &[XaddRequest<'_>]) -> Vec<Result<String, StreamCallError>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (stream, fields, max_len) in entries {
+            pipe.add_command(xadd_command(stream, fields, *max_len));
+        }
+        let replies = self.run(|mut conn| async move { pipe.query_async::<Vec<redis::Value>>(&mut conn).await }).await;
+        match replies {
+            Err(err) => entries.iter().map(|_| Err(err.clone())).collect(),
+            Ok(values) => values.into_iter().map(|value| self.xadd_reply(value)).collect(),
+        }
+    }
+
+    fn xadd_reply(&self, value: redis::Value) -> Result<String, StreamCallError> {
+        match value {
+            redis::Value::ServerError(err) => Err(classify(&self.endpoint, RedisError::from(err))),
+            other => redis::from_redis_value::<String>(other).map_err(|err| StreamCallError::Rejected {
+                endpoint: self.endpoint.to_string(),
+                message: format!("unexpected reply to XADD: {err}"),
+            }),
+        }
+    }
+
     /// `PING` within the socket timeout.
     pub async fn ping(&self) -> Result<(), StreamCallError> {
         self.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await.map(drop)
@@ -200,6 +226,9 @@ impl StreamClient {
         }
     }
 }
+
+/// One entry for [`StreamClient::xadd_entries`]: the stream, the fields, and `MAXLEN ~`.
+pub type XaddRequest<'a> = (&'a str, &'a [(String, String)], Option<u64>);
 
 /// The clients of several publishers, one per server: for publishers that may share one.
 #[derive(Debug, Default)]

@@ -210,10 +210,15 @@ fn check_accepts_a_backend_and_lists_its_imports() {
     let run = broadcaster(&["check", components::ROUTER], None);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
-        run.stdout.starts_with("ok:") && run.stdout.contains("broadcaster:backend/redis-stream@0.1.0"),
+        run.stdout.starts_with("ok:")
+            && run.stdout.contains("is a backend for broadcaster:backend@0.2.0 (a batch per call")
+            && run.stdout.contains("broadcaster:backend/redis-stream@0.2.0"),
         "{}",
         run.stdout
     );
+    let old = broadcaster(&["check", components::STREAM_V0_1], None);
+    assert_eq!(old.code, 0, "{}", old.stderr);
+    assert!(old.stdout.contains("is a backend for broadcaster:backend@0.1.0 (one event per call"), "{}", old.stdout);
 }
 
 #[test]
@@ -235,7 +240,7 @@ fn a_component_needing_an_ungranted_capability_is_bad_input_before_any_event() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &format!("[publishers.r]\ncomponent = \"{}\"\n", components::ROUTER));
     let run = broadcaster(&["health", "-c", config.to_str().unwrap()], None);
-    assert_bad_input(&run, &["publisher `r`", "imports `broadcaster:backend/redis-stream@0.1.0`", "grants"]);
+    assert_bad_input(&run, &["publisher `r`", "imports `broadcaster:backend/redis-stream@0.2.0`", "grants"]);
 }
 
 #[test]

@@ -96,7 +96,7 @@ async fn a_component_importing_redis_without_a_redis_grant_is_refused_at_start()
     let message = err.to_string();
     assert!(
         message.contains("publisher `nogrant`")
-            && message.contains("broadcaster:backend/redis-stream@0.1.0")
+            && message.contains("broadcaster:backend/redis-stream@0.2.0")
             && message.contains("[publishers.nogrant.grants] redis"),
         "{message}"
     );

@@ -96,7 +96,10 @@ const ATTACKS: &[Attack] = &[
     Attack {
         name: "huge-error",
         options: "attack = \"huge-error\"",
-        expect: &["bytes cut]", "deadline"],
+        // One message is cut to 4 KiB; a batch's messages (the attacker is a 0.2.0 backend
+        // whose publish-batch gathers one per event) run out of its memory, or past the
+        // host's bound on what a call may return.
+        expect: &["bytes cut]", "deadline", "growing memory", "too much data is being copied"],
         memory: "256MiB",
     },
     Attack {

@@ -1,6 +1,7 @@
 //! The native `redis-stream` backend and the `redis-stream` component write the same entry
-//! for the same event, field for field (only the entry id differs), and what they write is
-//! what the seed's consumers read.
+//! for the same event, field for field (only the entry id differs), one event at a time or a
+//! batch at once, and what they write is what the seed's consumers read. So does a component
+//! built against contract 0.1.0.
 
 use broadcaster::config::Config;
 use broadcaster::event::{OutboxEvent, Payload};
@@ -42,11 +43,19 @@ fn config(redis: &RedisServer) -> Config {
         stream_name = "js"
         [publishers.js.grants]
         redis = {{ host = "127.0.0.1", port = {port}, streams = ["js"] }}
+
+        [publishers.v01]
+        component = "{v01}"
+        [publishers.v01.options]
+        stream_name = "v01"
+        [publishers.v01.grants]
+        redis = {{ host = "127.0.0.1", port = {port}, streams = ["v01"] }}
         "#,
         port = redis.port(),
         component = components::REDIS_STREAM,
         python = components::polyglot("python-redis-stream"),
         js = components::polyglot("js-redis-stream"),
+        v01 = components::STREAM_V0_1,
     );
     Config::from_toml(&text, "parity.toml".as_ref(), Vec::new()).unwrap()
 }
@@ -126,9 +135,9 @@ fn sample_events() -> Vec<OutboxEvent> {
     events
 }
 
-/// The publishers whose entries must all be equal: the native backend and the
-/// `redis-stream` component in Rust, Python and JavaScript.
-const IMPLEMENTATIONS: [&str; 4] = ["native", "component", "python", "js"];
+/// The publishers whose entries must all be equal: the native backend, the `redis-stream`
+/// component in Rust, Python and JavaScript, and the Rust one as built against 0.1.0.
+const IMPLEMENTATIONS: [&str; 5] = ["native", "component", "python", "js", "v01"];
 
 #[tokio::test]
 async fn the_native_backend_and_the_rust_python_and_js_components_write_equal_entries() {
@@ -188,6 +197,27 @@ async fn the_native_backend_and_the_rust_python_and_js_components_write_equal_en
 }
 
 #[tokio::test]
+async fn a_batch_through_every_component_writes_the_entries_the_native_batch_writes() {
+    let redis = RedisServer::start();
+    let registry = PublisherRegistry::build(&config(&redis), None).await.unwrap();
+    let events = sample_events();
+    for name in IMPLEMENTATIONS {
+        let attempts = registry.get(name).unwrap().publish_batch(&events).await;
+        assert!(attempts.iter().all(|a| *a == Attempt::Done(Ok(()))), "{name}: {attempts:?}");
+    }
+    let native = entries(&redis, "native");
+    assert_eq!(native.len(), events.len());
+    for (event, (_, fields)) in events.iter().zip(&native) {
+        assert_eq!(fields, &event.stream_fields().unwrap());
+    }
+    for name in &IMPLEMENTATIONS[1..] {
+        let theirs: Vec<_> = entries(&redis, name).into_iter().map(|(_, fields)| fields).collect();
+        let ours: Vec<_> = native.iter().map(|(_, fields)| fields.clone()).collect();
+        assert_eq!(theirs, ours, "{name}: a batch's entries differ from the native backend's");
+    }
+}
+
+#[tokio::test]
 async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_error_for_all() {
     let redis = RedisServer::start();
     let registry = PublisherRegistry::build(&config(&redis), None).await.unwrap();
@@ -205,6 +235,16 @@ async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_err
     let mut conn = redis.client();
     assert_eq!(conn.xlen::<_, usize>("native").unwrap(), 1, "only the good event of the batch is written");
     assert_eq!(conn.xlen::<_, usize>("component").unwrap(), 0);
+    // The same batch through each component: the good event written, the bad one refused.
+    for name in &IMPLEMENTATIONS[1..] {
+        let results = registry.get(name).unwrap().publish_batch(&batch).await;
+        assert_eq!(results[0], Attempt::Done(Ok(())), "{name}");
+        assert!(
+            matches!(&results[1], Attempt::Done(Err(PublishError::Permanent(m))) if m.contains("event_id")),
+            "{name}"
+        );
+        assert_eq!(conn.xlen::<_, usize>(*name).unwrap(), 1, "{name}: only the good event of the batch is written");
+    }
 }
 
 #[tokio::test]

@@ -269,7 +269,83 @@ describe('the glue', () => {
   });
 });
 
+describe('batches', () => {
+  function backendThat(publish) {
+    const b = bg.exportBackend(class extends bg.Publisher {
+      publish(ev) {
+        return publish(ev);
+      }
+    });
+    b.init('{}');
+    return b;
+  }
+
+  test('the default batch publishes each event and stops after a transient error', () => {
+    const seen = [];
+    const b = backendThat((ev) => {
+      seen.push(ev.event.id);
+      if (ev.event.id === 't') throw new bg.Transient('later');
+      if (ev.event.id === 'p') throw new bg.Permanent('never');
+    });
+    const results = b.publishBatch(['a', 'p', 't', 'z'].map((id) => event({ id })));
+    assert.deepEqual(results, [
+      { tag: 'ok' },
+      { tag: 'err', val: { tag: 'permanent', val: 'never' } },
+      { tag: 'err', val: { tag: 'transient', val: 'later' } },
+    ]);
+    assert.deepEqual(seen, ['a', 'p', 't']);
+  });
+
+  test('anything else thrown in a batch is logged and thrown on (a trap)', () => {
+    const b = backendThat(() => {
+      throw new TypeError('x is undefined');
+    });
+    assert.throws(() => b.publishBatch([event()]), TypeError);
+    assert.match(fake.logged.at(-1)[1], /^publishBatch threw: /);
+  });
+
+  test('xaddBatch returns ids and errors in order, in one host call', () => {
+    const results = bg.redis.xaddBatch([['s', [['a', 1]], 5], ['denied', [['a', 'b']]], ['s', [['c', 'd']], null]]);
+    assert.equal(results[0], '1-0');
+    assert.ok(results[1] instanceof bg.Permanent && /"denied" is outside/.test(results[1].message));
+    assert.equal(results[2], '2-0');
+    assert.deepEqual(fake.batches, [3]);
+    assert.deepEqual(fake.added[0], ['s', [['a', '1']], 5n]);
+  });
+
+  test('xaddBatch splits at the entry cap and falls back to xadd when refused', () => {
+    const entries = Array.from({ length: bg.BATCH_ENTRIES + 1 }, (_, i) => ['s', [['i', i]]]);
+    assert.equal(bg.redis.xaddBatch(entries).length, entries.length);
+    assert.deepEqual(fake.batches, [bg.BATCH_ENTRIES, 1]);
+    fake.added.length = 0;
+    fake.batchError = { tag: 'rejected', val: 'more than limits.xadd_batch_entries' };
+    assert.deepEqual(bg.redis.xaddBatch(entries.slice(0, 3)), ['1-0', '1-0', '1-0']);
+    assert.equal(fake.added.length, 3, 'one xadd per entry instead');
+    fake.batchError = { tag: 'unavailable', val: 'down' };
+    assert.ok(bg.redis.xaddBatch(entries.slice(0, 2)).every((r) => r instanceof bg.Transient));
+  });
+
+  test('untilTransient', () => {
+    const t = new bg.Transient('t');
+    const p = new bg.Permanent('p');
+    assert.deepEqual(bg.untilTransient([null, p, t, null]), [null, p, t]);
+    assert.deepEqual(bg.untilTransient([null, p]), [null, p]);
+  });
+});
+
 describe('redis-stream backend', () => {
+  test('a batch is one xaddBatch and a bad event fails alone', () => {
+    redisStream.init('{"stream_name": "poly:x"}');
+    const good = event({ data: { tag: 'json', val: '1' } });
+    const bad = event({ config: [['event_id', '"forged"']] });
+    const results = redisStream.publishBatch([good, bad, good]);
+    assert.deepEqual(results[0], { tag: 'ok' });
+    assert.equal(results[1].val.tag, 'permanent');
+    assert.deepEqual(results[2], { tag: 'ok' });
+    assert.deepEqual(fake.batches, [2]);
+    assert.deepEqual(fake.added[0], ['poly:x', bg.streamFields(good), 10000n]);
+  });
+
   test('writes the seed entry', () => {
     redisStream.init('{"stream_name": "poly:x"}');
     const ev = event({ data: { tag: 'json', val: '{"a": 1}' }, config: [['t', '"x"']] });

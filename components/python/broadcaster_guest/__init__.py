@@ -19,12 +19,16 @@ subclasses :class:`Publisher` and binds ``Backend = export(MyPublisher)``::
 
 What is here:
 
-- :class:`Publisher`, :func:`export`: the base class and the glue to the WIT exports;
+- :class:`Publisher`, :func:`export`: the base class and the glue to the WIT exports
+  (``broadcaster:backend@0.2.0``: ``publish_batch`` gets a whole batch; by default it calls
+  ``publish`` for each event, :func:`until_transient` cuts a batch's results as the host
+  wants them);
 - :class:`Transient`, :class:`Permanent`: raise them from ``publish`` (anything else that
   escapes becomes a transient error carrying its message);
 - :class:`Options`, :class:`OptionError`: validated options, unknown ones refused;
 - :mod:`redis_stream`: ``xadd``/``ping`` through the publisher's grant, errors raised as
-  ``Transient`` (Redis unavailable) or ``Permanent`` (everything else);
+  ``Transient`` (Redis unavailable) or ``Permanent`` (everything else); ``xadd_batch``
+  appends many entries in one round trip;
 - :mod:`log`: ``trace``… ``error`` into Broadcaster's log;
 - :func:`to_cloud_event`, :func:`stream_fields`: the seed's rendering, byte for byte;
   :func:`data_json`, :func:`replace_data`, :func:`set_extensions` to read an event
@@ -46,7 +50,7 @@ from wit_world.imports.types import (
 )
 
 from . import log, redis_stream
-from ._export import Publisher, export
+from ._export import Publisher, export, until_transient
 from .errors import Permanent, PublishError, Transient
 from .options import REQUIRED, OptionError, Options
 from .seed_format import (
@@ -84,4 +88,5 @@ __all__ = [
     "stream_fields",
     "to_cloud_event",
     "types",
+    "until_transient",
 ]

@@ -2,12 +2,15 @@
 
 componentize-py looks for a class named ``Backend`` in the app module (the module is
 imported and snapshotted while the component is BUILT) and calls ``init``/``publish``/
-``health_check`` on an instance of it; it may make a new instance for each call (0.25.1
+``health_check`` (and ``publish_batch``) on an instance of it; it may make a new instance for each call (0.25.1
 does), so nothing may live on that instance. The glue class made by :func:`export` keeps the user's
 :class:`Publisher` (built in ``init``) in its closure and turns Python exceptions into the
 WIT results:
 
 - ``init``: an :class:`OptionError` (or any exception) → ``err(message)``;
+- ``publish_batch``: the list :meth:`Publisher.publish_batch` returns, each ``None`` →
+  ``ok``, each :class:`Transient`/:class:`Permanent` → ``publish-error``; an exception that
+  escapes traps, as below;
 - ``publish``: :class:`Transient`/:class:`Permanent` → ``publish-error``; any other
   exception is a bug: it escapes, componentize-py prints its traceback to stderr (which goes
   to Broadcaster's log) and traps the instance. The host then fails the event with a
@@ -18,9 +21,9 @@ WIT results:
 
 import json
 import traceback
-from typing import Dict, Optional, Type
+from typing import Dict, List, Optional, Type
 
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports.types import OutboxEvent, PublishError_Permanent, PublishError_Transient
 
@@ -45,9 +48,44 @@ class Publisher:
         """Publishes one event; raise :class:`Transient` or :class:`Permanent` to fail it."""
         raise NotImplementedError("publish")
 
+    def publish_batch(self, events: List[OutboxEvent]) -> List[Optional[PublishError]]:
+        """Publishes a batch (never empty), in order: returns one item per event, ``None``
+        when it was published or the :class:`Transient`/:class:`Permanent` error (returned,
+        not raised) that failed it. A shorter list means the events past its end were not
+        attempted (they wait, with no retry spent); stop at the first transient error, as the
+        host treats every event after it as not attempted anyway.
+
+        The default calls :meth:`publish` for each event and stops after the first transient
+        error. Override it when the destination takes a batch at once (see
+        :func:`redis_stream.xadd_batch`, and :func:`until_transient`)."""
+        results: List[Optional[PublishError]] = []
+        for event in events:
+            try:
+                self.publish(event)
+                results.append(None)
+            except PublishError as exc:
+                results.append(exc)
+                if exc.transient:
+                    break
+        return results
+
     def health_check(self) -> bool:
         """Whether the backend can publish now; called on an interval. Defaults to ``True``."""
         return True
+
+
+def until_transient(results: List[Optional[PublishError]]) -> List[Optional[PublishError]]:
+    """``results`` cut after the first transient error: what a batch that attempted every
+    event at once should return (the host would not trust the rest)."""
+    for i, result in enumerate(results):
+        if result is not None and result.transient:
+            return results[: i + 1]
+    return results
+
+
+def _wit_error(exc: PublishError):
+    case = PublishError_Transient if exc.transient else PublishError_Permanent
+    return case(exc.message)
 
 
 def _message(exc: BaseException) -> str:
@@ -89,10 +127,17 @@ def export(publisher: Type[Publisher]) -> type:
             try:
                 instance.publish(event)
             except PublishError as exc:
-                case = PublishError_Transient if exc.transient else PublishError_Permanent
-                raise Err(case(exc.message))
+                raise Err(_wit_error(exc))
             # Any other exception escapes: componentize-py prints its traceback to stderr (the
             # host's log, and the last lines are quoted in the event's error) and traps.
+
+        def publish_batch(self, events: List[OutboxEvent]) -> list:
+            instance = state["instance"]
+            if instance is None:
+                return [Err(PublishError_Transient("publish-batch called before a successful init"))]
+            results = instance.publish_batch(list(events))
+            # As in `publish`, an exception other than a PublishError escapes and traps.
+            return [Ok(None) if r is None else Err(_wit_error(r)) for r in results]
 
         def health_check(self) -> bool:
             instance = state["instance"]

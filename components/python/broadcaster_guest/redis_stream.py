@@ -9,9 +9,9 @@ the exception escape reports the right kind of error. ``error.cause`` holds the 
 """
 
 import json
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple, Union
 
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok
 from wit_world.imports import redis_stream as _raw
 from wit_world.imports.redis_stream import (
     Error,
@@ -19,11 +19,19 @@ from wit_world.imports.redis_stream import (
     Error_Rejected,
     Error_StreamDenied,
     Error_Unavailable,
+    XaddEntry,
 )
 
 from .errors import Permanent, PublishError, Transient
 
-__all__ = ["Error", "describe", "ping", "ping_ok", "xadd"]
+__all__ = ["BATCH_BYTES", "BATCH_ENTRIES", "Error", "XaddEntry", "describe", "ping", "ping_ok", "xadd", "xadd_batch"]
+
+#: The most entries :func:`xadd_batch` passes in one host call (the host's default
+#: ``limits.xadd_batch_entries``).
+BATCH_ENTRIES = 1000
+#: The most bytes (stream names, field names and values) :func:`xadd_batch` passes in one host
+#: call (the host's default ``limits.xadd_batch_bytes``).
+BATCH_BYTES = 16 << 20
 
 
 def describe(err: Error) -> str:
@@ -55,6 +63,48 @@ def xadd(stream: str, fields: Iterable[Tuple[str, str]], max_len: Optional[int] 
         return _raw.xadd(stream, [(str(k), str(v)) for k, v in fields], max_len)
     except Err as err:
         raise _failure(err.value) from None
+
+
+def xadd_batch(
+    entries: Iterable[Tuple[str, Iterable[Tuple[str, str]], Optional[int]]],
+) -> List[Union[str, PublishError]]:
+    """Appends ``(stream, fields, max_len)`` entries in as few round trips as the host allows:
+    one ``xadd-batch`` (a pipeline of ``XADD``s) per :data:`BATCH_ENTRIES` entries or
+    :data:`BATCH_BYTES` bytes. Returns one item per entry, in order: its id, or the
+    :class:`Transient`/:class:`Permanent` error (returned, not raised) that kept it out (a
+    stream outside the grant fails only its entry; Redis unavailable fails every entry of the
+    round trip). When the host refuses a round trip as too large (its limits set lower than
+    these), its entries are appended one ``xadd`` at a time instead.
+    """
+    pending = [
+        XaddEntry(str(stream), [(str(k), str(v)) for k, v in fields], max_len) for stream, fields, max_len in entries
+    ]
+    results: List[Union[str, PublishError]] = []
+    start = 0
+    while start < len(pending):
+        end, size = start, 0
+        while end < len(pending) and end - start < BATCH_ENTRIES:
+            entry = pending[end]
+            # Bytes as the host counts them: UTF-8.
+            entry_size = len(entry.stream.encode()) + sum(len(k.encode()) + len(v.encode()) for k, v in entry.fields)
+            if end > start and size + entry_size > BATCH_BYTES:
+                break
+            end, size = end + 1, size + entry_size
+        chunk = pending[start:end]
+        try:
+            replies = _raw.xadd_batch(chunk)
+            results.extend(r.value if isinstance(r, Ok) else _failure(r.value) for r in replies)
+        except Err as err:
+            if isinstance(err.value, Error_Rejected) and len(chunk) > 1:
+                for entry in chunk:
+                    try:
+                        results.append(_raw.xadd(entry.stream, entry.fields, entry.max_len))
+                    except Err as one:
+                        results.append(_failure(one.value))
+            else:
+                results.extend(_failure(err.value) for _ in chunk)
+        start = end
+    return results
 
 
 def ping() -> None:

@@ -1,7 +1,8 @@
 """django-broadcaster's ``RedisStreamBackend`` as a component, in Python.
 
 Writes the same entry as Broadcaster's native ``redis-stream`` backend, field for field,
-through the publisher's ``redis`` grant.
+through the publisher's ``redis`` grant. A batch is appended in one round trip
+(``xadd-batch``).
 
 Options (``[publishers.<name>.options]``):
 
@@ -27,6 +28,22 @@ class RedisStream(bg.Publisher):
 
     def publish(self, event: bg.OutboxEvent) -> None:
         bg.redis_stream.xadd(self.stream_name, bg.stream_fields(event), self.max_len)
+
+    def publish_batch(self, events):
+        results = []
+        entries = []
+        slots = []
+        for event in events:
+            try:
+                entries.append((self.stream_name, bg.stream_fields(event), self.max_len))
+                slots.append(len(results))
+                results.append(None)
+            except bg.PublishError as exc:
+                results.append(exc)
+        for slot, reply in zip(slots, bg.redis_stream.xadd_batch(entries)):
+            if isinstance(reply, bg.PublishError):
+                results[slot] = reply
+        return bg.until_transient(results)
 
     def health_check(self) -> bool:
         return bg.redis_stream.ping_ok()

@@ -19,7 +19,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON_DIR = os.path.dirname(HERE)
-WIT = os.path.join(PYTHON_DIR, "..", "..", "wit", "backend@0.1.0")
+WIT = os.path.join(PYTHON_DIR, "..", "..", "wit", "backend@0.2.0")
 
 
 def _bindings() -> str:
@@ -36,7 +36,7 @@ def _bindings() -> str:
 
 sys.path[:0] = [_bindings(), PYTHON_DIR]
 
-from componentize_py_types import Err  # noqa: E402
+from componentize_py_types import Err, Ok  # noqa: E402
 from wit_world.imports import log as wit_log  # noqa: E402
 from wit_world.imports import redis_stream as wit_redis  # noqa: E402
 from wit_world.imports.types import (  # noqa: E402
@@ -83,7 +83,9 @@ class Fakes(unittest.TestCase):
         self.logged = []
         self.added = []
         self.redis_error = None
-        self.saved = (wit_log.log, wit_redis.xadd, wit_redis.ping)
+        self.batches = []
+        self.batch_error = None
+        self.saved = (wit_log.log, wit_redis.xadd, wit_redis.ping, wit_redis.xadd_batch)
 
         def xadd(stream, fields, max_len):
             if self.redis_error is not None:
@@ -91,15 +93,28 @@ class Fakes(unittest.TestCase):
             self.added.append((stream, fields, max_len))
             return "1-0"
 
+        def xadd_batch(entries):
+            if self.batch_error is not None:
+                raise Err(self.batch_error)
+            self.batches.append(len(entries))
+            replies = []
+            for entry in entries:
+                if entry.stream == "denied":
+                    replies.append(Err(wit_redis.Error_StreamDenied(entry.stream)))
+                else:
+                    self.added.append((entry.stream, entry.fields, entry.max_len))
+                    replies.append(Ok(f"{len(self.added)}-0"))
+            return replies
+
         def ping():
             if self.redis_error is not None:
                 raise Err(self.redis_error)
 
         wit_log.log = lambda level, message: self.logged.append((level, message))
-        wit_redis.xadd, wit_redis.ping = xadd, ping
+        wit_redis.xadd, wit_redis.ping, wit_redis.xadd_batch = xadd, ping, xadd_batch
 
     def tearDown(self):
-        wit_log.log, wit_redis.xadd, wit_redis.ping = self.saved
+        wit_log.log, wit_redis.xadd, wit_redis.ping, wit_redis.xadd_batch = self.saved
 
 
 class SeedFormat(unittest.TestCase):
@@ -275,7 +290,74 @@ class Glue(Fakes):
             self.assertFalse(bg.redis_stream.ping_ok())
 
 
+class Batches(Fakes):
+    def backend(self, publish):
+        class P(bg.Publisher):
+            pass
+
+        P.publish = lambda self, event: publish(event)
+        b = bg.export(P)()
+        b.init("{}")
+        return b
+
+    def test_the_default_batch_publishes_each_event_and_stops_after_a_transient_error(self):
+        seen = []
+
+        def publish(e):
+            seen.append(e.event.id)
+            if e.event.id == "t":
+                raise bg.Transient("later")
+            if e.event.id == "p":
+                raise bg.Permanent("never")
+
+        results = self.backend(publish).publish_batch([event(id="a"), event(id="p"), event(id="t"), event(id="z")])
+        self.assertEqual(
+            results, [Ok(None), Err(PublishError_Permanent("never")), Err(PublishError_Transient("later"))]
+        )
+        self.assertEqual(seen, ["a", "p", "t"])
+
+    def test_an_exception_in_a_batch_escapes_to_trap(self):
+        with self.assertRaises(KeyError):
+            self.backend(lambda e: {}["k"]).publish_batch([event()])
+
+    def test_xadd_batch_returns_ids_and_errors_in_order(self):
+        results = bg.redis_stream.xadd_batch([("s", [("a", "b")], 5), ("denied", [("a", "b")], None), ("s", [("c", "d")], None)])
+        self.assertEqual(results[0], "1-0")
+        self.assertIsInstance(results[1], bg.Permanent)
+        self.assertIn('"denied" is outside', results[1].message)
+        self.assertEqual(results[2], "2-0")
+        self.assertEqual(self.batches, [3])
+
+    def test_xadd_batch_splits_at_the_entry_cap_and_falls_back_when_refused(self):
+        entries = [("s", [("i", str(i))], None) for i in range(bg.redis_stream.BATCH_ENTRIES + 1)]
+        self.assertEqual(len(bg.redis_stream.xadd_batch(entries)), len(entries))
+        self.assertEqual(self.batches, [bg.redis_stream.BATCH_ENTRIES, 1])
+        self.added.clear()
+        self.batch_error = wit_redis.Error_Rejected("more than limits.xadd_batch_entries")
+        self.assertEqual(bg.redis_stream.xadd_batch(entries[:3]), ["1-0", "1-0", "1-0"])
+        self.assertEqual(len(self.added), 3, "one xadd per entry instead")
+        self.batch_error = wit_redis.Error_Unavailable("down")
+        self.assertTrue(all(isinstance(r, bg.Transient) for r in bg.redis_stream.xadd_batch(entries[:2])))
+
+    def test_until_transient(self):
+        t, p = bg.Transient("t"), bg.Permanent("p")
+        self.assertEqual(bg.until_transient([None, p, t, None]), [None, p, t])
+        self.assertEqual(bg.until_transient([None, p]), [None, p])
+
+
 class RedisStreamApp(Fakes):
+    def test_a_batch_is_one_xadd_batch_and_a_bad_event_fails_alone(self):
+        app = load_app("redis-stream")
+        b = app.Backend()
+        b.init('{"stream_name": "poly:x"}')
+        good, bad = event(EventData_Json("1")), event(config=[("event_id", '"forged"')])
+        results = b.publish_batch([good, bad, good])
+        self.assertEqual(results[0], Ok(None))
+        self.assertIsInstance(results[1].value, PublishError_Permanent)
+        self.assertEqual(results[2], Ok(None))
+        self.assertEqual(self.batches, [2])
+        self.assertEqual(self.added[0], ("poly:x", bg.stream_fields(good), 10000))
+
     def test_writes_the_seed_entry(self):
         app = load_app("redis-stream")
         b = app.Backend()

@@ -4,6 +4,8 @@
 //! through the `redis-stream` capability: the server, its password and the streams this
 //! publisher may write to come from `[publishers.<name>.grants] redis`, not from options.
 //!
+//! A batch is appended in one round trip to Redis (`xadd-batch`, a pipeline of `XADD`s).
+//!
 //! Options (`[publishers.<name>.options]`):
 //! - `stream_name` (default `"events"`): the stream to append to; must be in the grant.
 //! - `max_len` (default `10000`): trim the stream to about this many entries (`MAXLEN ~`).
@@ -57,6 +59,32 @@ impl Backend for RedisStream {
         let fields = broadcaster_guest::stream_fields(event)?;
         redis_stream::xadd(&self.options.stream_name, &fields, Some(self.options.max_len))?;
         Ok(())
+    }
+
+    fn publish_batch(&mut self, events: &[OutboxEvent]) -> Vec<Result<(), PublishError>> {
+        let mut results: Vec<Result<(), PublishError>> = Vec::with_capacity(events.len());
+        let mut entries = Vec::with_capacity(events.len());
+        let mut slots = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            match broadcaster_guest::stream_fields(event) {
+                Ok(fields) => {
+                    entries.push(redis_stream::XaddEntry {
+                        stream: self.options.stream_name.clone(),
+                        fields,
+                        max_len: Some(self.options.max_len),
+                    });
+                    slots.push(i);
+                    results.push(Ok(()));
+                }
+                Err(err) => results.push(Err(err)),
+            }
+        }
+        for (slot, reply) in slots.into_iter().zip(redis_stream::xadd_batch(&entries)) {
+            if let Err(err) = reply {
+                results[slot] = Err(err.into());
+            }
+        }
+        broadcaster_guest::until_transient(results)
     }
 
     fn health_check(&mut self) -> bool {

@@ -39,7 +39,13 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let engine = HostEngine::new()?;
     let file = args.file.clone();
     let loaded = tokio::task::spawn_blocking(move || LoadedComponent::load(&engine, &file)).await??;
-    println!("ok: {} is a backend for broadcaster:backend@{}", args.file.display(), SUPPORTED_VERSIONS.join(", "));
+    let batches = if loaded.version.has_batches() { "a batch per call" } else { "one event per call" };
+    println!(
+        "ok: {} is a backend for broadcaster:backend@{} ({batches}; this Broadcaster supports {})",
+        args.file.display(),
+        loaded.version,
+        SUPPORTED_VERSIONS.join(", ")
+    );
     let needs = loaded.required_grants();
     if needs.is_empty() {
         println!("needs no grants");

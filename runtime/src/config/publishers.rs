@@ -116,6 +116,14 @@ pub struct Limits {
     pub entry_fields: u64,
     /// Largest stream entry (stream name, field names and values). Default 1 MiB.
     pub entry_bytes: ByteSize,
+    /// Most entries one `xadd-batch` call may pass (contract 0.2.0). Default 1000.
+    pub xadd_batch_entries: u64,
+    /// Most bytes (stream names, field names and values of every entry) one `xadd-batch`
+    /// call may pass; measured before anything is copied. Default 16 MiB.
+    pub xadd_batch_bytes: ByteSize,
+    /// Longest deadline of one `publish-batch` call (contract 0.2.0): such a call gets
+    /// `call_timeout` per event, at most this and at least `call_timeout`. Default 10 s.
+    pub batch_timeout: Seconds,
 }
 
 impl Default for Limits {
@@ -135,6 +143,9 @@ impl Default for Limits {
             stream_name_bytes: ByteSize(1024),
             entry_fields: 1000,
             entry_bytes: ByteSize(1024 * 1024),
+            xadd_batch_entries: 1000,
+            xadd_batch_bytes: ByteSize(16 * 1024 * 1024),
+            batch_timeout: Seconds(Duration::from_secs(10)),
         }
     }
 }

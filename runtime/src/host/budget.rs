@@ -1,5 +1,7 @@
 //! What one call into a component may spend on the host side: host calls, bytes passed to
 //! them, log lines and bytes. Reset at the start of every call; going over traps the call.
+//! A `publish-batch` call of n events may spend n times what one call may (it does the work
+//! of n `publish` calls).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +27,10 @@ pub struct CallLimits {
     pub entry_fields: u64,
     /// Largest stream entry.
     pub entry_bytes: u64,
+    /// Most entries in one `xadd-batch`.
+    pub xadd_batch_entries: u64,
+    /// Most bytes in one `xadd-batch`.
+    pub xadd_batch_bytes: u64,
 }
 
 impl From<&Limits> for CallLimits {
@@ -38,6 +44,8 @@ impl From<&Limits> for CallLimits {
             stream_name_bytes: limits.stream_name_bytes.0,
             entry_fields: limits.entry_fields,
             entry_bytes: limits.entry_bytes.0,
+            xadd_batch_entries: limits.xadd_batch_entries,
+            xadd_batch_bytes: limits.xadd_batch_bytes.0,
         }
     }
 }
@@ -67,6 +75,8 @@ pub enum LimitExceeded {
 
 #[derive(Debug, Default)]
 struct Spent {
+    /// The call's limits are the per-call limits times this (the events of a batch call).
+    scale: u64,
     host_calls: u64,
     host_call_bytes: u64,
     log_lines: u64,
@@ -93,19 +103,34 @@ impl CallBudget {
 
     /// Starts a new call: everything spent goes back to zero.
     pub fn reset(&self) {
-        *self.spent.lock().expect("budget lock") = Spent::default();
+        self.reset_for_events(1);
+    }
+
+    /// Starts a new call that handles `events` events (a `publish-batch` call): it may spend
+    /// `events` times the per-call limits.
+    pub fn reset_for_events(&self, events: usize) {
+        let scale = (events as u64).max(1);
+        *self.spent.lock().expect("budget lock") = Spent { scale, ..Spent::default() };
     }
 
     /// Charges one host call passing `bytes` bytes.
     pub fn charge_host_call(&self, bytes: usize) -> Result<(), LimitExceeded> {
+        self.charge_host_calls(1, bytes)
+    }
+
+    /// Charges `calls` host calls passing `bytes` bytes in all (an `xadd-batch` counts one
+    /// call per entry).
+    pub fn charge_host_calls(&self, calls: u64, bytes: usize) -> Result<(), LimitExceeded> {
         let mut spent = self.spent.lock().expect("budget lock");
-        spent.host_calls += 1;
+        spent.host_calls = spent.host_calls.saturating_add(calls);
         spent.host_call_bytes = spent.host_call_bytes.saturating_add(bytes as u64);
-        if spent.host_calls > self.limits.host_calls {
-            return Err(LimitExceeded::HostCalls(self.limits.host_calls));
+        let scale = spent.scale.max(1);
+        if spent.host_calls > self.limits.host_calls.saturating_mul(scale) {
+            return Err(LimitExceeded::HostCalls(self.limits.host_calls.saturating_mul(scale)));
         }
-        if spent.host_call_bytes > self.limits.host_call_bytes {
-            return Err(LimitExceeded::HostCallBytes(ByteSize(self.limits.host_call_bytes)));
+        let most_bytes = self.limits.host_call_bytes.saturating_mul(scale);
+        if spent.host_call_bytes > most_bytes {
+            return Err(LimitExceeded::HostCallBytes(ByteSize(most_bytes)));
         }
         Ok(())
     }
@@ -114,8 +139,9 @@ impl CallBudget {
     pub fn charge_log_bytes(&self, bytes: usize) -> Result<(), LimitExceeded> {
         let mut spent = self.spent.lock().expect("budget lock");
         spent.log_bytes = spent.log_bytes.saturating_add(bytes as u64);
-        if spent.log_bytes > self.limits.log_bytes {
-            return Err(LimitExceeded::LogBytes(ByteSize(self.limits.log_bytes)));
+        let most = self.limits.log_bytes.saturating_mul(spent.scale.max(1));
+        if spent.log_bytes > most {
+            return Err(LimitExceeded::LogBytes(ByteSize(most)));
         }
         Ok(())
     }
@@ -124,8 +150,9 @@ impl CallBudget {
     pub fn charge_log_line(&self) -> Result<(), LimitExceeded> {
         let mut spent = self.spent.lock().expect("budget lock");
         spent.log_lines += 1;
-        if spent.log_lines > self.limits.log_lines {
-            return Err(LimitExceeded::LogLines(self.limits.log_lines));
+        let most = self.limits.log_lines.saturating_mul(spent.scale.max(1));
+        if spent.log_lines > most {
+            return Err(LimitExceeded::LogLines(most));
         }
         Ok(())
     }
@@ -154,5 +181,15 @@ mod tests {
         assert_eq!(budget.charge_log_line(), Err(LimitExceeded::LogLines(1)));
         assert!(budget.charge_log_bytes(5).is_ok());
         assert!(budget.charge_log_bytes(1).unwrap_err().to_string().contains("limits.log_bytes"));
+    }
+
+    #[test]
+    fn a_batch_call_may_spend_the_per_call_limits_times_its_events() {
+        let budget = CallBudget::new(CallLimits { host_calls: 2, host_call_bytes: 10, ..CallLimits::default() });
+        budget.reset_for_events(3);
+        budget.charge_host_calls(6, 30).unwrap();
+        assert_eq!(budget.charge_host_call(0), Err(LimitExceeded::HostCalls(6)));
+        budget.reset();
+        assert_eq!(budget.charge_host_calls(3, 0), Err(LimitExceeded::HostCalls(2)));
     }
 }

@@ -5,19 +5,69 @@ use std::path::{Path, PathBuf};
 
 use wasmtime::component::Component;
 
-use super::bindings::PublisherPre;
+use super::bindings::{v0_1, v0_2};
 use super::capabilities::{self, CapabilityEntry};
 use super::engine::HostEngine;
 use super::state::PublisherState;
 
-/// The version of the `broadcaster:backend` package this host implements.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The newest version of the `broadcaster:backend` package this host implements: the one
+/// new backends are built against.
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
-/// The versions of the `broadcaster:backend` package this host implements.
-pub const SUPPORTED_VERSIONS: &[&str] = &[CONTRACT_VERSION];
+/// The versions of the `broadcaster:backend` package this host implements, oldest first.
+/// The host links every capability under each of them.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0", CONTRACT_VERSION];
 
-/// The export every backend must have.
-pub const BACKEND_EXPORT: &str = "broadcaster:backend/backend@0.1.0";
+/// The export a backend of the newest version has.
+pub const BACKEND_EXPORT: &str = "broadcaster:backend/backend@0.2.0";
+
+/// The version of the contract a component was built against, which decides how it is
+/// called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContractVersion {
+    /// `broadcaster:backend@0.1.0`: `publish` once per event.
+    V0_1,
+    /// `broadcaster:backend@0.2.0`: `publish-batch` once per batch.
+    V0_2,
+}
+
+impl ContractVersion {
+    /// Every version, oldest first.
+    pub const ALL: [Self; 2] = [Self::V0_1, Self::V0_2];
+
+    /// `0.1.0`, `0.2.0`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V0_1 => "0.1.0",
+            Self::V0_2 => "0.2.0",
+        }
+    }
+
+    /// The name of its `backend` export.
+    pub fn backend_export(self) -> String {
+        format!("broadcaster:backend/backend@{}", self.as_str())
+    }
+
+    /// Whether it has the batch calls: `publish-batch` exported, `xadd-batch` imported.
+    pub fn has_batches(self) -> bool {
+        self != Self::V0_1
+    }
+}
+
+impl std::fmt::Display for ContractVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A checked component, ready to instantiate, with the bindings of its contract version.
+#[derive(Clone)]
+pub(crate) enum ContractPre {
+    /// Built against 0.1.0.
+    V0_1(v0_1::PublisherPre<PublisherState>),
+    /// Built against 0.2.0.
+    V0_2(v0_2::PublisherPre<PublisherState>),
+}
 
 /// The contract's own interface of shared types (no functions: always provided).
 const CONTRACT_TYPES: &str = "broadcaster:backend/types";
@@ -80,7 +130,7 @@ pub enum ComponentError {
         /// The file.
         path: PathBuf,
         /// The WIT version checked against.
-        version: &'static str,
+        version: ContractVersion,
         /// wasmtime's message.
         message: String,
     },
@@ -93,12 +143,18 @@ pub struct LoadedComponent {
     pub path: PathBuf,
     /// The import names it declared.
     pub imports: Vec<String>,
-    pub(crate) pre: PublisherPre<PublisherState>,
+    /// The contract version it exports `backend` of.
+    pub version: ContractVersion,
+    pub(crate) pre: ContractPre,
 }
 
 impl std::fmt::Debug for LoadedComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedComponent").field("path", &self.path).field("imports", &self.imports).finish()
+        f.debug_struct("LoadedComponent")
+            .field("path", &self.path)
+            .field("imports", &self.imports)
+            .field("version", &self.version)
+            .finish()
     }
 }
 
@@ -133,20 +189,22 @@ impl LoadedComponent {
             }
         }
         let exports: Vec<String> = ty.exports(engine.engine()).map(|(name, _)| name.to_string()).collect();
-        if !exports.iter().any(|name| name == BACKEND_EXPORT) {
+        let Some(version) =
+            ContractVersion::ALL.into_iter().rev().find(|v| exports.iter().any(|name| *name == v.backend_export()))
+        else {
             return Err(ComponentError::NotABackend { path: path_buf, reason: missing_export_reason(&exports) });
-        }
-        let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| ComponentError::Mismatch {
+        };
+        let mismatch = |e: wasmtime::Error| ComponentError::Mismatch {
             path: path_buf.clone(),
-            version: CONTRACT_VERSION,
+            version,
             message: format!("{e:#}"),
-        })?;
-        let pre = PublisherPre::new(instance_pre).map_err(|e| ComponentError::Mismatch {
-            path: path_buf.clone(),
-            version: CONTRACT_VERSION,
-            message: format!("{e:#}"),
-        })?;
-        Ok(Self { path: path_buf, imports, pre })
+        };
+        let instance_pre = engine.linker().instantiate_pre(&component).map_err(mismatch)?;
+        let pre = match version {
+            ContractVersion::V0_1 => ContractPre::V0_1(v0_1::PublisherPre::new(instance_pre).map_err(mismatch)?),
+            ContractVersion::V0_2 => ContractPre::V0_2(v0_2::PublisherPre::new(instance_pre).map_err(mismatch)?),
+        };
+        Ok(Self { path: path_buf, imports, version, pre })
     }
 
     /// The file name without extension, for tables and logs.
@@ -205,7 +263,7 @@ fn import_supported(import: &str) -> Result<(), String> {
     if package == "broadcaster:backend" && !SUPPORTED_VERSIONS.contains(&version) {
         return Err(format!(
             "it was built against broadcaster:backend@{version}, and this Broadcaster supports {}; \
-             rebuild it against wit/backend@{CONTRACT_VERSION}",
+             rebuild it against wit/backend@{CONTRACT_VERSION} (or wit/backend@0.1.0)",
             SUPPORTED_VERSIONS.join(", ")
         ));
     }
@@ -240,9 +298,12 @@ fn missing_export_reason(exports: &[String]) -> String {
     }
     let names: Vec<&str> = exports.iter().map(String::as_str).collect();
     let what = if names.is_empty() { "nothing".to_string() } else { names.join(", ") };
+    let accepted: Vec<String> =
+        ContractVersion::ALL.iter().rev().map(|v| format!("`{}`", v.backend_export())).collect();
     format!(
-        "it must export `{BACKEND_EXPORT}` (the `publisher` world in wit/), but it exports {what}; \
-         was it built for another world?"
+        "it must export {} (the `publisher` world in wit/), but it exports {what}; \
+         was it built for another world?",
+        accepted.join(" or ")
     )
 }
 
@@ -253,10 +314,12 @@ mod tests {
     #[test]
     fn imports_are_sorted_into_provided_and_not() {
         assert!(import_supported("broadcaster:backend/redis-stream@0.1.0").is_ok());
+        assert!(import_supported("broadcaster:backend/redis-stream@0.2.0").is_ok());
         assert!(import_supported("wasi:io/streams@0.2.6").is_ok());
         assert!(import_supported("wasi:cli/environment@0.2.0").is_ok());
-        let newer = import_supported("broadcaster:backend/log@0.2.0").unwrap_err();
-        assert!(newer.contains("built against broadcaster:backend@0.2.0"), "{newer}");
+        let newer = import_supported("broadcaster:backend/log@0.3.0").unwrap_err();
+        assert!(newer.contains("built against broadcaster:backend@0.3.0"), "{newer}");
+        assert!(newer.contains("supports 0.1.0, 0.2.0"), "{newer}");
         assert!(import_supported("wasi:http/outgoing-handler@0.2.3").is_ok());
         let serve = import_supported("wasi:http/incoming-handler@0.2.3").unwrap_err();
         assert!(serve.contains("cannot serve HTTP") && serve.contains("wasi:http/outgoing-handler"), "{serve}");
@@ -271,5 +334,8 @@ mod tests {
     fn a_command_component_is_told_it_is_for_another_world() {
         let reason = missing_export_reason(&["wasi:cli/run@0.2.6".into()]);
         assert!(reason.contains("wasi:cli/run@0.2.6") && reason.contains("another world"), "{reason}");
+        assert!(reason.contains("backend@0.2.0") && reason.contains("backend@0.1.0"), "{reason}");
+        let future = missing_export_reason(&["broadcaster:backend/backend@0.9.0".into()]);
+        assert!(future.contains("supports broadcaster:backend@0.1.0, 0.2.0"), "{future}");
     }
 }

@@ -10,7 +10,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::capabilities::CAPABILITIES;
-use super::component::CONTRACT_VERSION;
+use super::component::SUPPORTED_VERSIONS;
 use super::lanes::{CpuAccount, GuestLanes};
 use super::state::PublisherState;
 use crate::config::{Allocator, PublisherConfig};
@@ -205,10 +205,13 @@ impl HostEngine {
     }
 }
 
-/// The linker: the contract's `types` interface (types only) and every capability's imports.
+/// The linker: the contract's `types` interface (types only) of every supported version, and
+/// every capability's imports (each capability links its interfaces under every version).
 fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<PublisherState>> {
     let mut linker = Linker::new(engine);
-    linker.instance(&format!("broadcaster:backend/types@{CONTRACT_VERSION}"))?;
+    for version in SUPPORTED_VERSIONS {
+        linker.instance(&format!("broadcaster:backend/types@{version}"))?;
+    }
     for capability in CAPABILITIES {
         capability.add_to_linker(&mut linker)?;
     }

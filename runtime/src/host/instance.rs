@@ -3,14 +3,15 @@
 //! failures in a row (a start that fails, a trap) are a circuit breaker that keeps the
 //! publisher paused for longer each time, while its health says why.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, UpdateDeadline};
 
-use super::bindings::Publisher as Bindings;
+use super::bindings::{OutboxEvent, PublishError, v0_1, v0_2};
 use super::capabilities::CallContext;
+use super::component::ContractPre;
 use super::guest_output::{LastLines, bounded_text};
 use super::publisher::{ComponentPublisher, StartError};
 use super::state::PublisherState;
@@ -34,6 +35,61 @@ pub struct DeadlineExceeded(pub Duration, pub &'static str);
 pub(crate) struct LiveInstance {
     pub(super) store: Store<PublisherState>,
     pub(super) bindings: Bindings,
+}
+
+/// An instance's exports, as its contract version has them.
+pub(crate) enum Bindings {
+    /// `broadcaster:backend@0.1.0`.
+    V0_1(v0_1::Publisher),
+    /// `broadcaster:backend@0.2.0`.
+    V0_2(v0_2::Publisher),
+}
+
+impl Bindings {
+    async fn call_init(
+        &self,
+        store: &mut Store<PublisherState>,
+        options: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Self::V0_1(b) => b.broadcaster_backend_backend().call_init(store, options).await,
+            Self::V0_2(b) => b.broadcaster_backend_backend().call_init(store, options).await,
+        }
+    }
+
+    /// `publish(event)`.
+    pub(super) async fn call_publish(
+        &self,
+        store: &mut Store<PublisherState>,
+        event: &OutboxEvent,
+    ) -> wasmtime::Result<Result<(), PublishError>> {
+        match self {
+            Self::V0_1(b) => b.broadcaster_backend_backend().call_publish(store, event).await,
+            Self::V0_2(b) => b.broadcaster_backend_backend().call_publish(store, event).await,
+        }
+    }
+
+    /// `publish-batch(events)`: one result per event at most, as the guest returned them (the
+    /// whole list is bounded by the store's hostcall fuel as it is lifted). A 0.1.0 instance
+    /// has no such export: the caller asks only 0.2.0 ones.
+    pub(super) async fn call_publish_batch(
+        &self,
+        store: &mut Store<PublisherState>,
+        events: &[OutboxEvent],
+    ) -> wasmtime::Result<Vec<Result<(), PublishError>>> {
+        match self {
+            Self::V0_1(_) => Err(wasmtime::Error::msg("a 0.1.0 backend has no publish-batch")),
+            Self::V0_2(b) => b.broadcaster_backend_backend().call_publish_batch(store, events).await,
+        }
+    }
+
+    /// `health-check()`.
+    pub(super) async fn call_health_check(&self, store: &mut Store<PublisherState>) -> wasmtime::Result<bool> {
+        match self {
+            Self::V0_1(b) => b.broadcaster_backend_backend().call_health_check(store).await,
+            Self::V0_2(b) => b.broadcaster_backend_backend().call_health_check(store).await,
+        }
+    }
 }
 
 /// A publisher's instance, if it has one, and its supervision record.
@@ -70,6 +126,9 @@ impl ComponentPublisher {
             last_stderr: LastLines::default(),
             deadline: None,
             ticks: 0,
+            events: 1,
+            stopped_at: self.stopped_at.clone(),
+            after_stop: settings.call_timeout,
             cpu: self.cpu.clone(),
             log_rate: self.log_rate.clone(),
         };
@@ -79,10 +138,17 @@ impl ComponentPublisher {
         store.epoch_deadline_callback(|mut ctx| {
             let call = &mut ctx.data_mut().call;
             call.ticks += 1;
-            call.cpu.tick(call.ticks);
+            // A batch call may run as long per event as a single call does before it counts
+            // as long.
+            call.cpu.tick(call.ticks.div_ceil(call.events.max(1)));
+            let now = Instant::now();
             match call.deadline {
-                Some((deadline, limit, key)) if Instant::now() >= deadline => {
+                Some((deadline, limit, key)) if now >= deadline => {
                     Err(wasmtime::Error::new(DeadlineExceeded(limit, key)))
+                }
+                // A long `publish-batch` call does not hold a stop up for longer than a call.
+                Some(_) if call.stop_cut().is_some_and(|cut| now >= cut) => {
+                    Err(wasmtime::Error::new(DeadlineExceeded(call.after_stop, "limits.call_timeout after a stop")))
                 }
                 // Let the lane run someone else (and move this call to the heavy lane if its
                 // publisher just turned heavy).
@@ -91,10 +157,13 @@ impl ComponentPublisher {
         });
         store.set_epoch_deadline(1);
         let timeout = settings.call_timeout;
-        self.begin_call(&mut store, timeout, "limits.call_timeout");
+        self.begin_call(&mut store, (timeout, "limits.call_timeout"), 1);
         let started = tokio::time::timeout(timeout + HOST_GRACE, async {
-            let bindings = self.component.pre.instantiate_async(&mut store).await?;
-            let init = bindings.broadcaster_backend_backend().call_init(&mut store, &settings.options_json).await?;
+            let bindings = match &self.component.pre {
+                ContractPre::V0_1(pre) => Bindings::V0_1(pre.instantiate_async(&mut store).await?),
+                ContractPre::V0_2(pre) => Bindings::V0_2(pre.instantiate_async(&mut store).await?),
+            };
+            let init = bindings.call_init(&mut store, &settings.options_json).await?;
             Ok::<_, wasmtime::Error>((bindings, init))
         })
         .await;
@@ -108,15 +177,24 @@ impl ComponentPublisher {
         }
     }
 
-    /// Starts a call: resets the per-call budget, ticks and fuel; sets the deadline.
-    pub(super) fn begin_call(&self, store: &mut Store<PublisherState>, timeout: Duration, key: &'static str) {
-        self.budget.reset();
+    /// Starts a call handling `events` events (more than one for `publish-batch`): resets the
+    /// budget (the per-call limits times `events`), ticks and fuel (likewise); sets the
+    /// deadline.
+    pub(super) fn begin_call(
+        &self,
+        store: &mut Store<PublisherState>,
+        (timeout, key): (Duration, &'static str),
+        events: usize,
+    ) {
+        self.budget.reset_for_events(events);
         let call = &mut store.data_mut().call;
         call.deadline = Some((Instant::now() + timeout, timeout, key));
         call.ticks = 0;
+        call.events = u32::try_from(events.max(1)).unwrap_or(u32::MAX);
         call.last_stderr.clear();
         if self.engine.meters_fuel() {
-            let _ = store.set_fuel(self.settings.fuel.unwrap_or(u64::MAX));
+            let fuel = self.settings.fuel.map_or(u64::MAX, |fuel| fuel.saturating_mul(events.max(1) as u64));
+            let _ = store.set_fuel(fuel);
         }
     }
 
@@ -174,20 +252,42 @@ impl ComponentPublisher {
         &self,
         slot: &mut Slot,
         what: &str,
+        limit: (Duration, &'static str),
+        invoke: impl AsyncFnOnce(&mut LiveInstance) -> wasmtime::Result<T>,
+    ) -> Result<CallOutcome<T>, String> {
+        self.call_for_events(slot, what, limit, 1, invoke).await
+    }
+
+    /// [`Self::call`] for a call that handles `events` events (its budget scales with them).
+    pub(super) async fn call_for_events<T>(
+        &self,
+        slot: &mut Slot,
+        what: &str,
         (timeout, key): (Duration, &'static str),
+        events: usize,
         invoke: impl AsyncFnOnce(&mut LiveInstance) -> wasmtime::Result<T>,
     ) -> Result<CallOutcome<T>, String> {
         let instance = self.ensure_live(slot).await?;
-        self.begin_call(&mut instance.store, timeout, key);
-        let outcome = tokio::time::timeout(timeout + HOST_GRACE, invoke(instance)).await;
+        self.begin_call(&mut instance.store, (timeout, key), events);
+        let stopped_at = self.stopped_at.clone();
+        let after_stop = self.settings.call_timeout;
+        // Time in the host (a WASI sleep, say) is not seen by the epoch check: the call is
+        // abandoned at its deadline, or `call_timeout` after a stop, plus the grace.
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(timeout + HOST_GRACE, invoke(instance)) => outcome.ok(),
+            () = cut_after_stop(&stopped_at, after_stop + HOST_GRACE), if timeout > after_stop => None,
+        };
         instance.store.data_mut().call.deadline = None;
         let cause = match outcome {
-            Ok(Ok(value)) => {
+            Some(Ok(value)) => {
                 slot.failures_in_a_row = 0;
                 return Ok(CallOutcome::Returned(value));
             }
-            Ok(Err(trap)) => self.settings.redactor.redact(&self.describe_trap(&trap, &instance.store)),
-            Err(_) => format!("the {what} call did not return within {timeout:?} ({key})"),
+            Some(Err(trap)) => self.settings.redactor.redact(&self.describe_trap(&trap, &instance.store)),
+            None if self.stopping.load(Ordering::Relaxed) && timeout > after_stop => {
+                format!("the {what} call was cut {after_stop:?} after the publisher was stopped")
+            }
+            None => format!("the {what} call did not return within {timeout:?} ({key})"),
         };
         if !self.stopping.load(Ordering::Relaxed) {
             tracing::warn!(publisher = %self.settings.name, %cause, "backend trapped during {what}; instance recycled");
@@ -204,6 +304,17 @@ impl ComponentPublisher {
             cause.push_str(&format!(" (the backend's last words on stderr: {lines})"));
         }
         bounded_text(&cause).into_owned()
+    }
+}
+
+/// Returns `after` after the publisher is stopped (checking every 50 ms whether it is).
+async fn cut_after_stop(stopped_at: &OnceLock<Instant>, after: Duration) {
+    loop {
+        if let Some(at) = stopped_at.get() {
+            tokio::time::sleep_until((*at + after).into()).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

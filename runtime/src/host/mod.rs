@@ -1,10 +1,11 @@
 //! The WebAssembly host: runs backend components, one sandboxed instance per publisher.
 //!
 //! - [`engine`]: the wasmtime engine, the linker, and the epoch ticker behind call deadlines.
-//! - [`component`]: loading a `.wasm` and checking it against the `publisher` world and the
-//!   capability table.
+//! - [`component`]: loading a `.wasm` and checking it against the `publisher` world (of
+//!   contract 0.1.0 or 0.2.0) and the capability table.
 //! - [`publisher`]: a running component publisher (set-up from its configuration, calls,
-//!   health, stop); [`instance`]: its instance's lifecycle and supervision (the breaker).
+//!   health, stop); [`batch`]: a batch in one `publish-batch` call (contract 0.2.0);
+//!   [`instance`]: its instance's lifecycle and supervision (the breaker).
 //! - [`lanes`]: where guest code runs and how the CPU is shared between tenants.
 //! - [`wit_event`]: an event as a backend sees it.
 //! - [`state`]: what each publisher's store holds.
@@ -13,6 +14,7 @@
 //! - [`budget`]: what one call may spend on host calls and logs; [`secrets`]: option secrets
 //!   and their redaction.
 
+pub mod batch;
 pub mod bindings;
 pub mod budget;
 pub mod capabilities;
@@ -27,6 +29,6 @@ pub mod state;
 pub mod wit_event;
 
 pub use budget::{CallBudget, CallLimits, LimitExceeded};
-pub use component::{ComponentError, LoadedComponent, SUPPORTED_VERSIONS};
+pub use component::{ComponentError, ContractVersion, LoadedComponent, SUPPORTED_VERSIONS};
 pub use engine::{EngineError, EngineSettings, HostEngine};
 pub use publisher::{ComponentPublisher, ComponentSettings, ComponentSetupError, StartError};

@@ -4,9 +4,9 @@
 //! live in [`super::instance`].
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::bindings;
 use super::budget::{CallBudget, CallLimits};
@@ -35,6 +35,8 @@ pub struct ComponentSettings {
     pub memory_bytes: usize,
     /// Deadline of one call.
     pub call_timeout: Duration,
+    /// Longest deadline of one `publish-batch` call.
+    pub batch_timeout: Duration,
     /// Deadline of one `health-check` call.
     pub health_timeout: Duration,
     /// Fuel per call (when the engine meters fuel).
@@ -93,7 +95,9 @@ pub struct ComponentPublisher {
     /// Set when the relay shuts down: no new calls, and a call cut by its deadline does not
     /// count against its event.
     pub(super) stopping: AtomicBool,
-    slot: SharedSlot,
+    /// When it was stopped: calls in progress then get `call_timeout` more at most.
+    pub(super) stopped_at: Arc<OnceLock<Instant>>,
+    pub(super) slot: SharedSlot,
 }
 
 impl std::fmt::Debug for ComponentPublisher {
@@ -140,6 +144,7 @@ impl ComponentPublisher {
             capabilities,
             memory_bytes: usize::try_from(publisher.limits.memory.0).unwrap_or(usize::MAX),
             call_timeout: publisher.limits.call_timeout.0,
+            batch_timeout: publisher.limits.batch_timeout.0.max(publisher.limits.call_timeout.0),
             health_timeout: publisher.limits.health_timeout.0.min(publisher.limits.call_timeout.0),
             fuel: publisher.limits.fuel,
             call_limits: CallLimits::from(&publisher.limits),
@@ -172,6 +177,7 @@ impl ComponentPublisher {
             cpu: Arc::default(),
             log_rate,
             stopping: AtomicBool::new(false),
+            stopped_at: Arc::default(),
             slot: SharedSlot::default(),
         });
         if strict {
@@ -200,6 +206,11 @@ impl ComponentPublisher {
         self.component.name()
     }
 
+    /// The contract version its component was built against.
+    pub fn version(&self) -> super::component::ContractVersion {
+        self.component.version
+    }
+
     /// Whether its instances come from the pooling allocator.
     pub fn is_pooling(&self) -> bool {
         self.engine.is_pooling()
@@ -220,26 +231,34 @@ impl ComponentPublisher {
         self.cpu.total_ticks()
     }
 
-    /// The longest a call into it can take, host time included.
+    /// The longest a call into it can take once it is stopped, host time included: a
+    /// `publish-batch` call may run up to `limits.batch_timeout`, but a stop cuts it
+    /// `call_timeout` later at most.
     pub fn longest_call(&self) -> Duration {
         self.settings.call_timeout + super::instance::HOST_GRACE
     }
 
     /// Stops taking calls (the relay is shutting down): a batch in progress stops before its
-    /// next event, and a call in progress that fails from now on (it is cut at its deadline at
-    /// the latest) did not publish its event, which goes back to waiting without spending a
-    /// retry.
+    /// next event (a 0.1.0 backend's), and a call in progress that fails from now on (it is cut
+    /// at its deadline, or `call_timeout` after the stop, at the latest) did not publish its
+    /// events, which go back to waiting without spending a retry.
     pub fn stop(&self) {
+        self.stopped_at.get_or_init(Instant::now);
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Calls the backend's `publish` for each event in order, on the guest lanes, stopping at
-    /// the first transient error or trap, or when the publisher is stopped (the events after
-    /// that are `None`: not attempted; so is an event whose call trapped after a stop).
+    /// Publishes a batch on the guest lanes: a 0.2.0 backend in one `publish-batch` call (see
+    /// [`Self::publish_batch`]), a 0.1.0 one by calling its `publish` for each event in order.
+    /// Either way the batch stops at the first transient error or trap, or when the publisher
+    /// is stopped: the events after that are `None` (not attempted; so is an event whose call
+    /// trapped after a stop).
     pub async fn publish_all(self: &Arc<Self>, events: Vec<OutboxEvent>) -> Vec<Option<Result<(), PublishError>>> {
         let this = self.clone();
         let count = events.len();
         let work = async move {
+            if this.component.version.has_batches() && !events.is_empty() {
+                return this.publish_batch(&events).await;
+            }
             let mut outcomes = Vec::with_capacity(events.len());
             let mut halted = false;
             for event in &events {
@@ -263,6 +282,16 @@ impl ComponentPublisher {
         }
     }
 
+    /// Publishes one event with the backend's `publish` (whatever its version), on the guest
+    /// lanes: for events sent one at a time (`broadcaster send`).
+    pub async fn publish_one(self: &Arc<Self>, event: OutboxEvent) -> Result<(), PublishError> {
+        let this = self.clone();
+        self.engine
+            .run_guest(self.cpu.clone(), async move { this.publish(&event).await })
+            .await
+            .unwrap_or_else(|err| Err(PublishError::Transient(format!("the guest task failed: {err}"))))
+    }
+
     /// Calls the backend's `health-check` on the guest lanes.
     pub async fn check_health(self: &Arc<Self>) -> Health {
         let this = self.clone();
@@ -279,17 +308,24 @@ impl ComponentPublisher {
         let limit = (self.settings.call_timeout, "limits.call_timeout");
         let outcome = self
             .call(&mut slot, "publish", limit, async |live: &mut LiveInstance| {
-                live.bindings.broadcaster_backend_backend().call_publish(&mut live.store, &wit_event).await
+                live.bindings.call_publish(&mut live.store, &wit_event).await
             })
             .await
             .map_err(PublishError::Transient)?;
-        // What the backend says is bounded before it is kept, logged or stored.
-        let said = |m: String| self.settings.redactor.redact(&bounded_text(&m));
         match outcome {
-            CallOutcome::Returned(Ok(())) => Ok(()),
-            CallOutcome::Returned(Err(bindings::PublishError::Transient(m))) => Err(PublishError::Transient(said(m))),
-            CallOutcome::Returned(Err(bindings::PublishError::Permanent(m))) => Err(PublishError::Permanent(said(m))),
+            CallOutcome::Returned(result) => self.said(result),
             CallOutcome::Trapped(cause) => Err(PublishError::Trapped(cause)),
+        }
+    }
+
+    /// What the backend returned for one event, its message bounded and redacted before it
+    /// is kept, logged or stored.
+    pub(super) fn said(&self, result: Result<(), bindings::PublishError>) -> Result<(), PublishError> {
+        let said = |m: String| self.settings.redactor.redact(&bounded_text(&m));
+        match result {
+            Ok(()) => Ok(()),
+            Err(bindings::PublishError::Transient(m)) => Err(PublishError::Transient(said(m))),
+            Err(bindings::PublishError::Permanent(m)) => Err(PublishError::Permanent(said(m))),
         }
     }
 
@@ -302,7 +338,7 @@ impl ComponentPublisher {
         let limit = (self.settings.health_timeout, "limits.health_timeout");
         let outcome = self
             .call(&mut slot, "health-check", limit, async |live: &mut LiveInstance| {
-                live.bindings.broadcaster_backend_backend().call_health_check(&mut live.store).await
+                live.bindings.call_health_check(&mut live.store).await
             })
             .await;
         health_of(&component, &slot, outcome)

@@ -26,19 +26,17 @@ impl Publisher {
     pub async fn publish(&self, event: &OutboxEvent) -> Result<(), PublishError> {
         match self {
             Self::RedisStream(p) => p.publish(event).await,
-            Self::Component(p) => {
-                let mut outcomes = p.publish_all(vec![event.clone()]).await;
-                outcomes.pop().flatten().unwrap_or_else(|| Err(PublishError::Transient("not attempted".into())))
-            }
+            Self::Component(p) => p.publish_one(event.clone()).await,
         }
     }
 
     /// Publishes several events, in order, in as few round trips as the backend allows
     /// (one pipeline for the native backend). One outcome per event, in the same order.
     ///
-    /// A component is called once per event and stops at the first transient error or trap: the
-    /// events after it are [`Attempt::NotAttempted`], so they keep their order and their
-    /// retries.
+    /// A component built against contract 0.2.0 is called once for the batch
+    /// (`publish-batch`), one built against 0.1.0 once per event; either stops at the first
+    /// transient error or trap: the events after it are [`Attempt::NotAttempted`], so they
+    /// keep their order and their retries.
     pub async fn publish_batch(&self, events: &[OutboxEvent]) -> Vec<Attempt> {
         match self {
             Self::RedisStream(p) => p.publish_batch(events).await.into_iter().map(Attempt::Done).collect(),

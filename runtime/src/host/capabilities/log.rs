@@ -9,7 +9,7 @@ use wasmtime::component::{Linker, WasmStr};
 
 use super::{CallContext, Capability, PublisherSetup};
 use crate::host::bindings::Level;
-use crate::host::component::CONTRACT_VERSION;
+use crate::host::component::SUPPORTED_VERSIONS;
 use crate::host::guest_output::emit;
 use crate::host::state::PublisherState;
 
@@ -31,16 +31,19 @@ impl Capability for GuestLog {
     fn instance_state(_configured: &(), _call: &CallContext) {}
 
     fn add_to_linker(linker: &mut Linker<PublisherState>) -> wasmtime::Result<()> {
-        let mut instance = linker.instance(&format!("broadcaster:backend/log@{CONTRACT_VERSION}"))?;
-        instance.func_wrap("log", |store, (level, message): (Level, WasmStr)| {
-            let message = message.to_str(&store)?;
-            let call = &store.data().call;
-            call.budget.charge_host_call(message.len())?;
-            call.budget.charge_log_bytes(message.len())?;
-            call.budget.charge_log_line()?;
-            emit(&call.publisher, &call.log_rate, level, &call.redactor.redact(&message));
-            Ok(())
-        })?;
+        // The same `log` in every contract version.
+        for version in SUPPORTED_VERSIONS {
+            let mut instance = linker.instance(&format!("broadcaster:backend/log@{version}"))?;
+            instance.func_wrap("log", |store, (level, message): (Level, WasmStr)| {
+                let message = message.to_str(&store)?;
+                let call = &store.data().call;
+                call.budget.charge_host_call(message.len())?;
+                call.budget.charge_log_bytes(message.len())?;
+                call.budget.charge_log_line()?;
+                emit(&call.publisher, &call.log_rate, level, &call.redactor.redact(&message));
+                Ok(())
+            })?;
+        }
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ pub mod wasi;
 
 use std::any::{Any, TypeId};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -112,6 +113,13 @@ pub struct CallContext {
     pub deadline: Option<(Instant, Duration, &'static str)>,
     /// Epoch ticks at which the call in progress was seen running guest code.
     pub ticks: u32,
+    /// How many events the call in progress handles (more than one for `publish-batch`).
+    pub events: u32,
+    /// When the publisher was stopped, if it was: a call in progress then may run
+    /// `after_stop` more at most (a `publish-batch` call's own deadline may be later).
+    pub stopped_at: Arc<OnceLock<Instant>>,
+    /// How long a call may go on after a stop (`limits.call_timeout`).
+    pub after_stop: Duration,
     /// The publisher's guest CPU, which decides its lane.
     pub cpu: Arc<CpuAccount>,
     /// The publisher's log rate limit.
@@ -120,13 +128,19 @@ pub struct CallContext {
 
 impl CallContext {
     /// How long a host call may take now: the host-call limit, or less when the call's own
-    /// deadline is nearer.
+    /// deadline (or the end of its time after a stop) is nearer.
     pub fn host_call_timeout(&self) -> Duration {
         let limit = self.budget.limits().host_call_timeout;
-        match self.deadline {
-            Some((deadline, ..)) => limit.min(deadline.saturating_duration_since(Instant::now())),
-            None => limit,
-        }
+        let now = Instant::now();
+        let deadline = self.deadline.map(|(deadline, ..)| deadline.saturating_duration_since(now));
+        let stop = self.stop_cut().map(|cut| cut.saturating_duration_since(now));
+        [deadline, stop].into_iter().flatten().fold(limit, Duration::min)
+    }
+
+    /// When a call in progress is cut because the publisher was stopped: `after_stop` after
+    /// the stop.
+    pub fn stop_cut(&self) -> Option<Instant> {
+        self.stopped_at.get().map(|at| *at + self.after_stop)
     }
 }
 

@@ -6,6 +6,12 @@
 //! (`limits.entry_fields`), the stream name (`limits.stream_name_bytes`) and the entry's bytes
 //! (`limits.entry_bytes`) are measured in the guest's memory first, and an entry over a cap is
 //! refused with `rejected` naming the cap (a backend maps it to a permanent error).
+//!
+//! The interface is linked under every contract version; `xadd-batch` (0.2.0, in [`batch`])
+//! appends many entries in one pipelined round trip, within the same per-entry caps plus
+//! `limits.xadd_batch_entries` and `limits.xadd_batch_bytes` for the whole call.
+
+mod batch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +23,7 @@ use wasmtime::component::{Linker, WasmList, WasmStr};
 use super::{CallContext, Capability, CapabilityView, GrantError, PublisherSetup};
 use crate::config::{Seconds, default_redis_host, default_redis_port, default_timeout};
 use crate::host::bindings::RedisStreamError as Error;
-use crate::host::component::CONTRACT_VERSION;
+use crate::host::component::ContractVersion;
 use crate::host::guest_output::truncate;
 use crate::host::state::PublisherState;
 use crate::stream_client::{RedisEndpoint, StreamCallError, StreamClient};
@@ -123,28 +129,33 @@ impl Capability for RedisStream {
     }
 
     fn add_to_linker(linker: &mut Linker<PublisherState>) -> wasmtime::Result<()> {
-        let mut instance = linker.instance(&format!("broadcaster:backend/redis-stream@{CONTRACT_VERSION}"))?;
-        instance.func_wrap_async(
-            "xadd",
-            |mut store: StoreContextMut<'_, PublisherState>,
-             (stream, fields, max_len): (WasmStr, WasmList<(WasmStr, WasmStr)>, Option<u64>)| {
+        for version in ContractVersion::ALL {
+            let mut instance = linker.instance(&format!("broadcaster:backend/redis-stream@{version}"))?;
+            instance.func_wrap_async(
+                "xadd",
+                |mut store: StoreContextMut<'_, PublisherState>,
+                 (stream, fields, max_len): (WasmStr, WasmList<(WasmStr, WasmStr)>, Option<u64>)| {
+                    Box::new(async move {
+                        let entry = match read_entry(&mut store, &stream, &fields)? {
+                            Ok(entry) => entry,
+                            Err(refused) => return Ok((Err(refused),)),
+                        };
+                        let view = store.data_mut().view::<RedisStreamState>();
+                        Ok((view.xadd(entry, max_len).await,))
+                    })
+                },
+            )?;
+            instance.func_wrap_async("ping", |mut store: StoreContextMut<'_, PublisherState>, (): ()| {
                 Box::new(async move {
-                    let entry = match read_entry(&mut store, &stream, &fields)? {
-                        Ok(entry) => entry,
-                        Err(refused) => return Ok((Err(refused),)),
-                    };
+                    store.data().call.budget.charge_host_call(0)?;
                     let view = store.data_mut().view::<RedisStreamState>();
-                    Ok((view.xadd(entry, max_len).await,))
+                    Ok((view.ping().await,))
                 })
-            },
-        )?;
-        instance.func_wrap_async("ping", |mut store: StoreContextMut<'_, PublisherState>, (): ()| {
-            Box::new(async move {
-                store.data().call.budget.charge_host_call(0)?;
-                let view = store.data_mut().view::<RedisStreamState>();
-                Ok((view.ping().await,))
-            })
-        })?;
+            })?;
+            if version.has_batches() {
+                batch::add_xadd_batch(&mut instance)?;
+            }
+        }
         Ok(())
     }
 }
@@ -155,6 +166,12 @@ struct Entry {
     fields: Vec<(String, String)>,
 }
 
+/// An entry measured in the guest's memory (nothing copied yet): its size and its fields.
+struct Measured {
+    bytes: u64,
+    pairs: Vec<(WasmStr, WasmStr)>,
+}
+
 /// Reads `stream` and `fields` from the guest's memory, measuring before copying: an entry
 /// over a cap is refused (`Ok(Err(..))`) without being copied; going over the call's
 /// host-call budget traps (`Err`).
@@ -163,27 +180,36 @@ fn read_entry(
     stream: &WasmStr,
     fields: &WasmList<(WasmStr, WasmStr)>,
 ) -> wasmtime::Result<Result<Entry, Error>> {
-    let limits = store.data().call.budget.limits().clone();
+    let measured = measure_entry(store, stream, fields)?;
     // A refused call still counts as a host call.
-    let refuse = |store: &StoreContextMut<'_, PublisherState>, message: String| {
-        store.data().call.budget.charge_host_call(0)?;
-        Ok(Err(Error::Rejected(message)))
-    };
+    let charged = measured.as_ref().map_or(0, |m| m.bytes as usize);
+    store.data().call.budget.charge_host_call(charged)?;
+    match measured {
+        Ok(measured) => Ok(Ok(copy_entry(store, stream, &measured)?)),
+        Err(message) => Ok(Err(Error::Rejected(message))),
+    }
+}
+
+/// Measures an entry in the guest's memory against `limits.entry_fields`,
+/// `limits.stream_name_bytes` and `limits.entry_bytes`, copying nothing: its size, or why
+/// it is refused.
+fn measure_entry(
+    store: &mut StoreContextMut<'_, PublisherState>,
+    stream: &WasmStr,
+    fields: &WasmList<(WasmStr, WasmStr)>,
+) -> wasmtime::Result<Result<Measured, String>> {
+    let limits = store.data().call.budget.limits().clone();
     if fields.len() as u64 > limits.entry_fields {
-        return refuse(
-            store,
-            format!("the entry has {} fields, more than limits.entry_fields ({})", fields.len(), limits.entry_fields),
-        );
+        let message =
+            format!("the entry has {} fields, more than limits.entry_fields ({})", fields.len(), limits.entry_fields);
+        return Ok(Err(message));
     }
     let stream_len = stream.to_str(&*store)?.len();
     if stream_len as u64 > limits.stream_name_bytes {
-        return refuse(
-            store,
-            format!(
-                "the stream name is {stream_len} bytes, more than limits.stream_name_bytes ({})",
-                limits.stream_name_bytes
-            ),
-        );
+        return Ok(Err(format!(
+            "the stream name is {stream_len} bytes, more than limits.stream_name_bytes ({})",
+            limits.stream_name_bytes
+        )));
     }
     let mut pairs = Vec::with_capacity(fields.len());
     for i in 0..fields.len() {
@@ -194,20 +220,25 @@ fn read_entry(
         bytes += (field.to_str(&*store)?.len() + value.to_str(&*store)?.len()) as u64;
     }
     if bytes > limits.entry_bytes {
-        return refuse(
-            store,
-            format!(
-                "the entry is {bytes} bytes (stream name and fields), more than limits.entry_bytes ({})",
-                crate::config::ByteSize(limits.entry_bytes)
-            ),
-        );
+        return Ok(Err(format!(
+            "the entry is {bytes} bytes (stream name and fields), more than limits.entry_bytes ({})",
+            crate::config::ByteSize(limits.entry_bytes)
+        )));
     }
-    store.data().call.budget.charge_host_call(bytes as usize)?;
-    let mut copied = Vec::with_capacity(pairs.len());
-    for (field, value) in &pairs {
-        copied.push((field.to_str(&*store)?.into_owned(), value.to_str(&*store)?.into_owned()));
+    Ok(Ok(Measured { bytes, pairs }))
+}
+
+/// Copies a measured entry out of the guest's memory.
+fn copy_entry(
+    store: &StoreContextMut<'_, PublisherState>,
+    stream: &WasmStr,
+    measured: &Measured,
+) -> wasmtime::Result<Entry> {
+    let mut fields = Vec::with_capacity(measured.pairs.len());
+    for (field, value) in &measured.pairs {
+        fields.push((field.to_str(store)?.into_owned(), value.to_str(store)?.into_owned()));
     }
-    Ok(Ok(Entry { stream: stream.to_str(&*store)?.into_owned(), fields: copied }))
+    Ok(Entry { stream: stream.to_str(store)?.into_owned(), fields })
 }
 
 /// The message a backend sees: what happened, never where (no host, port or password).
@@ -232,19 +263,7 @@ impl CapabilityView<'_, RedisStreamState> {
         let Some(grant) = &self.state.0 else {
             return Err(Error::NotGranted);
         };
-        if !grant.streams.allows(&entry.stream) {
-            let shown = truncate(&entry.stream);
-            tracing::warn!(
-                publisher = %self.call.publisher,
-                stream = %shown,
-                allowed = ?grant.streams.as_slice(),
-                "refused XADD to a stream outside the grant"
-            );
-            return Err(Error::StreamDenied(shown.into_owned()));
-        }
-        if entry.fields.is_empty() {
-            return Err(Error::Rejected("an entry needs at least one field".into()));
-        }
+        check_entry(grant, &entry).inspect_err(|err| log_denied(grant, &self.call.publisher, err, 1))?;
         let client = grant.client.clone();
         bounded(self.call.host_call_timeout(), client.xadd(&entry.stream, &entry.fields, max_len)).await
     }
@@ -255,6 +274,31 @@ impl CapabilityView<'_, RedisStreamState> {
         };
         let client = grant.client.clone();
         bounded(self.call.host_call_timeout(), client.ping()).await
+    }
+}
+
+/// Whether `entry` may be written under `grant`: its stream within the grant, and at least
+/// one field.
+fn check_entry(grant: &RedisStreamGrant, entry: &Entry) -> Result<(), Error> {
+    if !grant.streams.allows(&entry.stream) {
+        return Err(Error::StreamDenied(truncate(&entry.stream).into_owned()));
+    }
+    if entry.fields.is_empty() {
+        return Err(Error::Rejected("an entry needs at least one field".into()));
+    }
+    Ok(())
+}
+
+/// Logs a refusal to write outside the grant (`count` entries of one call, the first shown).
+fn log_denied(grant: &RedisStreamGrant, publisher: &str, err: &Error, count: usize) {
+    if let Error::StreamDenied(shown) = err {
+        tracing::warn!(
+            publisher = %publisher,
+            stream = %shown,
+            allowed = ?grant.streams.as_slice(),
+            entries = count,
+            "refused XADD to a stream outside the grant"
+        );
     }
 }
 
