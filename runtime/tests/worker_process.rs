@@ -159,3 +159,73 @@ async fn sigterm_under_a_slow_backend_stops_within_its_deadline_and_releases_its
     let pending = count(&store, Status::Pending).await;
     assert_eq!(published + pending, 50, "every event is published or back to waiting, none spent a retry");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_worker_killed_mid_batch_on_postgres_frees_its_held_rows_at_once_and_loses_nothing() {
+    let redis = RedisServer::start();
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broadcaster.toml");
+    // A lease of a minute: were A's rows leased, B could not have them within the test's
+    // deadline. Held in A's transaction, they are free the moment A's connection drops.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [outbox]
+            url = "{url}"
+            [relay]
+            lease_timeout = "60s"
+            [publishers.default]
+            backend = "redis-stream"
+            [publishers.default.options]
+            host = "127.0.0.1"
+            port = {port}
+            stream_name = "events"
+            max_len = 1000000
+            "#,
+            url = db.url(),
+            port = redis.port(),
+        ),
+    )
+    .unwrap();
+    let store = OutboxStore::connect(db.url()).await.unwrap();
+    store.migrate().await.unwrap();
+    let total = 20_000;
+    let events: Vec<NewEvent> = (0..total).map(|i| NewEvent::new(format!("e{i}"), "/s")).collect();
+    let ids = store.enqueue(&events, now_micros()).await.unwrap();
+
+    let mut a = spawn_worker(&config, &["--batch-size", "100"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis.client().xlen::<_, usize>("events").unwrap() < 2_000 {
+        assert!(Instant::now() < deadline, "worker A published too little");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(&a, "-KILL");
+    a.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let written_by_a = redis.client().xlen::<_, usize>("events").unwrap();
+    assert!(written_by_a < total, "A was killed before it finished");
+    assert_eq!(count(&store, Status::Processing).await, 0, "held claims leave no row processing");
+    let published_by_a = count(&store, Status::Published).await;
+
+    let mut b = spawn_worker(&config, &["--batch-size", "100"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&store, Status::Published).await < total as u64 {
+        assert!(Instant::now() < deadline, "worker B did not publish everything well within the lease");
+        assert!(b.try_wait().unwrap().is_none(), "worker B exited early");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&b, "-TERM");
+    assert_eq!(b.wait().unwrap().code(), Some(0), "SIGTERM is a clean stop");
+
+    // Nothing lost; the only duplicates are what A wrote to Redis without committing: at most
+    // the batch it was in the middle of.
+    let reply: redis::streams::StreamRangeReply = redis.client().xrange_all("events").unwrap();
+    let published: Vec<String> = reply.ids.iter().map(|e| e.get::<String>("event_id").unwrap()).collect();
+    let distinct: HashSet<&String> = published.iter().collect();
+    assert_eq!(distinct, ids.iter().collect::<HashSet<_>>());
+    let duplicates = published.len() - total;
+    assert_eq!(duplicates as u64, written_by_a as u64 - published_by_a, "duplicates are A's uncommitted batch");
+    assert!(duplicates <= 100, "{duplicates} duplicates: more than the one batch A had in flight");
+}
