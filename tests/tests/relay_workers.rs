@@ -168,3 +168,40 @@ async fn a_redis_outage_longer_than_the_retry_schedule_fails_nothing_and_keeps_c
         assert_eq!(before.len(), 20);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_native_publishers_batches_in_flight_at_once_still_reach_the_stream_in_due_order() {
+    for outbox in ["sqlite", "postgres"] {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let pg = if outbox == "postgres" { Some(TestDatabase::create().await) } else { None };
+        let url = match &pg {
+            Some(db) => db.url().to_string(),
+            None => format!("sqlite://{}", dir.path().join("outbox.db").display()),
+        };
+        let config = config(&url, &redis, "interval = \"50ms\"");
+        let store = OutboxStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        // Due one microsecond apart, enqueued newest first: due order is not insertion order.
+        let base = now_micros() - chrono::Duration::seconds(10);
+        let events: Vec<NewEvent> = (0..3_000)
+            .rev()
+            .map(|i| NewEvent::new(format!("e{i}"), "/s").scheduled_at(base + chrono::Duration::microseconds(i)))
+            .collect();
+        let mut ids = store.enqueue(&events, now_micros()).await.unwrap();
+        ids.reverse();
+
+        let relay = worker(&config).await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let options = RunOptions { batch_size: 50, interval: Duration::from_millis(50), max_iterations: 0 };
+        let running = tokio::spawn(async move { relay.run(options, stopped).await });
+        wait_until("every event published", Duration::from_secs(60), async || {
+            count(&store, Status::Published).await == 3_000
+        })
+        .await;
+        stop.send(true).unwrap();
+        let report = running.await.unwrap();
+        assert_eq!(report.totals.published, 3_000, "{outbox}: {report:?}");
+        assert_eq!(event_ids(&redis, "events"), ids, "{outbox}: the stream holds the events in due order");
+    }
+}

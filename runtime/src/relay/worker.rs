@@ -23,6 +23,12 @@ pub const OUTCOME_WRITE_ATTEMPTS: u32 = 4;
 /// The first poll after work; polls back off from it to `interval` while nothing comes.
 pub const FIRST_POLL: Duration = Duration::from_millis(50);
 
+/// Batches of a publisher that answers fast ([`Publisher::answers_fast`](crate::publisher::Publisher::answers_fast))
+/// in flight at once: each is claimed while the ones before it are published and settled, and
+/// is published only after the one before it was, all of it (otherwise it goes back to waiting
+/// unpublished), so the publisher's events keep their order. Other publishers have one.
+pub const PIPELINE_DEPTH: usize = 4;
+
 /// How `broadcaster run` loops (the seed's `outbox_worker` options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOptions {
@@ -141,8 +147,13 @@ impl Relay {
     /// and healthy publisher that may have due events, a batch of that publisher's events alone
     /// (an index range, cheap however large another publisher's backlog is). Once per
     /// `interval` the names that events are waiting for are looked up (one index seek per
-    /// name); names no publisher has are claimed too, and their events fail. A publisher with a
-    /// share in flight is not claimed for, which also keeps its events in order. Never sleeps
+    /// name); names no publisher has are claimed too, and their events fail. A publisher that
+    /// answers fast (the native backend) has up to [`PIPELINE_DEPTH`] shares in flight, each
+    /// claimed while the ones before it publish, each held in its own transaction where the
+    /// database can ([`OutboxBackend::claim_held`](crate::outbox::OutboxBackend::claim_held)),
+    /// and published only after the one before it was (all of it; otherwise it is released
+    /// unpublished), so its events keep their order; other publishers have one share in
+    /// flight. Never sleeps
     /// while something was claimed. A row the store cannot read is failed by the claim itself
     /// (logged here, counted as failed) and the rest of its batch is published. A database
     /// error is logged and the loop goes on. Health is checked from the start, every
@@ -159,6 +170,8 @@ impl Relay {
         let mut last_sweep: Option<Instant> = None;
         let mut in_flight: tokio::task::JoinSet<ShareOutcome> = tokio::task::JoinSet::new();
         let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
+        // Per publisher: told whether its latest batch in flight was published, all of it.
+        let mut published: HashMap<String, tokio::sync::oneshot::Receiver<bool>> = HashMap::new();
         // Publishers that may have due events; a claim that comes back short drops one.
         let mut wanting: BTreeSet<String> = self.registry.iter().map(|(name, _)| name.to_string()).collect();
         // How long after a sweep the next one is due when nothing arrives: FIRST_POLL after
@@ -193,7 +206,10 @@ impl Relay {
             }
             let idle: Vec<String> = wanting
                 .iter()
-                .filter(|name| !busy.values().any(|b| b == *name) && !self.health.is_down(name))
+                .filter(|name| {
+                    busy.values().filter(|b| b == name).count() < self.pipeline_depth(name)
+                        && !self.health.is_down(name)
+                })
                 .cloned()
                 .collect();
             for name in idle {
@@ -206,7 +222,12 @@ impl Relay {
                         claimed += claim.len();
                         report.totals.failed += log_rejected(&claim.rejected);
                         if !claim.events.is_empty() {
-                            self.spawn_share(&mut in_flight, &mut busy, name, share);
+                            // Published after the batch before it, when that one is in flight.
+                            let before = busy.values().any(|b| *b == name);
+                            let gate = if before { published.remove(&name) } else { None };
+                            let (done, next_gate) = tokio::sync::oneshot::channel();
+                            published.insert(name.clone(), next_gate);
+                            self.spawn_share(&mut in_flight, &mut busy, name, share, gate, done);
                         }
                     }
                     Err(err) => {
@@ -259,20 +280,40 @@ impl Relay {
         Ok(Share::Leased(self.store.claim_for(now, batch_size, stored_names(name)).await?))
     }
 
-    /// Publishes and settles one publisher's share on its own task.
+    /// How many batches of `name` may be in flight at once ([`PIPELINE_DEPTH`]).
+    fn pipeline_depth(&self, name: &str) -> usize {
+        if self.registry.get(name).is_ok_and(|p| p.answers_fast()) { PIPELINE_DEPTH } else { 1 }
+    }
+
+    /// Publishes and settles one publisher's share on its own task. With a `gate` (the batch
+    /// before it is in flight), it publishes once that batch was published, all of it, and
+    /// releases its events unpublished otherwise; it tells `done` whether it published all of
+    /// its own.
     fn spawn_share(
         self: &Arc<Self>,
         in_flight: &mut tokio::task::JoinSet<ShareOutcome>,
         busy: &mut HashMap<tokio::task::Id, String>,
         name: String,
         share: Share,
+        gate: Option<tokio::sync::oneshot::Receiver<bool>>,
+        done: tokio::sync::oneshot::Sender<bool>,
     ) {
         let relay = self.clone();
         let task_name = name.clone();
         let handle = in_flight.spawn(async move {
             let started = Instant::now();
             let refs: Vec<&ClaimedEvent> = share.claim().events.iter().collect();
-            let settlements = relay.publish_group(&name, &refs).await;
+            let in_order = match gate {
+                // A sender dropped unsent is a batch whose task failed.
+                Some(gate) => gate.await.unwrap_or(false),
+                None => true,
+            };
+            let settlements = if in_order {
+                relay.publish_group(&name, &refs).await
+            } else {
+                refs.iter().map(|e| (e.event.id.clone(), Settlement::Release)).collect()
+            };
+            let _ = done.send(settlements.iter().all(|(_, s)| *s != Settlement::Release));
             let result = match share {
                 Share::Leased(claim) => relay.settle(claim.token, &settlements).await,
                 Share::Held(held) => relay.finish_held(held, &settlements).await,
