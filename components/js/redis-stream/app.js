@@ -1,7 +1,9 @@
 // django-broadcaster's `RedisStreamBackend` as a component, in JavaScript.
 //
 // Writes the same entry as Broadcaster's native `redis-stream` backend, field for field,
-// through the publisher's `redis` grant. A batch is appended in one round trip (`xadd-batch`).
+// through the publisher's `redis` grant. A batch is one guest call (`publish-batch`) with one
+// `xadd` per event: `xaddBatch` leaks guest memory under componentize-js 0.23 (see its doc in
+// broadcaster-guest.js), which would trap this backend on its memory limit every ~10,000 events.
 //
 // Options (`[publishers.<name>.options]`):
 // - `stream_name` (default "events"): the stream to append to; must be in the grant.
@@ -29,22 +31,18 @@ class RedisStream extends bg.Publisher {
 
   publishBatch(events) {
     const results = [];
-    const entries = [];
-    const slots = [];
     for (const event of events) {
       try {
-        entries.push([this.streamName, bg.streamFields(event), this.maxLen]);
-        slots.push(results.length);
+        bg.redis.xadd(this.streamName, bg.streamFields(event), this.maxLen);
         results.push(null);
       } catch (e) {
         if (!(e instanceof bg.PublishError)) throw e;
         results.push(e);
+        // Redis unavailable: the events after this one are not attempted (they keep their order).
+        if (e instanceof bg.Transient) break;
       }
     }
-    bg.redis.xaddBatch(entries).forEach((reply, i) => {
-      if (reply instanceof bg.PublishError) results[slots[i]] = reply;
-    });
-    return bg.untilTransient(results);
+    return results;
   }
 
   healthCheck() {

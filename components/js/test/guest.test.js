@@ -334,7 +334,7 @@ describe('batches', () => {
 });
 
 describe('redis-stream backend', () => {
-  test('a batch is one xaddBatch and a bad event fails alone', () => {
+  test('a batch is one guest call with an xadd per event, and a bad event fails alone', () => {
     redisStream.init('{"stream_name": "poly:x"}');
     const good = event({ data: { tag: 'json', val: '1' } });
     const bad = event({ config: [['event_id', '"forged"']] });
@@ -342,7 +342,8 @@ describe('redis-stream backend', () => {
     assert.deepEqual(results[0], { tag: 'ok' });
     assert.equal(results[1].val.tag, 'permanent');
     assert.deepEqual(results[2], { tag: 'ok' });
-    assert.deepEqual(fake.batches, [2]);
+    assert.deepEqual(fake.batches, [], 'no xaddBatch: it leaks guest memory under componentize-js 0.23');
+    assert.equal(fake.added.length, 2);
     assert.deepEqual(fake.added[0], ['poly:x', bg.streamFields(good), 10000n]);
   });
 
