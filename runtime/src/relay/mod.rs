@@ -18,4 +18,4 @@ pub mod worker;
 pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use health::HealthBoard;
-pub use worker::{BatchReport, Relay, RelayReport, RunOptions};
+pub use worker::{BatchReport, PIPELINE_DEPTH, Relay, RelayReport, RunOptions};
