@@ -5,6 +5,10 @@ by Broadcaster's compatibility tests.
     python outbox_app.py <db> enqueue '<json list of publish_event kwargs>'   -> one id per line
     python outbox_app.py <db> rows <id>...      -> one JSON object per row (columns + to_cloud_event)
     python outbox_app.py <db> seed-publish <redis port> <stream> <id>...   (the seed's RedisStreamBackend)
+    python outbox_app.py <db> seed-relay <redis host:port> <publisher> <stream> <batch>
+        -> "<events> <seconds>": the seed's own worker loop (`process_pending_events(batch)`
+           until it finds nothing), publishing to <stream> as the backend named <publisher>
+           (`broadcaster bench relay` runs it beside Broadcaster)
 
 <db> is a SQLite file path or a postgres:// URL.
 """
@@ -16,7 +20,7 @@ import django
 from django.conf import settings
 
 
-def configure(db):
+def configure(db, publishers=None):
     if db.startswith("postgres://"):
         url = urlparse(db)
         database = {
@@ -36,7 +40,7 @@ def configure(db):
         INSTALLED_APPS=["django_broadcaster"],
         DATABASES={"default": database},
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-        OUTBOX_PUBLISHERS={},
+        OUTBOX_PUBLISHERS=publishers or {},
         LOGGING_CONFIG=None,
     )
     django.setup()
@@ -44,7 +48,13 @@ def configure(db):
 
 def main():
     db, command, *args = sys.argv[1:]
-    configure(db)
+    publishers = None
+    if command == "seed-relay":
+        server, name, stream, _ = args
+        host, port = server.rsplit(":", 1)
+        options = {"host": host, "port": int(port), "stream_name": stream, "max_len": 10_000_000}
+        publishers = {name: {"BACKEND": "django_broadcaster.backends.RedisStreamBackend", "OPTIONS": options}}
+    configure(db, publishers)
     from django.core.management import call_command
     from django_broadcaster.backends import RedisStreamBackend
     from django_broadcaster.models import OutboxEvent
@@ -73,6 +83,21 @@ def main():
         backend = RedisStreamBackend({"host": "127.0.0.1", "port": int(port), "stream_name": stream})
         for id in ids:
             backend.publish(OutboxEvent.objects.get(id=id))
+    elif command == "seed-relay":
+        import time
+
+        from django_broadcaster.publishers import OutboxPublisher
+
+        worker = OutboxPublisher()
+        batch = int(args[3])
+        started = time.perf_counter()
+        total = 0
+        while True:
+            done = worker.process_pending_events(batch)
+            if done == 0:
+                break
+            total += done
+        print(total, time.perf_counter() - started)
     else:
         sys.exit(f"unknown command {command}")
 

@@ -35,7 +35,24 @@ pub struct RelayBench {
     /// A PostgreSQL server URL; a scratch database is created on it and dropped afterwards.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test", value_name = "URL")]
     postgres: String,
+    /// Also time the seed's own worker loop (django-broadcaster 0.1.1: `process_pending_events`
+    /// with the same batch size until nothing is left) over this many of the same events per
+    /// outbox, in the same run, and show every row's ratio to it; 0 leaves it out. Needs
+    /// --seed-python (`scripts/setup --for-tests` installs one) and tests/django_app/.
+    #[arg(long, default_value_t = 2_000, value_name = "EVENTS")]
+    seed_events: usize,
+    /// A Python with Django and django-broadcaster 0.1.1 installed, for the seed's run.
+    #[arg(
+        long,
+        env = "PYTHON_FOR_TESTS",
+        default_value = "/var/tmp/broadcaster-cache/venv/bin/python",
+        value_name = "PYTHON"
+    )]
+    seed_python: std::path::PathBuf,
 }
+
+/// The Django project that runs the seed (from the repository root, as `components/dist`).
+const SEED_APP: &str = "tests/django_app/outbox_app.py";
 
 /// The component file a `--publisher` name stands for (`None`: the native backend).
 fn publisher_component(name: &str) -> Option<std::path::PathBuf> {
@@ -101,16 +118,47 @@ pub async fn run(bench: RelayBench) -> anyhow::Result<ExitCode> {
             ]);
         }
     }
+    let mut seed_rates = std::collections::HashMap::new();
+    if bench.seed_events > 0 {
+        if !bench.seed_python.exists() || !std::path::Path::new(SEED_APP).exists() {
+            eprintln!(
+                "skipping the seed: {} or {SEED_APP} is missing (scripts/setup --for-tests, run from the repository root)",
+                bench.seed_python.display()
+            );
+        } else {
+            for outbox in &bench.outbox {
+                let (elapsed, published) = seed_once(outbox, &bench).await?;
+                let rate = published as f64 / elapsed.as_secs_f64();
+                eprintln!("{outbox} × seed: {published} events in {:.2}s", elapsed.as_secs_f64());
+                seed_rates.insert(outbox.clone(), rate);
+                rows.push([
+                    outbox.clone(),
+                    "seed's worker loop (django-broadcaster 0.1.1)".to_string(),
+                    published.to_string(),
+                    format!("{:.2}", elapsed.as_secs_f64()),
+                    format!("{rate:.0}"),
+                ]);
+            }
+        }
+    }
+    let rows: Vec<[String; 6]> = rows
+        .into_iter()
+        .map(|[outbox, publisher, events, seconds, rate]| {
+            let ratio = match (seed_rates.get(&outbox), rate.parse::<f64>()) {
+                (Some(seed), Ok(rate)) if *seed > 0.0 => format!("{:.0}×", rate / seed),
+                _ => "-".to_string(),
+            };
+            [outbox, publisher, events, seconds, rate, ratio]
+        })
+        .collect();
     println!("relay throughput: {} events of ~300 bytes, batch {}, one worker", bench.events, bench.batch_size);
-    print_table(["OUTBOX", "PUBLISHER", "EVENTS", "SECONDS", "EVENTS/S"], &rows);
+    print_table(["OUTBOX", "PUBLISHER", "EVENTS", "SECONDS", "EVENTS/S", "VS SEED"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 
-async fn relay_once(config: &Config, bench: &RelayBench, stream: &str) -> anyhow::Result<(Duration, u64)> {
-    let name = "bench";
-    let store = OutboxStore::connect(&config.outbox.url).await?;
-    store.migrate().await?;
-    let events: Vec<NewEvent> = (0..bench.events)
+/// The benchmark's events, for the publisher `name`.
+fn bench_events(count: usize, name: &str) -> Vec<NewEvent> {
+    (0..count)
         .map(|i| {
             NewEvent::new("order.created", "/bench/shop").publisher(name).subject(format!("order/{i}")).data(
                 serde_json::json!({
@@ -121,8 +169,57 @@ async fn relay_once(config: &Config, bench: &RelayBench, stream: &str) -> anyhow
                 }),
             )
         })
-        .collect();
-    store.enqueue(&events, now_micros()).await?;
+        .collect()
+}
+
+/// Times the seed's worker loop over `--seed-events` events in a scratch `outbox`; checks that
+/// it published all of them.
+async fn seed_once(outbox: &str, bench: &RelayBench) -> anyhow::Result<(Duration, u64)> {
+    let scratch = Scratch::create(outbox, &bench.postgres).await?;
+    let result = async {
+        let store = OutboxStore::connect(&scratch.url).await?;
+        store.migrate().await?;
+        store.enqueue(&bench_events(bench.seed_events, "bench"), now_micros()).await?;
+        let stream = format!("bench:{outbox}:seed");
+        let database = scratch.url.strip_prefix("sqlite://").unwrap_or(&scratch.url).to_string();
+        let output = tokio::process::Command::new(&bench.seed_python)
+            .arg(SEED_APP)
+            .args([&database, "seed-relay", &bench.redis, "bench", &stream, &bench.batch_size.to_string()])
+            .output()
+            .await
+            .with_context(|| format!("running {}", bench.seed_python.display()))?;
+        if !output.status.success() {
+            bail!("the seed's worker loop failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let (published, seconds) = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .as_slice()
+            .try_into()
+            .map(|[n, s]: [&str; 2]| (n.parse::<u64>(), s.parse::<f64>()))
+            .ok()
+            .and_then(|(n, s)| Some((n.ok()?, s.ok()?)))
+            .with_context(|| format!("the seed's worker loop printed {text:?}, expected `<events> <seconds>`"))?;
+        let client = redis::Client::open(format!("redis://{}/", bench.redis))?;
+        let mut redis = client.get_multiplexed_async_connection().await?;
+        let written: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut redis).await?;
+        redis::cmd("DEL").arg(&stream).query_async::<()>(&mut redis).await?;
+        if published != bench.seed_events as u64 || written != published {
+            bail!("the seed published {published} of {} events, its stream has {written}", bench.seed_events);
+        }
+        Ok((Duration::from_secs_f64(seconds), published))
+    }
+    .await;
+    scratch.drop().await;
+    result
+}
+
+async fn relay_once(config: &Config, bench: &RelayBench, stream: &str) -> anyhow::Result<(Duration, u64)> {
+    let name = "bench";
+    let store = OutboxStore::connect(&config.outbox.url).await?;
+    store.migrate().await?;
+    store.enqueue(&bench_events(bench.events, name), now_micros()).await?;
     let registry = Arc::new(PublisherRegistry::build(config, Some(&[name])).await?);
     let client = redis::Client::open(format!("redis://{}/", bench.redis))?;
     let mut redis = client.get_multiplexed_async_connection().await?;
