@@ -54,20 +54,27 @@ const CLAIM: &str = concat!(
 
 /// Claims due rows of the publisher named `$2` or `$3`: one index range per (status, name),
 /// each stopping after `limit` rows, so the cost does not grow with other publishers'
-/// backlogs.
+/// backlogs or with the rows already published.
+///
+/// The name is matched as `>= $2 AND <= $2` and the rows ordered by `publisher_backend,
+/// scheduled_at` so that only the claim index ([`schema::CLAIM_INDEX`]) gives that order:
+/// with `publisher_backend = $2 … ORDER BY scheduled_at` the planner may walk Django's
+/// `scheduled_at` index instead (statistics taken while a backlog was all pending make the two
+/// look alike) and step over every published row before the first due one, on every claim
+/// (measured: 18 ms instead of 0.8 ms behind 15,000 published rows).
 const CLAIM_FOR: &str = concat!(
     "WITH p1 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
-         WHERE status = 'pending' AND publisher_backend = $2 AND scheduled_at <= $1 \
-         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         WHERE status = 'pending' AND publisher_backend >= $2 AND publisher_backend <= $2 AND scheduled_at <= $1 \
+         ORDER BY publisher_backend, scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
      p2 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
-         WHERE status = 'pending' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
-         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         WHERE status = 'pending' AND publisher_backend >= $3 AND publisher_backend <= $3 AND $3 <> $2 AND scheduled_at <= $1 \
+         ORDER BY publisher_backend, scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
      r1 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
-         WHERE status = 'retry' AND publisher_backend = $2 AND scheduled_at <= $1 \
-         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         WHERE status = 'retry' AND publisher_backend >= $2 AND publisher_backend <= $2 AND scheduled_at <= $1 \
+         ORDER BY publisher_backend, scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
      r2 AS (SELECT id, scheduled_at, created_at FROM outbox_events \
-         WHERE status = 'retry' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
-         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         WHERE status = 'retry' AND publisher_backend >= $3 AND publisher_backend <= $3 AND $3 <> $2 AND scheduled_at <= $1 \
+         ORDER BY publisher_backend, scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
      candidates AS (SELECT * FROM p1 UNION ALL SELECT * FROM p2 UNION ALL SELECT * FROM r1 \
          UNION ALL SELECT * FROM r2), \
      due AS (SELECT id AS due_id FROM candidates ORDER BY scheduled_at, created_at LIMIT $4) \
@@ -90,23 +97,23 @@ const CLAIM_HELD: &str = concat!(
     "WITH p1 AS (SELECT ",
     claimed_columns!(),
     " FROM outbox_events \
-         WHERE status = 'pending' AND publisher_backend = $2 AND scheduled_at <= $1 \
-         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         WHERE status = 'pending' AND publisher_backend >= $2 AND publisher_backend <= $2 AND scheduled_at <= $1 \
+         ORDER BY publisher_backend, scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
      p2 AS (SELECT ",
     claimed_columns!(),
     " FROM outbox_events \
-         WHERE status = 'pending' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
-         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         WHERE status = 'pending' AND publisher_backend >= $3 AND publisher_backend <= $3 AND $3 <> $2 AND scheduled_at <= $1 \
+         ORDER BY publisher_backend, scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
      r1 AS (SELECT ",
     claimed_columns!(),
     " FROM outbox_events \
-         WHERE status = 'retry' AND publisher_backend = $2 AND scheduled_at <= $1 \
-         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         WHERE status = 'retry' AND publisher_backend >= $2 AND publisher_backend <= $2 AND scheduled_at <= $1 \
+         ORDER BY publisher_backend, scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
      r2 AS (SELECT ",
     claimed_columns!(),
     " FROM outbox_events \
-         WHERE status = 'retry' AND publisher_backend = $3 AND $3 <> $2 AND scheduled_at <= $1 \
-         ORDER BY scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         WHERE status = 'retry' AND publisher_backend >= $3 AND publisher_backend <= $3 AND $3 <> $2 AND scheduled_at <= $1 \
+         ORDER BY publisher_backend, scheduled_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
      SELECT * FROM (SELECT * FROM p1 UNION ALL SELECT * FROM p2 UNION ALL SELECT * FROM r1 \
          UNION ALL SELECT * FROM r2) candidates ORDER BY scheduled_at, created_at LIMIT $4"
 );
