@@ -48,6 +48,30 @@ fn entries(redis: &RedisServer, stream: &str) -> Vec<Vec<(String, String)>> {
     entries.into_iter().map(|(_, flat)| flat.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect()).collect()
 }
 
+/// An empty database of `kind` (`sqlite` or `postgres`), as the Django app and Broadcaster
+/// each name it; dropped with the value.
+struct DjangoOutbox {
+    django_db: String,
+    url: String,
+    _dir: tempfile::TempDir,
+    _pg: Option<TestDatabase>,
+}
+
+impl DjangoOutbox {
+    async fn create(kind: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = if kind == "postgres" { Some(TestDatabase::create().await) } else { None };
+        let (django_db, url) = match &pg {
+            Some(db) => (db.url().to_string(), db.url().to_string()),
+            None => {
+                let file = dir.path().join("django.sqlite3").display().to_string();
+                (file.clone(), format!("sqlite://{file}"))
+            }
+        };
+        Self { django_db, url, _dir: dir, _pg: pg }
+    }
+}
+
 /// The events both sides enqueue (as `publish_event` keyword arguments).
 fn publish_event_kwargs() -> Vec<Value> {
     vec![
@@ -78,15 +102,8 @@ fn new_event(kwargs: &Value) -> NewEvent {
 async fn broadcaster_and_django_broadcaster_share_the_table_and_write_the_same_entries() {
     for kind in ["sqlite", "postgres"] {
         let redis = RedisServer::start();
-        let dir = tempfile::tempdir().unwrap();
-        let pg = if kind == "postgres" { Some(TestDatabase::create().await) } else { None };
-        let (django_db, url) = match &pg {
-            Some(db) => (db.url().to_string(), db.url().to_string()),
-            None => {
-                let file = dir.path().join("django.sqlite3").display().to_string();
-                (file.clone(), format!("sqlite://{file}"))
-            }
-        };
+        let outbox = DjangoOutbox::create(kind).await;
+        let (django_db, url) = (outbox.django_db.clone(), outbox.url.clone());
 
         // The seed's migration makes the table; Broadcaster accepts it as it is.
         django(&django_db, &["migrate"]);
@@ -188,15 +205,8 @@ async fn broadcaster_and_django_broadcaster_share_the_table_and_write_the_same_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_relay_is_woken_by_rows_django_inserts() {
     for kind in ["sqlite", "postgres"] {
-        let dir = tempfile::tempdir().unwrap();
-        let pg = if kind == "postgres" { Some(TestDatabase::create().await) } else { None };
-        let (django_db, url) = match &pg {
-            Some(db) => (db.url().to_string(), db.url().to_string()),
-            None => {
-                let file = dir.path().join("django.sqlite3").display().to_string();
-                (file.clone(), format!("sqlite://{file}"))
-            }
-        };
+        let outbox = DjangoOutbox::create(kind).await;
+        let (django_db, url) = (outbox.django_db.clone(), outbox.url.clone());
         django(&django_db, &["migrate"]);
         let store = OutboxStore::connect(&url).await.unwrap();
         // Installs the notify trigger on Django's table (PostgreSQL).
