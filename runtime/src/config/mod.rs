@@ -8,6 +8,7 @@
 pub mod env;
 mod publishers;
 mod relay;
+mod server;
 pub mod units;
 mod wasm;
 
@@ -21,6 +22,7 @@ pub use crate::routing::DEFAULT_PUBLISHER;
 pub use publishers::{Grants, Limits, PublisherConfig, PublisherKind};
 pub(crate) use publishers::{default_redis_host, default_redis_port, default_timeout};
 pub use relay::RelayConfig;
+pub use server::{ServerConfig, TokenConfig};
 pub use units::{ByteSize, Seconds};
 pub use wasm::{Allocator, WasmConfig};
 
@@ -83,6 +85,12 @@ pub struct Config {
     /// `[wasm]`: compile cache and instance allocation for components.
     #[serde(default)]
     pub wasm: WasmConfig,
+    /// `[server]`: the HTTP service of `broadcaster serve`.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[tokens.<name>]`: bearer tokens for HTTP ingest, by name.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenConfig>,
     /// The directory relative component paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -168,6 +176,7 @@ impl Config {
         if self.relay.health_interval.0.is_zero() {
             return Err(relay("health_interval", "must be more than 0s"));
         }
+        self.validate_server()?;
         for (name, publisher) in &self.publishers {
             self.kind_of(name, publisher)?;
             let invalid = |key: &str, message: String| ConfigError::Invalid {
@@ -194,6 +203,54 @@ impl Config {
             }
             if publisher.limits.call_timeout.0.is_zero() {
                 return Err(invalid("limits.call_timeout", "must be more than 0s".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { path: self.path.clone(), key, message };
+        self.server.listen_addr().map_err(|message| invalid("server.listen".into(), message))?;
+        if self.server.max_body.0 < 1024 {
+            return Err(invalid("server.max_body".into(), "must be at least 1KiB".into()));
+        }
+        if self.server.max_batch_events == 0 {
+            return Err(invalid("server.max_batch_events".into(), "must be at least 1".into()));
+        }
+        for (name, token) in &self.tokens {
+            let key = |k: &str| format!("tokens.{name}.{k}");
+            if !valid_publisher_name(name) {
+                return Err(invalid(
+                    format!("tokens.{name}"),
+                    "a token name is 1 to 100 characters of letters, digits, `-`, `_` and `.`".into(),
+                ));
+            }
+            let secret_ok = matches!(&token.secret, toml::Value::Table(t)
+                if t.len() == 1 && ["secret", "secret_file", "sha256"].iter().any(|k| t.get(*k).is_some_and(toml::Value::is_str)));
+            if !secret_ok {
+                return Err(invalid(
+                    key("secret"),
+                    "the token is not written in the config: use { secret = \"ENV_VAR\" }, \
+                     { secret_file = \"path\" } or { sha256 = \"<hex SHA-256 of the token>\" }"
+                        .into(),
+                ));
+            }
+            if token.publishers.is_empty() {
+                return Err(invalid(
+                    key("publishers"),
+                    "list the publishers this token may send to, like [\"tenant-a\", \"tenant-a-*\"]".into(),
+                ));
+            }
+            if let Some(rate) = token.rate
+                && !(rate.is_finite() && rate > 0.0)
+            {
+                return Err(invalid(key("rate"), "must be a number of events per second above 0".into()));
+            }
+            if token.burst == Some(0) {
+                return Err(invalid(key("burst"), "must be at least 1".into()));
+            }
+            if token.burst.is_some() && token.rate.is_none() {
+                return Err(invalid(key("burst"), "is the headroom above `rate`: set `rate` too".into()));
             }
         }
         Ok(())

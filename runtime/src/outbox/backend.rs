@@ -89,6 +89,12 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     /// the table cannot hold is [`StoreError::Unstorable`].
     async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
 
+    /// Inserts events like [`enqueue`](Self::enqueue), in one transaction, but an event whose
+    /// id is already stored for the same publisher (a repeated delivery, also within `events`)
+    /// is left as it is: returns, per event, whether it was inserted. An id already stored for
+    /// another publisher is [`StoreError::IdTaken`] and nothing is written.
+    async fn enqueue_once(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<bool>, StoreError>;
+
     /// Claims up to `limit` due rows (`pending`/`retry` with `scheduled_at <= now`) whose
     /// publisher is not in `skip` (names as stored: give both `""` and `"default"` to skip the
     /// default publisher), oldest due first, as one lease with token `now`.

@@ -114,6 +114,14 @@ pub enum StoreError {
     /// An event cannot be stored as it is.
     #[error("{0}")]
     Unstorable(String),
+    /// An event's id is already stored for another publisher's event.
+    #[error("event id {id} is already taken by an event of publisher {publisher:?}; give this event an id of its own")]
+    IdTaken {
+        /// The id, hyphenated.
+        id: String,
+        /// The publisher whose event has it.
+        publisher: String,
+    },
 }
 
 impl StoreError {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::enqueue::Columns;
@@ -302,6 +302,28 @@ impl OutboxBackend for PostgresStore {
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
     }
 
+    async fn enqueue_once(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<bool>, StoreError> {
+        let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = std::collections::HashSet::new();
+        for chunk in columns.chunks(1000) {
+            inserted.extend(insert_new(&mut *tx, chunk, now).await?);
+        }
+        let present: Vec<Uuid> = columns.iter().map(|c| c.id).filter(|id| !inserted.contains(id)).collect();
+        let stored: Vec<(Uuid, String)> = if present.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as("SELECT id, publisher_backend FROM outbox_events WHERE id = ANY($1)")
+                .bind(&present)
+                .fetch_all(&mut *tx)
+                .await?
+        };
+        let stored: Vec<(String, String)> = stored.into_iter().map(|(id, p)| (id.to_string(), p)).collect();
+        let new = super::enqueue::new_or_repeated(&columns, &inserted, &stored)?;
+        tx.commit().await?;
+        Ok(new)
+    }
+
     async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
         self.claimed(now, sqlx::query(CLAIM).bind(now).bind(skip).bind(i64::from(limit))).await
     }
@@ -460,15 +482,22 @@ async fn insert_many<'e, E>(executor: E, rows: &[Columns<'_>], now: DateTime<Utc
 where
     E: sqlx::PgExecutor<'e>,
 {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let text = |f: fn(&OutboxEvent) -> &String| rows.iter().map(|r| f(r.event).as_str()).collect::<Vec<&str>>();
-    let data: Vec<Option<Json<&serde_json::Value>>> = rows.iter().map(|r| r.data_value().map(Json)).collect();
-    let configs: Vec<Json<&serde_json::Map<String, serde_json::Value>>> =
-        rows.iter().map(|r| Json(&r.event.publisher_config)).collect();
-    let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
-    let scheduled: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scheduled_at).collect();
-    let max_retries: Vec<i32> = rows.iter().map(|r| i32::try_from(r.event.max_retries).unwrap_or(i32::MAX)).collect();
-    sqlx::query(
+    insert_statement(INSERT_ROWS, rows, now).execute(executor).await?;
+    Ok(())
+}
+
+/// Inserts the rows whose id is not in the table yet, in one statement; returns the ids it
+/// inserted.
+async fn insert_new<'e, E>(executor: E, rows: &[Columns<'_>], now: DateTime<Utc>) -> Result<Vec<Uuid>, StoreError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let inserted = insert_statement(INSERT_NEW_ROWS, rows, now).fetch_all(executor).await?;
+    inserted.iter().map(|row| Ok(row.try_get::<Uuid, _>(0)?)).collect()
+}
+
+macro_rules! insert_rows {
+    () => {
         "INSERT INTO outbox_events (id, spec_version, event_type, source, subject, data_content_type, data_schema, \
          data, status, created_at, updated_at, scheduled_at, published_at, retry_count, max_retries, last_error, \
          publisher_backend, publisher_config) \
@@ -477,25 +506,42 @@ where
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
              $8::jsonb[], $9::timestamptz[], $10::timestamptz[], $11::int[], $12::text[], $13::jsonb[]) \
              AS t(id, spec_version, event_type, source, subject, data_content_type, data_schema, data, created_at, \
-                  scheduled_at, max_retries, publisher_backend, publisher_config)",
-    )
-    .bind(&ids)
-    .bind(text(|e| &e.spec_version))
-    .bind(text(|e| &e.event_type))
-    .bind(text(|e| &e.source))
-    .bind(text(|e| &e.subject))
-    .bind(text(|e| &e.data_content_type))
-    .bind(text(|e| &e.data_schema))
-    .bind(&data)
-    .bind(&created)
-    .bind(&scheduled)
-    .bind(&max_retries)
-    .bind(text(|e| &e.publisher_backend))
-    .bind(&configs)
-    .bind(now)
-    .execute(executor)
-    .await?;
-    Ok(())
+                  scheduled_at, max_retries, publisher_backend, publisher_config)"
+    };
+}
+
+const INSERT_ROWS: &str = insert_rows!();
+const INSERT_NEW_ROWS: &str = concat!(insert_rows!(), " ON CONFLICT (id) DO NOTHING RETURNING id");
+
+/// One of the insert statements with the rows' columns bound.
+fn insert_statement<'q>(
+    statement: &'static str,
+    rows: &'q [Columns<'q>],
+    now: DateTime<Utc>,
+) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let text = |f: fn(&OutboxEvent) -> &String| rows.iter().map(|r| f(r.event).as_str()).collect::<Vec<&'q str>>();
+    let data: Vec<Option<Json<&'q serde_json::Value>>> = rows.iter().map(|r| r.data_value().map(Json)).collect();
+    let configs: Vec<Json<&'q serde_json::Map<String, serde_json::Value>>> =
+        rows.iter().map(|r| Json(&r.event.publisher_config)).collect();
+    let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
+    let scheduled: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scheduled_at).collect();
+    let max_retries: Vec<i32> = rows.iter().map(|r| i32::try_from(r.event.max_retries).unwrap_or(i32::MAX)).collect();
+    sqlx::query(statement)
+        .bind(ids)
+        .bind(text(|e| &e.spec_version))
+        .bind(text(|e| &e.event_type))
+        .bind(text(|e| &e.source))
+        .bind(text(|e| &e.subject))
+        .bind(text(|e| &e.data_content_type))
+        .bind(text(|e| &e.data_schema))
+        .bind(data)
+        .bind(created)
+        .bind(scheduled)
+        .bind(max_retries)
+        .bind(text(|e| &e.publisher_backend))
+        .bind(configs)
+        .bind(now)
 }
 
 #[cfg(test)]

@@ -285,6 +285,27 @@ impl OutboxBackend for SqliteStore {
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
     }
 
+    async fn enqueue_once(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<bool>, StoreError> {
+        let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = std::collections::HashSet::new();
+        let mut stored = Vec::new();
+        for row in &columns {
+            if insert_row(&mut *tx, INSERT_NEW_ROW, row, now).await? {
+                inserted.insert(row.id);
+            } else {
+                let publisher: String = sqlx::query_scalar("SELECT publisher_backend FROM outbox_events WHERE id = ?1")
+                    .bind(row.id.simple().to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                stored.push((row.id.to_string(), publisher));
+            }
+        }
+        let new = super::enqueue::new_or_repeated(&columns, &inserted, &stored)?;
+        tx.commit().await?;
+        Ok(new)
+    }
+
     async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
         let skip = json_list(skip.iter().cloned());
         self.claimed(now, sqlx::query(CLAIM).bind(format_time(now)).bind(skip).bind(i64::from(limit))).await
@@ -361,32 +382,53 @@ pub(crate) async fn insert<'e, E>(executor: E, row: &Columns<'_>, now: DateTime<
 where
     E: sqlx::SqliteExecutor<'e>,
 {
-    let event = row.event;
-    let data = row.data_value().map(broadcaster_entry::pyjson::to_string);
-    let config = broadcaster_entry::pyjson::to_string(&serde_json::Value::Object(event.publisher_config.clone()));
-    sqlx::query(
+    insert_row(executor, INSERT_ROW, row, now).await?;
+    Ok(row.id)
+}
+
+macro_rules! insert_row {
+    () => {
         "INSERT INTO outbox_events (id, spec_version, event_type, source, subject, data_content_type, data_schema, \
          data, status, created_at, updated_at, scheduled_at, published_at, retry_count, max_retries, last_error, \
          publisher_backend, publisher_config) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, NULL, 0, ?12, '', ?13, ?14)",
-    )
-    .bind(row.id.simple().to_string())
-    .bind(&event.spec_version)
-    .bind(&event.event_type)
-    .bind(&event.source)
-    .bind(&event.subject)
-    .bind(&event.data_content_type)
-    .bind(&event.data_schema)
-    .bind(data)
-    .bind(format_time(row.created_at))
-    .bind(format_time(now))
-    .bind(format_time(row.scheduled_at))
-    .bind(i64::from(event.max_retries))
-    .bind(&event.publisher_backend)
-    .bind(config)
-    .execute(executor)
-    .await?;
-    Ok(row.id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, NULL, 0, ?12, '', ?13, ?14)"
+    };
+}
+
+const INSERT_ROW: &str = insert_row!();
+const INSERT_NEW_ROW: &str = concat!(insert_row!(), " ON CONFLICT (id) DO NOTHING");
+
+/// Runs one of the insert statements for `row`; returns whether it inserted it.
+async fn insert_row<'e, E>(
+    executor: E,
+    statement: &'static str,
+    row: &Columns<'_>,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    let event = row.event;
+    let data = row.data_value().map(broadcaster_entry::pyjson::to_string);
+    let config = broadcaster_entry::pyjson::to_string(&serde_json::Value::Object(event.publisher_config.clone()));
+    let done = sqlx::query(statement)
+        .bind(row.id.simple().to_string())
+        .bind(&event.spec_version)
+        .bind(&event.event_type)
+        .bind(&event.source)
+        .bind(&event.subject)
+        .bind(&event.data_content_type)
+        .bind(&event.data_schema)
+        .bind(data)
+        .bind(format_time(row.created_at))
+        .bind(format_time(now))
+        .bind(format_time(row.scheduled_at))
+        .bind(i64::from(event.max_retries))
+        .bind(&event.publisher_backend)
+        .bind(config)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected() > 0)
 }
 
 #[cfg(test)]
