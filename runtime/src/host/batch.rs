@@ -61,6 +61,7 @@ impl ComponentPublisher {
                 if !self.stopping.load(Ordering::Relaxed) {
                     tracing::warn!(publisher = %self.settings.name, %cause, "backend broke the batch contract; instance recycled");
                 }
+                self.counters.trapped(super::TrapCause::Trap);
                 self.record_failure(&mut slot, format!("publish-batch: {cause}"));
                 self.unless_stopping(cause)
             }

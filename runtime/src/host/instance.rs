@@ -12,6 +12,7 @@ use wasmtime::{Store, UpdateDeadline};
 use super::bindings::{OutboxEvent, PublishError, v0_1, v0_2};
 use super::capabilities::CallContext;
 use super::component::ContractPre;
+use super::guest_counters::TrapCause;
 use super::guest_output::{LastLines, bounded_text};
 use super::publisher::{ComponentPublisher, StartError};
 use super::state::PublisherState;
@@ -132,7 +133,7 @@ impl ComponentPublisher {
             cpu: self.cpu.clone(),
             log_rate: self.log_rate.clone(),
         };
-        let state = PublisherState::new(call, &settings.capabilities, settings.memory_bytes);
+        let state = PublisherState::new(call, &settings.capabilities, settings.memory_bytes, &self.counters);
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut ctx| {
@@ -192,6 +193,7 @@ impl ComponentPublisher {
         call.ticks = 0;
         call.events = u32::try_from(events.max(1)).unwrap_or(u32::MAX);
         call.last_stderr.clear();
+        store.data_mut().limits.refused_memory = false;
         if self.engine.meters_fuel() {
             let fuel = self.settings.fuel.map_or(u64::MAX, |fuel| fuel.saturating_mul(events.max(1) as u64));
             let _ = store.set_fuel(fuel);
@@ -214,10 +216,12 @@ impl ComponentPublisher {
             }
             match self.instantiate().await {
                 Ok(live) => {
+                    self.counters.started();
                     slot.instantiations += 1;
                     slot.live = Some(live);
                 }
                 Err(err) => {
+                    self.counters.start_failed();
                     let cause = err.to_string();
                     if slot.instantiations == 0 {
                         tracing::warn!(
@@ -240,6 +244,8 @@ impl ComponentPublisher {
     /// events waiting.
     pub(super) fn record_failure(&self, slot: &mut Slot, cause: String) {
         slot.live = None;
+        self.counters.dropped_instance();
+        self.counters.opened_breaker();
         slot.failures_in_a_row += 1;
         let pause = FIRST_PAUSE.saturating_mul(1 << slot.failures_in_a_row.saturating_sub(1).min(20)).min(MAX_PAUSE);
         slot.paused_until = Some(Instant::now() + pause);
@@ -283,11 +289,18 @@ impl ComponentPublisher {
                 slot.failures_in_a_row = 0;
                 return Ok(CallOutcome::Returned(value));
             }
-            Some(Err(trap)) => self.settings.redactor.redact(&self.describe_trap(&trap, &instance.store)),
+            Some(Err(trap)) => {
+                self.counters.trapped(trap_cause(&trap, instance.store.data().limits.refused_memory));
+                self.settings.redactor.redact(&self.describe_trap(&trap, &instance.store))
+            }
             None if self.stopping.load(Ordering::Relaxed) && timeout > after_stop => {
+                self.counters.trapped(TrapCause::Deadline);
                 format!("the {what} call was cut {after_stop:?} after the publisher was stopped")
             }
-            None => format!("the {what} call did not return within {timeout:?} ({key})"),
+            None => {
+                self.counters.trapped(TrapCause::Deadline);
+                format!("the {what} call did not return within {timeout:?} ({key})")
+            }
         };
         if !self.stopping.load(Ordering::Relaxed) {
             tracing::warn!(publisher = %self.settings.name, %cause, "backend trapped during {what}; instance recycled");
@@ -304,6 +317,20 @@ impl ComponentPublisher {
             cause.push_str(&format!(" (the backend's last words on stderr: {lines})"));
         }
         bounded_text(&cause).into_owned()
+    }
+}
+
+/// Why a call trapped, for `/metrics`: its deadline, fuel, a refused memory growth, or
+/// anything else.
+fn trap_cause(err: &wasmtime::Error, refused_memory: bool) -> TrapCause {
+    if err.downcast_ref::<DeadlineExceeded>().is_some() {
+        TrapCause::Deadline
+    } else if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::OutOfFuel) {
+        TrapCause::Fuel
+    } else if refused_memory {
+        TrapCause::Memory
+    } else {
+        TrapCause::Trap
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`wit_event`]: an event as a backend sees it.
 //! - [`state`]: what each publisher's store holds.
 //! - [`capabilities`]: the host imports, one module per capability, in one table.
+//! - [`guest_counters`]: traps by cause, starts, breaker openings and memory, for `/metrics`.
 //! - [`guest_output`]: where a backend's log lines and stdout/stderr go.
 //! - [`budget`]: what one call may spend on host calls and logs; [`secrets`]: option secrets
 //!   and their redaction.
@@ -20,6 +21,7 @@ pub mod budget;
 pub mod capabilities;
 pub mod component;
 pub mod engine;
+pub mod guest_counters;
 pub mod guest_output;
 pub mod instance;
 pub mod lanes;
@@ -31,4 +33,5 @@ pub mod wit_event;
 pub use budget::{CallBudget, CallLimits, LimitExceeded};
 pub use component::{ComponentError, ContractVersion, LoadedComponent, SUPPORTED_VERSIONS};
 pub use engine::{EngineError, EngineSettings, HostEngine};
+pub use guest_counters::{GuestCounters, TrapCause};
 pub use publisher::{ComponentPublisher, ComponentSettings, ComponentSetupError, StartError};

@@ -13,6 +13,7 @@ use super::budget::{CallBudget, CallLimits};
 use super::capabilities::{ConfiguredCapabilities, PublisherSetup};
 use super::component::LoadedComponent;
 use super::engine::HostEngine;
+use super::guest_counters::GuestCounters;
 use super::guest_output::{LogRate, bounded_text};
 use super::instance::{CallOutcome, LiveInstance, SharedSlot, Slot};
 use super::lanes::CpuAccount;
@@ -98,6 +99,8 @@ pub struct ComponentPublisher {
     /// When it was stopped: calls in progress then get `call_timeout` more at most.
     pub(super) stopped_at: Arc<OnceLock<Instant>>,
     pub(super) slot: SharedSlot,
+    /// What its supervision has seen, for `/metrics`.
+    pub(super) counters: Arc<GuestCounters>,
 }
 
 impl std::fmt::Debug for ComponentPublisher {
@@ -179,12 +182,14 @@ impl ComponentPublisher {
             stopping: AtomicBool::new(false),
             stopped_at: Arc::default(),
             slot: SharedSlot::default(),
+            counters: Arc::default(),
         });
         if strict {
             let live = publisher.instantiate().await?;
             let mut slot = publisher.slot.lock().await;
             slot.live = Some(live);
             slot.instantiations = 1;
+            publisher.counters.started();
         } else {
             // Take the slot before returning, so that the first call waits for the start
             // rather than starting another instance.
@@ -224,6 +229,11 @@ impl ComponentPublisher {
     /// How many instances have been made so far; more than one means recycling.
     pub async fn instantiations(&self) -> u64 {
         self.slot.lock().await.instantiations
+    }
+
+    /// What its supervision has seen: traps by cause, starts, breaker openings, memory.
+    pub fn counters(&self) -> &GuestCounters {
+        &self.counters
     }
 
     /// Guest CPU seen so far, in epoch ticks (about 10 ms each).

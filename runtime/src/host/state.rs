@@ -1,26 +1,32 @@
 //! What a publisher's store holds: the call's context, memory limits, the resource table,
 //! and each capability's state. Nothing in it is shared with another publisher.
 
+use wasmtime::StoreLimitsBuilder;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 
 use super::capabilities::{CallContext, CapabilityStates, CapabilityView, ConfiguredCapabilities};
+use super::guest_counters::{CountingLimits, GuestCounters};
 
 /// The data of one publisher's `Store`.
 #[derive(Debug)]
 pub struct PublisherState {
     /// Who is calling, what the call may still spend, when it must end.
     pub call: CallContext,
-    /// Memory and instance limits.
-    pub limits: StoreLimits,
+    /// Memory and instance limits (counting the memory in the publisher's [`GuestCounters`]).
+    pub limits: CountingLimits,
     table: ResourceTable,
     capabilities: CapabilityStates,
 }
 
 impl PublisherState {
     /// A fresh state for a new instance: every capability's state, memory capped at
-    /// `memory_bytes`.
-    pub fn new(call: CallContext, capabilities: &ConfiguredCapabilities, memory_bytes: usize) -> Self {
+    /// `memory_bytes`, counted in `counters`.
+    pub fn new(
+        call: CallContext,
+        capabilities: &ConfiguredCapabilities,
+        memory_bytes: usize,
+        counters: &GuestCounters,
+    ) -> Self {
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory_bytes)
             .instances(64)
@@ -28,6 +34,7 @@ impl PublisherState {
             .memories(16)
             .trap_on_grow_failure(true)
             .build();
+        let limits = counters.limiter(limits);
         let capabilities = capabilities.instance_states(&call);
         Self { call, limits, table: ResourceTable::new(), capabilities }
     }

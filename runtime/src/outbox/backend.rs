@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Claim, Fence, FencedWrites, NewEvent, RowState, Settlement, StatusReport, StoreError, schema};
+use super::{Backlog, Claim, Fence, FencedWrites, NewEvent, RowState, Settlement, StatusReport, StoreError, schema};
 
 /// A claim whose rows are locked by an open transaction ([`OutboxBackend::claim_held`]).
 /// Dropping it unfinished rolls the transaction back: the rows are due again as they were.
@@ -154,6 +154,10 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     /// `pending`, or `retry` when they have failed before, without spending an attempt.
     /// Returns how many.
     async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError>;
+
+    /// The rows waiting (`pending`, `retry`) or claimed (`processing`), per publisher as stored
+    /// and status, each with its oldest `scheduled_at`. Published and failed rows are not read.
+    async fn backlog(&self) -> Result<Vec<Backlog>, StoreError>;
 
     /// Counts per publisher and status, the oldest due row, and the expired leases.
     async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError>;

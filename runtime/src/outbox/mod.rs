@@ -210,6 +210,37 @@ pub struct RowState {
     pub last_error: String,
 }
 
+/// Rows of one publisher (as stored) in one status, and the oldest `scheduled_at` among them
+/// ([`OutboxBackend::backlog`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backlog {
+    /// `publisher_backend` as stored (empty: the default publisher).
+    pub publisher_backend: String,
+    /// `pending`, `retry` or `processing`.
+    pub status: Status,
+    /// How many rows.
+    pub rows: u64,
+    /// The oldest `scheduled_at` among them.
+    pub oldest_scheduled: Option<DateTime<Utc>>,
+}
+
+impl Backlog {
+    /// The backlog of `rows` (publisher_backend, status, rows, oldest): unknown statuses left
+    /// out.
+    pub fn of(rows: Vec<(String, String, i64, Option<DateTime<Utc>>)>) -> Vec<Self> {
+        rows.into_iter()
+            .filter_map(|(publisher_backend, status, rows, oldest_scheduled)| {
+                Some(Self {
+                    publisher_backend,
+                    status: Status::parse(&status)?,
+                    rows: rows.unsigned_abs(),
+                    oldest_scheduled,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Counts for `broadcaster status`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusReport {

@@ -15,8 +15,8 @@ use uuid::Uuid;
 use super::enqueue::Columns;
 use super::row::{RowReader, claimed_columns};
 use super::{
-    Claim, Fence, FencedWrites, HeldClaim, NewEvent, OutboxBackend, RowState, Settlement, StatusReport, StoreError,
-    schema,
+    Backlog, Claim, Fence, FencedWrites, HeldClaim, NewEvent, OutboxBackend, RowState, Settlement, StatusReport,
+    StoreError, schema,
 };
 use crate::event::OutboxEvent;
 
@@ -364,6 +364,10 @@ impl OutboxBackend for PostgresStore {
     async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
         let reclaim = sqlx::query(schema::RECLAIM_EXPIRED).bind(now).bind(super::lease_start(now, lease));
         Ok(reclaim.execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn backlog(&self) -> Result<Vec<Backlog>, StoreError> {
+        Ok(Backlog::of(sqlx::query_as(schema::BACKLOG).fetch_all(&self.pool).await?))
     }
 
     async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {

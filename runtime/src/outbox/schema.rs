@@ -108,6 +108,11 @@ pub const RECLAIM_EXPIRED: &str = "UPDATE outbox_events \
 pub const COUNT_BY_STATUS: &str = "SELECT CAST(publisher_backend AS TEXT), CAST(status AS TEXT), count(*) \
      FROM outbox_events GROUP BY 1, 2";
 
+/// Rows waiting or claimed, per publisher and status, with the oldest `scheduled_at` of each
+/// (served by the claim index: published rows are not read).
+pub const BACKLOG: &str = "SELECT CAST(publisher_backend AS TEXT), CAST(status AS TEXT), count(*), min(scheduled_at) \
+     FROM outbox_events WHERE status IN ('pending', 'retry', 'processing') GROUP BY 1, 2";
+
 /// The oldest `scheduled_at` among rows due at `$1`.
 pub const OLDEST_DUE: &str =
     "SELECT min(scheduled_at) FROM outbox_events WHERE status IN ('pending', 'retry') AND scheduled_at <= $1";

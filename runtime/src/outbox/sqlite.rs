@@ -19,7 +19,8 @@ use super::file_watch::FileWrites;
 use super::row::{ReadRow, RowError, RowReader, claimed_columns, quote};
 use super::schema;
 use super::{
-    Claim, Fence, FencedWrites, NewEvent, OutboxBackend, RejectedRow, RowId, RowState, StatusReport, StoreError,
+    Backlog, Claim, Fence, FencedWrites, NewEvent, OutboxBackend, RejectedRow, RowId, RowState, StatusReport,
+    StoreError,
 };
 
 pub use super::row::parse_time;
@@ -338,6 +339,14 @@ impl OutboxBackend for SqliteStore {
         let expired_before = format_time(super::lease_start(now, lease));
         let reclaim = sqlx::query(schema::RECLAIM_EXPIRED).bind(format_time(now)).bind(expired_before);
         Ok(reclaim.execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn backlog(&self) -> Result<Vec<Backlog>, StoreError> {
+        let rows: Vec<(String, String, i64, Option<String>)> =
+            sqlx::query_as(schema::BACKLOG).fetch_all(&self.pool).await?;
+        Ok(Backlog::of(
+            rows.into_iter().map(|(p, s, n, oldest)| (p, s, n, oldest.as_deref().and_then(parse_time))).collect(),
+        ))
     }
 
     async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {
