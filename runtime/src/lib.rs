@@ -17,6 +17,7 @@
 //! - [`host`]: the WebAssembly host: engine, component checks, sandboxed instances, and the
 //!   capability table ([`host::capabilities`]: WASI, `log`, `redis-stream`, `http`) bound to
 //!   each publisher's grants.
+//! - [`metrics`]: what `GET /metrics` reports (Prometheus text format).
 //! - [`registry`]: keeps the configured publishers, built and started, by name.
 //! - [`outbox`]: the `outbox_events` table (django-broadcaster's) on SQLite or PostgreSQL:
 //!   migrate, enqueue (also inside your own transaction), claim, settle, operate.
@@ -42,6 +43,7 @@ pub mod cloudevent_input;
 pub mod config;
 pub mod event;
 pub mod host;
+pub mod metrics;
 pub mod outbox;
 pub mod outcome;
 pub mod publisher;

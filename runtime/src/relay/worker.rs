@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::{Backoff, Clock, HealthBoard, SystemClock};
 use crate::config::RelayConfig;
+use crate::metrics::Metrics;
 use crate::outbox::{Claim, ClaimedEvent, HeldClaim, OutboxStore, RejectedRow, Settlement, StoreError};
 use crate::outcome::{Attempt, PublishError};
 use crate::registry::PublisherRegistry;
@@ -94,6 +95,7 @@ pub struct Relay {
     health_interval: Duration,
     health: Arc<HealthBoard>,
     rng: Mutex<StdRng>,
+    metrics: Arc<Metrics>,
 }
 
 impl Relay {
@@ -108,7 +110,29 @@ impl Relay {
             health_interval: settings.health_interval.0,
             health: Arc::new(HealthBoard::default()),
             rng: Mutex::new(StdRng::from_os_rng()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Books its outcomes and timings in `metrics` (`/metrics` of `broadcaster serve`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Where it books its outcomes and timings.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Its publishers.
+    pub fn registry(&self) -> &Arc<PublisherRegistry> {
+        &self.registry
+    }
+
+    /// Its outbox.
+    pub fn store(&self) -> &OutboxStore {
+        &self.store
     }
 
     /// Uses `clock` instead of the system clock.
@@ -120,6 +144,11 @@ impl Relay {
     /// The publishers' health as the relay sees it.
     pub fn health(&self) -> &HealthBoard {
         &self.health
+    }
+
+    /// The publishers' health as the relay sees it, shared.
+    pub fn health_board(&self) -> Arc<HealthBoard> {
+        self.health.clone()
     }
 
     /// Checks every publisher now.
@@ -220,7 +249,9 @@ impl Relay {
                             wanting.remove(&name);
                         }
                         claimed += claim.len();
-                        report.totals.failed += log_rejected(&claim.rejected);
+                        let unreadable = log_rejected(&claim.rejected);
+                        self.metrics.record_unreadable(unreadable);
+                        report.totals.failed += unreadable;
                         if !claim.events.is_empty() {
                             // Published after the batch before it, when that one is in flight.
                             let before = busy.values().any(|b| *b == name);
@@ -319,6 +350,9 @@ impl Relay {
                 Share::Held(held) => relay.finish_held(held, &settlements).await,
             };
             if let Ok(share) = &result {
+                let label =
+                    if relay.registry.get(&name).is_ok() { name.as_str() } else { crate::metrics::UNKNOWN_PUBLISHER };
+                relay.metrics.record_share(label, share);
                 tracing::info!(
                     publisher = %name,
                     published = share.published,
@@ -452,7 +486,9 @@ impl Relay {
             return settle_all(&|_| Settlement::Release);
         }
         let batch: Vec<_> = events.iter().map(|e| e.event.clone()).collect();
+        let started = Instant::now();
         let mut attempts = publisher.publish_batch(&batch).await;
+        self.metrics.observe_publish(name, started.elapsed());
         // A transient failure may be the publisher going down: check it now. If it is down,
         // its events wait (no retry spent); if not, the failure was the event's own, and the
         // events after it (not attempted, to keep their order) are published now.
@@ -469,7 +505,9 @@ impl Relay {
                 break;
             }
             let retry: Vec<_> = rest.iter().map(|i| batch[*i].clone()).collect();
+            let started = Instant::now();
             let later = publisher.publish_batch(&retry).await;
+            self.metrics.observe_publish(name, started.elapsed());
             let before = attempts.clone();
             for (i, attempt) in rest.into_iter().zip(later) {
                 attempts[i] = attempt;
@@ -479,6 +517,8 @@ impl Relay {
             }
         }
         let now = self.clock.now();
+        let published = events.iter().zip(&attempts).filter(|(_, a)| **a == Attempt::Done(Ok(())));
+        self.metrics.observe_published(name, published.map(|(e, _)| e.scheduled_at), now);
         let mut rng = self.rng.lock().expect("rng lock");
         events
             .iter()
