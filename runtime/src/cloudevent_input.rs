@@ -18,6 +18,20 @@ pub struct InputError(pub String);
 pub fn parse_cloud_event_json(text: &str) -> Result<OutboxEvent, InputError> {
     let parsed: cloudevents::Event =
         serde_json::from_str(text).map_err(|err| InputError(format!("not a CloudEvent JSON document: {err}")))?;
+    let mut event = from_cloud_event(&parsed);
+    // The SDK keeps extensions in a hash map; keep the document's order instead, so every
+    // publisher renders them the same way every time.
+    if !event.extensions.is_empty()
+        && let Ok(Value::Object(document)) = serde_json::from_str::<Value>(text)
+    {
+        event.extensions.sort_by_key(|(name, _)| document.keys().position(|k| k == name).unwrap_or(usize::MAX));
+    }
+    Ok(event)
+}
+
+/// The event a parsed CloudEvent is (not yet routed to a publisher): `time` becomes
+/// `created_at` (now when absent); extension attributes are kept as text.
+pub fn from_cloud_event(parsed: &cloudevents::Event) -> OutboxEvent {
     let mut event = OutboxEvent::new(parsed.ty(), parsed.source().to_string());
     event.id = parsed.id().to_string();
     event.spec_version = parsed.specversion().to_string();
@@ -48,12 +62,7 @@ pub fn parse_cloud_event_json(text: &str) -> Result<OutboxEvent, InputError> {
             (name.to_string(), text)
         })
         .collect();
-    // The SDK keeps extensions in a hash map; keep the document's order instead, so every
-    // publisher renders them the same way every time.
-    if let Ok(Value::Object(document)) = serde_json::from_str::<Value>(text) {
-        event.extensions.sort_by_key(|(name, _)| document.keys().position(|k| k == name).unwrap_or(usize::MAX));
-    }
-    Ok(event)
+    event
 }
 
 /// Parses events for the outbox from stdin text: one CloudEvent JSON document, or JSON Lines

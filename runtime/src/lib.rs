@@ -22,6 +22,7 @@
 //! - [`outbox`]: the `outbox_events` table (django-broadcaster's) on SQLite or PostgreSQL:
 //!   migrate, enqueue (also inside your own transaction), claim, settle, operate.
 //! - [`relay`]: the worker loop: leases, backoff, health gating, fencing.
+//! - [`server`]: the HTTP service of `broadcaster serve`: ingest, `/metrics`, probes.
 //! - [`stream_client`]: the reconnecting Redis connection both kinds of publisher use.
 //! - `main.rs` and `cli/`: the command line (one file per command).
 //!
@@ -50,6 +51,7 @@ pub mod publisher;
 pub mod registry;
 pub mod relay;
 pub mod routing;
+pub mod server;
 pub mod stream_client;
 
 /// Whether `error` is one of this library's errors that blames the input (a configuration,

@@ -14,6 +14,7 @@ mod publish;
 mod retry;
 mod run;
 mod send;
+mod serve;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -93,6 +94,16 @@ pub enum Command {
     /// Several workers may share a PostgreSQL outbox. Logs at info by default (RUST_LOG to
     /// change).
     Run(run::RunArgs),
+    /// Run the relay worker and an HTTP service: event ingest for tenants, metrics and probes.
+    ///
+    /// POST /v1/publishers/{name}/events takes CloudEvents over HTTP (structured
+    /// application/cloudevents+json, binary ce-* headers, or a batch
+    /// application/cloudevents-batch+json) with a bearer token from [tokens.<name>], and
+    /// answers once they are committed to the outbox. GET /metrics is Prometheus text; GET
+    /// /healthz says the process is up; GET /readyz says whether the outbox answers (503 if
+    /// not) and how each publisher is. Stops like `run` on SIGINT/SIGTERM, finishing the
+    /// requests in progress.
+    Serve(serve::ServeArgs),
     /// Enqueue events into the outbox and print their ids.
     ///
     /// Describe one event with flags (--type and --source at least), or pipe CloudEvent
@@ -129,6 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Health(args) => health::run(args).await,
         Command::Check(args) => check::run(args).await,
         Command::Run(args) => run::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Status(args) => status::run(args).await,
@@ -140,7 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Logs go to stderr; `RUST_LOG` chooses what (default: warnings, and `info` for the worker).
 pub fn init_logging(command: &Command) {
-    let default = if matches!(command, Command::Run(_)) { "info" } else { "warn" };
+    let default = if matches!(command, Command::Run(_) | Command::Serve(_)) { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();

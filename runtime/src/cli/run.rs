@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use broadcaster::config::Config;
 use broadcaster::config::units::parse_duration;
+use broadcaster::metrics::Metrics;
 use broadcaster::registry::{BuildOptions, PublisherRegistry};
 use broadcaster::relay::{Relay, RunOptions};
 
@@ -13,7 +15,14 @@ use super::ConfigArg;
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    config: ConfigArg,
+    pub worker: WorkerArgs,
+}
+
+/// The worker's options, shared by `run` and `serve`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// Most events claimed per batch [default: relay.batch_size, 100].
     #[arg(long)]
     batch_size: Option<u32>,
@@ -36,33 +45,96 @@ pub struct RunArgs {
 const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config.load()?;
-    let options = RunOptions {
-        batch_size: args.batch_size.unwrap_or(config.relay.batch_size).max(1),
-        interval: args.interval.unwrap_or(config.relay.interval.0),
-        max_iterations: args.max_iterations,
-    };
-    let store = super::open_outbox(&config).await?;
-    let registry = Arc::new(PublisherRegistry::build_with(&config, None, BuildOptions { strict: args.strict }).await?);
-    // However the backends behave, a stop takes no longer than their longest call and a few
-    // seconds to record outcomes.
-    let stop_within = registry.longest_call() + STOP_MARGIN;
-    let names: Vec<&str> = registry.iter().map(|(name, _)| name).collect();
-    tracing::info!(
-        outbox = %store.display_url(),
-        publishers = %names.join(", "),
-        batch_size = options.batch_size,
-        interval = ?options.interval,
-        "worker started"
-    );
-    eprintln!(
-        "broadcaster worker: outbox {} → publishers {} (batch {}, interval {:?}{})",
-        store.display_url(),
-        names.join(", "),
-        options.batch_size,
-        options.interval,
-        if options.max_iterations > 0 { format!(", {} iterations", options.max_iterations) } else { String::new() }
-    );
+    let config = args.worker.config.load()?;
+    let worker = Worker::start(&config, &args.worker, Arc::default()).await?;
+    let stop = stop_on_signal(worker.stop_within);
+    let report = worker.run(stop).await;
+    report.print();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A relay worker, started.
+pub struct Worker {
+    pub relay: Arc<Relay>,
+    options: RunOptions,
+    /// How long a stop may take at most.
+    pub stop_within: std::time::Duration,
+}
+
+impl Worker {
+    /// Opens the outbox, starts the publishers, and says so on stderr.
+    pub async fn start(config: &Config, args: &WorkerArgs, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let options = RunOptions {
+            batch_size: args.batch_size.unwrap_or(config.relay.batch_size).max(1),
+            interval: args.interval.unwrap_or(config.relay.interval.0),
+            max_iterations: args.max_iterations,
+        };
+        let store = super::open_outbox(config).await?;
+        let registry =
+            Arc::new(PublisherRegistry::build_with(config, None, BuildOptions { strict: args.strict }).await?);
+        // However the backends behave, a stop takes no longer than their longest call and a few
+        // seconds to record outcomes.
+        let stop_within = registry.longest_call() + STOP_MARGIN;
+        let names: Vec<&str> = registry.iter().map(|(name, _)| name).collect();
+        tracing::info!(
+            outbox = %store.display_url(),
+            publishers = %names.join(", "),
+            batch_size = options.batch_size,
+            interval = ?options.interval,
+            "worker started"
+        );
+        eprintln!(
+            "broadcaster worker: outbox {} → publishers {} (batch {}, interval {:?}{})",
+            store.display_url(),
+            names.join(", "),
+            options.batch_size,
+            options.interval,
+            if options.max_iterations > 0 { format!(", {} iterations", options.max_iterations) } else { String::new() }
+        );
+        let relay = Arc::new(Relay::new(store, registry, &config.relay).with_metrics(metrics));
+        Ok(Self { relay, options, stop_within })
+    }
+
+    /// Runs until `stop` turns true (or the iterations are done).
+    pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) -> WorkerReport {
+        let started = Instant::now();
+        let report = self.relay.run(self.options, stop).await;
+        WorkerReport { report, seconds: started.elapsed().as_secs_f64() }
+    }
+}
+
+/// What a worker did.
+pub struct WorkerReport {
+    report: broadcaster::relay::RelayReport,
+    seconds: f64,
+}
+
+impl WorkerReport {
+    /// Prints the one-line summary to stderr.
+    pub fn print(&self) {
+        let (report, seconds) = (&self.report, self.seconds);
+        let totals = report.totals;
+        eprintln!(
+            "broadcaster worker: stopped after {} iteration(s) in {seconds:.1}s: {} published, {} retried, {} failed, \
+             {} left waiting for an unhealthy publisher, {} taken back from expired leases{}",
+            report.iterations,
+            totals.published,
+            totals.retried,
+            totals.failed,
+            totals.released,
+            report.reclaimed,
+            if report.errors > 0 {
+                format!(", {} iteration(s) failed on the database", report.errors)
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+/// Turns true on SIGINT/SIGTERM; a second signal, or a stop that takes longer than
+/// `stop_within`, exits the process at once.
+pub fn stop_on_signal(stop_within: std::time::Duration) -> tokio::sync::watch::Receiver<bool> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -84,27 +156,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         std::process::exit(130);
     });
-    let relay = Arc::new(Relay::new(store, registry, &config.relay));
-    let started = Instant::now();
-    let report = relay.run(options, stop_rx).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let totals = report.totals;
-    eprintln!(
-        "broadcaster worker: stopped after {} iteration(s) in {seconds:.1}s: {} published, {} retried, {} failed, \
-         {} left waiting for an unhealthy publisher, {} taken back from expired leases{}",
-        report.iterations,
-        totals.published,
-        totals.retried,
-        totals.failed,
-        totals.released,
-        report.reclaimed,
-        if report.errors > 0 {
-            format!(", {} iteration(s) failed on the database", report.errors)
-        } else {
-            String::new()
-        }
-    );
-    Ok(ExitCode::SUCCESS)
+    stop_rx
 }
 
 async fn wait_for_signal() {

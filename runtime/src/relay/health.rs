@@ -33,6 +33,11 @@ impl HealthBoard {
         state.insert(publisher.to_string(), health);
     }
 
+    /// The last health recorded for `publisher`, if it was checked.
+    pub fn last(&self, publisher: &str) -> Option<Health> {
+        self.state.lock().expect("health lock").get(publisher).cloned()
+    }
+
     /// Whether `publisher` is known to be unhealthy.
     pub fn is_down(&self, publisher: &str) -> bool {
         self.state.lock().expect("health lock").get(publisher).is_some_and(|h| !h.healthy)

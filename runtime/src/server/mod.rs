@@ -1,0 +1,179 @@
+//! The HTTP service of `broadcaster serve`: event ingest for tenants, metrics and probes for
+//! operators.
+//!
+//! - `POST /v1/publishers/{name}/events` ([`ingest`]): CloudEvents over HTTP (structured,
+//!   binary, batch), committed to the outbox before the answer; bearer tokens ([`tokens`]).
+//! - `GET /metrics`: [`crate::metrics`] in the Prometheus text format.
+//! - `GET /healthz`: the process answers. `GET /readyz`: the outbox answers (503 otherwise),
+//!   with every publisher's health as JSON detail.
+//! - [`api_error`]: the one shape of every error answer.
+//!
+//! ```no_run
+//! # async fn example(config: broadcaster::config::Config, relay: std::sync::Arc<broadcaster::relay::Relay>) -> anyhow::Result<()> {
+//! use broadcaster::server::{ServerState, serve};
+//!
+//! let state = ServerState::new(&config, &relay)?;
+//! let listener = tokio::net::TcpListener::bind(config.server.listen_addr().map_err(anyhow::Error::msg)?).await?;
+//! serve(listener, state, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api_error;
+pub mod ingest;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::config::{Config, ConfigError};
+use crate::event::now_micros;
+use crate::metrics::Metrics;
+use crate::outbox::OutboxStore;
+use crate::registry::PublisherRegistry;
+use crate::relay::{HealthBoard, Relay};
+use api_error::ApiError;
+use tokens::TokenTable;
+
+/// How long `/readyz` waits for the outbox before calling it unreachable.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a request may hold (`[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    /// Most bytes in a body.
+    pub max_body: usize,
+    /// Most events in a batch.
+    pub max_batch_events: u32,
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ServerState {
+    store: OutboxStore,
+    registry: Arc<PublisherRegistry>,
+    health: Arc<HealthBoard>,
+    metrics: Arc<Metrics>,
+    tokens: TokenTable,
+    limits: IngestLimits,
+    backlog_refresh: Duration,
+    /// When the backlog gauges were last counted (one count at a time).
+    backlog_counted: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl ServerState {
+    /// The state for serving `relay`'s outbox and publishers with `config`'s `[server]` and
+    /// `[tokens]` (their secrets read from the process environment).
+    pub fn new(config: &Config, relay: &Relay) -> Result<Arc<Self>, ConfigError> {
+        let tokens = TokenTable::from_config(config, &|name| std::env::var(name).ok())?;
+        Ok(Arc::new(Self {
+            store: relay.store().clone(),
+            registry: relay.registry().clone(),
+            health: relay.health_board(),
+            metrics: relay.metrics().clone(),
+            tokens,
+            limits: IngestLimits {
+                max_body: usize::try_from(config.server.max_body.0).unwrap_or(usize::MAX),
+                max_batch_events: config.server.max_batch_events,
+            },
+            backlog_refresh: config.server.backlog_refresh.0,
+            backlog_counted: tokio::sync::Mutex::default(),
+        }))
+    }
+
+    /// Whether no token is configured (ingest then refuses every request).
+    pub fn has_no_tokens(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// The routes.
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/v1/publishers/{name}/events", post(ingest::post_events))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then lets the requests in
+/// progress finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ServerState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    state.metrics.refresh_publishers(&state.registry, &state.health);
+    {
+        let mut counted = state.backlog_counted.lock().await;
+        if counted.is_none_or(|at| at.elapsed() >= state.backlog_refresh) {
+            match tokio::time::timeout(READY_TIMEOUT, state.store.backlog()).await {
+                Ok(Ok(backlog)) => {
+                    state.metrics.set_backlog(&backlog, &state.registry, now_micros());
+                    *counted = Some(Instant::now());
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, "metrics: counting the backlog failed; the gauges keep their last values")
+                }
+                Err(_) => tracing::warn!(
+                    "metrics: counting the backlog took over {READY_TIMEOUT:?}; the gauges keep their last values"
+                ),
+            }
+        }
+    }
+    ([(header::CONTENT_TYPE, Metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
+    let outbox = match tokio::time::timeout(READY_TIMEOUT, state.store.verify()).await {
+        Ok(Ok(())) => serde_json::json!({ "ready": true, "url": state.store.display_url() }),
+        Ok(Err(err)) => {
+            serde_json::json!({ "ready": false, "url": state.store.display_url(), "error": err.to_string() })
+        }
+        Err(_) => serde_json::json!({
+            "ready": false,
+            "url": state.store.display_url(),
+            "error": format!("no answer within {READY_TIMEOUT:?}"),
+        }),
+    };
+    let ready = outbox["ready"] == true;
+    let publishers: serde_json::Map<String, serde_json::Value> = state
+        .registry
+        .iter()
+        .map(|(name, _)| {
+            let health = state.health.last(name);
+            let detail = match health {
+                Some(h) => serde_json::json!({ "healthy": h.healthy, "detail": h.detail }),
+                None => serde_json::json!({ "healthy": null, "detail": "not checked yet" }),
+            };
+            (name.to_string(), detail)
+        })
+        .collect();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({ "ready": ready, "outbox": outbox, "publishers": publishers })))
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint: POST /v1/publishers/{name}/events, GET /metrics, GET /healthz, GET /readyz",
+    )
+    .into_response()
+}

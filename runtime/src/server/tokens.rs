@@ -1,0 +1,233 @@
+//! Bearer tokens for HTTP ingest (`[tokens.<name>]`): each held only as its SHA-256 digest,
+//! compared in constant time, reaching only its publishers, with its own rate limit.
+
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, ConfigError, TokenConfig};
+use crate::host::secrets;
+
+/// One configured token.
+#[derive(Debug)]
+pub struct Token {
+    /// Its name (`[tokens.<name>]`), for logs and errors; never the token itself.
+    pub name: String,
+    digest: [u8; 32],
+    publishers: Vec<String>,
+    limit: Option<std::sync::Mutex<TokenBucket>>,
+}
+
+impl Token {
+    /// Whether this token may send to `publisher`.
+    pub fn reaches(&self, publisher: &str) -> bool {
+        self.publishers.iter().any(|pattern| broadcaster_entry::glob::matches(pattern, publisher))
+    }
+
+    /// Takes `events` from its rate limit, or says when they would fit
+    /// ([`RateRefusal::Later`]) or that they never will ([`RateRefusal::Never`]).
+    pub fn take(&self, events: u32) -> Result<(), RateRefusal> {
+        match &self.limit {
+            None => Ok(()),
+            Some(bucket) => bucket.lock().expect("rate limit lock").take(f64::from(events), Instant::now()),
+        }
+    }
+}
+
+/// Why the rate limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RateRefusal {
+    /// Not now: enough is back after this long.
+    Later(Duration),
+    /// Never: the request holds more events than the token's burst.
+    Never {
+        /// The burst.
+        burst: u32,
+    },
+}
+
+/// A token bucket: `rate` events per second on average, `burst` at once.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    available: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        Self { rate, burst: f64::from(burst), available: f64::from(burst), at: now }
+    }
+
+    /// Takes `n` when they are there at `now`.
+    pub fn take(&mut self, n: f64, now: Instant) -> Result<(), RateRefusal> {
+        if n > self.burst {
+            return Err(RateRefusal::Never { burst: self.burst as u32 });
+        }
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.available = (self.available + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.available >= n {
+            self.available -= n;
+            Ok(())
+        } else {
+            Err(RateRefusal::Later(Duration::from_secs_f64((n - self.available) / self.rate)))
+        }
+    }
+}
+
+/// Every configured token.
+#[derive(Debug, Default)]
+pub struct TokenTable {
+    tokens: Vec<Token>,
+}
+
+impl TokenTable {
+    /// The tokens of `config`, their secrets read from `env` and files; a secret that cannot
+    /// be read is an error naming `tokens.<name>.secret`.
+    pub fn from_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let tokens =
+            config.tokens.iter().map(|(name, token)| Self::one(config, name, token, env)).collect::<Result<_, _>>()?;
+        Ok(Self { tokens })
+    }
+
+    fn one(
+        config: &Config,
+        name: &str,
+        token: &TokenConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Token, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: config.path.clone(),
+            key: format!("tokens.{name}.secret"),
+            message,
+        };
+        let digest = match token.secret.get("sha256").and_then(toml::Value::as_str) {
+            Some(hex) => parse_digest(hex).ok_or_else(|| {
+                invalid("`sha256` is the token's SHA-256 digest: 64 hex digits (printf %s TOKEN | sha256sum)".into())
+            })?,
+            None => {
+                let mut table = toml::Table::new();
+                table.insert("secret".into(), token.secret.clone());
+                secrets::resolve(&mut table, &config.base_dir, env).map_err(|err| invalid(err.message))?;
+                let value = table["secret"].as_str().unwrap_or_default();
+                if value.len() < 16 {
+                    return Err(invalid(format!(
+                        "the token is {} characters; use at least 16 random ones (openssl rand -hex 32)",
+                        value.len()
+                    )));
+                }
+                Sha256::digest(value.as_bytes()).into()
+            }
+        };
+        let limit = token.rate.map(|rate| {
+            let burst = token.burst.unwrap_or((rate.ceil() as u32).max(1));
+            std::sync::Mutex::new(TokenBucket::new(rate, burst, Instant::now()))
+        });
+        Ok(Token { name: name.to_string(), digest, publishers: token.publishers.clone(), limit })
+    }
+
+    /// Whether no token is configured (then nobody can send events).
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The token `presented` is, compared against every configured one in constant time.
+    pub fn find(&self, presented: &str) -> Option<&Token> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for token in &self.tokens {
+            if bool::from(token.digest.ct_eq(&digest)) {
+                found = Some(token);
+            }
+        }
+        found
+    }
+}
+
+/// 64 hex digits as 32 bytes.
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml(text, Path::new("broadcaster.toml"), Vec::new()).unwrap()
+    }
+
+    fn env(name: &str) -> Option<String> {
+        (name == "TENANT_A_TOKEN").then(|| "tenant-a-token-0123456789".to_string())
+    }
+
+    #[test]
+    fn a_token_is_found_by_its_value_and_reaches_only_its_publishers() {
+        let digest = format!("{:x}", Sha256::digest(b"operator-token-0123456789"));
+        let config = config(&format!(
+            r#"
+            [tokens.tenant-a]
+            secret = {{ secret = "TENANT_A_TOKEN" }}
+            publishers = ["tenant-a", "tenant-a-*"]
+            [tokens.ops]
+            secret = {{ sha256 = "{digest}" }}
+            publishers = ["*"]
+            "#
+        ));
+        let table = TokenTable::from_config(&config, &env).unwrap();
+        let tenant = table.find("tenant-a-token-0123456789").unwrap();
+        assert_eq!(tenant.name, "tenant-a");
+        assert!(tenant.reaches("tenant-a") && tenant.reaches("tenant-a-orders") && !tenant.reaches("tenant-b"));
+        assert_eq!(table.find("operator-token-0123456789").unwrap().name, "ops");
+        assert!(table.find("tenant-a-token-012345678").is_none());
+        assert!(table.find("").is_none());
+    }
+
+    #[test]
+    fn a_missing_or_short_secret_names_the_token_key() {
+        let config = config(
+            r#"
+            [tokens.t]
+            secret = { secret = "NOT_SET" }
+            publishers = ["t"]
+            "#,
+        );
+        let err = TokenTable::from_config(&config, &env).unwrap_err().to_string();
+        assert!(err.contains("tokens.t.secret") && err.contains("NOT_SET"), "{err}");
+        let config = self::config(
+            r#"
+            [tokens.t]
+            secret = { sha256 = "abc" }
+            publishers = ["t"]
+            "#,
+        );
+        assert!(TokenTable::from_config(&config, &env).unwrap_err().to_string().contains("64 hex digits"));
+    }
+
+    #[test]
+    fn the_bucket_refills_at_its_rate_and_refuses_more_than_its_burst() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 5, start);
+        assert_eq!(bucket.take(5.0, start), Ok(()));
+        match bucket.take(1.0, start) {
+            Err(RateRefusal::Later(wait)) => assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(bucket.take(2.0, start + Duration::from_millis(200)), Ok(()));
+        assert_eq!(bucket.take(6.0, start + Duration::from_secs(10)), Err(RateRefusal::Never { burst: 5 }));
+    }
+}
