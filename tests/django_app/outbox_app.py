@@ -65,6 +65,24 @@ def main():
     elif command == "enqueue":
         for kwargs in json.loads(args[0]):
             print(publisher.publish_event(**kwargs).id)
+    elif command == "seed-enqueue":
+        import time
+
+        count = int(args[0])
+        started = time.perf_counter()
+        for i in range(count):
+            publisher.publish_event(
+                event_type="order.created",
+                source="/bench/shop",
+                subject=f"order/{i}",
+                data={
+                    "order_id": i,
+                    "customer": {"id": 4711, "name": "Zoë Example"},
+                    "items": [{"sku": "SKU-1", "qty": 2, "price": 9.95}],
+                    "total": 19.9,
+                },
+            )
+        print(count, time.perf_counter() - started)
     elif command == "rows":
         for id in args:
             e = OutboxEvent.objects.get(id=id)

@@ -1,6 +1,7 @@
 //! `broadcaster bench`: measurements that print a table (speed targets live here, not in
 //! timed tests). One file per measurement.
 
+mod ingest;
 mod isolation;
 mod latency;
 mod relay;
@@ -35,6 +36,10 @@ enum BenchCommand {
     /// Latency, commit → entry a consumer reads, at fixed offered rates (open loop), per
     /// outbox, with the relay's default configuration; and the relay's CPU when idle.
     Latency(latency::LatencyBench),
+    /// HTTP ingest (`broadcaster serve`): events/s accepted per outbox × mode (single, batch)
+    /// × concurrent clients, request p50/p99, and p50/p99 at half the best load (open loop);
+    /// beside `broadcaster publish` and the seed's `publish_event` writing the same events.
+    Ingest(ingest::IngestBench),
     /// One start-up measurement (run by `bench startup` in a child process).
     #[command(hide = true)]
     StartupOnce(startup::StartupOnce),
@@ -47,6 +52,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::StartupOnce(once) => startup::run_once(once).await,
         BenchCommand::Isolation(bench) => isolation::run(bench).await,
         BenchCommand::Latency(bench) => latency::run(bench).await,
+        BenchCommand::Ingest(bench) => ingest::run(bench).await,
     }
 }
 
