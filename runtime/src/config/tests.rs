@@ -128,3 +128,30 @@ fn a_bad_key_set_from_the_environment_names_the_variable() {
     let err = parse_env("", &[("BROADCASTER_OUTBOX__URRL", "x")]).unwrap_err().to_string();
     assert!(err.contains("outbox.urrl") && err.contains("BROADCASTER_OUTBOX__URRL"), "{err}");
 }
+
+#[test]
+fn server_defaults_listen_on_localhost_8080_with_a_1mib_body_cap() {
+    let config = parse("").unwrap();
+    assert_eq!(config.server.listen_addr().unwrap().to_string(), "127.0.0.1:8080");
+    assert_eq!(config.server.max_body.0, 1024 * 1024);
+    assert_eq!(config.server.max_batch_events, 1000);
+    assert!(config.tokens.is_empty());
+}
+
+#[test]
+fn a_token_written_in_the_file_is_refused_with_the_ways_to_give_one() {
+    let err = parse("[tokens.tenant-a]\nsecret = \"plain-text-token-0123\"\npublishers = [\"tenant-a\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`tokens.tenant-a.secret`") && err.contains("secret_file") && err.contains("sha256"), "{err}");
+    let err = parse("[tokens.t]\nsecret = { secret = \"T\" }\npublishers = []\n").unwrap_err().to_string();
+    assert!(err.contains("`tokens.t.publishers`"), "{err}");
+    let err =
+        parse("[tokens.t]\nsecret = { secret = \"T\" }\npublishers = [\"t\"]\nburst = 5\n").unwrap_err().to_string();
+    assert!(err.contains("`tokens.t.burst`") && err.contains("rate"), "{err}");
+    let err =
+        parse("[tokens.t]\nsecret = { secret = \"T\" }\npublishers = [\"t\"]\nrate = 0\n").unwrap_err().to_string();
+    assert!(err.contains("`tokens.t.rate`"), "{err}");
+    let err = parse("[server]\nlisten = \"localhost\"\n").unwrap_err().to_string();
+    assert!(err.contains("`server.listen`") && err.contains("127.0.0.1:8080"), "{err}");
+}
