@@ -303,6 +303,17 @@ impl OutboxStore {
         Ok(ids)
     }
 
+    /// Inserts the events whose id is not stored yet, in one transaction
+    /// ([`OutboxBackend::enqueue_once`]), and wakes a relay of this process that waits on this
+    /// store when any was new.
+    pub async fn enqueue_once(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<bool>, StoreError> {
+        let new = self.backend.enqueue_once(events, now).await?;
+        if new.iter().any(|n| *n) {
+            self.enqueued.notify_one();
+        }
+        Ok(new)
+    }
+
     /// Returns when new events may be waiting: enqueued by this process through this store,
     /// or written by anyone as far as the database can tell
     /// ([`OutboxBackend::wait_for_writes`]), or after `timeout`. Returns whether it was woken
