@@ -28,8 +28,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.server.listen = listen;
     }
     let addr = config.server.listen_addr().map_err(anyhow::Error::msg).context("--listen")?;
+    // Bad tokens are bad input: say so before starting anything.
+    let tokens = broadcaster::server::tokens::TokenTable::from_config(&config, &|name| std::env::var(name).ok())?;
     let worker = Worker::start(&config, &args.worker, Arc::new(Metrics::new())).await?;
-    let state = ServerState::new(&config, &worker.relay)?;
+    let state = ServerState::with_tokens(&config, &worker.relay, tokens);
     if state.has_no_tokens() {
         tracing::warn!("no [tokens.<name>] configured: every ingest request is refused (401)");
     }

@@ -100,7 +100,14 @@ async fn accept(state: &ServerState, publisher: &str, headers: &HeaderMap, body:
         ),
     })?;
     let new = state.store.enqueue_once(&events, now).await.map_err(|err| match err {
-        StoreError::IdTaken { .. } => ApiError::new(StatusCode::CONFLICT, "id_conflict", err.to_string()),
+        // Not which publisher has it: that is another tenant's business.
+        StoreError::IdTaken { id, .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "id_conflict",
+            format!(
+                "event id {id} is already taken by an event of another publisher; give this event an id of its own"
+            ),
+        ),
         StoreError::Unstorable(message) => ApiError::invalid_event(message),
         other => {
             tracing::error!(err = %other, "ingest: the outbox refused a write");
@@ -126,11 +133,13 @@ fn authenticate<'a>(state: &'a ServerState, headers: &HeaderMap) -> Result<&'a T
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(unauthorized("send a token: Authorization: Bearer <token>"));
     };
+    // The scheme is case-insensitive (RFC 7235).
     let presented = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
     state.tokens.find(presented).ok_or_else(|| unauthorized("the token is not one of this relay's tokens"))
 }
@@ -251,7 +260,11 @@ fn binary(headers: &HeaderMap, body: bytes::Bytes) -> Result<NewEvent, ApiError>
             Some(Value::Object(map)) => map,
             Some(other) => return Err(not_an_object(PUBLISHER_CONFIG_HEADER, &other)),
             None => {
-                return Err(ApiError::invalid_event(format!("the {PUBLISHER_CONFIG_HEADER} header is not JSON")));
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_publisher_config",
+                    format!("the {PUBLISHER_CONFIG_HEADER} header is not JSON"),
+                ));
             }
         },
     };

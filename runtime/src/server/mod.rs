@@ -71,7 +71,12 @@ impl ServerState {
     /// `[tokens]` (their secrets read from the process environment).
     pub fn new(config: &Config, relay: &Relay) -> Result<Arc<Self>, ConfigError> {
         let tokens = TokenTable::from_config(config, &|name| std::env::var(name).ok())?;
-        Ok(Arc::new(Self {
+        Ok(Self::with_tokens(config, relay, tokens))
+    }
+
+    /// The same with `tokens` already read.
+    pub fn with_tokens(config: &Config, relay: &Relay, tokens: TokenTable) -> Arc<Self> {
+        Arc::new(Self {
             store: relay.store().clone(),
             registry: relay.registry().clone(),
             health: relay.health_board(),
@@ -83,7 +88,7 @@ impl ServerState {
             },
             backlog_refresh: config.server.backlog_refresh.0,
             backlog_counted: tokio::sync::Mutex::default(),
-        }))
+        })
     }
 
     /// Whether no token is configured (ingest then refuses every request).
@@ -100,6 +105,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -167,6 +173,15 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(serde_json::json!({ "ready": ready, "outbox": outbox, "publishers": publishers })))
         .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "events are sent with POST; /metrics, /healthz and /readyz answer GET",
+    )
+    .into_response()
 }
 
 async fn not_found() -> Response {

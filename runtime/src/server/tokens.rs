@@ -89,8 +89,27 @@ impl TokenTable {
     /// The tokens of `config`, their secrets read from `env` and files; a secret that cannot
     /// be read is an error naming `tokens.<name>.secret`.
     pub fn from_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let tokens =
+        let tokens: Vec<Token> =
             config.tokens.iter().map(|(name, token)| Self::one(config, name, token, env)).collect::<Result<_, _>>()?;
+        for (i, token) in tokens.iter().enumerate() {
+            if let Some(other) = tokens[..i].iter().find(|t| t.digest == token.digest) {
+                return Err(ConfigError::Invalid {
+                    path: config.path.clone(),
+                    key: format!("tokens.{}.secret", token.name),
+                    message: format!("the same token as tokens.{}: give each token a secret of its own", other.name),
+                });
+            }
+            for pattern in &token.publishers {
+                if !config.publishers.keys().any(|name| broadcaster_entry::glob::matches(pattern, name)) {
+                    tracing::warn!(
+                        token = %token.name,
+                        pattern = %pattern,
+                        "a pattern of tokens.{}.publishers matches no configured publisher",
+                        token.name
+                    );
+                }
+            }
+        }
         Ok(Self { tokens })
     }
 
@@ -113,11 +132,13 @@ impl TokenTable {
                 let mut table = toml::Table::new();
                 table.insert("secret".into(), token.secret.clone());
                 secrets::resolve(&mut table, &config.base_dir, env).map_err(|err| invalid(err.message))?;
-                let value = table["secret"].as_str().unwrap_or_default();
-                if value.len() < 16 {
+                // A secret mounted from a file or set from one often ends in a newline; a
+                // presented token never does.
+                let value = table["secret"].as_str().unwrap_or_default().trim();
+                if value.chars().count() < 16 {
                     return Err(invalid(format!(
                         "the token is {} characters; use at least 16 random ones (openssl rand -hex 32)",
-                        value.len()
+                        value.chars().count()
                     )));
                 }
                 Sha256::digest(value.as_bytes()).into()
