@@ -137,6 +137,33 @@ impl<'a> Columns<'a> {
                 )));
             }
         }
+        // PostgreSQL's text and jsonb cannot hold NUL; refused on every outbox, so an event is
+        // storable or not whichever database holds it.
+        let texts = [
+            ("event_type", &event.event_type),
+            ("source", &event.source),
+            ("subject", &event.subject),
+            ("data_content_type", &event.data_content_type),
+            ("data_schema", &event.data_schema),
+            ("publisher_backend", &event.publisher_backend),
+            ("spec_version", &event.spec_version),
+        ];
+        if let Some((column, _)) = texts.iter().find(|(_, value)| value.contains('\0')) {
+            return Err(StoreError::Unstorable(format!(
+                "{column} contains a NUL character, which the outbox cannot store"
+            )));
+        }
+        let data_nul = match &event.data {
+            Payload::Json(value) => holds_nul(value),
+            Payload::Text(text) => text.contains('\0'),
+            Payload::None | Payload::Binary(_) => false,
+        };
+        if data_nul || event.publisher_config.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)) {
+            let column = if data_nul { "data" } else { "publisher_config" };
+            return Err(StoreError::Unstorable(format!(
+                "{column} holds a NUL character (\\u0000), which the outbox cannot store"
+            )));
+        }
         if event.event_type.is_empty() || event.source.is_empty() {
             return Err(StoreError::Unstorable("an event needs a type and a source".into()));
         }
@@ -154,6 +181,16 @@ impl<'a> Columns<'a> {
     /// The data to store: JSON, a text payload as a JSON string, or none.
     pub fn data_value(&self) -> Option<&Value> {
         self.data.or(self.text_data.as_ref())
+    }
+}
+
+/// Whether a JSON value holds a NUL character in a string or a key.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 

@@ -99,23 +99,25 @@ async fn accept(state: &ServerState, publisher: &str, headers: &HeaderMap, body:
             format!("{count} events in one request is more than token {:?}'s burst of {burst}", token.name),
         ),
     })?;
-    let new = state.store.enqueue_once(&events, now).await.map_err(|err| match err {
-        // Not which publisher has it: that is another tenant's business.
-        StoreError::IdTaken { id, .. } => ApiError::new(
-            StatusCode::CONFLICT,
-            "id_conflict",
-            format!(
-                "event id {id} is already taken by an event of another publisher; give this event an id of its own"
+    let new = state.store.enqueue_once(&events, now).await.inspect_err(|_| token.give_back(count)).map_err(|err| {
+        match err {
+            // Not which publisher has it: that is another tenant's business.
+            StoreError::IdTaken { id, .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "id_conflict",
+                format!(
+                    "event id {id} is already taken by an event of another publisher; give this event an id of its own"
+                ),
             ),
-        ),
-        StoreError::Unstorable(message) => ApiError::invalid_event(message),
-        other => {
-            tracing::error!(err = %other, "ingest: the outbox refused a write");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "outbox_unavailable",
-                "the outbox database did not take the events; nothing was written, try again",
-            )
+            StoreError::Unstorable(message) => ApiError::invalid_event(message),
+            other => {
+                tracing::error!(err = %other, "ingest: the outbox refused a write");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "outbox_unavailable",
+                    "the outbox database did not take the events; nothing was written, try again",
+                )
+            }
         }
     })?;
     let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();

@@ -25,6 +25,14 @@ impl Token {
         self.publishers.iter().any(|pattern| broadcaster_entry::glob::matches(pattern, publisher))
     }
 
+    /// Gives back `events` taken for a request that wrote nothing (refused by the outbox).
+    pub fn give_back(&self, events: u32) {
+        if let Some(bucket) = &self.limit {
+            let mut bucket = bucket.lock().expect("rate limit lock");
+            bucket.available = (bucket.available + f64::from(events)).min(bucket.burst);
+        }
+    }
+
     /// Takes `events` from its rate limit, or says when they would fit
     /// ([`RateRefusal::Later`]) or that they never will ([`RateRefusal::Never`]).
     pub fn take(&self, events: u32) -> Result<(), RateRefusal> {
