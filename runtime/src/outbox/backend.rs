@@ -93,7 +93,18 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     /// id is already stored for the same publisher (a repeated delivery, also within `events`)
     /// is left as it is: returns, per event, whether it was inserted. An id already stored for
     /// another publisher is [`StoreError::IdTaken`] and nothing is written.
-    async fn enqueue_once(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<bool>, StoreError>;
+    async fn enqueue_once(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<bool>, StoreError> {
+        self.enqueue_requests(&[events], now).await?.pop().expect("one answer per request")
+    }
+
+    /// [`enqueue_once`](Self::enqueue_once) for several requests in one transaction (one
+    /// commit): each request all or nothing on its own (a savepoint each), one answer per
+    /// request. `Err` when the transaction as a whole failed: then nothing was written.
+    async fn enqueue_requests(
+        &self,
+        requests: &[&[NewEvent]],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Vec<bool>, StoreError>>, StoreError>;
 
     /// Claims up to `limit` due rows (`pending`/`retry` with `scheduled_at <= now`) whose
     /// publisher is not in `skip` (names as stored: give both `""` and `"default"` to skip the

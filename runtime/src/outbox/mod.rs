@@ -314,6 +314,20 @@ impl OutboxStore {
         Ok(new)
     }
 
+    /// Several requests' events in one transaction ([`OutboxBackend::enqueue_requests`]);
+    /// wakes a relay of this process that waits on this store when any event was new.
+    pub async fn enqueue_requests(
+        &self,
+        requests: &[&[NewEvent]],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Vec<bool>, StoreError>>, StoreError> {
+        let answers = self.backend.enqueue_requests(requests, now).await?;
+        if answers.iter().any(|a| a.as_ref().is_ok_and(|new| new.iter().any(|n| *n))) {
+            self.enqueued.notify_one();
+        }
+        Ok(answers)
+    }
+
     /// Returns when new events may be waiting: enqueued by this process through this store,
     /// or written by anyone as far as the database can tell
     /// ([`OutboxBackend::wait_for_writes`]), or after `timeout`. Returns whether it was woken

@@ -302,26 +302,43 @@ impl OutboxBackend for PostgresStore {
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
     }
 
-    async fn enqueue_once(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<bool>, StoreError> {
-        let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
+    async fn enqueue_requests(
+        &self,
+        requests: &[&[NewEvent]],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Vec<bool>, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut inserted = std::collections::HashSet::new();
-        for chunk in columns.chunks(1000) {
-            inserted.extend(insert_new(&mut *tx, chunk, now).await?);
+        let mut answers = Vec::with_capacity(requests.len());
+        // One request alone needs no savepoint: its failure rolls the transaction back.
+        let savepoints = requests.len() > 1;
+        for events in requests {
+            let columns = match events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>() {
+                Ok(columns) => columns,
+                Err(err) => {
+                    answers.push(Err(err));
+                    continue;
+                }
+            };
+            if savepoints {
+                sqlx::query("SAVEPOINT request").execute(&mut *tx).await?;
+            }
+            match insert_once(&mut tx, &columns, now).await {
+                Ok(new) => {
+                    if savepoints {
+                        sqlx::query("RELEASE SAVEPOINT request").execute(&mut *tx).await?;
+                    }
+                    answers.push(Ok(new));
+                }
+                Err(err) if !savepoints => return Ok(vec![Err(err)]),
+                Err(err) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT request").execute(&mut *tx).await?;
+                    sqlx::query("RELEASE SAVEPOINT request").execute(&mut *tx).await?;
+                    answers.push(Err(err));
+                }
+            }
         }
-        let present: Vec<Uuid> = columns.iter().map(|c| c.id).filter(|id| !inserted.contains(id)).collect();
-        let stored: Vec<(Uuid, String)> = if present.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as("SELECT id, publisher_backend FROM outbox_events WHERE id = ANY($1)")
-                .bind(&present)
-                .fetch_all(&mut *tx)
-                .await?
-        };
-        let stored: Vec<(String, String)> = stored.into_iter().map(|(id, p)| (id.to_string(), p)).collect();
-        let new = super::enqueue::new_or_repeated(&columns, &inserted, &stored)?;
         tx.commit().await?;
-        Ok(new)
+        Ok(answers)
     }
 
     async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
@@ -479,6 +496,30 @@ where
     E: sqlx::PgExecutor<'e>,
 {
     insert_many(executor, std::slice::from_ref(row), now).await.map(|()| row.id)
+}
+
+/// Inserts the rows whose id is not stored yet, in `tx`; per row whether it was new (see
+/// [`super::enqueue::new_or_repeated`]).
+async fn insert_once(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    columns: &[Columns<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<bool>, StoreError> {
+    let mut inserted = std::collections::HashSet::new();
+    for chunk in columns.chunks(1000) {
+        inserted.extend(insert_new(&mut **tx, chunk, now).await?);
+    }
+    let present: Vec<Uuid> = columns.iter().map(|c| c.id).filter(|id| !inserted.contains(id)).collect();
+    let stored: Vec<(Uuid, String)> = if present.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as("SELECT id, publisher_backend FROM outbox_events WHERE id = ANY($1)")
+            .bind(&present)
+            .fetch_all(&mut **tx)
+            .await?
+    };
+    let stored: Vec<(String, String)> = stored.into_iter().map(|(id, p)| (id.to_string(), p)).collect();
+    super::enqueue::new_or_repeated(columns, &inserted, &stored)
 }
 
 /// Inserts rows in one statement (`UNNEST` of one array per column).

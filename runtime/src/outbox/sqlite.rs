@@ -286,25 +286,43 @@ impl OutboxBackend for SqliteStore {
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
     }
 
-    async fn enqueue_once(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<bool>, StoreError> {
-        let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
+    async fn enqueue_requests(
+        &self,
+        requests: &[&[NewEvent]],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Vec<bool>, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut inserted = std::collections::HashSet::new();
-        let mut stored = Vec::new();
-        for row in &columns {
-            if insert_row(&mut *tx, INSERT_NEW_ROW, row, now).await? {
-                inserted.insert(row.id);
-            } else {
-                let publisher: String = sqlx::query_scalar("SELECT publisher_backend FROM outbox_events WHERE id = ?1")
-                    .bind(row.id.simple().to_string())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                stored.push((row.id.to_string(), publisher));
+        let mut answers = Vec::with_capacity(requests.len());
+        // One request alone needs no savepoint: its failure rolls the transaction back.
+        let savepoints = requests.len() > 1;
+        for events in requests {
+            let columns = match events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>() {
+                Ok(columns) => columns,
+                Err(err) => {
+                    answers.push(Err(err));
+                    continue;
+                }
+            };
+            if savepoints {
+                sqlx::query("SAVEPOINT request").execute(&mut *tx).await?;
+            }
+            match insert_once(&mut tx, &columns, now).await {
+                Ok(new) => {
+                    if savepoints {
+                        sqlx::query("RELEASE SAVEPOINT request").execute(&mut *tx).await?;
+                    }
+                    answers.push(Ok(new));
+                }
+                Err(err) if !savepoints => return Ok(vec![Err(err)]),
+                Err(err) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT request").execute(&mut *tx).await?;
+                    sqlx::query("RELEASE SAVEPOINT request").execute(&mut *tx).await?;
+                    answers.push(Err(err));
+                }
             }
         }
-        let new = super::enqueue::new_or_repeated(&columns, &inserted, &stored)?;
         tx.commit().await?;
-        Ok(new)
+        Ok(answers)
     }
 
     async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
@@ -406,6 +424,29 @@ macro_rules! insert_row {
 
 const INSERT_ROW: &str = insert_row!();
 const INSERT_NEW_ROW: &str = concat!(insert_row!(), " ON CONFLICT (id) DO NOTHING");
+
+/// Inserts the rows whose id is not stored yet, in `tx`; per row whether it was new (see
+/// [`super::enqueue::new_or_repeated`]).
+async fn insert_once(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    columns: &[Columns<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<bool>, StoreError> {
+    let mut inserted = std::collections::HashSet::new();
+    let mut stored = Vec::new();
+    for row in columns {
+        if insert_row(&mut **tx, INSERT_NEW_ROW, row, now).await? {
+            inserted.insert(row.id);
+        } else {
+            let publisher: String = sqlx::query_scalar("SELECT publisher_backend FROM outbox_events WHERE id = ?1")
+                .bind(row.id.simple().to_string())
+                .fetch_one(&mut **tx)
+                .await?;
+            stored.push((row.id.to_string(), publisher));
+        }
+    }
+    super::enqueue::new_or_repeated(columns, &inserted, &stored)
+}
 
 /// Runs one of the insert statements for `row`; returns whether it inserted it.
 async fn insert_row<'e, E>(

@@ -99,7 +99,8 @@ async fn accept(state: &ServerState, publisher: &str, headers: &HeaderMap, body:
             format!("{count} events in one request is more than token {:?}'s burst of {burst}", token.name),
         ),
     })?;
-    let new = state.store.enqueue_once(&events, now).await.inspect_err(|_| token.give_back(count)).map_err(|err| {
+    let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
+    let new = state.writer.write(events).await.inspect_err(|_| token.give_back(count)).map_err(|err| {
         match err {
             // Not which publisher has it: that is another tenant's business.
             StoreError::IdTaken { id, .. } => ApiError::new(
@@ -120,9 +121,7 @@ async fn accept(state: &ServerState, publisher: &str, headers: &HeaderMap, body:
             }
         }
     })?;
-    let ids: Vec<&str> = events.iter().map(|e| e.event.id.as_str()).collect();
-    let repeated: Vec<&str> =
-        events.iter().zip(&new).filter(|(_, new)| !**new).map(|(e, _)| e.event.id.as_str()).collect();
+    let repeated: Vec<&str> = ids.iter().zip(&new).filter(|(_, new)| !**new).map(|(id, _)| id.as_str()).collect();
     let fresh = new.iter().filter(|n| **n).count() as u64;
     state.metrics.ingest_events(publisher, fresh, repeated.len() as u64);
     let status = if fresh == 0 { StatusCode::OK } else { StatusCode::ACCEPTED };

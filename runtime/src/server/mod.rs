@@ -6,6 +6,7 @@
 //! - `GET /metrics`: [`crate::metrics`] in the Prometheus text format.
 //! - `GET /healthz`: the process answers. `GET /readyz`: the outbox answers (503 otherwise),
 //!   with every publisher's health as JSON detail.
+//! - [`group_commit`]: requests that arrive together share one transaction.
 //! - [`api_error`]: the one shape of every error answer.
 //!
 //! ```no_run
@@ -19,6 +20,7 @@
 //! ```
 
 pub mod api_error;
+pub mod group_commit;
 pub mod ingest;
 pub mod tokens;
 
@@ -56,6 +58,7 @@ pub struct IngestLimits {
 #[derive(Debug)]
 pub struct ServerState {
     store: OutboxStore,
+    writer: group_commit::GroupCommit,
     registry: Arc<PublisherRegistry>,
     health: Arc<HealthBoard>,
     metrics: Arc<Metrics>,
@@ -78,6 +81,10 @@ impl ServerState {
     pub fn with_tokens(config: &Config, relay: &Relay, tokens: TokenTable) -> Arc<Self> {
         Arc::new(Self {
             store: relay.store().clone(),
+            writer: group_commit::GroupCommit::start(
+                relay.store().clone(),
+                if relay.store().display_url().starts_with("sqlite") { 1 } else { 2 },
+            ),
             registry: relay.registry().clone(),
             health: relay.health_board(),
             metrics: relay.metrics().clone(),

@@ -305,7 +305,11 @@ async fn publish_cli(bench: &IngestBench, outbox: &str) -> anyhow::Result<[Strin
         store.migrate().await?;
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("broadcaster.toml");
-        std::fs::write(&config, format!("[outbox]\nurl = \"{}\"\n", scratch.url))?;
+        // A `default` publisher, so that `publish` does not warn about each event.
+        std::fs::write(
+            &config,
+            format!("[outbox]\nurl = \"{}\"\n[publishers.default]\nbackend = \"redis-stream\"\n", scratch.url),
+        )?;
         let lines: String =
             (0..bench.compare_events as u64).map(|i| format!("{}\n", event_json(i))).collect::<Vec<_>>().concat();
         let started = Instant::now();
