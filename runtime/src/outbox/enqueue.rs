@@ -92,6 +92,7 @@ impl NewEvent {
 }
 
 /// The column values of a new row, checked and converted once for either database.
+#[derive(Clone)]
 pub(crate) struct Columns<'a> {
     pub id: uuid::Uuid,
     pub event: &'a OutboxEvent,

@@ -307,6 +307,11 @@ impl OutboxBackend for PostgresStore {
         requests: &[&[NewEvent]],
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<Vec<bool>, StoreError>>, StoreError> {
+        if requests.len() > 1
+            && let Some(answers) = self.enqueue_requests_at_once(requests, now).await?
+        {
+            return Ok(answers);
+        }
         let mut tx = self.pool.begin().await?;
         let mut answers = Vec::with_capacity(requests.len());
         // One request alone needs no savepoint: its failure rolls the transaction back.
@@ -496,6 +501,84 @@ where
     E: sqlx::PgExecutor<'e>,
 {
     insert_many(executor, std::slice::from_ref(row), now).await.map(|()| row.id)
+}
+
+impl PostgresStore {
+    /// [`OutboxBackend::enqueue_requests`] in two statements, whatever the number of requests:
+    /// the ids already stored are read first, each request is decided from them (refused
+    /// whole when one of its ids is another publisher's, including an earlier request's of the
+    /// group), and the new rows are inserted at once. `None` when a concurrent writer stored
+    /// one of the ids in between (nothing is written then; the caller takes the savepoint way).
+    async fn enqueue_requests_at_once(
+        &self,
+        requests: &[&[NewEvent]],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Result<Vec<bool>, StoreError>>>, StoreError> {
+        let checked: Vec<Result<Vec<Columns<'_>>, StoreError>> =
+            requests.iter().map(|events| events.iter().map(|e| Columns::of(e, now)).collect()).collect();
+        let ids: Vec<Uuid> = checked.iter().flatten().flatten().map(|c| c.id).collect();
+        let mut tx = self.pool.begin().await?;
+        let stored: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, publisher_backend FROM outbox_events WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        // Whose each id is, as the group goes: stored ones, then each accepted request's.
+        let mut owner: std::collections::HashMap<Uuid, String> = stored
+            .into_iter()
+            .map(|(id, publisher)| (id, crate::routing::publisher_for(&publisher).to_string()))
+            .collect();
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut rows: Vec<&Columns<'_>> = Vec::new();
+        for request in &checked {
+            let columns = match request {
+                Ok(columns) => columns,
+                Err(err) => {
+                    answers.push(Err(StoreError::Unstorable(err.to_string())));
+                    continue;
+                }
+            };
+            // Decided row by row against the owners so far and this request's own rows.
+            let mut mine: std::collections::HashMap<Uuid, &str> = std::collections::HashMap::new();
+            let mut new = Vec::with_capacity(columns.len());
+            let mut taken = None;
+            for row in columns {
+                let publisher = crate::routing::publisher_for(&row.event.publisher_backend);
+                match owner.get(&row.id).map(String::as_str).or_else(|| mine.get(&row.id).copied()) {
+                    Some(other) if other != publisher => {
+                        taken = Some((row.id, other.to_string()));
+                        break;
+                    }
+                    Some(_) => new.push(false),
+                    None => {
+                        mine.insert(row.id, publisher);
+                        new.push(true);
+                    }
+                }
+            }
+            if let Some((id, publisher)) = taken {
+                answers.push(Err(StoreError::IdTaken { id: id.to_string(), publisher }));
+                continue;
+            }
+            for (row, first) in columns.iter().zip(&new) {
+                if *first {
+                    owner.insert(row.id, crate::routing::publisher_for(&row.event.publisher_backend).to_string());
+                    rows.push(row);
+                }
+            }
+            answers.push(Ok(new));
+        }
+        let rows: Vec<Columns<'_>> = rows.into_iter().map(Columns::clone).collect();
+        let mut inserted = 0;
+        for chunk in rows.chunks(1000) {
+            inserted += insert_new(&mut *tx, chunk, now).await?.len();
+        }
+        if inserted != rows.len() {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(answers))
+    }
 }
 
 /// Inserts the rows whose id is not stored yet, in `tx`; per row whether it was new (see
