@@ -185,6 +185,63 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// Decides a group of requests from the ids already stored (id, publisher_backend as stored):
+/// per request its answer (per row whether it is new, or why the request is refused: one of
+/// its ids is another publisher's, stored or taken by an earlier request of the group), and
+/// the rows to insert, in order.
+#[allow(clippy::type_complexity)]
+pub(crate) fn decide_requests<'c, 'e>(
+    checked: &'c [Result<Vec<Columns<'e>>, StoreError>],
+    stored: Vec<(uuid::Uuid, String)>,
+) -> (Vec<Result<Vec<bool>, StoreError>>, Vec<&'c Columns<'e>>) {
+    use crate::routing::publisher_for;
+    use std::collections::HashMap;
+    // Whose each id is, as the group goes: stored ones, then each accepted request's.
+    let mut owner: HashMap<uuid::Uuid, String> =
+        stored.into_iter().map(|(id, publisher)| (id, publisher_for(&publisher).to_string())).collect();
+    let mut answers = Vec::with_capacity(checked.len());
+    let mut rows = Vec::new();
+    for request in checked {
+        let columns = match request {
+            Ok(columns) => columns,
+            Err(err) => {
+                answers.push(Err(StoreError::Unstorable(err.to_string())));
+                continue;
+            }
+        };
+        // Row by row against the owners so far and this request's own rows.
+        let mut mine: HashMap<uuid::Uuid, &str> = HashMap::new();
+        let mut new = Vec::with_capacity(columns.len());
+        let mut taken = None;
+        for row in columns {
+            let publisher = publisher_for(&row.event.publisher_backend);
+            match owner.get(&row.id).map(String::as_str).or_else(|| mine.get(&row.id).copied()) {
+                Some(other) if other != publisher => {
+                    taken = Some((row.id, other.to_string()));
+                    break;
+                }
+                Some(_) => new.push(false),
+                None => {
+                    mine.insert(row.id, publisher);
+                    new.push(true);
+                }
+            }
+        }
+        if let Some((id, publisher)) = taken {
+            answers.push(Err(StoreError::IdTaken { id: id.to_string(), publisher }));
+            continue;
+        }
+        for (row, first) in columns.iter().zip(&new) {
+            if *first {
+                owner.insert(row.id, publisher_for(&row.event.publisher_backend).to_string());
+                rows.push(row);
+            }
+        }
+        answers.push(Ok(new));
+    }
+    (answers, rows)
+}
+
 /// Whether a JSON value holds a NUL character in a string or a key.
 fn holds_nul(value: &Value) -> bool {
     match value {

@@ -523,51 +523,8 @@ impl PostgresStore {
                 .bind(&ids)
                 .fetch_all(&mut *tx)
                 .await?;
-        // Whose each id is, as the group goes: stored ones, then each accepted request's.
-        let mut owner: std::collections::HashMap<Uuid, String> = stored
-            .into_iter()
-            .map(|(id, publisher)| (id, crate::routing::publisher_for(&publisher).to_string()))
-            .collect();
-        let mut answers = Vec::with_capacity(requests.len());
-        let mut rows: Vec<&Columns<'_>> = Vec::new();
-        for request in &checked {
-            let columns = match request {
-                Ok(columns) => columns,
-                Err(err) => {
-                    answers.push(Err(StoreError::Unstorable(err.to_string())));
-                    continue;
-                }
-            };
-            // Decided row by row against the owners so far and this request's own rows.
-            let mut mine: std::collections::HashMap<Uuid, &str> = std::collections::HashMap::new();
-            let mut new = Vec::with_capacity(columns.len());
-            let mut taken = None;
-            for row in columns {
-                let publisher = crate::routing::publisher_for(&row.event.publisher_backend);
-                match owner.get(&row.id).map(String::as_str).or_else(|| mine.get(&row.id).copied()) {
-                    Some(other) if other != publisher => {
-                        taken = Some((row.id, other.to_string()));
-                        break;
-                    }
-                    Some(_) => new.push(false),
-                    None => {
-                        mine.insert(row.id, publisher);
-                        new.push(true);
-                    }
-                }
-            }
-            if let Some((id, publisher)) = taken {
-                answers.push(Err(StoreError::IdTaken { id: id.to_string(), publisher }));
-                continue;
-            }
-            for (row, first) in columns.iter().zip(&new) {
-                if *first {
-                    owner.insert(row.id, crate::routing::publisher_for(&row.event.publisher_backend).to_string());
-                    rows.push(row);
-                }
-            }
-            answers.push(Ok(new));
-        }
+        let stored: Vec<(Uuid, String)> = stored;
+        let (answers, rows) = super::enqueue::decide_requests(&checked, stored);
         let rows: Vec<Columns<'_>> = rows.into_iter().map(Columns::clone).collect();
         let mut inserted = 0;
         for chunk in rows.chunks(1000) {

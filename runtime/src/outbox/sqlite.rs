@@ -291,6 +291,9 @@ impl OutboxBackend for SqliteStore {
         requests: &[&[NewEvent]],
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<Vec<bool>, StoreError>>, StoreError> {
+        if let Some(answers) = self.enqueue_requests_at_once(requests, now).await? {
+            return Ok(answers);
+        }
         let mut tx = self.pool.begin().await?;
         let mut answers = Vec::with_capacity(requests.len());
         // One request alone needs no savepoint: its failure rolls the transaction back.
@@ -424,6 +427,98 @@ macro_rules! insert_row {
 
 const INSERT_ROW: &str = insert_row!();
 const INSERT_NEW_ROW: &str = concat!(insert_row!(), " ON CONFLICT (id) DO NOTHING");
+
+impl SqliteStore {
+    /// [`OutboxBackend::enqueue_requests`] in a few statements: the ids already stored are
+    /// read first, each request is decided from them, and the new rows are inserted
+    /// [`ROWS_PER_INSERT`] to a statement. `None` when another writer stored one of the ids in
+    /// between (nothing is written then; the caller takes the savepoint way).
+    async fn enqueue_requests_at_once(
+        &self,
+        requests: &[&[NewEvent]],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Result<Vec<bool>, StoreError>>>, StoreError> {
+        let checked: Vec<Result<Vec<Columns<'_>>, StoreError>> =
+            requests.iter().map(|events| events.iter().map(|e| Columns::of(e, now)).collect()).collect();
+        let ids = json_list(checked.iter().flatten().flatten().map(|c| c.id.simple().to_string()));
+        let mut tx = self.pool.begin().await?;
+        let stored: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, publisher_backend FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let stored = stored.into_iter().filter_map(|(id, p)| Some((uuid::Uuid::parse_str(&id).ok()?, p))).collect();
+        let (answers, rows) = super::enqueue::decide_requests(&checked, stored);
+        let mut inserted = 0;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            inserted += insert_rows(&mut *tx, chunk, now).await?;
+        }
+        if inserted != rows.len() as u64 {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(answers))
+    }
+}
+
+/// Rows in one multi-row `INSERT` (14 parameters each, well under SQLite's limit).
+const ROWS_PER_INSERT: usize = 100;
+
+/// Inserts `rows` whose ids are not stored, in one statement; returns how many it inserted.
+async fn insert_rows<'e, E>(executor: E, rows: &[&Columns<'_>], now: DateTime<Utc>) -> Result<u64, StoreError>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    let values: Vec<String> = (0..rows.len())
+        .map(|i| {
+            let p = |k: usize| format!("?{}", i * 14 + k);
+            format!(
+                "({}, {}, {}, {}, {}, {}, {}, {}, 'pending', {}, {}, {}, NULL, 0, {}, '', {}, {})",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8),
+                p(9),
+                p(10),
+                p(11),
+                p(12),
+                p(13),
+                p(14)
+            )
+        })
+        .collect();
+    let statement = format!(
+        "INSERT INTO outbox_events (id, spec_version, event_type, source, subject, data_content_type, data_schema, \
+         data, status, created_at, updated_at, scheduled_at, published_at, retry_count, max_retries, last_error, \
+         publisher_backend, publisher_config) VALUES {} ON CONFLICT (id) DO NOTHING",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
+    for row in rows {
+        let event = row.event;
+        query = query
+            .bind(row.id.simple().to_string())
+            .bind(event.spec_version.clone())
+            .bind(event.event_type.clone())
+            .bind(event.source.clone())
+            .bind(event.subject.clone())
+            .bind(event.data_content_type.clone())
+            .bind(event.data_schema.clone())
+            .bind(row.data_value().map(broadcaster_entry::pyjson::to_string))
+            .bind(format_time(row.created_at))
+            .bind(format_time(now))
+            .bind(format_time(row.scheduled_at))
+            .bind(i64::from(event.max_retries))
+            .bind(event.publisher_backend.clone())
+            .bind(broadcaster_entry::pyjson::to_string(&serde_json::Value::Object(event.publisher_config.clone())));
+    }
+    Ok(query.execute(executor).await?.rows_affected())
+}
 
 /// Inserts the rows whose id is not stored yet, in `tx`; per row whether it was new (see
 /// [`super::enqueue::new_or_repeated`]).
