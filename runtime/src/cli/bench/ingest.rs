@@ -125,8 +125,8 @@ pub async fn run(bench: IngestBench) -> anyhow::Result<ExitCode> {
         }
     }
     println!(
-        "ingest: CloudEvents over HTTP into the outbox (one transaction per request, ~300-byte events), relay not \
-         running; `open loop` rows offer half the best rate of their mode at a fixed pace"
+        "ingest: CloudEvents over HTTP into the outbox (~300-byte events; requests that arrive together share a \
+         transaction), relay not running; `open loop` rows offer half the best rate of their mode at a fixed pace"
     );
     print_table(["OUTBOX", "WRITER", "CLIENTS", "EVENTS/S", "REQUESTS/S", "P50", "P99"], &rows);
     Ok(ExitCode::SUCCESS)
