@@ -525,7 +525,7 @@ impl PostgresStore {
                 .await?;
         let stored: Vec<(Uuid, String)> = stored;
         let (answers, rows) = super::enqueue::decide_requests(&checked, stored);
-        let rows: Vec<Columns<'_>> = rows.into_iter().map(Columns::clone).collect();
+        let rows: Vec<Columns<'_>> = rows.into_iter().cloned().collect();
         let mut inserted = 0;
         for chunk in rows.chunks(1000) {
             inserted += insert_new(&mut *tx, chunk, now).await?.len();
