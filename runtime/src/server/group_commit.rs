@@ -51,7 +51,8 @@ impl GroupCommit {
     /// whatever other requests are waiting.
     pub async fn write(&self, events: Vec<NewEvent>) -> Result<Vec<bool>, StoreError> {
         let (answer, answered) = oneshot::channel();
-        let gone = || StoreError::Unstorable("the outbox writer has stopped (the server is shutting down)".into());
+        // No writer left (shutting down): an outage, not the sender's fault.
+        let gone = || StoreError::Database(sqlx::Error::PoolClosed);
         self.queue.send(Pending { events, answer }).await.map_err(|_| gone())?;
         answered.await.map_err(|_| gone())?
     }
