@@ -42,3 +42,18 @@ async fn a_refused_request_leaves_the_others_of_its_transaction_written() {
         assert_eq!(found.len(), 4, "{kind:?}");
     }
 }
+
+#[tokio::test]
+async fn a_plain_enqueue_of_a_stored_id_fails_and_writes_none_of_its_events() {
+    for kind in [OutboxKind::Sqlite, OutboxKind::Postgres] {
+        let outbox = TestOutbox::create(kind).await;
+        let store = OutboxStore::connect(outbox.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let stored = event("tenant-a");
+        store.enqueue(std::slice::from_ref(&stored), now_micros()).await.unwrap();
+        let fresh = event("tenant-a");
+        let result = store.enqueue(&[fresh.clone(), stored.clone()], now_micros()).await;
+        assert!(result.is_err(), "{kind:?}: a stored id enqueued again");
+        assert!(store.find(&[fresh.event.id.clone()]).await.unwrap().is_empty(), "{kind:?}: half a batch written");
+    }
+}

@@ -291,8 +291,9 @@ impl OutboxBackend for SqliteStore {
     async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.enqueues.begin().await?;
-        for row in &columns {
-            insert(&mut *tx, row, now).await?;
+        let rows: Vec<&Columns<'_>> = columns.iter().collect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            insert_rows(&mut *tx, chunk, now, OnConflict::Fail).await?;
         }
         tx.commit().await?;
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
@@ -464,7 +465,7 @@ impl SqliteStore {
         let (answers, rows) = super::enqueue::decide_requests(&checked, stored);
         let mut inserted = 0;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            inserted += insert_rows(&mut *tx, chunk, now).await?;
+            inserted += insert_rows(&mut *tx, chunk, now, OnConflict::Skip).await?;
         }
         if inserted != rows.len() as u64 {
             return Ok(None);
@@ -477,8 +478,22 @@ impl SqliteStore {
 /// Rows in one multi-row `INSERT` (14 parameters each, well under SQLite's limit).
 const ROWS_PER_INSERT: usize = 100;
 
-/// Inserts `rows` whose ids are not stored, in one statement; returns how many it inserted.
-async fn insert_rows<'e, E>(executor: E, rows: &[&Columns<'_>], now: DateTime<Utc>) -> Result<u64, StoreError>
+/// What a multi-row insert does with a row whose id is stored already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnConflict {
+    /// The statement fails (and the transaction with it).
+    Fail,
+    /// The row is left out.
+    Skip,
+}
+
+/// Inserts `rows` in one statement; returns how many it inserted.
+async fn insert_rows<'e, E>(
+    executor: E,
+    rows: &[&Columns<'_>],
+    now: DateTime<Utc>,
+    on_conflict: OnConflict,
+) -> Result<u64, StoreError>
 where
     E: sqlx::SqliteExecutor<'e>,
 {
@@ -489,8 +504,9 @@ where
     let statement = format!(
         "INSERT INTO outbox_events (id, spec_version, event_type, source, subject, data_content_type, data_schema, \
          data, status, created_at, updated_at, scheduled_at, published_at, retry_count, max_retries, last_error, \
-         publisher_backend, publisher_config) VALUES {} ON CONFLICT (id) DO NOTHING",
-        values.join(", ")
+         publisher_backend, publisher_config) VALUES {}{}",
+        values.join(", "),
+        if on_conflict == OnConflict::Skip { " ON CONFLICT (id) DO NOTHING" } else { "" }
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
     for row in rows {
