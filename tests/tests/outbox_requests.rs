@@ -54,6 +54,9 @@ async fn a_plain_enqueue_of_a_stored_id_fails_and_writes_none_of_its_events() {
         let fresh = event("tenant-a");
         let result = store.enqueue(&[fresh.clone(), stored.clone()], now_micros()).await;
         assert!(result.is_err(), "{kind:?}: a stored id enqueued again");
-        assert!(store.find(&[fresh.event.id.clone()]).await.unwrap().is_empty(), "{kind:?}: half a batch written");
+        assert!(
+            store.find(std::slice::from_ref(&fresh.event.id)).await.unwrap().is_empty(),
+            "{kind:?}: half a batch written"
+        );
     }
 }
