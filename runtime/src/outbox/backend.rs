@@ -8,6 +8,10 @@ use chrono::{DateTime, Utc};
 
 use super::{Backlog, Claim, Fence, FencedWrites, NewEvent, RowState, Settlement, StatusReport, StoreError, schema};
 
+/// How many times [`OutboxBackend::enqueue_requests`] reads and writes before it gives up on
+/// writers that keep storing the same ids in between.
+pub const ENQUEUE_ATTEMPTS: u32 = 5;
+
 /// A claim whose rows are locked by an open transaction ([`OutboxBackend::claim_held`]).
 /// Dropping it unfinished rolls the transaction back: the rows are due again as they were.
 #[async_trait::async_trait]
@@ -98,13 +102,35 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     }
 
     /// [`enqueue_once`](Self::enqueue_once) for several requests in one transaction (one
-    /// commit): each request all or nothing on its own (a savepoint each), one answer per
-    /// request. `Err` when the transaction as a whole failed: then nothing was written.
+    /// commit): each request decided on its own (all or nothing), one answer per request.
+    /// `Err` when the transaction as a whole failed: then nothing was written. Tries
+    /// [`try_enqueue_requests`](Self::try_enqueue_requests) again when another writer got in
+    /// between, up to [`ENQUEUE_ATTEMPTS`] times.
     async fn enqueue_requests(
         &self,
         requests: &[&[NewEvent]],
         now: DateTime<Utc>,
-    ) -> Result<Vec<Result<Vec<bool>, StoreError>>, StoreError>;
+    ) -> Result<Vec<Result<Vec<bool>, StoreError>>, StoreError> {
+        for _ in 0..ENQUEUE_ATTEMPTS {
+            if let Some(answers) = self.try_enqueue_requests(requests, now).await? {
+                return Ok(answers);
+            }
+        }
+        Err(StoreError::Database(sqlx::Error::Protocol(format!(
+            "other writers stored the same event ids {ENQUEUE_ATTEMPTS} times while these events were written; \
+             nothing was written"
+        ))))
+    }
+
+    /// One attempt at [`enqueue_requests`](Self::enqueue_requests): reads which ids are stored,
+    /// decides every request from that ([`super::enqueue::decide_requests`]), inserts the new
+    /// rows, and commits. `None` (nothing written) when an insert found an id stored after the
+    /// read: another writer got in between, and a new attempt reads it.
+    async fn try_enqueue_requests(
+        &self,
+        requests: &[&[NewEvent]],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Result<Vec<bool>, StoreError>>>, StoreError>;
 
     /// Claims up to `limit` due rows (`pending`/`retry` with `scheduled_at <= now`) whose
     /// publisher is not in `skip` (names as stored: give both `""` and `"default"` to skip the

@@ -252,36 +252,6 @@ fn holds_nul(value: &Value) -> bool {
     }
 }
 
-/// Per event of an [`OutboxBackend::enqueue_once`](super::OutboxBackend::enqueue_once): whether
-/// it was inserted (`true`) or its id was already stored for the same publisher (a repeated
-/// delivery, `false`). `stored` holds (id hyphenated, publisher_backend) of the ids the insert
-/// skipped; an id stored for another publisher is [`StoreError::IdTaken`].
-pub(crate) fn new_or_repeated(
-    columns: &[Columns<'_>],
-    inserted: &std::collections::HashSet<uuid::Uuid>,
-    stored: &[(String, String)],
-) -> Result<Vec<bool>, StoreError> {
-    let mut seen = std::collections::HashSet::new();
-    columns
-        .iter()
-        .map(|row| {
-            // A row inserted by this call counts as new once; a second copy in the same call is
-            // a repeat.
-            if inserted.contains(&row.id) && seen.insert(row.id) {
-                return Ok(true);
-            }
-            let id = row.id.to_string();
-            let publisher = crate::routing::publisher_for(&row.event.publisher_backend);
-            match stored.iter().find(|(stored_id, _)| *stored_id == id) {
-                Some((_, other)) if crate::routing::publisher_for(other) != publisher => {
-                    Err(StoreError::IdTaken { id, publisher: crate::routing::publisher_for(other).to_string() })
-                }
-                _ => Ok(false),
-            }
-        })
-        .collect()
-}
-
 /// Inserts `event` through `executor` (a connection or an open transaction) on SQLite;
 /// returns its id.
 pub async fn sqlite<'e>(executor: impl sqlx::SqliteExecutor<'e>, event: &NewEvent) -> Result<uuid::Uuid, StoreError> {

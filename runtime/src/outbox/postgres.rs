@@ -302,48 +302,32 @@ impl OutboxBackend for PostgresStore {
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
     }
 
-    async fn enqueue_requests(
+    async fn try_enqueue_requests(
         &self,
         requests: &[&[NewEvent]],
         now: DateTime<Utc>,
-    ) -> Result<Vec<Result<Vec<bool>, StoreError>>, StoreError> {
-        if requests.len() > 1
-            && let Some(answers) = self.enqueue_requests_at_once(requests, now).await?
-        {
-            return Ok(answers);
-        }
+    ) -> Result<Option<Vec<Result<Vec<bool>, StoreError>>>, StoreError> {
+        let checked: Vec<Result<Vec<Columns<'_>>, StoreError>> =
+            requests.iter().map(|events| events.iter().map(|e| Columns::of(e, now)).collect()).collect();
+        let ids: Vec<Uuid> = checked.iter().flatten().flatten().map(|c| c.id).collect();
         let mut tx = self.pool.begin().await?;
-        let mut answers = Vec::with_capacity(requests.len());
-        // One request alone needs no savepoint: its failure rolls the transaction back.
-        let savepoints = requests.len() > 1;
-        for events in requests {
-            let columns = match events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>() {
-                Ok(columns) => columns,
-                Err(err) => {
-                    answers.push(Err(err));
-                    continue;
-                }
-            };
-            if savepoints {
-                sqlx::query("SAVEPOINT request").execute(&mut *tx).await?;
-            }
-            match insert_once(&mut tx, &columns, now).await {
-                Ok(new) => {
-                    if savepoints {
-                        sqlx::query("RELEASE SAVEPOINT request").execute(&mut *tx).await?;
-                    }
-                    answers.push(Ok(new));
-                }
-                Err(err) if !savepoints => return Ok(vec![Err(err)]),
-                Err(err) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT request").execute(&mut *tx).await?;
-                    sqlx::query("RELEASE SAVEPOINT request").execute(&mut *tx).await?;
-                    answers.push(Err(err));
-                }
-            }
+        let stored: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, publisher_backend FROM outbox_events WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        let stored: Vec<(Uuid, String)> = stored;
+        let (answers, rows) = super::enqueue::decide_requests(&checked, stored);
+        let rows: Vec<Columns<'_>> = rows.into_iter().cloned().collect();
+        let mut inserted = 0;
+        for chunk in rows.chunks(1000) {
+            inserted += insert_new(&mut *tx, chunk, now).await?.len();
+        }
+        if inserted != rows.len() {
+            return Ok(None);
         }
         tx.commit().await?;
-        Ok(answers)
+        Ok(Some(answers))
     }
 
     async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
@@ -501,65 +485,6 @@ where
     E: sqlx::PgExecutor<'e>,
 {
     insert_many(executor, std::slice::from_ref(row), now).await.map(|()| row.id)
-}
-
-impl PostgresStore {
-    /// [`OutboxBackend::enqueue_requests`] in two statements, whatever the number of requests:
-    /// the ids already stored are read first, each request is decided from them (refused
-    /// whole when one of its ids is another publisher's, including an earlier request's of the
-    /// group), and the new rows are inserted at once. `None` when a concurrent writer stored
-    /// one of the ids in between (nothing is written then; the caller takes the savepoint way).
-    async fn enqueue_requests_at_once(
-        &self,
-        requests: &[&[NewEvent]],
-        now: DateTime<Utc>,
-    ) -> Result<Option<Vec<Result<Vec<bool>, StoreError>>>, StoreError> {
-        let checked: Vec<Result<Vec<Columns<'_>>, StoreError>> =
-            requests.iter().map(|events| events.iter().map(|e| Columns::of(e, now)).collect()).collect();
-        let ids: Vec<Uuid> = checked.iter().flatten().flatten().map(|c| c.id).collect();
-        let mut tx = self.pool.begin().await?;
-        let stored: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT id, publisher_backend FROM outbox_events WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?;
-        let stored: Vec<(Uuid, String)> = stored;
-        let (answers, rows) = super::enqueue::decide_requests(&checked, stored);
-        let rows: Vec<Columns<'_>> = rows.into_iter().cloned().collect();
-        let mut inserted = 0;
-        for chunk in rows.chunks(1000) {
-            inserted += insert_new(&mut *tx, chunk, now).await?.len();
-        }
-        if inserted != rows.len() {
-            return Ok(None);
-        }
-        tx.commit().await?;
-        Ok(Some(answers))
-    }
-}
-
-/// Inserts the rows whose id is not stored yet, in `tx`; per row whether it was new (see
-/// [`super::enqueue::new_or_repeated`]).
-async fn insert_once(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    columns: &[Columns<'_>],
-    now: DateTime<Utc>,
-) -> Result<Vec<bool>, StoreError> {
-    let mut inserted = std::collections::HashSet::new();
-    for chunk in columns.chunks(1000) {
-        inserted.extend(insert_new(&mut **tx, chunk, now).await?);
-    }
-    let present: Vec<Uuid> = columns.iter().map(|c| c.id).filter(|id| !inserted.contains(id)).collect();
-    let stored: Vec<(Uuid, String)> = if present.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as("SELECT id, publisher_backend FROM outbox_events WHERE id = ANY($1)")
-            .bind(&present)
-            .fetch_all(&mut **tx)
-            .await?
-    };
-    let stored: Vec<(String, String)> = stored.into_iter().map(|(id, p)| (id.to_string(), p)).collect();
-    super::enqueue::new_or_repeated(columns, &inserted, &stored)
 }
 
 /// Inserts rows in one statement (`UNNEST` of one array per column).

@@ -299,46 +299,32 @@ impl OutboxBackend for SqliteStore {
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
     }
 
-    async fn enqueue_requests(
+    async fn try_enqueue_requests(
         &self,
         requests: &[&[NewEvent]],
         now: DateTime<Utc>,
-    ) -> Result<Vec<Result<Vec<bool>, StoreError>>, StoreError> {
-        if let Some(answers) = self.enqueue_requests_at_once(requests, now).await? {
-            return Ok(answers);
-        }
+    ) -> Result<Option<Vec<Result<Vec<bool>, StoreError>>>, StoreError> {
+        let checked: Vec<Result<Vec<Columns<'_>>, StoreError>> =
+            requests.iter().map(|events| events.iter().map(|e| Columns::of(e, now)).collect()).collect();
+        let ids = json_list(checked.iter().flatten().flatten().map(|c| c.id.simple().to_string()));
         let mut tx = self.enqueues.begin().await?;
-        let mut answers = Vec::with_capacity(requests.len());
-        // One request alone needs no savepoint: its failure rolls the transaction back.
-        let savepoints = requests.len() > 1;
-        for events in requests {
-            let columns = match events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>() {
-                Ok(columns) => columns,
-                Err(err) => {
-                    answers.push(Err(err));
-                    continue;
-                }
-            };
-            if savepoints {
-                sqlx::query("SAVEPOINT request").execute(&mut *tx).await?;
-            }
-            match insert_once(&mut tx, &columns, now).await {
-                Ok(new) => {
-                    if savepoints {
-                        sqlx::query("RELEASE SAVEPOINT request").execute(&mut *tx).await?;
-                    }
-                    answers.push(Ok(new));
-                }
-                Err(err) if !savepoints => return Ok(vec![Err(err)]),
-                Err(err) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT request").execute(&mut *tx).await?;
-                    sqlx::query("RELEASE SAVEPOINT request").execute(&mut *tx).await?;
-                    answers.push(Err(err));
-                }
-            }
+        let stored: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, publisher_backend FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let stored = stored.into_iter().filter_map(|(id, p)| Some((uuid::Uuid::parse_str(&id).ok()?, p))).collect();
+        let (answers, rows) = super::enqueue::decide_requests(&checked, stored);
+        let mut inserted = 0;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            inserted += insert_rows(&mut *tx, chunk, now, OnConflict::Skip).await?;
+        }
+        if inserted != rows.len() as u64 {
+            return Ok(None);
         }
         tx.commit().await?;
-        Ok(answers)
+        Ok(Some(answers))
     }
 
     async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
@@ -425,54 +411,8 @@ pub(crate) async fn insert<'e, E>(executor: E, row: &Columns<'_>, now: DateTime<
 where
     E: sqlx::SqliteExecutor<'e>,
 {
-    insert_row(executor, INSERT_ROW, row, now).await?;
+    insert_rows(executor, &[row], now, OnConflict::Fail).await?;
     Ok(row.id)
-}
-
-macro_rules! insert_row {
-    () => {
-        "INSERT INTO outbox_events (id, spec_version, event_type, source, subject, data_content_type, data_schema, \
-         data, status, created_at, updated_at, scheduled_at, published_at, retry_count, max_retries, last_error, \
-         publisher_backend, publisher_config) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11, NULL, 0, ?12, '', ?13, ?14)"
-    };
-}
-
-const INSERT_ROW: &str = insert_row!();
-const INSERT_NEW_ROW: &str = concat!(insert_row!(), " ON CONFLICT (id) DO NOTHING");
-
-impl SqliteStore {
-    /// [`OutboxBackend::enqueue_requests`] in a few statements: the ids already stored are
-    /// read first, each request is decided from them, and the new rows are inserted
-    /// [`ROWS_PER_INSERT`] to a statement. `None` when another writer stored one of the ids in
-    /// between (nothing is written then; the caller takes the savepoint way).
-    async fn enqueue_requests_at_once(
-        &self,
-        requests: &[&[NewEvent]],
-        now: DateTime<Utc>,
-    ) -> Result<Option<Vec<Result<Vec<bool>, StoreError>>>, StoreError> {
-        let checked: Vec<Result<Vec<Columns<'_>>, StoreError>> =
-            requests.iter().map(|events| events.iter().map(|e| Columns::of(e, now)).collect()).collect();
-        let ids = json_list(checked.iter().flatten().flatten().map(|c| c.id.simple().to_string()));
-        let mut tx = self.enqueues.begin().await?;
-        let stored: Vec<(String, String)> = sqlx::query_as(
-            "SELECT id, publisher_backend FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let stored = stored.into_iter().filter_map(|(id, p)| Some((uuid::Uuid::parse_str(&id).ok()?, p))).collect();
-        let (answers, rows) = super::enqueue::decide_requests(&checked, stored);
-        let mut inserted = 0;
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            inserted += insert_rows(&mut *tx, chunk, now, OnConflict::Skip).await?;
-        }
-        if inserted != rows.len() as u64 {
-            return Ok(None);
-        }
-        tx.commit().await?;
-        Ok(Some(answers))
-    }
 }
 
 /// Rows in one multi-row `INSERT` (14 parameters each, well under SQLite's limit).
@@ -528,62 +468,6 @@ where
             .bind(broadcaster_entry::pyjson::to_string(&serde_json::Value::Object(event.publisher_config.clone())));
     }
     Ok(query.execute(executor).await?.rows_affected())
-}
-
-/// Inserts the rows whose id is not stored yet, in `tx`; per row whether it was new (see
-/// [`super::enqueue::new_or_repeated`]).
-async fn insert_once(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    columns: &[Columns<'_>],
-    now: DateTime<Utc>,
-) -> Result<Vec<bool>, StoreError> {
-    let mut inserted = std::collections::HashSet::new();
-    let mut stored = Vec::new();
-    for row in columns {
-        if insert_row(&mut **tx, INSERT_NEW_ROW, row, now).await? {
-            inserted.insert(row.id);
-        } else {
-            let publisher: String = sqlx::query_scalar("SELECT publisher_backend FROM outbox_events WHERE id = ?1")
-                .bind(row.id.simple().to_string())
-                .fetch_one(&mut **tx)
-                .await?;
-            stored.push((row.id.to_string(), publisher));
-        }
-    }
-    super::enqueue::new_or_repeated(columns, &inserted, &stored)
-}
-
-/// Runs one of the insert statements for `row`; returns whether it inserted it.
-async fn insert_row<'e, E>(
-    executor: E,
-    statement: &'static str,
-    row: &Columns<'_>,
-    now: DateTime<Utc>,
-) -> Result<bool, StoreError>
-where
-    E: sqlx::SqliteExecutor<'e>,
-{
-    let event = row.event;
-    let data = row.data_value().map(broadcaster_entry::pyjson::to_string);
-    let config = broadcaster_entry::pyjson::to_string(&serde_json::Value::Object(event.publisher_config.clone()));
-    let done = sqlx::query(statement)
-        .bind(row.id.simple().to_string())
-        .bind(&event.spec_version)
-        .bind(&event.event_type)
-        .bind(&event.source)
-        .bind(&event.subject)
-        .bind(&event.data_content_type)
-        .bind(&event.data_schema)
-        .bind(data)
-        .bind(format_time(row.created_at))
-        .bind(format_time(now))
-        .bind(format_time(row.scheduled_at))
-        .bind(i64::from(event.max_retries))
-        .bind(&event.publisher_backend)
-        .bind(config)
-        .execute(executor)
-        .await?;
-    Ok(done.rows_affected() > 0)
 }
 
 #[cfg(test)]

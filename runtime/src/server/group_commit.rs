@@ -1,5 +1,5 @@
 //! Ingest requests that arrive together are committed together: one transaction, each
-//! request all or nothing on its own savepoint
+//! request decided on its own, all or nothing
 //! ([`OutboxBackend::enqueue_requests`](crate::outbox::OutboxBackend::enqueue_requests)),
 //! so many small requests share one commit (one WAL flush) instead of queueing for one each.
 //! A request is answered only after the commit that holds it.
