@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sha2::Digest;
 
-use super::Scratch;
+use super::{Scratch, SeedApp};
 use crate::cli::output::print_table;
 
 #[derive(Debug, clap::Args)]
@@ -48,14 +48,8 @@ pub struct IngestBench {
     /// seed's `publish_event` for the comparison rows; 0 leaves them out.
     #[arg(long, default_value_t = 2_000, value_name = "EVENTS")]
     compare_events: usize,
-    /// A Python with Django and django-broadcaster 0.1.1 installed, for the seed's row.
-    #[arg(
-        long,
-        env = "PYTHON_FOR_TESTS",
-        default_value = "/var/tmp/broadcaster-cache/venv/bin/python",
-        value_name = "PYTHON"
-    )]
-    seed_python: std::path::PathBuf,
+    #[command(flatten)]
+    seed: SeedApp,
 }
 
 const TOKEN: &str = "bench-ingest-token-0123456789abcdef";
@@ -297,6 +291,12 @@ async fn collect(
     Ok(measured)
 }
 
+/// A row for `events` written by one `writer` outside HTTP in `seconds`.
+fn comparison_row(outbox: &str, writer: &str, events: usize, seconds: f64) -> [String; 7] {
+    let rate = format!("{:.0}", events as f64 / seconds);
+    [outbox.into(), writer.into(), "1".into(), rate, "-".into(), "-".into(), "-".into()]
+}
+
 /// The same events through `broadcaster publish` (JSON Lines on stdin, one process).
 async fn publish_cli(bench: &IngestBench, outbox: &str) -> anyhow::Result<[String; 7]> {
     let scratch = Scratch::create(outbox, &bench.postgres).await?;
@@ -327,15 +327,7 @@ async fn publish_cli(bench: &IngestBench, outbox: &str) -> anyhow::Result<[Strin
         if !status.success() {
             bail!("broadcaster publish failed ({status})");
         }
-        Ok([
-            outbox.to_string(),
-            "broadcaster publish (one process, JSON Lines)".into(),
-            "1".into(),
-            format!("{:.0}", bench.compare_events as f64 / seconds),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-        ])
+        Ok(comparison_row(outbox, "broadcaster publish (one process, JSON Lines)", bench.compare_events, seconds))
     }
     .await;
     scratch.drop().await;
@@ -344,37 +336,15 @@ async fn publish_cli(bench: &IngestBench, outbox: &str) -> anyhow::Result<[Strin
 
 /// The same number of events through the seed's `publisher.publish_event`, one call each.
 async fn seed_publish(bench: &IngestBench, outbox: &str) -> anyhow::Result<[String; 7]> {
-    const SEED_APP: &str = "tests/django_app/outbox_app.py";
-    if !bench.seed_python.exists() || !std::path::Path::new(SEED_APP).exists() {
-        bail!("needs {} and {SEED_APP} (run from the repository root)", bench.seed_python.display());
+    if let Some(missing) = bench.seed.missing() {
+        bail!("{missing}");
     }
     let scratch = Scratch::create(outbox, &bench.postgres).await?;
     let result = async {
         OutboxStore::connect(&scratch.url).await?.migrate().await?;
-        let database = scratch.url.strip_prefix("sqlite://").unwrap_or(&scratch.url).to_string();
-        let output = tokio::process::Command::new(&bench.seed_python)
-            .arg(SEED_APP)
-            .args([&database, "seed-enqueue", &bench.compare_events.to_string()])
-            .output()
-            .await?;
-        if !output.status.success() {
-            bail!("the seed's publish_event loop failed:\n{}", String::from_utf8_lossy(&output.stderr));
-        }
-        let text = String::from_utf8_lossy(&output.stdout);
-        let seconds: f64 = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("the seed printed {text:?}, expected `<events> <seconds>`"))?;
-        Ok([
-            outbox.to_string(),
-            "seed publish_event (one call each)".into(),
-            "1".into(),
-            format!("{:.0}", bench.compare_events as f64 / seconds),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-        ])
+        let events = bench.compare_events.to_string();
+        let (_, seconds) = bench.seed.timed(&scratch.url, &["seed-enqueue", events.as_str()]).await?;
+        Ok(comparison_row(outbox, "seed publish_event (one call each)", bench.compare_events, seconds))
     }
     .await;
     scratch.drop().await;

@@ -98,6 +98,59 @@ impl Scratch {
     }
 }
 
+/// The seed (django-broadcaster 0.1.1) run through the Django project of the tests, for the
+/// rows that compare with it.
+#[derive(Debug, clap::Args)]
+pub(super) struct SeedApp {
+    /// A Python with Django and django-broadcaster 0.1.1 installed, for the seed's rows
+    /// (`scripts/setup --for-tests` installs one).
+    #[arg(
+        long = "seed-python",
+        env = "PYTHON_FOR_TESTS",
+        default_value = "/var/tmp/broadcaster-cache/venv/bin/python",
+        value_name = "PYTHON"
+    )]
+    python: std::path::PathBuf,
+}
+
+impl SeedApp {
+    /// The Django project that runs the seed (from the repository root, as `components/dist`).
+    const SCRIPT: &str = "tests/django_app/outbox_app.py";
+
+    /// Why the seed cannot run here, if it cannot.
+    pub(super) fn missing(&self) -> Option<String> {
+        (!self.python.exists() || !std::path::Path::new(Self::SCRIPT).exists()).then(|| {
+            format!(
+                "{} or {} is missing (scripts/setup --for-tests, run from the repository root)",
+                self.python.display(),
+                Self::SCRIPT
+            )
+        })
+    }
+
+    /// Runs one of the script's timed commands on the outbox at `url` (`seed-relay`,
+    /// `seed-enqueue`): the events it handled and the seconds it took, as it prints them.
+    pub(super) async fn timed(&self, url: &str, command: &[&str]) -> anyhow::Result<(u64, f64)> {
+        let database = url.strip_prefix("sqlite://").unwrap_or(url);
+        let output = tokio::process::Command::new(&self.python)
+            .arg(Self::SCRIPT)
+            .arg(database)
+            .args(command)
+            .output()
+            .await
+            .with_context(|| format!("running {}", self.python.display()))?;
+        if !output.status.success() {
+            bail!("the seed's `{}` failed:\n{}", command[0], String::from_utf8_lossy(&output.stderr));
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut words = text.split_whitespace();
+        match (words.next().and_then(|n| n.parse().ok()), words.next().and_then(|s| s.parse().ok())) {
+            (Some(events), Some(seconds)) => Ok((events, seconds)),
+            _ => bail!("the seed's `{}` printed {text:?}, expected `<events> <seconds>`", command[0]),
+        }
+    }
+}
+
 /// Resident memory of this process, in bytes (Linux `/proc/self/status`).
 pub(super) fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

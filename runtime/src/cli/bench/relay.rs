@@ -11,7 +11,7 @@ use broadcaster::outbox::{NewEvent, OutboxStore, Status};
 use broadcaster::registry::PublisherRegistry;
 use broadcaster::relay::{Relay, RunOptions};
 
-use super::Scratch;
+use super::{Scratch, SeedApp};
 use crate::cli::output::print_table;
 
 #[derive(Debug, clap::Args)]
@@ -41,18 +41,9 @@ pub struct RelayBench {
     /// --seed-python (`scripts/setup --for-tests` installs one) and tests/django_app/.
     #[arg(long, default_value_t = 2_000, value_name = "EVENTS")]
     seed_events: usize,
-    /// A Python with Django and django-broadcaster 0.1.1 installed, for the seed's run.
-    #[arg(
-        long,
-        env = "PYTHON_FOR_TESTS",
-        default_value = "/var/tmp/broadcaster-cache/venv/bin/python",
-        value_name = "PYTHON"
-    )]
-    seed_python: std::path::PathBuf,
+    #[command(flatten)]
+    seed: SeedApp,
 }
-
-/// The Django project that runs the seed (from the repository root, as `components/dist`).
-const SEED_APP: &str = "tests/django_app/outbox_app.py";
 
 /// The component file a `--publisher` name stands for (`None`: the native backend).
 fn publisher_component(name: &str) -> Option<std::path::PathBuf> {
@@ -120,11 +111,8 @@ pub async fn run(bench: RelayBench) -> anyhow::Result<ExitCode> {
     }
     let mut seed_rates = std::collections::HashMap::new();
     if bench.seed_events > 0 {
-        if !bench.seed_python.exists() || !std::path::Path::new(SEED_APP).exists() {
-            eprintln!(
-                "skipping the seed: {} or {SEED_APP} is missing (scripts/setup --for-tests, run from the repository root)",
-                bench.seed_python.display()
-            );
+        if let Some(missing) = bench.seed.missing() {
+            eprintln!("skipping the seed: {missing}");
         } else {
             for outbox in &bench.outbox {
                 let (elapsed, published) = seed_once(outbox, &bench).await?;
@@ -181,26 +169,9 @@ async fn seed_once(outbox: &str, bench: &RelayBench) -> anyhow::Result<(Duration
         store.migrate().await?;
         store.enqueue(&bench_events(bench.seed_events, "bench"), now_micros()).await?;
         let stream = format!("bench:{outbox}:seed");
-        let database = scratch.url.strip_prefix("sqlite://").unwrap_or(&scratch.url).to_string();
-        let output = tokio::process::Command::new(&bench.seed_python)
-            .arg(SEED_APP)
-            .args([&database, "seed-relay", &bench.redis, "bench", &stream, &bench.batch_size.to_string()])
-            .output()
-            .await
-            .with_context(|| format!("running {}", bench.seed_python.display()))?;
-        if !output.status.success() {
-            bail!("the seed's worker loop failed:\n{}", String::from_utf8_lossy(&output.stderr));
-        }
-        let text = String::from_utf8_lossy(&output.stdout);
-        let (published, seconds) = text
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .as_slice()
-            .try_into()
-            .map(|[n, s]: [&str; 2]| (n.parse::<u64>(), s.parse::<f64>()))
-            .ok()
-            .and_then(|(n, s)| Some((n.ok()?, s.ok()?)))
-            .with_context(|| format!("the seed's worker loop printed {text:?}, expected `<events> <seconds>`"))?;
+        let batch = bench.batch_size.to_string();
+        let command = ["seed-relay", bench.redis.as_str(), "bench", stream.as_str(), batch.as_str()];
+        let (published, seconds) = bench.seed.timed(&scratch.url, &command).await?;
         let client = redis::Client::open(format!("redis://{}/", bench.redis))?;
         let mut redis = client.get_multiplexed_async_connection().await?;
         let written: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut redis).await?;
