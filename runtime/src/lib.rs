@@ -18,7 +18,10 @@
 //!   capability table ([`host::capabilities`]: WASI, `log`, `redis-stream`, `http`) bound to
 //!   each publisher's grants.
 //! - [`metrics`]: what `GET /metrics` reports (Prometheus text format).
-//! - [`registry`]: keeps the configured publishers, built and started, by name.
+//! - [`registry`]: keeps the configured publishers, built and started, by name; rebuilds
+//!   them for a new configuration, keeping the unchanged ones.
+//! - [`reload`]: live configuration changes (`SIGHUP`, `POST /v1/admin/reload`): all or
+//!   nothing, applied while the other publishers keep publishing.
 //! - [`outbox`]: the `outbox_events` table (django-broadcaster's) on SQLite or PostgreSQL:
 //!   migrate, enqueue (also inside your own transaction), claim, settle, operate.
 //! - [`relay`]: the worker loop: leases, backoff, health gating, fencing.
@@ -50,6 +53,7 @@ pub mod outcome;
 pub mod publisher;
 pub mod registry;
 pub mod relay;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod stream_client;

@@ -12,7 +12,7 @@
 //! assert!(metrics.render().contains("broadcaster_publish_duration_seconds_count{publisher=\"tenant-a\"} 1"));
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -55,8 +55,10 @@ pub struct Metrics {
     /// The publisher labels the backlog gauges were last set for (to zero the ones that
     /// emptied).
     backlog_labels: Mutex<BTreeSet<(String, &'static str)>>,
-    /// One copy-in of the publishers' counters at a time (two would both add the same rise).
-    refreshing: Mutex<()>,
+    /// One copy-in of the publishers' counters at a time (two would both add the same rise),
+    /// and which publisher each name had at the last one ([`Publisher::identity`]): a reload
+    /// that replaced or removed one resets or drops its series.
+    refreshing: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Default for Metrics {
@@ -221,8 +223,17 @@ impl Metrics {
 
     /// Copies in each publisher's health (from `health`) and its guest's counters.
     pub fn refresh_publishers(&self, registry: &PublisherRegistry, health: &HealthBoard) {
-        let _one_at_a_time = self.refreshing.lock().expect("refresh lock");
+        let mut seen = self.refreshing.lock().expect("refresh lock");
+        for (name, _) in seen.iter().filter(|(name, _)| !registry.contains(name)) {
+            let _ = self.healthy.remove_label_values(&[name]);
+            self.forget_guest(name);
+        }
+        seen.retain(|name, _| registry.contains(name));
         for (name, publisher) in registry.iter() {
+            if seen.insert(name.to_string(), publisher.identity()).is_some_and(|was| was != publisher.identity()) {
+                // Built again by a reload: its guest counters start over, and so do the series.
+                self.forget_guest(name);
+            }
             self.healthy.with_label_values(&[name]).set(i64::from(!health.is_down(name)));
             let Publisher::Component(component) = publisher else { continue };
             let counters = component.counters();
@@ -236,6 +247,17 @@ impl Metrics {
                 .with_label_values(&[name])
                 .set(i64::try_from(counters.memory_bytes()).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Drops the guest series of `publisher` (it is gone, or was built again).
+    fn forget_guest(&self, publisher: &str) {
+        for cause in TrapCause::ALL {
+            let _ = self.guest_traps.remove_label_values(&[publisher, cause.as_str()]);
+        }
+        for counter in [&self.guest_failed_starts, &self.guest_instances, &self.guest_breaker_opened] {
+            let _ = counter.remove_label_values(&[publisher]);
+        }
+        let _ = self.guest_memory.remove_label_values(&[publisher]);
     }
 
     /// Sets the backlog gauges from a count of the outbox taken at `now`; names no

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use crate::config::{Config, ConfigError, PublisherConfig, PublisherKind};
 use crate::host::{ComponentError, ComponentPublisher, ComponentSetupError, EngineError, HostEngine, LoadedComponent};
 use crate::outcome::Health;
@@ -96,6 +98,54 @@ pub struct BuildOptions {
 #[derive(Debug, Default)]
 pub struct PublisherRegistry {
     publishers: BTreeMap<String, Publisher>,
+    /// What each publisher was built from, to tell at a reload which ones changed.
+    sources: BTreeMap<String, PublisherSource>,
+    /// The engine its components run on (the newest one, after a reload that needed one).
+    engine: Option<HostEngine>,
+}
+
+/// What a publisher was built from: its `[publishers.<name>]` TOML, the directory relative
+/// paths resolve against, and its component file's SHA-256 (a new file at the same path is a
+/// change).
+#[derive(Debug, Clone, PartialEq)]
+struct PublisherSource {
+    section: Option<toml::Value>,
+    base_dir: PathBuf,
+    component: Option<[u8; 32]>,
+}
+
+/// What a reload changed, by publisher name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RegistryChanges {
+    /// Publishers new in the configuration.
+    pub added: Vec<String>,
+    /// Publishers no longer in it: their events wait.
+    pub removed: Vec<String>,
+    /// Publishers whose section or component file changed: built again.
+    pub changed: Vec<String>,
+    /// Publishers kept as they were (instances, connections and counters included).
+    pub unchanged: Vec<String>,
+}
+
+impl RegistryChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+impl std::fmt::Display for RegistryChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |names: &[String]| if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        write!(
+            f,
+            "added: {}; removed: {}; changed: {}; unchanged: {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.changed),
+            self.unchanged.len()
+        )
+    }
 }
 
 impl PublisherRegistry {
@@ -121,30 +171,62 @@ impl PublisherRegistry {
                 }
             }
         }
-        let mut builder =
-            Builder { config, options, engine: None, components: HashMap::new(), clients: StreamClients::default() };
-        let mut publishers = BTreeMap::new();
+        let mut builder = Builder::new(config, options, None);
+        let mut registry = Self::default();
         for (name, publisher_config) in &config.publishers {
             if only.is_some_and(|names| !names.contains(&name.as_str())) {
                 continue;
             }
-            let publisher = builder.publisher(name, publisher_config).await.map_err(|cause| match cause {
-                BuildError::Config(err) => RegistryError::Config(err),
-                BuildError::Engine(err) => RegistryError::Engine(err),
-                BuildError::Publisher(cause) => RegistryError::Publisher {
-                    publisher: name.clone(),
-                    config: config.path.display().to_string(),
-                    cause,
-                },
-            })?;
-            publishers.insert(name.clone(), publisher);
+            let (publisher, source) = builder.named(name, publisher_config).await?;
+            registry.publishers.insert(name.clone(), publisher);
+            registry.sources.insert(name.clone(), source);
         }
-        Ok(Self { publishers })
+        registry.engine = builder.engine;
+        Ok(registry)
+    }
+
+    /// The registry for `config` after this one ran the configuration before it (a reload):
+    /// publishers whose section and component file are unchanged are kept as they are (the
+    /// same instances, connections and counters); added and changed ones are built and
+    /// started now, strictly (an `init` that fails fails the whole rebuild), and nothing of
+    /// this registry is touched, so a failed rebuild changes nothing. The old publishers of
+    /// changed and removed names stay usable by whoever still holds them (calls in flight
+    /// finish on them).
+    pub async fn rebuild(&self, config: &Config) -> Result<(Self, RegistryChanges), RegistryError> {
+        let mut builder = Builder::new(config, BuildOptions { strict: true }, self.engine.clone());
+        let mut next = Self::default();
+        let mut changes = RegistryChanges::default();
+        for (name, publisher_config) in &config.publishers {
+            let source = builder.source(name, publisher_config).map_err(|cause| builder.named_error(name, cause))?;
+            match (self.publishers.get(name), self.sources.get(name)) {
+                (Some(publisher), Some(was)) if *was == source => {
+                    next.publishers.insert(name.clone(), publisher.clone());
+                    changes.unchanged.push(name.clone());
+                }
+                (current, _) => {
+                    let (publisher, source) = builder.named(name, publisher_config).await?;
+                    next.publishers.insert(name.clone(), publisher);
+                    if current.is_some() { &mut changes.changed } else { &mut changes.added }.push(name.clone());
+                    next.sources.insert(name.clone(), source);
+                    continue;
+                }
+            }
+            next.sources.insert(name.clone(), source);
+        }
+        changes.removed =
+            self.publishers.keys().filter(|name| !config.publishers.contains_key(*name)).cloned().collect();
+        next.engine = builder.engine.or_else(|| self.engine.clone());
+        Ok((next, changes))
     }
 
     /// The publisher called `name`.
     pub fn get(&self, name: &str) -> Result<&Publisher, UnknownPublisher> {
         self.publishers.get(name).ok_or_else(|| UnknownPublisher::new(name, self.publishers.keys()))
+    }
+
+    /// Whether a publisher called `name` is configured.
+    pub fn contains(&self, name: &str) -> bool {
+        self.publishers.contains_key(name)
     }
 
     /// The publisher for an event's `publisher_backend` (see [`crate::routing`]).
@@ -196,12 +278,79 @@ impl<E: Into<PublisherSetupError>> From<E> for BuildError {
 struct Builder<'a> {
     config: &'a Config,
     options: BuildOptions,
+    /// The engine of the registry being rebuilt, if any: reused when it fits.
+    previous_engine: Option<HostEngine>,
     engine: Option<HostEngine>,
-    components: HashMap<PathBuf, LoadedComponent>,
+    /// Compiled components by canonical path and content digest.
+    components: HashMap<(PathBuf, [u8; 32]), LoadedComponent>,
+    /// Component files read so far: canonical path, bytes' digest, bytes.
+    files: HashMap<PathBuf, (PathBuf, [u8; 32], Arc<Vec<u8>>)>,
     clients: StreamClients,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    fn new(config: &'a Config, options: BuildOptions, previous_engine: Option<HostEngine>) -> Self {
+        Self {
+            config,
+            options,
+            previous_engine,
+            engine: None,
+            components: HashMap::new(),
+            files: HashMap::new(),
+            clients: StreamClients::default(),
+        }
+    }
+
+    /// Builds publisher `name`; an error names it and the configuration file.
+    async fn named(
+        &mut self,
+        name: &str,
+        publisher_config: &PublisherConfig,
+    ) -> Result<(Publisher, PublisherSource), RegistryError> {
+        let source = self.source(name, publisher_config).map_err(|cause| self.named_error(name, cause))?;
+        let publisher = self.publisher(name, publisher_config).await.map_err(|cause| self.named_error(name, cause))?;
+        Ok((publisher, source))
+    }
+
+    fn named_error(&self, name: &str, cause: BuildError) -> RegistryError {
+        match cause {
+            BuildError::Config(err) => RegistryError::Config(err),
+            BuildError::Engine(err) => RegistryError::Engine(err),
+            BuildError::Publisher(cause) => RegistryError::Publisher {
+                publisher: name.to_string(),
+                config: self.config.path.display().to_string(),
+                cause,
+            },
+        }
+    }
+
+    /// What publisher `name` is built from (its component file read to hash it).
+    fn source(&mut self, name: &str, publisher: &PublisherConfig) -> Result<PublisherSource, BuildError> {
+        let component = match self.config.kind_of(name, publisher).map_err(BuildError::Config)? {
+            PublisherKind::RedisStream => None,
+            PublisherKind::Component(path) => Some(self.file(&path)?.1),
+        };
+        Ok(PublisherSource {
+            section: self.config.publisher_section(name).cloned(),
+            base_dir: self.config.base_dir.clone(),
+            component,
+        })
+    }
+
+    /// The component file at `path`: its canonical path, digest and bytes, read once.
+    fn file(&mut self, path: &Path) -> Result<(PathBuf, [u8; 32], Arc<Vec<u8>>), BuildError> {
+        if let Some(read) = self.files.get(path) {
+            return Ok(read.clone());
+        }
+        let read_error = |cause| ComponentError::Read { path: path.to_path_buf(), cause };
+        let key = std::fs::canonicalize(path).map_err(read_error)?;
+        let bytes = std::fs::read(&key).map_err(read_error)?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let read = (key, digest, Arc::new(bytes));
+        self.files.insert(path.to_path_buf(), read.clone());
+        Ok(read)
+    }
+
     async fn publisher(&mut self, name: &str, publisher: &PublisherConfig) -> Result<Publisher, BuildError> {
         match self.config.kind_of(name, publisher).map_err(BuildError::Config)? {
             PublisherKind::RedisStream => {
@@ -226,12 +375,17 @@ impl Builder<'_> {
         }
     }
 
-    /// The engine, sized for every component publisher of the configuration.
+    /// The engine, sized for every component publisher of the configuration (the previous
+    /// registry's when it accommodates them).
     fn engine(&mut self) -> Result<&HostEngine, BuildError> {
         if self.engine.is_none() {
             let components: Vec<&PublisherConfig> =
                 self.config.publishers.values().filter(|p| p.component.is_some()).collect();
-            let engine = HostEngine::for_publishers(&self.config.wasm, &components).map_err(BuildError::Engine)?;
+            let engine = match &self.previous_engine {
+                Some(previous) => HostEngine::for_publishers_after(previous, &self.config.wasm, &components),
+                None => HostEngine::for_publishers(&self.config.wasm, &components),
+            }
+            .map_err(BuildError::Engine)?;
             self.engine = Some(engine);
         }
         Ok(self.engine.as_ref().expect("engine just created"))
@@ -239,17 +393,16 @@ impl Builder<'_> {
 
     /// The component at `path`, compiled once however many publishers use it.
     async fn component(&mut self, path: &Path) -> Result<LoadedComponent, BuildError> {
-        let key = std::fs::canonicalize(path)
-            .map_err(|source| ComponentError::Read { path: path.to_path_buf(), cause: source })?;
-        if let Some(loaded) = self.components.get(&key) {
+        let (key, digest, bytes) = self.file(path)?;
+        if let Some(loaded) = self.components.get(&(key.clone(), digest)) {
             return Ok(loaded.clone());
         }
         let engine = self.engine()?.clone();
         let file = path.to_path_buf();
-        let loaded = tokio::task::spawn_blocking(move || LoadedComponent::load(&engine, &file))
+        let loaded = tokio::task::spawn_blocking(move || LoadedComponent::from_bytes(&engine, &file, &bytes))
             .await
             .expect("component compilation panicked")?;
-        self.components.insert(key, loaded.clone());
+        self.components.insert((key, digest), loaded.clone());
         Ok(loaded)
     }
 }

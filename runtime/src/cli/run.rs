@@ -9,6 +9,7 @@ use broadcaster::config::units::parse_duration;
 use broadcaster::metrics::Metrics;
 use broadcaster::registry::{BuildOptions, PublisherRegistry};
 use broadcaster::relay::{Relay, RunOptions};
+use broadcaster::reload::Reloader;
 
 use super::ConfigArg;
 
@@ -47,7 +48,8 @@ const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.worker.config.load()?;
     let worker = Worker::start(&config, &args.worker, Arc::default()).await?;
-    let stop = stop_on_signal(worker.stop_within);
+    reload_on_hangup(worker.reloader(config, &args.worker, |_| {}));
+    let stop = stop_on_signal(worker.relay.clone());
     let report = worker.run(stop).await;
     report.print();
     Ok(ExitCode::SUCCESS)
@@ -57,8 +59,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 pub struct Worker {
     pub relay: Arc<Relay>,
     options: RunOptions,
-    /// How long a stop may take at most.
-    pub stop_within: std::time::Duration,
 }
 
 impl Worker {
@@ -72,9 +72,6 @@ impl Worker {
         let store = super::open_outbox(config).await?;
         let registry =
             Arc::new(PublisherRegistry::build_with(config, None, BuildOptions { strict: args.strict }).await?);
-        // However the backends behave, a stop takes no longer than their longest call and a few
-        // seconds to record outcomes.
-        let stop_within = registry.longest_call() + STOP_MARGIN;
         let names: Vec<&str> = registry.iter().map(|(name, _)| name).collect();
         tracing::info!(
             outbox = %store.display_url(),
@@ -92,7 +89,25 @@ impl Worker {
             if options.max_iterations > 0 { format!(", {} iterations", options.max_iterations) } else { String::new() }
         );
         let relay = Arc::new(Relay::new(store, registry, &config.relay).with_metrics(metrics));
-        Ok(Self { relay, options, stop_within })
+        Ok(Self { relay, options })
+    }
+
+    /// What applies configuration changes to this worker: `config` is the one it runs, and
+    /// the file is read again from the same place, with `adjust` applied (command-line
+    /// settings that override the file).
+    pub fn reloader(
+        &self,
+        config: Config,
+        args: &WorkerArgs,
+        adjust: impl Fn(&mut Config) + Send + Sync + 'static,
+    ) -> Arc<Reloader> {
+        let path = args.config.config.clone();
+        let load = move || {
+            let mut config = Config::load(&path)?;
+            adjust(&mut config);
+            Ok(config)
+        };
+        Reloader::new(config, self.relay.clone(), Box::new(load))
     }
 
     /// Runs until `stop` turns true (or the iterations are done).
@@ -132,12 +147,31 @@ impl WorkerReport {
     }
 }
 
-/// Turns true on SIGINT/SIGTERM; a second signal, or a stop that takes longer than
-/// `stop_within`, exits the process at once.
-pub fn stop_on_signal(stop_within: std::time::Duration) -> tokio::sync::watch::Receiver<bool> {
+/// Reloads the configuration at every SIGHUP, saying on stderr what changed or why the
+/// reload was refused.
+pub fn reload_on_hangup(reloader: Arc<Reloader>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match reloader.reload_and_log().await {
+                Ok(report) => eprintln!("broadcaster: {report}"),
+                Err(err) => eprintln!("broadcaster: reload refused, nothing changed: {err}"),
+            }
+        }
+    });
+}
+
+/// Turns true on SIGINT/SIGTERM; a second signal, or a stop that takes longer than the
+/// longest call of `relay`'s publishers then plus a margin to record outcomes, exits the
+/// process at once.
+pub fn stop_on_signal(relay: Arc<Relay>) -> tokio::sync::watch::Receiver<bool> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
+        // However the backends behave, a stop takes no longer than their longest call and a
+        // few seconds to record outcomes.
+        let stop_within = relay.registry().longest_call() + STOP_MARGIN;
         eprintln!(
             "broadcaster worker: stopping: no new events; calls in flight finish or are cut within {stop_within:?} \
              (signal again to exit at once)"

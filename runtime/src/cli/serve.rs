@@ -8,7 +8,7 @@ use anyhow::Context;
 use broadcaster::metrics::Metrics;
 use broadcaster::server::{ServerState, serve};
 
-use super::run::{Worker, WorkerArgs, stop_on_signal};
+use super::run::{Worker, WorkerArgs, reload_on_hangup, stop_on_signal};
 
 /// How long requests in progress may take to finish once the worker has stopped.
 const REQUESTS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -24,14 +24,23 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = args.worker.config.load()?;
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
+    if let Some(listen) = &args.listen {
+        config.server.listen = listen.clone();
     }
     let addr = config.server.listen_addr().map_err(anyhow::Error::msg).context("--listen")?;
     // Bad tokens are bad input: say so before starting anything.
     let tokens = broadcaster::server::tokens::TokenTable::from_config(&config, &|name| std::env::var(name).ok())?;
     let worker = Worker::start(&config, &args.worker, Arc::new(Metrics::new())).await?;
     let state = ServerState::with_tokens(&config, &worker.relay, tokens);
+    let listen = args.listen.clone();
+    let reloader = worker.reloader(config, &args.worker, move |config| {
+        if let Some(listen) = &listen {
+            config.server.listen = listen.clone();
+        }
+    });
+    reloader.attach_server(&state);
+    state.set_reloader(reloader.clone());
+    reload_on_hangup(reloader);
     if state.has_no_tokens() {
         tracing::warn!("no [tokens.<name>] configured: every ingest request is refused (401)");
     }
@@ -43,7 +52,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "broadcaster serve: listening on http://{local}: POST /v1/publishers/{{name}}/events, GET /metrics, \
          GET /healthz, GET /readyz"
     );
-    let stop = stop_on_signal(worker.stop_within);
+    let stop = stop_on_signal(worker.relay.clone());
     // Stop serving at the signal (requests in progress finish), or when the worker is done.
     let (worker_done, mut worker_done_rx) = tokio::sync::watch::channel(false);
     let mut signalled = stop.clone();

@@ -97,6 +97,10 @@ pub struct Config {
     /// The file this was loaded from.
     #[serde(skip)]
     pub path: PathBuf,
+    /// The TOML it was read from, `BROADCASTER_…` overrides applied: what a reload compares
+    /// section by section ([`Config::section`]).
+    #[serde(skip)]
+    pub source: toml::Table,
 }
 
 /// `[outbox]`: where events are stored.
@@ -139,6 +143,7 @@ impl Config {
             message: err.to_string().trim_end().to_string(),
         })?;
         let overrides = env::apply_overrides(&mut table, vars)?;
+        let source = table.clone();
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
             let key = err.path().to_string();
             // toml adds an "in `table`" line; the key path says it better.
@@ -150,6 +155,7 @@ impl Config {
             ConfigError::Invalid { path: path.to_path_buf(), key, message }
         })?;
         config.path = path.to_path_buf();
+        config.source = source;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.validate()?;
         Ok(config)
@@ -254,6 +260,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The TOML of a top-level section (`outbox`, `relay`, …) as read, overrides applied
+    /// (`None` when absent): two configurations with the same TOML there mean the same thing
+    /// there.
+    pub fn section(&self, name: &str) -> Option<&toml::Value> {
+        self.source.get(name)
+    }
+
+    /// The TOML of `[publishers.<name>]` as read, overrides applied.
+    pub fn publisher_section(&self, name: &str) -> Option<&toml::Value> {
+        self.source.get("publishers")?.as_table()?.get(name)
     }
 
     /// What publisher `name` runs, with its component path resolved.

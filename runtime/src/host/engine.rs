@@ -59,6 +59,7 @@ pub struct HostEngine {
     linker: Arc<Linker<PublisherState>>,
     pooling: bool,
     fuel: bool,
+    settings: EngineSettings,
     lanes: Arc<GuestLanes>,
     _ticker: Arc<EpochTicker>,
 }
@@ -127,7 +128,35 @@ impl HostEngine {
         wasm: &crate::config::WasmConfig,
         components: &[&PublisherConfig],
     ) -> Result<Self, EngineError> {
-        let settings = EngineSettings {
+        let engine = Self::with_settings(&Self::settings_for(wasm, components))?;
+        tracing::debug!(pooling = engine.is_pooling(), fuel = engine.meters_fuel(), "wasm engine ready");
+        Ok(engine)
+    }
+
+    /// The engine for the component publishers of a new configuration (a reload) when
+    /// `current` runs the old one: `current` itself when it accommodates them (the usual
+    /// case: same allocator, fuel metering if needed, and, when pooling, enough instances of
+    /// enough memory), otherwise a new engine that shares `current`'s guest lanes, so every
+    /// tenant still competes for the same threads.
+    pub fn for_publishers_after(
+        current: &HostEngine,
+        wasm: &crate::config::WasmConfig,
+        components: &[&PublisherConfig],
+    ) -> Result<Self, EngineError> {
+        let wanted = Self::settings_for(wasm, components);
+        if current.accommodates(&wanted) {
+            return Ok(current.clone());
+        }
+        tracing::info!(
+            was = ?current.settings,
+            now = ?wanted,
+            "the new configuration's components need another engine; publishers that did not change keep theirs"
+        );
+        Self::build(&wanted, Some(current.lanes.clone()))
+    }
+
+    fn settings_for(wasm: &crate::config::WasmConfig, components: &[&PublisherConfig]) -> EngineSettings {
+        EngineSettings {
             allocator: wasm.allocator,
             max_memory: components
                 .iter()
@@ -137,16 +166,26 @@ impl HostEngine {
             instances: u32::try_from(components.len()).unwrap_or(u32::MAX).saturating_add(16),
             fuel: components.iter().any(|p| p.limits.fuel.is_some()),
             cache_dir: wasm.cache_directory(),
-        };
-        let engine = Self::with_settings(&settings)?;
-        tracing::debug!(pooling = engine.is_pooling(), fuel = engine.meters_fuel(), "wasm engine ready");
-        Ok(engine)
+        }
+    }
+
+    /// Whether components needing `wanted` can run on this engine.
+    fn accommodates(&self, wanted: &EngineSettings) -> bool {
+        let have = &self.settings;
+        have.allocator == wanted.allocator
+            && have.cache_dir == wanted.cache_dir
+            && (have.fuel || !wanted.fuel)
+            && (!self.pooling || (have.instances >= wanted.instances && have.max_memory >= wanted.max_memory))
     }
 
     /// Creates the engine for `settings` and starts its epoch ticker. With
     /// [`Allocator::Auto`], falls back to on-demand allocation (and says so in the log) when
     /// the pooling allocator cannot reserve its address space.
     pub fn with_settings(settings: &EngineSettings) -> Result<Self, EngineError> {
+        Self::build(settings, None)
+    }
+
+    fn build(settings: &EngineSettings, lanes: Option<Arc<GuestLanes>>) -> Result<Self, EngineError> {
         let (engine, pooling) = match settings.allocator {
             Allocator::OnDemand => {
                 (Engine::new(&base_config(settings)).map_err(|e| EngineError(e.to_string()))?, false)
@@ -170,8 +209,19 @@ impl HostEngine {
         };
         let linker = build_linker(&engine).map_err(|e| EngineError(e.to_string()))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
-        let lanes = Arc::new(GuestLanes::start()?);
-        Ok(Self { engine, linker: Arc::new(linker), pooling, fuel: settings.fuel, lanes, _ticker: ticker })
+        let lanes = match lanes {
+            Some(lanes) => lanes,
+            None => Arc::new(GuestLanes::start()?),
+        };
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            pooling,
+            fuel: settings.fuel,
+            settings: settings.clone(),
+            lanes,
+            _ticker: ticker,
+        })
     }
 
     /// The wasmtime engine.

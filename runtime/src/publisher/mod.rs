@@ -65,6 +65,24 @@ impl Publisher {
         }
     }
 
+    /// Which publisher this is: two handles of the same publisher have the same identity, a
+    /// publisher built again (a reload) another one.
+    pub fn identity(&self) -> usize {
+        match self {
+            Self::RedisStream(p) => Arc::as_ptr(p) as *const () as usize,
+            Self::Component(p) => Arc::as_ptr(p) as *const () as usize,
+        }
+    }
+
+    /// Whether anything besides this handle still holds the publisher (a share in flight after
+    /// a reload replaced it).
+    pub fn is_shared(&self) -> bool {
+        match self {
+            Self::RedisStream(p) => Arc::strong_count(p) > 1,
+            Self::Component(p) => Arc::strong_count(p) > 1,
+        }
+    }
+
     /// The longest one call can take, host time included.
     pub fn longest_call(&self) -> std::time::Duration {
         match self {

@@ -33,6 +33,11 @@ impl HealthBoard {
         state.insert(publisher.to_string(), health);
     }
 
+    /// Forgets `publisher` (a reload removed or replaced it).
+    pub fn forget(&self, publisher: &str) {
+        self.state.lock().expect("health lock").remove(publisher);
+    }
+
     /// The last health recorded for `publisher`, if it was checked.
     pub fn last(&self, publisher: &str) -> Option<Health> {
         self.state.lock().expect("health lock").get(publisher).cloned()

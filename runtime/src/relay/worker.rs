@@ -1,7 +1,8 @@
 //! The relay loop: claim a batch, publish it publisher by publisher, settle every row.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -14,7 +15,8 @@ use crate::config::RelayConfig;
 use crate::metrics::Metrics;
 use crate::outbox::{Claim, ClaimedEvent, HeldClaim, OutboxStore, RejectedRow, Settlement, StoreError};
 use crate::outcome::{Attempt, PublishError};
-use crate::registry::PublisherRegistry;
+use crate::publisher::Publisher;
+use crate::registry::{PublisherRegistry, RegistryChanges};
 use crate::routing::{publisher_for, stored_names};
 
 /// How many times the outcomes of a share are written before they are given up to lease
@@ -88,7 +90,19 @@ pub struct RelayReport {
 #[derive(Debug)]
 pub struct Relay {
     store: OutboxStore,
-    registry: Arc<PublisherRegistry>,
+    /// The publishers in force; a reload swaps in another registry
+    /// ([`Relay::replace_publishers`]) while shares in flight keep the one they started with.
+    registry: RwLock<Arc<PublisherRegistry>>,
+    /// Names a reload removed: their events wait (neither claimed nor failed as unknown) until
+    /// a publisher of that name is configured again.
+    retired: Mutex<BTreeSet<String>>,
+    /// Publishers a reload replaced or removed, kept until their calls in flight are done, so
+    /// that a stop stops them too.
+    superseded: Mutex<Vec<Publisher>>,
+    /// Counts registry swaps; the loop follows a new one (health checks, who may have work).
+    generation: AtomicU64,
+    /// Wakes a waiting loop after a swap.
+    reloaded: tokio::sync::Notify,
     clock: Arc<dyn Clock>,
     backoff: Backoff,
     lease_timeout: Duration,
@@ -103,7 +117,11 @@ impl Relay {
     pub fn new(store: OutboxStore, registry: Arc<PublisherRegistry>, settings: &RelayConfig) -> Self {
         Self {
             store,
-            registry,
+            registry: RwLock::new(registry),
+            retired: Mutex::default(),
+            superseded: Mutex::default(),
+            generation: AtomicU64::new(0),
+            reloaded: tokio::sync::Notify::new(),
             clock: Arc::new(SystemClock),
             backoff: Backoff { base: settings.retry_base.0, cap: settings.retry_cap.0, jitter: settings.retry_jitter },
             lease_timeout: settings.lease_timeout.0,
@@ -125,9 +143,46 @@ impl Relay {
         &self.metrics
     }
 
-    /// Its publishers.
-    pub fn registry(&self) -> &Arc<PublisherRegistry> {
-        &self.registry
+    /// Its publishers now (a reload may replace them: hold the result for one piece of work,
+    /// not for good).
+    pub fn registry(&self) -> Arc<PublisherRegistry> {
+        self.registry.read().expect("registry lock").clone()
+    }
+
+    /// Puts `next` in force (a reload; see [`PublisherRegistry::rebuild`]): claims from now on
+    /// use it, while shares in flight finish on the publishers they started with. Removed
+    /// publishers' events wait from now on (they are not failed as unknown); changed and
+    /// removed publishers' health is forgotten, and the loop checks the new ones at once.
+    pub fn replace_publishers(&self, next: PublisherRegistry, changes: &RegistryChanges) {
+        let old = std::mem::replace(&mut *self.registry.write().expect("registry lock"), Arc::new(next));
+        {
+            let mut retired = self.retired.lock().expect("retired lock");
+            retired.extend(changes.removed.iter().cloned());
+            for name in &changes.added {
+                retired.remove(name);
+            }
+        }
+        let mut superseded = self.superseded.lock().expect("superseded lock");
+        for name in changes.removed.iter().chain(&changes.changed) {
+            self.health.forget(name);
+            if let Ok(publisher) = old.get(name) {
+                superseded.push(publisher.clone());
+            }
+        }
+        drop(old);
+        superseded.retain(Publisher::is_shared);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.reloaded.notify_one();
+    }
+
+    /// Whether a reload removed publisher `name` (its events wait).
+    pub fn is_retired(&self, name: &str) -> bool {
+        self.retired.lock().expect("retired lock").contains(name)
+    }
+
+    /// The names a reload removed whose events wait.
+    pub fn retired(&self) -> Vec<String> {
+        self.retired.lock().expect("retired lock").iter().cloned().collect()
     }
 
     /// Its outbox.
@@ -153,7 +208,7 @@ impl Relay {
 
     /// Checks every publisher now.
     pub async fn refresh_health(&self) {
-        self.health.refresh(&self.registry).await;
+        self.health.refresh(&self.registry()).await;
     }
 
     /// Takes back rows whose lease expired (their worker died or stalled).
@@ -193,7 +248,9 @@ impl Relay {
     /// shares in flight are settled before returning.
     pub async fn run(self: Arc<Self>, options: RunOptions, mut shutdown: watch::Receiver<bool>) -> RelayReport {
         let mut report = RelayReport::default();
-        let monitor = self.health.monitor(&self.registry, self.health_interval);
+        let mut generation = self.generation.load(Ordering::Acquire);
+        let mut registry = self.registry();
+        let mut monitor = self.health.monitor(&registry, self.health_interval);
         let reclaim_every = (self.lease_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         let mut last_reclaim: Option<Instant> = None;
         let mut last_sweep: Option<Instant> = None;
@@ -202,7 +259,7 @@ impl Relay {
         // Per publisher: told whether its latest batch in flight was published, all of it.
         let mut published: HashMap<String, tokio::sync::oneshot::Receiver<bool>> = HashMap::new();
         // Publishers that may have due events; a claim that comes back short drops one.
-        let mut wanting: BTreeSet<String> = self.registry.iter().map(|(name, _)| name.to_string()).collect();
+        let mut wanting: BTreeSet<String> = registry.iter().map(|(name, _)| name.to_string()).collect();
         // How long after a sweep the next one is due when nothing arrives: FIRST_POLL after
         // work, doubling up to the interval while the outbox stays quiet.
         let first_poll = FIRST_POLL.min(options.interval);
@@ -212,8 +269,20 @@ impl Relay {
                 self.finished(done, &mut busy, &mut report);
             }
             if *shutdown.borrow() {
-                self.registry.stop();
+                registry.stop();
+                for publisher in self.superseded.lock().expect("superseded lock").iter() {
+                    publisher.stop();
+                }
                 break;
+            }
+            if self.generation.load(Ordering::Acquire) != generation {
+                // A reload: claim with the new publishers, check their health now, and look
+                // for work of every one of them.
+                generation = self.generation.load(Ordering::Acquire);
+                registry = self.registry();
+                monitor = self.health.monitor(&registry, self.health_interval);
+                wanting.extend(registry.iter().map(|(name, _)| name.to_string()));
+                last_sweep = None;
             }
             if last_reclaim.is_none_or(|t| t.elapsed() >= reclaim_every) {
                 match self.reclaim_expired().await {
@@ -233,16 +302,17 @@ impl Relay {
                     }
                 }
             }
+            wanting.retain(|name| registry.contains(name) || !self.is_retired(name));
             let idle: Vec<String> = wanting
                 .iter()
                 .filter(|name| {
-                    busy.values().filter(|b| b == name).count() < self.pipeline_depth(name)
+                    busy.values().filter(|b| b == name).count() < pipeline_depth(&registry, name)
                         && !self.health.is_down(name)
                 })
                 .cloned()
                 .collect();
             for name in idle {
-                match self.claim_share(&name, options.batch_size).await {
+                match self.claim_share(&registry, &name, options.batch_size).await {
                     Ok(share) => {
                         let claim = share.claim();
                         if claim.len() < options.batch_size as usize {
@@ -258,7 +328,7 @@ impl Relay {
                             let gate = if before { published.remove(&name) } else { None };
                             let (done, next_gate) = tokio::sync::oneshot::channel();
                             published.insert(name.clone(), next_gate);
-                            self.spawn_share(&mut in_flight, &mut busy, name, share, gate, done);
+                            self.spawn_share(&mut in_flight, &mut busy, &registry, name, share, gate, done);
                         }
                     }
                     Err(err) => {
@@ -288,6 +358,7 @@ impl Relay {
                         sweep_every = if woken { first_poll } else { (sweep_every * 2).min(options.interval) };
                     }
                     _ = stopped(&mut shutdown) => {}
+                    _ = self.reloaded.notified() => {}
                 }
             }
         }
@@ -301,19 +372,19 @@ impl Relay {
     /// Claims a batch of `name`'s due events: held in a transaction for a publisher that
     /// answers fast, when the database can ([`OutboxBackend::claim_held`](crate::outbox::OutboxBackend::claim_held)), a lease
     /// otherwise.
-    async fn claim_share(&self, name: &str, batch_size: u32) -> Result<Share, StoreError> {
+    async fn claim_share(
+        &self,
+        registry: &PublisherRegistry,
+        name: &str,
+        batch_size: u32,
+    ) -> Result<Share, StoreError> {
         let now = self.clock.now();
-        if self.registry.get(name).is_ok_and(|p| p.answers_fast())
+        if registry.get(name).is_ok_and(|p| p.answers_fast())
             && let Some(held) = self.store.claim_held(now, batch_size, stored_names(name)).await?
         {
             return Ok(Share::Held(held));
         }
         Ok(Share::Leased(self.store.claim_for(now, batch_size, stored_names(name)).await?))
-    }
-
-    /// How many batches of `name` may be in flight at once ([`PIPELINE_DEPTH`]).
-    fn pipeline_depth(&self, name: &str) -> usize {
-        if self.registry.get(name).is_ok_and(|p| p.answers_fast()) { PIPELINE_DEPTH } else { 1 }
     }
 
     /// Publishes and settles one publisher's share on its own task. With a `gate` (the batch
@@ -324,12 +395,14 @@ impl Relay {
         self: &Arc<Self>,
         in_flight: &mut tokio::task::JoinSet<ShareOutcome>,
         busy: &mut HashMap<tokio::task::Id, String>,
+        registry: &Arc<PublisherRegistry>,
         name: String,
         share: Share,
         gate: Option<tokio::sync::oneshot::Receiver<bool>>,
         done: tokio::sync::oneshot::Sender<bool>,
     ) {
         let relay = self.clone();
+        let registry = registry.clone();
         let task_name = name.clone();
         let handle = in_flight.spawn(async move {
             let started = Instant::now();
@@ -340,7 +413,7 @@ impl Relay {
                 None => true,
             };
             let settlements = if in_order {
-                relay.publish_group(&name, &refs).await
+                relay.publish_group(&registry, &name, &refs).await
             } else {
                 refs.iter().map(|e| (e.event.id.clone(), Settlement::Release)).collect()
             };
@@ -350,8 +423,7 @@ impl Relay {
                 Share::Held(held) => relay.finish_held(held, &settlements).await,
             };
             if let Ok(share) = &result {
-                let label =
-                    if relay.registry.get(&name).is_ok() { name.as_str() } else { crate::metrics::UNKNOWN_PUBLISHER };
+                let label = if registry.contains(&name) { name.as_str() } else { crate::metrics::UNKNOWN_PUBLISHER };
                 relay.metrics.record_share(label, share);
                 tracing::info!(
                     publisher = %name,
@@ -454,7 +526,14 @@ impl Relay {
     /// Claims one batch, publishes every publisher's share at once, and settles every row
     /// (waiting for all of them: the step-by-step form of [`Relay::run`], for tests and tools).
     pub async fn run_batch(&self, batch_size: u32) -> Result<BatchReport, StoreError> {
-        let claim = self.store.claim(self.clock.now(), batch_size, &self.health.skip_list()).await?;
+        let registry = self.registry();
+        let mut skip = self.health.skip_list();
+        for name in self.retired() {
+            if !registry.contains(&name) {
+                skip.extend(stored_names(&name).map(str::to_string));
+            }
+        }
+        let claim = self.store.claim(self.clock.now(), batch_size, &skip).await?;
         let failed = log_rejected(&claim.rejected);
         let mut report = BatchReport { claimed: failed, failed, ..BatchReport::default() };
         if claim.events.is_empty() {
@@ -463,7 +542,8 @@ impl Relay {
         let groups = group_by_publisher(claim.events);
         let outcomes = futures::future::join_all(groups.iter().map(|(name, events)| {
             let refs: Vec<&ClaimedEvent> = events.iter().collect();
-            async move { self.publish_group(name, &refs).await }
+            let registry = &registry;
+            async move { self.publish_group(registry, name, &refs).await }
         }))
         .await;
         let settlements: Vec<(String, Settlement)> = outcomes.into_iter().flatten().collect();
@@ -471,11 +551,16 @@ impl Relay {
         Ok(report)
     }
 
-    async fn publish_group(&self, name: &str, events: &[&ClaimedEvent]) -> Vec<(String, Settlement)> {
+    async fn publish_group(
+        &self,
+        registry: &PublisherRegistry,
+        name: &str,
+        events: &[&ClaimedEvent],
+    ) -> Vec<(String, Settlement)> {
         let settle_all = |settlement: &dyn Fn(&ClaimedEvent) -> Settlement| {
             events.iter().map(|e| (e.event.id.clone(), settlement(e))).collect::<Vec<_>>()
         };
-        let publisher = match self.registry.get(name) {
+        let publisher = match registry.get(name) {
             Ok(publisher) => publisher,
             Err(unknown) => {
                 let error = unknown.to_string();
@@ -558,6 +643,11 @@ impl Relay {
             })
             .collect()
     }
+}
+
+/// How many batches of `name` may be in flight at once ([`PIPELINE_DEPTH`]).
+fn pipeline_depth(registry: &PublisherRegistry, name: &str) -> usize {
+    if registry.get(name).is_ok_and(|p| p.answers_fast()) { PIPELINE_DEPTH } else { 1 }
 }
 
 /// The counts of `settlements`.

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::ServerState;
 use super::api_error::ApiError;
-use super::tokens::{RateRefusal, Token};
+use super::tokens::{RateRefusal, Token, TokenTable};
 use crate::cloudevent_input::from_cloud_event;
 use crate::event::{OutboxEvent, Payload, now_micros};
 use crate::outbox::enqueue::Columns;
@@ -53,7 +53,8 @@ enum Mode {
 }
 
 async fn accept(state: &ServerState, publisher: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let token = authenticate(state, headers)?;
+    let tokens = state.tokens();
+    let token = authenticate(&tokens, headers)?;
     if !token.reaches(publisher) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -61,7 +62,7 @@ async fn accept(state: &ServerState, publisher: &str, headers: &HeaderMap, body:
             format!("token {:?} may not send events to publisher {publisher:?}", token.name),
         ));
     }
-    if state.registry.get(publisher).is_err() {
+    if !state.registry().contains(publisher) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_publisher",
@@ -129,7 +130,7 @@ async fn accept(state: &ServerState, publisher: &str, headers: &HeaderMap, body:
 }
 
 /// The token of the `Authorization: Bearer …` header.
-fn authenticate<'a>(state: &'a ServerState, headers: &HeaderMap) -> Result<&'a Token, ApiError> {
+fn authenticate<'a>(tokens: &'a TokenTable, headers: &HeaderMap) -> Result<&'a Token, ApiError> {
     let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(unauthorized("send a token: Authorization: Bearer <token>"));
@@ -142,7 +143,7 @@ fn authenticate<'a>(state: &'a ServerState, headers: &HeaderMap) -> Result<&'a T
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
-    state.tokens.find(presented).ok_or_else(|| unauthorized("the token is not one of this relay's tokens"))
+    tokens.find(presented).ok_or_else(|| unauthorized("the token is not one of this relay's tokens"))
 }
 
 /// The mode, from the content type (binary mode: any content type with `ce-specversion`).

@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::outbox::OutboxStore;
 use crate::registry::PublisherRegistry;
 use crate::relay::{HealthBoard, Relay};
+use crate::reload::Reloader;
 use api_error::ApiError;
 use tokens::TokenTable;
 
@@ -59,48 +60,76 @@ pub struct IngestLimits {
 pub struct ServerState {
     store: OutboxStore,
     writer: group_commit::GroupCommit,
-    registry: Arc<PublisherRegistry>,
+    /// The relay, for its publishers now (a reload replaces them).
+    relay: Arc<Relay>,
     health: Arc<HealthBoard>,
     metrics: Arc<Metrics>,
-    tokens: TokenTable,
+    /// The tokens in force; a reload replaces them ([`ServerState::replace_tokens`]).
+    tokens: std::sync::RwLock<Arc<TokenTable>>,
     limits: IngestLimits,
     backlog_refresh: Duration,
     /// When the backlog gauges were last counted (one count at a time).
     backlog_counted: tokio::sync::Mutex<Option<Instant>>,
+    /// What `POST /v1/admin/reload` calls, when set.
+    reloader: std::sync::OnceLock<Arc<Reloader>>,
 }
 
 impl ServerState {
     /// The state for serving `relay`'s outbox and publishers with `config`'s `[server]` and
     /// `[tokens]` (their secrets read from the process environment).
-    pub fn new(config: &Config, relay: &Relay) -> Result<Arc<Self>, ConfigError> {
+    pub fn new(config: &Config, relay: &Arc<Relay>) -> Result<Arc<Self>, ConfigError> {
         let tokens = TokenTable::from_config(config, &|name| std::env::var(name).ok())?;
         Ok(Self::with_tokens(config, relay, tokens))
     }
 
     /// The same with `tokens` already read.
-    pub fn with_tokens(config: &Config, relay: &Relay, tokens: TokenTable) -> Arc<Self> {
+    pub fn with_tokens(config: &Config, relay: &Arc<Relay>, tokens: TokenTable) -> Arc<Self> {
         Arc::new(Self {
             store: relay.store().clone(),
             writer: group_commit::GroupCommit::start(
                 relay.store().clone(),
                 if relay.store().display_url().starts_with("sqlite") { 1 } else { 2 },
             ),
-            registry: relay.registry().clone(),
+            relay: relay.clone(),
             health: relay.health_board(),
             metrics: relay.metrics().clone(),
-            tokens,
+            tokens: std::sync::RwLock::new(Arc::new(tokens)),
             limits: IngestLimits {
                 max_body: usize::try_from(config.server.max_body.0).unwrap_or(usize::MAX),
                 max_batch_events: config.server.max_batch_events,
             },
             backlog_refresh: config.server.backlog_refresh.0,
             backlog_counted: tokio::sync::Mutex::default(),
+            reloader: std::sync::OnceLock::new(),
         })
     }
 
     /// Whether no token is configured (ingest then refuses every request).
     pub fn has_no_tokens(&self) -> bool {
-        self.tokens.is_empty()
+        self.tokens().is_empty()
+    }
+
+    /// Lets `POST /v1/admin/reload` reload through `reloader` (once).
+    pub fn set_reloader(&self, reloader: Arc<Reloader>) {
+        let _ = self.reloader.set(reloader);
+    }
+
+    /// The tokens in force.
+    pub fn tokens(&self) -> Arc<TokenTable> {
+        self.tokens.read().expect("tokens lock").clone()
+    }
+
+    /// Puts `next` in force (a reload); a token whose secret, rate and burst did not change
+    /// keeps what its rate limit had left.
+    pub fn replace_tokens(&self, next: TokenTable) {
+        let mut tokens = self.tokens.write().expect("tokens lock");
+        next.keep_buckets_of(&tokens);
+        *tokens = Arc::new(next);
+    }
+
+    /// The publishers in force.
+    pub fn registry(&self) -> Arc<PublisherRegistry> {
+        self.relay.registry()
     }
 }
 
@@ -127,13 +156,14 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
-    state.metrics.refresh_publishers(&state.registry, &state.health);
+    let registry = state.registry();
+    state.metrics.refresh_publishers(&registry, &state.health);
     {
         let mut counted = state.backlog_counted.lock().await;
         if counted.is_none_or(|at| at.elapsed() >= state.backlog_refresh) {
             match tokio::time::timeout(READY_TIMEOUT, state.store.backlog()).await {
                 Ok(Ok(backlog)) => {
-                    state.metrics.set_backlog(&backlog, &state.registry, now_micros());
+                    state.metrics.set_backlog(&backlog, &registry, now_micros());
                     *counted = Some(Instant::now());
                 }
                 Ok(Err(err)) => {
@@ -165,8 +195,8 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
         }),
     };
     let ready = outbox["ready"] == true;
-    let publishers: serde_json::Map<String, serde_json::Value> = state
-        .registry
+    let registry = state.registry();
+    let publishers: serde_json::Map<String, serde_json::Value> = registry
         .iter()
         .map(|(name, _)| {
             let health = state.health.last(name);

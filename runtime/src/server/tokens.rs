@@ -56,7 +56,7 @@ pub enum RateRefusal {
 }
 
 /// A token bucket: `rate` events per second on average, `burst` at once.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenBucket {
     rate: f64,
     burst: f64,
@@ -157,6 +157,24 @@ impl TokenTable {
             std::sync::Mutex::new(TokenBucket::new(rate, burst, Instant::now()))
         });
         Ok(Token { name: name.to_string(), digest, publishers: token.publishers.clone(), limit })
+    }
+
+    /// Carries over what the rate limits of `before` (the table this one replaces at a reload)
+    /// had left, for each token of the same name, secret, rate and burst: a reload does not
+    /// hand a tenant a fresh burst.
+    pub fn keep_buckets_of(&self, before: &TokenTable) {
+        for token in &self.tokens {
+            let Some(old) = before.tokens.iter().find(|t| t.name == token.name && t.digest == token.digest) else {
+                continue;
+            };
+            if let (Some(new), Some(old)) = (&token.limit, &old.limit) {
+                let mut new = new.lock().expect("rate limit lock");
+                let old = old.lock().expect("rate limit lock");
+                if (new.rate, new.burst) == (old.rate, old.burst) {
+                    *new = old.clone();
+                }
+            }
+        }
     }
 
     /// Whether no token is configured (then nobody can send events).

@@ -143,7 +143,7 @@ async fn measure_outbox(
     );
     let config = Config::from_toml(&text, "ingest.toml".as_ref(), Vec::new())?;
     let registry = Arc::new(PublisherRegistry::build(&config, None).await?);
-    let relay = Relay::new(store, registry, &config.relay);
+    let relay = Arc::new(Relay::new(store, registry, &config.relay));
     let state = ServerState::new(&config, &relay)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1/publishers/bench/events", listener.local_addr()?);
