@@ -90,13 +90,13 @@ async fn sighup_adds_a_publisher_without_a_restart_and_refuses_a_broken_file_kee
 
     std::fs::write(&config, config_text(&url, &redis, &["first", "second"])).unwrap();
     hangup(&worker);
-    let line = wait_for_line(&lines, "reloaded");
+    let line = wait_for_line(&lines, "broadcaster: reloaded");
     assert!(line.contains("added: second"), "{line}");
     published_to(&redis, "second", &store).await;
 
     std::fs::write(&config, "[publishers.first\n").unwrap();
     hangup(&worker);
-    let line = wait_for_line(&lines, "reload refused");
+    let line = wait_for_line(&lines, "broadcaster: reload refused");
     assert!(line.contains("broadcaster.toml") && line.contains("nothing changed"), "{line}");
     // Both publishers still publish.
     redis.client().del::<_, ()>(&["first", "second"]).unwrap();

@@ -307,7 +307,10 @@ impl OutboxBackend for SqliteStore {
         let checked: Vec<Result<Vec<Columns<'_>>, StoreError>> =
             requests.iter().map(|events| events.iter().map(|e| Columns::of(e, now)).collect()).collect();
         let ids = json_list(checked.iter().flatten().flatten().map(|c| c.id.simple().to_string()));
-        let mut tx = self.enqueues.begin().await?;
+        // IMMEDIATE: this transaction reads before it writes, and a read snapshot that another
+        // connection (the relay's claims) wrote past cannot become a write one: a deferred
+        // transaction fails at its first insert with "database is locked", without waiting.
+        let mut tx = self.enqueues.begin_with("BEGIN IMMEDIATE").await?;
         let stored: Vec<(String, String)> = sqlx::query_as(
             "SELECT id, publisher_backend FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
         )
