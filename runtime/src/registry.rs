@@ -275,6 +275,14 @@ impl<E: Into<PublisherSetupError>> From<E> for BuildError {
     }
 }
 
+/// A component file as read: its canonical path, the SHA-256 of its bytes, the bytes.
+#[derive(Clone)]
+struct ComponentFile {
+    canonical: PathBuf,
+    digest: [u8; 32],
+    bytes: Arc<Vec<u8>>,
+}
+
 struct Builder<'a> {
     config: &'a Config,
     options: BuildOptions,
@@ -283,8 +291,8 @@ struct Builder<'a> {
     engine: Option<HostEngine>,
     /// Compiled components by canonical path and content digest.
     components: HashMap<(PathBuf, [u8; 32]), LoadedComponent>,
-    /// Component files read so far: canonical path, bytes' digest, bytes.
-    files: HashMap<PathBuf, (PathBuf, [u8; 32], Arc<Vec<u8>>)>,
+    /// Component files read so far, by the path configured.
+    files: HashMap<PathBuf, ComponentFile>,
     clients: StreamClients,
 }
 
@@ -328,7 +336,7 @@ impl<'a> Builder<'a> {
     fn source(&mut self, name: &str, publisher: &PublisherConfig) -> Result<PublisherSource, BuildError> {
         let component = match self.config.kind_of(name, publisher).map_err(BuildError::Config)? {
             PublisherKind::RedisStream => None,
-            PublisherKind::Component(path) => Some(self.file(&path)?.1),
+            PublisherKind::Component(path) => Some(self.file(&path)?.digest),
         };
         Ok(PublisherSource {
             section: self.config.publisher_section(name).cloned(),
@@ -337,8 +345,8 @@ impl<'a> Builder<'a> {
         })
     }
 
-    /// The component file at `path`: its canonical path, digest and bytes, read once.
-    fn file(&mut self, path: &Path) -> Result<(PathBuf, [u8; 32], Arc<Vec<u8>>), BuildError> {
+    /// The component file at `path`, read once.
+    fn file(&mut self, path: &Path) -> Result<ComponentFile, BuildError> {
         if let Some(read) = self.files.get(path) {
             return Ok(read.clone());
         }
@@ -346,7 +354,7 @@ impl<'a> Builder<'a> {
         let key = std::fs::canonicalize(path).map_err(read_error)?;
         let bytes = std::fs::read(&key).map_err(read_error)?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        let read = (key, digest, Arc::new(bytes));
+        let read = ComponentFile { canonical: key, digest, bytes: Arc::new(bytes) };
         self.files.insert(path.to_path_buf(), read.clone());
         Ok(read)
     }
@@ -393,7 +401,7 @@ impl<'a> Builder<'a> {
 
     /// The component at `path`, compiled once however many publishers use it.
     async fn component(&mut self, path: &Path) -> Result<LoadedComponent, BuildError> {
-        let (key, digest, bytes) = self.file(path)?;
+        let ComponentFile { canonical: key, digest, bytes } = self.file(path)?;
         if let Some(loaded) = self.components.get(&(key.clone(), digest)) {
             return Ok(loaded.clone());
         }

@@ -48,11 +48,11 @@ fn config_text(outbox: &TestOutbox, redis: &RedisServer, version: Version) -> St
         interval = "200ms"
         batch_size = 50
         [tokens.ops]
-        secret = {{ sha256 = "{digest}" }}
+        secret = {{ sha256 = "{digest:x}" }}
         publishers = ["*"]
         "#,
         url = outbox.url(),
-        digest = format!("{:x}", Sha256::digest(TOKEN.as_bytes())),
+        digest = Sha256::digest(TOKEN.as_bytes()),
     );
     text.push_str(&native("keep"));
     let swap_options = match version {

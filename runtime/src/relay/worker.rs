@@ -328,7 +328,8 @@ impl Relay {
                             let gate = if before { published.remove(&name) } else { None };
                             let (done, next_gate) = tokio::sync::oneshot::channel();
                             published.insert(name.clone(), next_gate);
-                            self.spawn_share(&mut in_flight, &mut busy, &registry, name, share, gate, done);
+                            let order = ShareOrder { after: gate, done };
+                            self.spawn_share(&mut in_flight, &mut busy, &registry, name, share, order);
                         }
                     }
                     Err(err) => {
@@ -398,9 +399,9 @@ impl Relay {
         registry: &Arc<PublisherRegistry>,
         name: String,
         share: Share,
-        gate: Option<tokio::sync::oneshot::Receiver<bool>>,
-        done: tokio::sync::oneshot::Sender<bool>,
+        order: ShareOrder,
     ) {
+        let ShareOrder { after: gate, done } = order;
         let relay = self.clone();
         let registry = registry.clone();
         let task_name = name.clone();
@@ -662,6 +663,13 @@ fn count_settlements(settlements: &[(String, Settlement)]) -> BatchReport {
         }
     }
     report
+}
+
+/// A share's place in its publisher's order: told whether the batch before it was published,
+/// all of it (`None`: none is in flight), and telling the one after it the same of its own.
+struct ShareOrder {
+    after: Option<tokio::sync::oneshot::Receiver<bool>>,
+    done: tokio::sync::oneshot::Sender<bool>,
 }
 
 /// A publisher's claimed batch: leased (rows `processing`, fenced by the claim token) or held
