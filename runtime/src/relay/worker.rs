@@ -448,6 +448,8 @@ impl Relay {
         busy: &mut HashMap<tokio::task::Id, String>,
         report: &mut RelayReport,
     ) {
+        // A replaced publisher whose last share this was is dropped now (its instance freed).
+        self.superseded.lock().expect("superseded lock").retain(Publisher::is_shared);
         match done {
             Ok((id, (_, Ok(share)))) => {
                 busy.remove(&id);
