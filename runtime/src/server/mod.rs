@@ -6,6 +6,8 @@
 //! - `GET /metrics`: [`crate::metrics`] in the Prometheus text format.
 //! - `GET /healthz`: the process answers. `GET /readyz`: the outbox answers (503 otherwise),
 //!   with every publisher's health as JSON detail.
+//! - `GET /` and `GET /v1/status` ([`status_page`]): the operators' status page and its data,
+//!   for admin tokens.
 //! - [`group_commit`]: requests that arrive together share one transaction.
 //! - [`api_error`]: the one shape of every error answer.
 //!
@@ -22,6 +24,7 @@
 pub mod api_error;
 pub mod group_commit;
 pub mod ingest;
+pub mod status_page;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -67,6 +70,7 @@ pub struct ServerState {
     backlog_refresh: Duration,
     /// When the backlog gauges were last counted (one count at a time).
     backlog_counted: tokio::sync::Mutex<Option<Instant>>,
+    status: status_page::StatusPage,
 }
 
 impl ServerState {
@@ -95,6 +99,7 @@ impl ServerState {
             },
             backlog_refresh: config.server.backlog_refresh.0,
             backlog_counted: tokio::sync::Mutex::default(),
+            status: status_page::StatusPage::default(),
         })
     }
 
@@ -111,19 +116,26 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/", get(status_page::page))
+        .route("/v1/status", get(status_page::status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets the requests in
-/// progress finish.
+/// progress finish. The status page's throughput sampler runs meanwhile, and is stopped before
+/// this returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(status_page::sample_throughput(state.clone()));
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    background.shutdown().await;
+    served
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
@@ -186,7 +198,7 @@ async fn method_not_allowed() -> Response {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "events are sent with POST; /metrics, /healthz and /readyz answer GET",
+        "events are sent with POST; /, /v1/status, /metrics, /healthz and /readyz answer GET",
     )
     .into_response()
 }
@@ -195,7 +207,8 @@ async fn not_found() -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint: POST /v1/publishers/{name}/events, GET /metrics, GET /healthz, GET /readyz",
+        "no such endpoint: POST /v1/publishers/{name}/events, GET / (status page), GET /v1/status, GET /metrics, \
+         GET /healthz, GET /readyz",
     )
     .into_response()
 }
