@@ -265,6 +265,7 @@ async fn headless_chromium_renders_the_publishers_their_health_and_the_failed_ev
     let url = format!("http://admin:{ADMIN}@{}/", service.addr);
 
     let dom = chromium(&url, &["--dump-dom".to_string()]).await;
+    std::fs::write(artifacts_dir().join("status-page.dom.html"), &dom).unwrap();
     assert!(dom.contains("data-refreshed=\"ok\""), "the script did not refresh the page from /v1/status:\n{dom}");
     for name in ["orders", "audit", "tenant-a", "component-stream", "offline"] {
         assert!(dom.contains(&format!(">{name}<")), "publisher {name} is not on the page:\n{dom}");
