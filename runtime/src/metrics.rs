@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -298,6 +299,28 @@ impl Metrics {
         *labels = counts.into_keys().collect();
     }
 
+    /// Events published, retried and failed since the process started, per publisher label
+    /// that has any (read without adding series).
+    pub fn outcome_totals(&self) -> BTreeMap<String, OutcomeTotals> {
+        let mut totals: BTreeMap<String, OutcomeTotals> = BTreeMap::new();
+        type Field = fn(&mut OutcomeTotals) -> &mut u64;
+        let outcomes: [(&IntCounterVec, Field); 3] = [
+            (&self.published, |t| &mut t.published),
+            (&self.retried, |t| &mut t.retried),
+            (&self.failed, |t| &mut t.failed),
+        ];
+        for (counter, field) in outcomes {
+            for family in counter.collect() {
+                for metric in family.get_metric() {
+                    let Some(label) = metric.get_label().iter().find(|l| l.name() == "publisher") else { continue };
+                    *field(totals.entry(label.value().to_string()).or_default()) =
+                        metric.get_counter().get_value() as u64;
+                }
+            }
+        }
+        totals
+    }
+
     /// Everything, in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -307,6 +330,17 @@ impl Metrics {
 
     /// The content type of [`Self::render`].
     pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
+}
+
+/// A publisher's outcomes since the process started ([`Metrics::outcome_totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutcomeTotals {
+    /// Events published.
+    pub published: u64,
+    /// Attempts that failed transiently.
+    pub retried: u64,
+    /// Events given up on.
+    pub failed: u64,
 }
 
 /// Raises a counter to `total` (a count kept elsewhere that only grows).
@@ -331,5 +365,8 @@ mod tests {
         assert!(text.contains("broadcaster_events_published_total{publisher=\"a\"} 7"), "{text}");
         assert!(text.contains("broadcaster_events_retried_total{publisher=\"a\"} 1"), "{text}");
         assert!(text.contains("broadcaster_events_failed_total{publisher=\"a\"} 2"), "{text}");
+        let totals = metrics.outcome_totals();
+        assert_eq!(totals["a"], OutcomeTotals { published: 7, retried: 1, failed: 2 });
+        assert_eq!(totals.len(), 1, "no series is added by reading: {totals:?}");
     }
 }

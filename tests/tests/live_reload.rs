@@ -21,6 +21,8 @@ use redis::Commands;
 use sha2::{Digest, Sha256};
 
 const TOKEN: &str = "reload-test-token-0123456789";
+const ADMIN: &str = "reload-admin-token-0123456789";
+const LATE: &str = "reload-late-token-0123456789";
 
 /// What the configuration file says, before and after the reload.
 #[derive(Clone, Copy, PartialEq)]
@@ -50,9 +52,13 @@ fn config_text(outbox: &TestOutbox, redis: &RedisServer, version: Version) -> St
         [tokens.ops]
         secret = {{ sha256 = "{digest:x}" }}
         publishers = ["*"]
+        [tokens.admin]
+        secret = {{ sha256 = "{admin:x}" }}
+        admin = true
         "#,
         url = outbox.url(),
         digest = Sha256::digest(TOKEN.as_bytes()),
+        admin = Sha256::digest(ADMIN.as_bytes()),
     );
     text.push_str(&native("keep"));
     let swap_options = match version {
@@ -194,23 +200,31 @@ mod reqwest_like {
         /// POSTs one structured event; whether it was accepted (202), or refused as a
         /// publisher that is not configured (404). Anything else fails the test.
         pub async fn post_event(&self, publisher: &str, id: &str, n: usize) -> bool {
+            match self.post_event_with(publisher, id, n, super::TOKEN).await {
+                202 => true,
+                404 => false,
+                other => panic!("POST to {publisher}: {other}"),
+            }
+        }
+
+        /// POSTs one structured event with `token`; the status code.
+        pub async fn post_event_with(&self, publisher: &str, id: &str, n: usize, token: &str) -> u16 {
             let body = serde_json::json!({
                 "specversion": "1.0", "id": id, "type": "reload.test", "source": "/reload/http",
                 "datacontenttype": "application/json", "data": { "n": n },
             });
             let request = hyper::Request::post(format!("http://{}/v1/publishers/{publisher}/events", self.addr))
-                .header("authorization", format!("Bearer {}", super::TOKEN))
+                .header("authorization", format!("Bearer {token}"))
                 .header("content-type", "application/cloudevents+json")
                 .body(Full::new(Bytes::from(body.to_string())))
                 .unwrap();
             let response = self.inner.request(request).await.unwrap();
-            let status = response.status();
+            let status = response.status().as_u16();
             let text = response.into_body().collect().await.unwrap().to_bytes();
-            match status.as_u16() {
-                202 => true,
-                404 => false,
-                other => panic!("POST to {publisher}: {other}: {}", String::from_utf8_lossy(&text)),
+            if !matches!(status, 202 | 403 | 404) {
+                panic!("POST to {publisher}: {status}: {}", String::from_utf8_lossy(&text));
             }
+            status
         }
     }
 }
@@ -355,5 +369,53 @@ async fn a_reload_with_a_broken_file_or_component_is_refused_with_the_reason_and
     std::fs::write(rig.config_path(), &good).unwrap();
     let report = rig.reloader.reload().await.unwrap();
     assert!(report.publishers.is_empty(), "{report}");
+    let _ = rig.stop.send(true);
+}
+
+/// `POST /v1/admin/reload` with `token`: (status, body).
+async fn http_reload(addr: std::net::SocketAddr, token: Option<&str>) -> (u16, serde_json::Value) {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut request = hyper::Request::post(format!("http://{addr}/v1/admin/reload"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client.request(request.body(Full::new(bytes::Bytes::new())).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reload_endpoint_takes_admin_tokens_only_and_applies_new_tokens_to_the_next_request() {
+    let rig = Rig::start(OutboxKind::Sqlite).await;
+    let client = reqwest_like::Client::new(rig.addr);
+    assert_eq!(http_reload(rig.addr, None).await.0, 401);
+    let (status, body) = http_reload(rig.addr, Some(TOKEN)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+
+    // A token added by the reload sends at once; one removed is refused at once.
+    let late = format!(
+        "[tokens.late]\nsecret = {{ sha256 = \"{:x}\" }}\npublishers = [\"keep\"]\n",
+        Sha256::digest(LATE.as_bytes())
+    );
+    let text = config_text(&rig.outbox, &rig.redis, Version::Before)
+        .replace("publishers = [\"*\"]", "publishers = [\"swap\"]");
+    std::fs::write(rig.config_path(), format!("{text}\n{late}")).unwrap();
+    let (status, body) = http_reload(rig.addr, Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reloaded"]["tokens_changed"], true, "{body}");
+    assert_eq!(body["reloaded"]["publishers"]["unchanged"], serde_json::json!(["gone", "keep", "swap"]), "{body}");
+    let id = uuid::Uuid::new_v4().to_string();
+    assert!(client.post_event_with("keep", &id, 1, LATE).await == 202, "the new token is refused");
+    assert_eq!(client.post_event_with("keep", &id, 1, TOKEN).await, 403, "the narrowed token still reaches keep");
+
+    // A broken file: 422 with the reason, and nothing changed (the new token still works).
+    std::fs::write(rig.config_path(), "[outbox\n").unwrap();
+    let (status, body) = http_reload(rig.addr, Some(ADMIN)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("reload_refused")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("broadcaster.toml"), "{body}");
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(client.post_event_with("keep", &id, 2, LATE).await, 202);
     let _ = rig.stop.send(true);
 }

@@ -1,5 +1,5 @@
-//! `broadcaster serve`: the relay worker and the HTTP service (ingest, metrics, probes) in
-//! one process.
+//! `broadcaster serve`: the relay worker and the HTTP service (ingest, the status page,
+//! metrics, probes) in one process.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,8 +49,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {addr} (server.listen)"))?;
     let local = listener.local_addr()?;
     eprintln!(
-        "broadcaster serve: listening on http://{local}: POST /v1/publishers/{{name}}/events, GET /metrics, \
-         GET /healthz, GET /readyz"
+        "broadcaster serve: listening on http://{local}: POST /v1/publishers/{{name}}/events, GET / (status page), \
+         GET /v1/status, GET /metrics, GET /healthz, GET /readyz"
     );
     let stop = stop_on_signal(worker.relay.clone());
     // Stop serving at the signal (requests in progress finish), or when the worker is done.

@@ -241,10 +241,12 @@ impl Config {
                         .into(),
                 ));
             }
-            if token.publishers.is_empty() {
+            if token.publishers.is_empty() && !token.admin {
                 return Err(invalid(
-                    key("publishers"),
-                    "list the publishers this token may send to, like [\"tenant-a\", \"tenant-a-*\"]".into(),
+                    format!("tokens.{name}"),
+                    "the token reaches nothing: list the publishers it may send to in `publishers`, like \
+                     [\"tenant-a\", \"tenant-a-*\"], or make it an operator's token with `admin = true`"
+                        .into(),
                 ));
             }
             if let Some(rate) = token.rate

@@ -61,8 +61,8 @@ fn default_backlog_refresh() -> Seconds {
     Seconds(Duration::from_secs(5))
 }
 
-/// `[tokens.<name>]`: a bearer token for HTTP ingest, the publishers it may send to, and its
-/// rate limit. The token itself is never written in the file: `secret` is
+/// `[tokens.<name>]`: a bearer token for HTTP ingest (the publishers it may send to, and its
+/// rate limit) or for the operators' endpoints (`admin`), or both. The token itself is never written in the file: `secret` is
 /// `{ secret = "ENV_VAR" }`, `{ secret_file = "path" }`, or `{ sha256 = "<hex digest of the
 /// token>" }`.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,8 +70,13 @@ fn default_backlog_refresh() -> Seconds {
 pub struct TokenConfig {
     /// Where the token comes from (checked when the server starts).
     pub secret: toml::Value,
-    /// The publishers this token may send to: names or patterns (`tenant-a-*`).
+    /// The publishers this token may send to: names or patterns (`tenant-a-*`). Default none
+    /// (then the token must be `admin`).
+    #[serde(default)]
     pub publishers: Vec<String>,
+    /// Whether this token reaches the operators' endpoints (the status page). Default false.
+    #[serde(default)]
+    pub admin: bool,
     /// Events per second this token may send, on average; none means no limit.
     #[serde(default)]
     pub rate: Option<f64>,

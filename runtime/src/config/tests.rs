@@ -139,13 +139,27 @@ fn server_defaults_listen_on_localhost_8080_with_a_1mib_body_cap() {
 }
 
 #[test]
+fn an_admin_token_needs_no_publishers_and_tokens_are_not_admin_by_default() {
+    let config = parse(
+        "[tokens.ops]\nsecret = { secret = \"OPS\" }\nadmin = true\n\
+         [tokens.t]\nsecret = { secret = \"T\" }\npublishers = [\"t\"]\n",
+    )
+    .unwrap();
+    assert!(config.tokens["ops"].admin && config.tokens["ops"].publishers.is_empty());
+    assert!(!config.tokens["t"].admin);
+}
+
+#[test]
 fn a_token_written_in_the_file_is_refused_with_the_ways_to_give_one() {
     let err = parse("[tokens.tenant-a]\nsecret = \"plain-text-token-0123\"\npublishers = [\"tenant-a\"]\n")
         .unwrap_err()
         .to_string();
     assert!(err.contains("`tokens.tenant-a.secret`") && err.contains("secret_file") && err.contains("sha256"), "{err}");
-    let err = parse("[tokens.t]\nsecret = { secret = \"T\" }\npublishers = []\n").unwrap_err().to_string();
-    assert!(err.contains("`tokens.t.publishers`"), "{err}");
+    for reaches_nothing in ["publishers = []\n", "", "admin = false\n"] {
+        let err =
+            parse(&format!("[tokens.t]\nsecret = {{ secret = \"T\" }}\n{reaches_nothing}")).unwrap_err().to_string();
+        assert!(err.contains("`tokens.t`") && err.contains("publishers") && err.contains("admin"), "{err}");
+    }
     let err =
         parse("[tokens.t]\nsecret = { secret = \"T\" }\npublishers = [\"t\"]\nburst = 5\n").unwrap_err().to_string();
     assert!(err.contains("`tokens.t.burst`") && err.contains("rate"), "{err}");

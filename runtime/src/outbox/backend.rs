@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{Backlog, Claim, Fence, FencedWrites, NewEvent, RowState, Settlement, StatusReport, StoreError, schema};
+use super::{
+    Backlog, Claim, FailedEvent, Fence, FencedWrites, NewEvent, RowState, Settlement, StatusReport, StoreError, schema,
+};
 
 /// How many times [`OutboxBackend::enqueue_requests`] reads and writes before it gives up on
 /// writers that keep storing the same ids in between.
@@ -83,10 +85,11 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
         }
     }
 
-    /// Creates the table and Django's indexes (plus [`schema::CLAIM_INDEX`]) when the table is
-    /// missing, in one transaction; two `migrate`s at once must not both create it. Returns
-    /// `true` when it created them, `false` when the table was there: it is then
-    /// [verified](Self::verify), and only the claim index is added when missing.
+    /// Creates the table and Django's indexes (plus [`schema::CLAIM_INDEX`] and
+    /// [`schema::FAILED_INDEX`]) when the table is missing, in one transaction; two `migrate`s
+    /// at once must not both create it. Returns `true` when it created them, `false` when the
+    /// table was there: it is then [verified](Self::verify), and only Broadcaster's two indexes
+    /// are added when missing.
     async fn migrate(&self) -> Result<bool, StoreError>;
 
     /// Inserts events, `pending`, in one transaction (all or none); returns their ids. An event
@@ -195,6 +198,11 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     /// The rows waiting (`pending`, `retry`) or claimed (`processing`), per publisher as stored
     /// and status, each with its oldest `scheduled_at`. Published and failed rows are not read.
     async fn backlog(&self) -> Result<Vec<Backlog>, StoreError>;
+
+    /// The `limit` most recently failed rows (`status = 'failed'`, newest `updated_at` first),
+    /// found by [`schema::FAILED_INDEX`] where `migrate` made it; `last_error` cut to
+    /// [`schema::FAILED_ERROR_CHARS`] characters.
+    async fn recent_failed(&self, limit: u32) -> Result<Vec<FailedEvent>, StoreError>;
 
     /// Counts per publisher and status, the oldest due row, and the expired leases.
     async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError>;

@@ -241,6 +241,23 @@ impl Backlog {
     }
 }
 
+/// A `failed` row as operators look at it ([`OutboxBackend::recent_failed`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FailedEvent {
+    /// The row id (hyphenated when it is a UUID; as stored otherwise).
+    pub id: String,
+    /// `publisher_backend` as stored (empty: the default publisher).
+    pub publisher_backend: String,
+    /// `event_type`.
+    pub event_type: String,
+    /// Failed attempts.
+    pub retry_count: u32,
+    /// When it failed (`updated_at`); `None` when the column does not read as a time.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The last error, at most [`schema::FAILED_ERROR_CHARS`] characters of it.
+    pub last_error: String,
+}
+
 /// Counts for `broadcaster status`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusReport {

@@ -15,8 +15,8 @@ use uuid::Uuid;
 use super::enqueue::Columns;
 use super::row::{RowReader, claimed_columns};
 use super::{
-    Backlog, Claim, Fence, FencedWrites, HeldClaim, NewEvent, OutboxBackend, RowState, Settlement, StatusReport,
-    StoreError, schema,
+    Backlog, Claim, FailedEvent, Fence, FencedWrites, HeldClaim, NewEvent, OutboxBackend, RowState, Settlement,
+    StatusReport, StoreError, schema,
 };
 use crate::event::OutboxEvent;
 
@@ -283,6 +283,7 @@ impl OutboxBackend for PostgresStore {
         tx.commit().await?;
         self.verify().await?;
         sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
+        sqlx::query(schema::FAILED_INDEX).execute(&self.pool).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('broadcaster.outbox_events'))").execute(&mut *tx).await?;
         for statement in schema::POSTGRES_NOTIFY_TRIGGER {
@@ -374,6 +375,25 @@ impl OutboxBackend for PostgresStore {
 
     async fn backlog(&self) -> Result<Vec<Backlog>, StoreError> {
         Ok(Backlog::of(sqlx::query_as(schema::BACKLOG).fetch_all(&self.pool).await?))
+    }
+
+    async fn recent_failed(&self, limit: u32) -> Result<Vec<FailedEvent>, StoreError> {
+        let rows: Vec<(String, String, String, i32, DateTime<Utc>, String)> = sqlx::query_as(schema::RECENT_FAILED)
+            .bind(i64::from(limit))
+            .bind(schema::FAILED_ERROR_CHARS)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, publisher_backend, event_type, retry_count, updated_at, last_error)| FailedEvent {
+                id,
+                publisher_backend,
+                event_type,
+                retry_count: u32::try_from(retry_count).unwrap_or(0),
+                updated_at: Some(updated_at),
+                last_error,
+            })
+            .collect())
     }
 
     async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {

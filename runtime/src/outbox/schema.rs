@@ -82,6 +82,22 @@ pub fn missing_columns(present: &[String]) -> Option<String> {
 /// table without it works the same, only with slower per-publisher claims.
 pub const CLAIM_INDEX: &str = r#"CREATE INDEX IF NOT EXISTS "outbox_events_broadcaster_claim_idx" ON "outbox_events" ("status", "publisher_backend", "scheduled_at")"#;
 
+/// Broadcaster's second addition: the `failed` rows by `updated_at`, so that the status page
+/// finds the most recent failures without reading every failed row. Partial: only `failed`
+/// rows are in it, so the relay's writes to other rows do not maintain it. `broadcaster
+/// migrate` creates it like [`CLAIM_INDEX`].
+pub const FAILED_INDEX: &str = r#"CREATE INDEX IF NOT EXISTS "outbox_events_broadcaster_failed_idx" ON "outbox_events" ("updated_at") WHERE "status" = 'failed'"#;
+
+/// How much of a failed row's `last_error` [`RECENT_FAILED`] reads.
+pub const FAILED_ERROR_CHARS: i32 = 1000;
+
+/// The `$1` most recently failed rows, newest first (served by [`FAILED_INDEX`]): id,
+/// publisher, type, retry count, `updated_at` (as stored), the first `$2` characters of
+/// `last_error` (bind [`FAILED_ERROR_CHARS`], as an `i32`).
+pub const RECENT_FAILED: &str = "SELECT CAST(id AS TEXT), CAST(publisher_backend AS TEXT), CAST(event_type AS TEXT), \
+     retry_count, updated_at, substr(last_error, 1, $2) \
+     FROM outbox_events WHERE status = 'failed' ORDER BY updated_at DESC LIMIT $1";
+
 /// The `publisher_backend` values that have `pending` or `retry` rows, by a loose index scan
 /// (one index seek per distinct name, cheap however many rows wait). The same on both
 /// databases.

@@ -19,8 +19,8 @@ use super::file_watch::FileWrites;
 use super::row::{ReadRow, RowError, RowReader, claimed_columns, quote};
 use super::schema;
 use super::{
-    Backlog, Claim, Fence, FencedWrites, NewEvent, OutboxBackend, RejectedRow, RowId, RowState, StatusReport,
-    StoreError,
+    Backlog, Claim, FailedEvent, Fence, FencedWrites, NewEvent, OutboxBackend, RejectedRow, RowId, RowState,
+    StatusReport, StoreError,
 };
 
 pub use super::row::parse_time;
@@ -285,6 +285,7 @@ impl OutboxBackend for SqliteStore {
         tx.commit().await?;
         self.verify().await?;
         sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
+        sqlx::query(schema::FAILED_INDEX).execute(&self.pool).await?;
         Ok(present.is_empty())
     }
 
@@ -370,6 +371,25 @@ impl OutboxBackend for SqliteStore {
         Ok(Backlog::of(
             rows.into_iter().map(|(p, s, n, oldest)| (p, s, n, oldest.as_deref().and_then(parse_time))).collect(),
         ))
+    }
+
+    async fn recent_failed(&self, limit: u32) -> Result<Vec<FailedEvent>, StoreError> {
+        let rows: Vec<(String, String, String, i64, String, String)> = sqlx::query_as(schema::RECENT_FAILED)
+            .bind(i64::from(limit))
+            .bind(schema::FAILED_ERROR_CHARS)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, publisher_backend, event_type, retry_count, updated_at, last_error)| FailedEvent {
+                id: uuid::Uuid::parse_str(&id).map(|u| u.to_string()).unwrap_or(id),
+                publisher_backend,
+                event_type,
+                retry_count: u32::try_from(retry_count).unwrap_or(0),
+                updated_at: parse_time(&updated_at),
+                last_error,
+            })
+            .collect())
     }
 
     async fn status(&self, now: DateTime<Utc>, lease: Duration) -> Result<StatusReport, StoreError> {

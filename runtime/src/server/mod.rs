@@ -6,6 +6,9 @@
 //! - `GET /metrics`: [`crate::metrics`] in the Prometheus text format.
 //! - `GET /healthz`: the process answers. `GET /readyz`: the outbox answers (503 otherwise),
 //!   with every publisher's health as JSON detail.
+//! - `GET /` and `GET /v1/status` ([`status_page`]): the operators' status page and its data,
+//!   for admin tokens.
+//! - `POST /v1/admin/reload` (`admin.rs`): a live reload ([`crate::reload`]), for admin tokens.
 //! - [`group_commit`]: requests that arrive together share one transaction.
 //! - [`api_error`]: the one shape of every error answer.
 //!
@@ -19,9 +22,11 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 pub mod api_error;
 pub mod group_commit;
 pub mod ingest;
+pub mod status_page;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -72,6 +77,7 @@ pub struct ServerState {
     backlog_counted: tokio::sync::Mutex<Option<Instant>>,
     /// What `POST /v1/admin/reload` calls, when set.
     reloader: std::sync::OnceLock<Arc<Reloader>>,
+    status: status_page::StatusPage,
 }
 
 impl ServerState {
@@ -101,6 +107,7 @@ impl ServerState {
             backlog_refresh: config.server.backlog_refresh.0,
             backlog_counted: tokio::sync::Mutex::default(),
             reloader: std::sync::OnceLock::new(),
+            status: status_page::StatusPage::default(),
         })
     }
 
@@ -140,19 +147,27 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/", get(status_page::page))
+        .route("/v1/status", get(status_page::status))
+        .route("/v1/admin/reload", post(admin::reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then lets the requests in
-/// progress finish.
+/// progress finish. The status page's throughput sampler runs meanwhile, and is stopped before
+/// this returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(status_page::sample_throughput(state.clone()));
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    background.shutdown().await;
+    served
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
@@ -216,7 +231,7 @@ async fn method_not_allowed() -> Response {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "events are sent with POST; /metrics, /healthz and /readyz answer GET",
+        "events and /v1/admin/reload are sent with POST; /, /v1/status, /metrics, /healthz and /readyz answer GET",
     )
     .into_response()
 }
@@ -225,7 +240,8 @@ async fn not_found() -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint: POST /v1/publishers/{name}/events, GET /metrics, GET /healthz, GET /readyz",
+        "no such endpoint: POST /v1/publishers/{name}/events, POST /v1/admin/reload, GET / (status page), \
+         GET /v1/status, GET /metrics, GET /healthz, GET /readyz",
     )
     .into_response()
 }

@@ -1,11 +1,15 @@
-//! Bearer tokens for HTTP ingest (`[tokens.<name>]`): each held only as its SHA-256 digest,
-//! compared in constant time, reaching only its publishers, with its own rate limit.
+//! Tokens (`[tokens.<name>]`): each held only as its SHA-256 digest, compared in constant
+//! time. A tenant's token reaches only its publishers (HTTP ingest), with its own rate limit;
+//! an `admin` token reaches the operators' endpoints ([`TokenTable::admin`]).
 
 use std::time::{Duration, Instant};
 
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::api_error::ApiError;
 use crate::config::{Config, ConfigError, TokenConfig};
 use crate::host::secrets;
 
@@ -14,6 +18,8 @@ use crate::host::secrets;
 pub struct Token {
     /// Its name (`[tokens.<name>]`), for logs and errors; never the token itself.
     pub name: String,
+    /// Whether it reaches the operators' endpoints (`tokens.<name>.admin`).
+    pub admin: bool,
     digest: [u8; 32],
     publishers: Vec<String>,
     limit: Option<std::sync::Mutex<TokenBucket>>,
@@ -156,7 +162,7 @@ impl TokenTable {
             let burst = token.burst.unwrap_or((rate.ceil() as u32).max(1));
             std::sync::Mutex::new(TokenBucket::new(rate, burst, Instant::now()))
         });
-        Ok(Token { name: name.to_string(), digest, publishers: token.publishers.clone(), limit })
+        Ok(Token { name: name.to_string(), admin: token.admin, digest, publishers: token.publishers.clone(), limit })
     }
 
     /// Carries over what the rate limits of `before` (the table this one replaces at a reload)
@@ -192,6 +198,47 @@ impl TokenTable {
             }
         }
         found
+    }
+
+    /// The admin token a request presents, as `Authorization: Bearer <token>` or as HTTP Basic
+    /// credentials with the token as the password (the user name is ignored; a browser asks for
+    /// them). 401 `unauthorized` without a token of this table, 403 `forbidden` for a token that
+    /// is not `admin`.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<&Token, ApiError> {
+        let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(unauthorized(
+                "send an admin token: Authorization: Bearer <token>, or HTTP Basic with the token as the password",
+            ));
+        };
+        let presented = value.to_str().ok().and_then(presented_token).ok_or_else(|| {
+            unauthorized("the Authorization header must be `Bearer <token>` or `Basic <base64 of user:token>`")
+        })?;
+        let token = self.find(&presented).ok_or_else(|| unauthorized("the token is not one of this relay's tokens"))?;
+        if !token.admin {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("token {:?} is not an admin token (tokens.{}.admin = true)", token.name, token.name),
+            ));
+        }
+        Ok(token)
+    }
+}
+
+/// The token in an `Authorization` value: `Bearer <token>`, or `Basic <base64(user:token)>`.
+/// Schemes are case-insensitive (RFC 7235).
+fn presented_token(value: &str) -> Option<String> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some(credentials.to_string())
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(credentials).ok()?;
+        let (_user, token) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+        Some(token.to_string())
+    } else {
+        None
     }
 }
 
@@ -263,6 +310,61 @@ mod tests {
             "#,
         );
         assert!(TokenTable::from_config(&config, &env).unwrap_err().to_string().contains("64 hex digits"));
+    }
+
+    fn headers(authorization: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = authorization {
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        }
+        headers
+    }
+
+    fn basic(user: &str, token: &str) -> String {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}")))
+    }
+
+    #[test]
+    fn the_admin_endpoints_take_an_admin_token_as_bearer_or_as_the_basic_password() {
+        let admin = format!("{:x}", Sha256::digest(b"admin-token-0123456789"));
+        let config = config(&format!(
+            r#"
+            [tokens.tenant-a]
+            secret = {{ secret = "TENANT_A_TOKEN" }}
+            publishers = ["tenant-a"]
+            [tokens.ops]
+            secret = {{ sha256 = "{admin}" }}
+            admin = true
+            "#
+        ));
+        let table = TokenTable::from_config(&config, &env).unwrap();
+        let status = |authorization: Option<&str>| match table.admin(&headers(authorization)) {
+            Ok(token) => Ok(token.name.clone()),
+            Err(err) => Err((err.status.as_u16(), err.code)),
+        };
+        assert_eq!(status(Some("Bearer admin-token-0123456789")), Ok("ops".into()));
+        assert_eq!(status(Some("bearer  admin-token-0123456789 ")), Ok("ops".into()));
+        assert_eq!(status(Some(&basic("anyone", "admin-token-0123456789"))), Ok("ops".into()));
+        assert_eq!(status(Some(&basic("", "admin-token-0123456789"))), Ok("ops".into()));
+        assert_eq!(status(Some("Basic")), Err((401, "unauthorized")));
+
+        assert_eq!(status(None), Err((401, "unauthorized")));
+        assert_eq!(status(Some("Bearer not-a-token-0123456789")), Err((401, "unauthorized")));
+        assert_eq!(
+            status(Some(&basic("admin-token-0123456789", "wrong"))),
+            Err((401, "unauthorized")),
+            "the user is not the token"
+        );
+        assert_eq!(status(Some("Basic not base64!")), Err((401, "unauthorized")));
+        assert_eq!(status(Some("Digest admin-token-0123456789")), Err((401, "unauthorized")));
+
+        assert_eq!(status(Some("Bearer tenant-a-token-0123456789")), Err((403, "forbidden")));
+        assert_eq!(status(Some(&basic("x", "tenant-a-token-0123456789"))), Err((403, "forbidden")));
+        let admin_token = table.find("admin-token-0123456789").unwrap();
+        assert!(
+            admin_token.admin && !admin_token.reaches("tenant-a"),
+            "an admin token sends to no publisher of its own"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use broadcaster::config::Config;
@@ -63,6 +63,8 @@ pub struct Service {
     pub store: OutboxStore,
     pub relay: Arc<Relay>,
     pub addr: SocketAddr,
+    /// The server's state, alive while the server holds it.
+    pub state: Weak<ServerState>,
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -72,6 +74,11 @@ impl Service {
     /// `[server] max_body = "2KiB"`, `max_batch_events = 5`, the backlog counted at every
     /// scrape; the tokens above (as SHA-256 digests); the publishers above.
     pub async fn start(kind: OutboxKind) -> Self {
+        Self::start_with(kind, |_| String::new()).await
+    }
+
+    /// The same, with more TOML (given the Redis server) appended to the configuration.
+    pub async fn start_with(kind: OutboxKind, extra: impl FnOnce(&RedisServer) -> String) -> Self {
         let outbox = TestOutbox::create(kind).await;
         let redis = RedisServer::start();
         let digest = |token: &str| format!("{:x}", Sha256::digest(token.as_bytes()));
@@ -103,12 +110,14 @@ impl Service {
         for name in PUBLISHERS {
             text.push_str(&redis.native_publisher_toml(name));
         }
+        text.push_str(&extra(&redis));
         let config = Config::from_toml(&text, "serve.toml".as_ref(), Vec::new()).unwrap();
         let store = OutboxStore::connect(outbox.url()).await.unwrap();
         store.migrate().await.unwrap();
         let registry = Arc::new(PublisherRegistry::build(&config, None).await.unwrap());
         let relay = Arc::new(Relay::new(store.clone(), registry, &config.relay));
         let state = ServerState::new(&config, &relay).unwrap();
+        let weak_state = Arc::downgrade(&state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -116,7 +125,7 @@ impl Service {
             let _ = stopped.await;
         }));
         let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-        Self { outbox, redis, store, relay, addr, client, shutdown: Some(shutdown), serving }
+        Self { outbox, redis, store, relay, addr, state: weak_state, client, shutdown: Some(shutdown), serving }
     }
 
     pub async fn request(
