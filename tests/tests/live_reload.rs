@@ -49,6 +49,8 @@ fn config_text(outbox: &TestOutbox, redis: &RedisServer, version: Version) -> St
         [relay]
         interval = "200ms"
         batch_size = 50
+        [server]
+        backlog_refresh = "0s"
         [tokens.ops]
         secret = {{ sha256 = "{digest:x}" }}
         publishers = ["*"]
@@ -292,6 +294,13 @@ async fn reload_under_load_loses_nothing_and_publishes_nothing_twice(kind: Outbo
         "gone: every event is published or waiting: {counts:?}"
     );
     assert_eq!(gone(Status::Published), published.len() as u64);
+    // The status page says they wait for a publisher a reload removed.
+    let (status, body) = admin_get(rig.addr, "/v1/status").await;
+    assert_eq!(status, 200, "{body}");
+    let unconfigured = &body["unconfigured"];
+    assert_eq!(unconfigured[0]["publisher"], "gone", "{body}");
+    assert_eq!(unconfigured[0]["removed_by_reload"], true, "{body}");
+    assert_eq!(unconfigured[0]["waiting"], gone(Status::Pending), "{body}");
     assert!(!sent["keep"].is_empty() && !sent["swap"].is_empty() && !sent["fresh"].is_empty(), "{sent:?}");
 }
 
@@ -370,6 +379,20 @@ async fn a_reload_with_a_broken_file_or_component_is_refused_with_the_reason_and
     let report = rig.reloader.reload().await.unwrap();
     assert!(report.publishers.is_empty(), "{report}");
     let _ = rig.stop.send(true);
+}
+
+/// `GET path` with the admin token: (status, JSON body).
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let request = hyper::Request::get(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
 }
 
 /// `POST /v1/admin/reload` with `token`: (status, body).

@@ -100,11 +100,27 @@ pub fn render(view: &StatusView) -> String {
     for publisher in &view.publishers {
         publisher_row(&mut page, publisher);
     }
+    let _ = write!(page, "</tbody>\n</table>\n");
+    if !view.unconfigured.is_empty() {
+        page.push_str("<p class=\"note\" id=\"unconfigured\">Waiting for a publisher that is not configured: ");
+        let names: Vec<String> = view
+            .unconfigured
+            .iter()
+            .map(|u| {
+                format!(
+                    "<code>{}</code> {} ({})",
+                    escape(&display_stored(&u.publisher)),
+                    u.waiting,
+                    if u.removed_by_reload { "removed by a reload: they wait" } else { "they fail when claimed" }
+                )
+            })
+            .collect();
+        page.push_str(&names.join(", "));
+        page.push_str(".</p>\n");
+    }
     let _ = write!(
         page,
-        r#"</tbody>
-</table>
-</section>
+        r#"</section>
 <section>
 <h2>Failed events</h2>
 <p class="note">The <span id="failed-count">{count}</span> most recently failed (at most {FAILED_SHOWN}), newest first. <code>broadcaster retry &lt;id&gt;</code> sends one again.</p>
@@ -334,6 +350,11 @@ mod tests {
                 updated_at: Some(now),
                 last_error: hostile.into(),
             }],
+            unconfigured: vec![super::super::UnconfiguredView {
+                publisher: hostile.into(),
+                removed_by_reload: true,
+                waiting: 7,
+            }],
         }
     }
 
@@ -344,8 +365,9 @@ mod tests {
         assert!(!page.contains("<script>alert"), "{page}");
         assert!(!page.contains("'x'"), "{page}");
         let escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&quot;&amp;";
-        // name, health detail, chart title, legend; failed id, publisher, type, error.
-        assert_eq!(page.matches(escaped).count(), 8, "{page}");
+        // name, health detail, chart title, legend; failed id, publisher, type, error; the
+        // name events wait for.
+        assert_eq!(page.matches(escaped).count(), 9, "{page}");
         assert_eq!(page.matches("<script").count(), 2, "only the palette and the page's own script");
     }
 

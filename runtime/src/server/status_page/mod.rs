@@ -79,6 +79,21 @@ pub struct StatusView {
     pub throughput: Throughput,
     /// The most recently failed events, newest first (at most [`FAILED_SHOWN`]).
     pub failed_events: Vec<FailedEvent>,
+    /// Events waiting (pending, retrying) for names no configured publisher has: a publisher
+    /// removed by a reload keeps its events waiting here; by name as stored.
+    pub unconfigured: Vec<UnconfiguredView>,
+}
+
+/// Events waiting for a name no configured publisher has.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnconfiguredView {
+    /// The `publisher_backend` as stored (bounded).
+    pub publisher: String,
+    /// Whether a reload of this process removed it (its events wait; otherwise they fail
+    /// when claimed, as an unknown publisher's).
+    pub removed_by_reload: bool,
+    /// Pending and retrying events.
+    pub waiting: u64,
 }
 
 /// The outbox's part of a [`StatusView`].
@@ -170,6 +185,22 @@ impl StatusPage {
                 failed: outcomes.failed,
             });
         }
+        let mut unconfigured: BTreeMap<String, u64> = BTreeMap::new();
+        for row in &count.backlog {
+            if matches!(row.status, Status::Pending | Status::Retry)
+                && !registry.contains(publisher_for(&row.publisher_backend))
+            {
+                *unconfigured.entry(row.publisher_backend.clone()).or_default() += row.rows;
+            }
+        }
+        let unconfigured = unconfigured
+            .into_iter()
+            .map(|(publisher, waiting)| UnconfiguredView {
+                removed_by_reload: state.relay.is_retired(publisher_for(&publisher)),
+                publisher: bounded(&publisher),
+                waiting,
+            })
+            .collect();
         let names: Vec<&str> = registry.iter().map(|(name, _)| name).collect();
         let published = totals.into_iter().map(|(name, t)| (name, t.published)).collect();
         StatusView {
@@ -189,6 +220,7 @@ impl StatusPage {
                     ..f
                 })
                 .collect(),
+            unconfigured,
         }
     }
 
