@@ -82,6 +82,15 @@ pub fn missing_columns(present: &[String]) -> Option<String> {
 /// table without it works the same, only with slower per-publisher claims.
 pub const CLAIM_INDEX: &str = r#"CREATE INDEX IF NOT EXISTS "outbox_events_broadcaster_claim_idx" ON "outbox_events" ("status", "publisher_backend", "scheduled_at")"#;
 
+/// The side table for the events' CloudEvents extension attributes on SQLite
+/// ([`super::extensions`]): Broadcaster's, not Django's; `broadcaster migrate` creates it when
+/// missing. Its rows go with their event (`ON DELETE CASCADE`, enforced on connections with
+/// `PRAGMA foreign_keys = ON`: Django's and Broadcaster's).
+pub const SQLITE_EXTENSIONS_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "broadcaster_event_extensions" ("event_id" char(32) NOT NULL REFERENCES "outbox_events" ("id") ON DELETE CASCADE, "name" varchar(20) NOT NULL, "value" text NOT NULL, PRIMARY KEY ("event_id", "name")) WITHOUT ROWID"#;
+
+/// The same on PostgreSQL.
+pub const POSTGRES_EXTENSIONS_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "broadcaster_event_extensions" ("event_id" uuid NOT NULL REFERENCES "outbox_events" ("id") ON DELETE CASCADE, "name" varchar(20) NOT NULL, "value" text NOT NULL, PRIMARY KEY ("event_id", "name"))"#;
+
 /// The `publisher_backend` values that have `pending` or `retry` rows, by a loose index scan
 /// (one index seek per distinct name, cheap however many rows wait). The same on both
 /// databases.
