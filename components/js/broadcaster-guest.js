@@ -223,8 +223,10 @@ export function extraValue(jsonText) {
 /**
  * The seed's stream entry fields, as `[name, value]` pairs: `event_id`, `event_type`,
  * `source`, `timestamp`, `cloud_event`, then one per `publisherConfig` key (strings as they
- * are, other values as JSON text). Throws `Permanent` when a `publisherConfig` key collides
- * with one of the five (the seed let it overwrite the field; Broadcaster refuses the event).
+ * are, other values as JSON text), then one per extension attribute (`traceparent`, …), as
+ * the native backend writes them. Throws `Permanent` when a `publisherConfig` key collides
+ * with one of the five, or an extension attribute with one of the five or a `publisherConfig`
+ * key (the seed let it overwrite the field; Broadcaster refuses the event).
  */
 export function streamFields(event) {
   const config = event.publisherConfig ?? [];
@@ -237,6 +239,15 @@ export function streamFields(event) {
     }
   }
   const ce = event.event;
+  const extensions = ce.extensions ?? [];
+  for (const [name] of extensions) {
+    if (RESERVED_FIELDS.includes(name) || config.some(([key]) => key === name)) {
+      throw new Permanent(
+        `extension attribute ${JSON.stringify(name)} collides with the stream field of the same name ` +
+          `(reserved: ${RESERVED_FIELDS.join(', ')}, and the event's publisher_config keys)`,
+      );
+    }
+  }
   return [
     ['event_id', ce.id],
     ['event_type', ce.type],
@@ -244,6 +255,7 @@ export function streamFields(event) {
     ['timestamp', ce.time ?? ''],
     ['cloud_event', toCloudEvent(ce)],
     ...config.map(([key, text]) => [key, extraValue(text)]),
+    ...extensions.map(([name, value]) => [name, value]),
   ];
 }
 

@@ -42,8 +42,9 @@ pub struct CloudEvent<'a> {
     pub dataschema: Option<&'a str>,
     /// `data`; `None` for JSON `null`, which the seed leaves out.
     pub data: Option<EventData<'a>>,
-    /// Extension attributes (name, value), rendered as strings after `dataschema`. The
-    /// outbox has none; they come only from `broadcaster send`.
+    /// Extension attributes (name, value), rendered as strings after `dataschema`, and as
+    /// stream fields of their own after the `publisher_config` ones (sorted by name in every
+    /// event Broadcaster reads: the outbox keeps them in `broadcaster_event_extensions`).
     pub extensions: &'a [(String, String)],
 }
 

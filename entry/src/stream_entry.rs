@@ -3,31 +3,49 @@
 //! ```text
 //! XADD <stream_name> MAXLEN ~ <max_len> * event_id <id> event_type <type> source <source>
 //!      timestamp <time> cloud_event <json> [<publisher_config key> <value> ...]
+//!      [<extension name> <value> ...]
 //! ```
+//!
+//! The extension attributes (`traceparent`, …) come last, one field each, named as the
+//! attribute is; an event without extensions has exactly the seed's fields.
 
 use crate::{CloudEvent, pyjson};
 
 /// The five fields every entry starts with; a `publisher_config` key may not reuse one.
 pub const RESERVED_FIELDS: [&str; 5] = ["event_id", "event_type", "source", "timestamp", "cloud_event"];
 
-/// A `publisher_config` key that would overwrite one of the [`RESERVED_FIELDS`].
+/// A field name used twice in one entry: a `publisher_config` key that would overwrite one of
+/// the [`RESERVED_FIELDS`], or an extension attribute named like a reserved field or like one
+/// of the event's `publisher_config` keys.
 ///
 /// The seed silently let such a key overwrite the field (so a consumer read a forged
 /// `event_id`); Broadcaster refuses the event instead: a permanent error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldCollision {
-    /// The offending key.
+    /// The offending key or extension name.
     pub key: String,
+    /// Whether it is an extension attribute (else a `publisher_config` key).
+    pub extension: bool,
 }
 
 impl std::fmt::Display for FieldCollision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "publisher_config key {:?} collides with the stream field of the same name \
-             (reserved: event_id, event_type, source, timestamp, cloud_event)",
-            self.key
-        )
+        if self.extension {
+            write!(
+                f,
+                "extension attribute {:?} collides with the stream field of the same name \
+                 (reserved: event_id, event_type, source, timestamp, cloud_event, and the event's \
+                 publisher_config keys)",
+                self.key
+            )
+        } else {
+            write!(
+                f,
+                "publisher_config key {:?} collides with the stream field of the same name \
+                 (reserved: event_id, event_type, source, timestamp, cloud_event)",
+                self.key
+            )
+        }
     }
 }
 
@@ -35,18 +53,26 @@ impl std::error::Error for FieldCollision {}
 
 /// The entry's fields, in order: the five reserved ones, then `extras` (the event's
 /// `publisher_config`, already turned into field values with [`extra_value`] or
-/// [`extra_value_from_json_text`]).
+/// [`extra_value_from_json_text`]), then one per extension attribute of `event`, in its order.
 pub fn fields(event: &CloudEvent<'_>, extras: Vec<(String, String)>) -> Result<Vec<(String, String)>, FieldCollision> {
     if let Some((key, _)) = extras.iter().find(|(k, _)| RESERVED_FIELDS.contains(&k.as_str())) {
-        return Err(FieldCollision { key: key.clone() });
+        return Err(FieldCollision { key: key.clone(), extension: false });
     }
-    let mut fields = Vec::with_capacity(5 + extras.len());
+    if let Some((name, _)) = event
+        .extensions
+        .iter()
+        .find(|(name, _)| RESERVED_FIELDS.contains(&name.as_str()) || extras.iter().any(|(k, _)| k == name))
+    {
+        return Err(FieldCollision { key: name.clone(), extension: true });
+    }
+    let mut fields = Vec::with_capacity(5 + extras.len() + event.extensions.len());
     fields.push(("event_id".to_string(), event.id.to_string()));
     fields.push(("event_type".to_string(), event.event_type.to_string()));
     fields.push(("source".to_string(), event.source.to_string()));
     fields.push(("timestamp".to_string(), event.time.unwrap_or_default().to_string()));
     fields.push(("cloud_event".to_string(), event.to_json()));
     fields.extend(extras);
+    fields.extend(event.extensions.iter().cloned());
     Ok(fields)
 }
 
@@ -103,6 +129,29 @@ mod tests {
         let err = fields(&event(), vec![("event_id".into(), "forged".into())]).unwrap_err();
         assert_eq!(err.key, "event_id");
         assert!(err.to_string().contains("collides"));
+    }
+
+    #[test]
+    fn extension_attributes_come_last_one_field_each() {
+        let extensions =
+            [("traceparent".to_string(), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string())];
+        let event = CloudEvent { extensions: &extensions, ..event() };
+        let f = fields(&event, vec![("tenant".into(), "a".into())]).unwrap();
+        let names: Vec<_> = f.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["event_id", "event_type", "source", "timestamp", "cloud_event", "tenant", "traceparent"]);
+        assert_eq!(f[6].1, extensions[0].1);
+        assert!(f[4].1.contains(r#""traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01""#));
+    }
+
+    #[test]
+    fn an_extension_named_like_a_stream_field_or_a_publisher_config_key_is_refused() {
+        let reserved = [("timestamp".to_string(), "x".to_string())];
+        let err = fields(&CloudEvent { extensions: &reserved, ..event() }, Vec::new()).unwrap_err();
+        assert_eq!((err.key.as_str(), err.extension), ("timestamp", true));
+        assert!(err.to_string().starts_with("extension attribute \"timestamp\" collides"), "{err}");
+        let tenant = [("tenant".to_string(), "x".to_string())];
+        let err = fields(&CloudEvent { extensions: &tenant, ..event() }, vec![("tenant".into(), "a".into())]);
+        assert_eq!(err.unwrap_err().key, "tenant");
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! - [`log`]: write to Broadcaster's log, tagged with the publisher's name.
 //!
 //! [`to_cloud_event`] and [`stream_fields`] render an event exactly as django-broadcaster's
-//! Redis Stream backend does, so a component can write the same entries as the native one.
+//! Redis Stream backend does, so a component can write the same entries as the native one
+//! (an event's extension attributes, `traceparent` among them, are one field each after the
+//! seed's, as the native backend writes them).
 //!
 //! # Example: the seed's Redis Stream backend as a component
 //!

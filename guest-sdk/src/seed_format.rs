@@ -32,7 +32,9 @@ pub fn to_cloud_event(event: &OutboxEvent) -> String {
 
 /// The seed's stream entry fields: `event_id`, `event_type`, `source`, `timestamp`,
 /// `cloud_event`, then one per `publisher_config` key (strings as they are, other values
-/// as JSON). A key that collides with the first five is a permanent error.
+/// as JSON), then one per extension attribute (`traceparent`, …), as the native backend
+/// writes them. A key that collides with the first five, or an extension named like one of
+/// them or like a `publisher_config` key, is a permanent error.
 pub fn stream_fields(event: &OutboxEvent) -> Result<Vec<(String, String)>, PublishError> {
     let extras =
         event.publisher_config.iter().map(|(k, v)| (k.clone(), stream_entry::extra_value_from_json_text(v))).collect();

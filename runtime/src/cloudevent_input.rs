@@ -14,23 +14,18 @@ pub struct InputError(pub String);
 
 /// Parses one CloudEvent JSON document into an event (not yet routed to a publisher).
 ///
-/// `time` becomes `created_at` (now when absent); extension attributes are kept as text.
+/// `time` becomes `created_at` (now when absent); extension attributes are kept as text,
+/// sorted by name.
 pub fn parse_cloud_event_json(text: &str) -> Result<OutboxEvent, InputError> {
     let parsed: cloudevents::Event =
         serde_json::from_str(text).map_err(|err| InputError(format!("not a CloudEvent JSON document: {err}")))?;
-    let mut event = from_cloud_event(&parsed);
-    // The SDK keeps extensions in a hash map; keep the document's order instead, so every
-    // publisher renders them the same way every time.
-    if !event.extensions.is_empty()
-        && let Ok(Value::Object(document)) = serde_json::from_str::<Value>(text)
-    {
-        event.extensions.sort_by_key(|(name, _)| document.keys().position(|k| k == name).unwrap_or(usize::MAX));
-    }
-    Ok(event)
+    Ok(from_cloud_event(&parsed))
 }
 
 /// The event a parsed CloudEvent is (not yet routed to a publisher): `time` becomes
-/// `created_at` (now when absent); extension attributes are kept as text.
+/// `created_at` (now when absent); extension attributes are kept as text, sorted by name (the
+/// SDK holds them in a hash map; the outbox reads them back sorted, so every way an event
+/// takes renders them in one order).
 pub fn from_cloud_event(parsed: &cloudevents::Event) -> OutboxEvent {
     let mut event = OutboxEvent::new(parsed.ty(), parsed.source().to_string());
     event.id = parsed.id().to_string();
@@ -62,6 +57,7 @@ pub fn from_cloud_event(parsed: &cloudevents::Event) -> OutboxEvent {
             (name.to_string(), text)
         })
         .collect();
+    crate::extension_attributes::sort(&mut event.extensions);
     event
 }
 
@@ -131,7 +127,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_structured_cloud_event_keeps_its_attributes() {
+    fn a_structured_cloud_event_keeps_its_attributes_and_sorts_its_extensions() {
         let event = parse_cloud_event_json(
             r#"{"specversion":"1.0","id":"abc","type":"order.created","source":"/shop","subject":"o/1",
                 "time":"2026-11-29T10:00:00.5+02:00","datacontenttype":"application/json",
@@ -144,8 +140,8 @@ mod tests {
         assert_eq!(event.data, Payload::Json(serde_json::json!({"total": 1.5})));
         assert_eq!(
             event.extensions,
-            [("tenant".to_string(), "a".to_string()), ("priority".to_string(), "3".to_string())],
-            "extensions keep the document's order"
+            [("priority".to_string(), "3".to_string()), ("tenant".to_string(), "a".to_string())],
+            "extensions are sorted by name"
         );
     }
 

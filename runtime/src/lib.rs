@@ -8,6 +8,8 @@
 //! - [`config`]: `broadcaster.toml` and its `BROADCASTER_…` environment overrides.
 //! - [`event`]: the event model (an outbox row's CloudEvent) and its rendering.
 //! - [`cloudevent_input`]: events given as CloudEvent JSON or command-line flags.
+//! - [`extension_attributes`]: the extension attributes an event may carry (bounds, names,
+//!   the W3C `traceparent`), and [`trace_context`]: the relay's publish spans, parented by it.
 //! - [`outcome`]: what publishing comes to ([`PublishError`](outcome::PublishError),
 //!   [`Attempt`](outcome::Attempt), [`Health`](outcome::Health)); a leaf both kinds of
 //!   publisher answer in.
@@ -46,6 +48,7 @@
 pub mod cloudevent_input;
 pub mod config;
 pub mod event;
+pub mod extension_attributes;
 pub mod host;
 pub mod metrics;
 pub mod outbox;
@@ -57,6 +60,7 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod stream_client;
+pub mod trace_context;
 
 /// Whether `error` is one of this library's errors that blames the input (a configuration,
 /// a component file, an option, an event, a database URL) rather than the world (a database

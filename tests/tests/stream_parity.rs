@@ -1,7 +1,8 @@
 //! The native `redis-stream` backend and the `redis-stream` component write the same entry
 //! for the same event, field for field (only the entry id differs), one event at a time or a
 //! batch at once, and what they write is what the seed's consumers read. So does a component
-//! built against contract 0.1.0.
+//! built against contract 0.1.0. An event with a `traceparent` gets the same extra fields from
+//! every one of them.
 
 use broadcaster::config::Config;
 use broadcaster::event::{OutboxEvent, Payload};
@@ -116,7 +117,7 @@ fn sample_events() -> Vec<OutboxEvent> {
     at_whole_second.created_at = chrono::DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z").unwrap();
     events.push(at_whole_second);
 
-    // From `broadcaster send`: extensions (in the document's order), text and binary data.
+    // From `broadcaster send`: extensions (sorted by name), text and binary data.
     let sent = broadcaster::cloudevent_input::parse_cloud_event_json(
         r#"{"specversion": "1.0", "id": "sent-1", "type": "t", "source": "/s", "time": "2026-11-29T10:00:00.5+02:00",
             "zeta": "last", "alpha": "first", "count": 3, "data": {"big": 12345678901234, "neg": -0.0, "tiny": 1.5e-7}}"#,
@@ -132,8 +133,20 @@ fn sample_events() -> Vec<OutboxEvent> {
     binary.data = Payload::Binary(vec![0, 1, 2, 255]);
     events.push(binary);
 
+    // Trace context (HTTP ingest's `traceparent`, read back from the outbox sorted by name).
+    let mut traced = OutboxEvent::new("order.created", "/shop/orders");
+    traced.data = Payload::Json(json!({"order_id": 7}));
+    traced.publisher_config.insert("tenant".into(), json!("acme"));
+    traced.extensions = vec![
+        ("traceparent".into(), TRACEPARENT.into()),
+        ("tracestate".into(), "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".into()),
+    ];
+    events.push(traced);
+
     events
 }
+
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 /// The publishers whose entries must all be equal: the native backend, the `redis-stream`
 /// component in Rust, Python and JavaScript, and the Rust one as built against 0.1.0.
@@ -192,8 +205,17 @@ async fn the_native_backend_and_the_rust_python_and_js_components_write_equal_en
     assert_eq!(native[7].1[3].1, "2026-11-29T10:00:00+00:00");
     let null_cloud_event = &native[3].1[4].1;
     assert!(!null_cloud_event.contains("\"data\""), "{null_cloud_event}");
+    let sent = &native[8].1;
+    assert_eq!(names_of(sent)[5..], ["alpha", "count", "zeta"], "extensions sorted by name, after the seed's fields");
+    let traced = &native[events.len() - 1].1;
+    assert_eq!(names_of(traced)[5..], ["tenant", "traceparent", "tracestate"]);
+    assert_eq!(traced[6].1, TRACEPARENT);
     let shipped = &native[1].1[4].1;
     assert!(shipped.contains(r#""subject": "order/42", "datacontenttype": "application/json", "dataschema": "https://example.com/schemas/order.json""#), "{shipped}");
+}
+
+fn names_of(fields: &[(String, String)]) -> Vec<&str> {
+    fields.iter().map(|(name, _)| name.as_str()).collect()
 }
 
 #[tokio::test]
@@ -218,7 +240,7 @@ async fn a_batch_through_every_component_writes_the_entries_the_native_batch_wri
 }
 
 #[tokio::test]
-async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_error_for_all() {
+async fn a_publisher_config_key_or_extension_colliding_with_another_field_is_a_permanent_error_for_all() {
     let redis = RedisServer::start();
     let registry = PublisherRegistry::build(&config(&redis), None).await.unwrap();
     let mut event = OutboxEvent::new("order.created", "/shop");
@@ -226,6 +248,15 @@ async fn a_publisher_config_key_colliding_with_a_stream_field_is_a_permanent_err
     for name in IMPLEMENTATIONS {
         let err = registry.get(name).unwrap().publish(&event).await.unwrap_err();
         assert!(matches!(&err, PublishError::Permanent(m) if m.contains("event_id")), "{name}: {err}");
+    }
+    let mut extension = OutboxEvent::new("order.created", "/shop");
+    extension.publisher_config.insert("tenant".into(), json!("a"));
+    extension.extensions = vec![("tenant".into(), "b".into())];
+    for name in IMPLEMENTATIONS {
+        let err = registry.get(name).unwrap().publish(&extension).await.unwrap_err();
+        let refused =
+            matches!(&err, PublishError::Permanent(m) if m.contains("extension attribute \"tenant\" collides"));
+        assert!(refused, "{name}: {err}");
     }
     let mut batch = vec![OutboxEvent::new("ok", "/s"), event.clone()];
     batch[0].publisher_config.insert("fine".into(), json!(1));

@@ -131,6 +131,19 @@ describe('the seed format', () => {
     });
   });
 
+  test('stream fields: extension attributes after the extras, colliding names permanent', () => {
+    const tp = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+    const fields = bg.streamFields(event({ config: [['tenant', '"acme"']], extensions: [['traceparent', tp]] }));
+    assert.deepEqual(fields.slice(5), [['tenant', 'acme'], ['traceparent', tp]]);
+    for (const [extensions, config] of [[[['timestamp', 'x']], []], [[['tenant', 'x']], [['tenant', '"a"']]]]) {
+      assert.throws(() => bg.streamFields(event({ config, extensions })), (e) => {
+        assert.ok(e instanceof bg.Permanent);
+        assert.match(e.message, new RegExp(`extension attribute "${extensions[0][0]}" collides`));
+        return true;
+      });
+    }
+  });
+
   test('extraValue', () => {
     assert.equal(bg.extraValue('"plain \\u00e9"'), 'plain é');
     assert.equal(bg.extraValue('1.0'), '1.0');

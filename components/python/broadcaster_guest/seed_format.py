@@ -90,10 +90,12 @@ def extra_value(json_text: str) -> str:
 def stream_fields(event: OutboxEvent) -> Fields:
     """The seed's stream entry fields: ``event_id``, ``event_type``, ``source``,
     ``timestamp``, ``cloud_event``, then one per ``publisher_config`` key (strings as they
-    are, other values as JSON text).
+    are, other values as JSON text), then one per extension attribute (``traceparent``, …),
+    as the native backend writes them.
 
-    Raises :class:`Permanent` when a ``publisher_config`` key collides with one of the five
-    (the seed silently let it overwrite the field; Broadcaster refuses the event).
+    Raises :class:`Permanent` when a ``publisher_config`` key collides with one of the five,
+    or an extension attribute with one of the five or a ``publisher_config`` key (the seed
+    silently let it overwrite the field; Broadcaster refuses the event).
     """
     for key, _ in event.publisher_config:
         if key in RESERVED_FIELDS:
@@ -102,6 +104,14 @@ def stream_fields(event: OutboxEvent) -> Fields:
                 "stream field of the same name (reserved: " + ", ".join(RESERVED_FIELDS) + ")"
             )
     ce = event.event
+    config_keys = {key for key, _ in event.publisher_config}
+    for name, _ in ce.extensions:
+        if name in RESERVED_FIELDS or name in config_keys:
+            raise Permanent(
+                f"extension attribute {json.dumps(name, ensure_ascii=False)} collides with the stream "
+                "field of the same name (reserved: " + ", ".join(RESERVED_FIELDS) + ", and the event's "
+                "publisher_config keys)"
+            )
     fields = [
         ("event_id", ce.id),
         ("event_type", ce.type),
@@ -110,6 +120,7 @@ def stream_fields(event: OutboxEvent) -> Fields:
         ("cloud_event", to_cloud_event(ce)),
     ]
     fields.extend((key, extra_value(text)) for key, text in event.publisher_config)
+    fields.extend((name, value) for name, value in ce.extensions)
     return fields
 
 

@@ -150,6 +150,15 @@ class SeedFormat(unittest.TestCase):
             bg.stream_fields(event(config=[("x", "1"), ("event_id", '"forged"')]))
         self.assertIn('publisher_config key "event_id" collides', caught.exception.message)
 
+    def test_extension_attributes_are_fields_after_the_extras(self):
+        tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        fields = bg.stream_fields(event(config=[("tenant", '"acme"')], extensions=[("traceparent", tp)]))
+        self.assertEqual(fields[5:], [("tenant", "acme"), ("traceparent", tp)])
+        for extensions, config in (([("timestamp", "x")], []), ([("tenant", "x")], [("tenant", '"a"')])):
+            with self.assertRaises(bg.Permanent) as caught:
+                bg.stream_fields(event(config=config, extensions=extensions))
+            self.assertIn(f'extension attribute "{extensions[0][0]}" collides', caught.exception.message)
+
     def test_extra_value(self):
         self.assertEqual(bg.extra_value('"plain \\u00e9"'), "plain é")
         self.assertEqual(bg.extra_value("1.0"), "1.0")

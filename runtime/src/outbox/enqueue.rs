@@ -84,6 +84,16 @@ impl NewEvent {
         self
     }
 
+    /// Adds a CloudEvents extension attribute (`traceparent`, …), kept in order of name.
+    /// Stored in `broadcaster_event_extensions` in the same transaction as the event.
+    pub fn extension(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.event.extensions.retain(|(n, _)| *n != name);
+        self.event.extensions.push((name, value.into()));
+        crate::extension_attributes::sort(&mut self.event.extensions);
+        self
+    }
+
     /// Sets the per-event extras for the publisher.
     pub fn publisher_config(mut self, config: Map<String, Value>) -> Self {
         self.event.publisher_config = config;
@@ -165,6 +175,8 @@ impl<'a> Columns<'a> {
                 "{column} holds a NUL character (\\u0000), which the outbox cannot store"
             )));
         }
+        crate::extension_attributes::check(&event.extensions, event.publisher_config.keys())
+            .map_err(|err| StoreError::Unstorable(err.to_string()))?;
         if event.event_type.is_empty() || event.source.is_empty() {
             return Err(StoreError::Unstorable("an event needs a type and a source".into()));
         }
@@ -252,15 +264,23 @@ fn holds_nul(value: &Value) -> bool {
     }
 }
 
-/// Inserts `event` through `executor` (a connection or an open transaction) on SQLite;
-/// returns its id.
-pub async fn sqlite<'e>(executor: impl sqlx::SqliteExecutor<'e>, event: &NewEvent) -> Result<uuid::Uuid, StoreError> {
+/// Inserts `event` through `conn` (`&mut *tx` of an open transaction, or a connection) on
+/// SQLite; returns its id. Its extension attributes go to `broadcaster_event_extensions` in a
+/// second statement on the same connection (only when it has any): enqueue inside a
+/// transaction so that both commit together.
+pub async fn sqlite(conn: &mut sqlx::SqliteConnection, event: &NewEvent) -> Result<uuid::Uuid, StoreError> {
     let now = now_micros();
-    super::sqlite::insert(executor, &Columns::of(event, now)?, now).await
+    let columns = Columns::of(event, now)?;
+    let id = super::sqlite::insert(&mut *conn, &columns, now).await?;
+    super::extensions::insert_sqlite(conn, &[&columns]).await?;
+    Ok(id)
 }
 
-/// The same on PostgreSQL: `executor` is a `&mut PgConnection` or an open transaction.
-pub async fn postgres<'e>(executor: impl sqlx::PgExecutor<'e>, event: &NewEvent) -> Result<uuid::Uuid, StoreError> {
+/// The same on PostgreSQL: `conn` is `&mut *tx` of an open transaction, or a connection.
+pub async fn postgres(conn: &mut sqlx::PgConnection, event: &NewEvent) -> Result<uuid::Uuid, StoreError> {
     let now = now_micros();
-    super::postgres::insert(executor, &Columns::of(event, now)?, now).await
+    let columns = Columns::of(event, now)?;
+    let id = super::postgres::insert(&mut *conn, &columns, now).await?;
+    super::extensions::insert_postgres(conn, &[&columns]).await?;
+    Ok(id)
 }

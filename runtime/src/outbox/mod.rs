@@ -9,11 +9,13 @@
 //! - [`fenced_writes`]: the writes that finish claimed rows, fenced by the claim token.
 //! - [`schema`]: the table's DDL (Django's own, per database).
 //! - [`enqueue`]: writing events, including inside an application's own transaction.
+//! - [`extensions`]: the events' CloudEvents extension attributes, in a side table.
 //!
 //! [`OutboxStore`] is the handle the relay and the CLI hold: the backend `connect` picks by URL.
 
 pub mod backend;
 pub mod enqueue;
+pub mod extensions;
 pub mod fenced_writes;
 pub mod file_watch;
 pub mod postgres;
@@ -111,6 +113,13 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+    /// An event with extension attributes, and no `broadcaster_event_extensions` table to keep
+    /// them in.
+    #[error(
+        "the outbox has no table broadcaster_event_extensions for events with extension attributes: run \
+         `broadcaster migrate`"
+    )]
+    MissingExtensionTable,
     /// An event cannot be stored as it is.
     #[error("{0}")]
     Unstorable(String),

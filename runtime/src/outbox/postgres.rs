@@ -13,6 +13,7 @@ use sqlx::{PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::enqueue::Columns;
+use super::extensions;
 use super::row::{RowReader, claimed_columns};
 use super::{
     Backlog, Claim, FailedEvent, Fence, FencedWrites, HeldClaim, NewEvent, OutboxBackend, RowState, Settlement,
@@ -29,6 +30,8 @@ pub struct PostgresStore {
     listener: std::sync::Arc<tokio::sync::Mutex<Option<PgListener>>>,
     /// Permits for claims held in transactions ([`HELD_CLAIMS`]).
     held_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Whether `broadcaster_event_extensions` was seen.
+    extension_table: extensions::TablePresence,
 }
 
 fn uuids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Result<Vec<Uuid>, StoreError> {
@@ -171,7 +174,8 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         let held_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(HELD_CLAIMS));
-        Ok(Self { pool, url: super::redact(url), listener: Default::default(), held_slots })
+        let extension_table = Default::default();
+        Ok(Self { pool, url: super::redact(url), listener: Default::default(), held_slots, extension_table })
     }
 
     /// A connection `LISTEN`ing on [`schema::NOTIFY_CHANNEL`]; warns when the table has no
@@ -203,9 +207,12 @@ impl PostgresStore {
     /// Runs a claim statement; reads every row on its own and fails the unreadable ones.
     async fn claimed(&self, token: DateTime<Utc>, claim: Query<'_>) -> Result<Claim, StoreError> {
         let rows = claim.fetch_all(&self.pool).await?;
-        let claim = Claim::from_rows(token, rows.iter().map(Reader::claimed).collect::<Result<Vec<_>, _>>()?);
+        let mut claim = Claim::from_rows(token, rows.iter().map(Reader::claimed).collect::<Result<Vec<_>, _>>()?);
         if let Some(rejections) = FencedWrites::rejecting(&claim, Fence::Lease(token)) {
             self.write(&rejections).await?;
+        }
+        if !claim.events.is_empty() {
+            extensions::read_postgres(&mut *self.pool.acquire().await?, &self.extension_table, &mut claim).await?;
         }
         Ok(claim)
     }
@@ -284,6 +291,7 @@ impl OutboxBackend for PostgresStore {
         self.verify().await?;
         sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
         sqlx::query(schema::FAILED_INDEX).execute(&self.pool).await?;
+        sqlx::query(schema::POSTGRES_EXTENSIONS_TABLE).execute(&self.pool).await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('broadcaster.outbox_events'))").execute(&mut *tx).await?;
         for statement in schema::POSTGRES_NOTIFY_TRIGGER {
@@ -299,6 +307,7 @@ impl OutboxBackend for PostgresStore {
         for chunk in columns.chunks(1000) {
             insert_many(&mut *tx, chunk, now).await?;
         }
+        extensions::insert_postgres(&mut tx, &columns.iter().collect::<Vec<_>>()).await?;
         tx.commit().await?;
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
     }
@@ -327,6 +336,7 @@ impl OutboxBackend for PostgresStore {
         if inserted != rows.len() {
             return Ok(None);
         }
+        extensions::insert_postgres(&mut tx, &rows.iter().collect::<Vec<_>>()).await?;
         tx.commit().await?;
         Ok(Some(answers))
     }
@@ -361,10 +371,11 @@ impl OutboxBackend for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let claim = sqlx::query(CLAIM_HELD).bind(now).bind(first).bind(second).bind(i64::from(limit));
         let rows = claim.fetch_all(&mut *tx).await?;
-        let claim = Claim::from_rows(now, rows.iter().map(Reader::claimed).collect::<Result<Vec<_>, _>>()?);
+        let mut claim = Claim::from_rows(now, rows.iter().map(Reader::claimed).collect::<Result<Vec<_>, _>>()?);
         if let Some(rejections) = FencedWrites::rejecting(&claim, Fence::Held) {
             write_on(&mut tx, &rejections).await?;
         }
+        extensions::read_postgres(&mut tx, &self.extension_table, &mut claim).await?;
         Ok(Some(Box::new(PgHeldClaim { tx, claim, _permit: permit })))
     }
 

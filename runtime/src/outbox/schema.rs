@@ -98,6 +98,15 @@ pub const RECENT_FAILED: &str = "SELECT CAST(id AS TEXT), CAST(publisher_backend
      retry_count, updated_at, substr(last_error, 1, $2) \
      FROM outbox_events WHERE status = 'failed' ORDER BY updated_at DESC LIMIT $1";
 
+/// The side table for the events' CloudEvents extension attributes on SQLite
+/// ([`super::extensions`]): Broadcaster's, not Django's; `broadcaster migrate` creates it when
+/// missing. Its rows go with their event (`ON DELETE CASCADE`, enforced on connections with
+/// `PRAGMA foreign_keys = ON`: Django's and Broadcaster's).
+pub const SQLITE_EXTENSIONS_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "broadcaster_event_extensions" ("event_id" char(32) NOT NULL REFERENCES "outbox_events" ("id") ON DELETE CASCADE, "name" varchar(20) NOT NULL, "value" text NOT NULL, PRIMARY KEY ("event_id", "name")) WITHOUT ROWID"#;
+
+/// The same on PostgreSQL.
+pub const POSTGRES_EXTENSIONS_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS "broadcaster_event_extensions" ("event_id" uuid NOT NULL REFERENCES "outbox_events" ("id") ON DELETE CASCADE, "name" varchar(20) NOT NULL, "value" text NOT NULL, PRIMARY KEY ("event_id", "name"))"#;
+
 /// The `publisher_backend` values that have `pending` or `retry` rows, by a loose index scan
 /// (one index seek per distinct name, cheap however many rows wait). The same on both
 /// databases.

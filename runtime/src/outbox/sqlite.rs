@@ -15,6 +15,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqlitePool};
 
 use super::enqueue::Columns;
+use super::extensions;
 use super::file_watch::FileWrites;
 use super::row::{ReadRow, RowError, RowReader, claimed_columns, quote};
 use super::schema;
@@ -37,6 +38,8 @@ pub struct SqliteStore {
     file: Option<PathBuf>,
     /// Writes to the file, once someone waits for them.
     writes: std::sync::Arc<tokio::sync::Mutex<Option<FileWrites>>>,
+    /// Whether `broadcaster_event_extensions` was seen.
+    extension_table: extensions::TablePresence,
 }
 
 /// A time as Django stores it in SQLite.
@@ -160,7 +163,14 @@ impl SqliteStore {
             let durable = options.synchronous(SqliteSynchronous::Full);
             SqlitePoolOptions::new().max_connections(1).connect_with(durable).await?
         };
-        Ok(Self { pool, enqueues, url: url.to_string(), file, writes: Default::default() })
+        Ok(Self {
+            pool,
+            enqueues,
+            url: url.to_string(),
+            file,
+            writes: Default::default(),
+            extension_table: Default::default(),
+        })
     }
 
     /// The pool, for applications that share it.
@@ -171,9 +181,12 @@ impl SqliteStore {
     /// Runs a claim statement; reads every row on its own and fails the unreadable ones.
     async fn claimed(&self, token: DateTime<Utc>, claim: Query<'_>) -> Result<Claim, StoreError> {
         let rows = claim.fetch_all(&self.pool).await?;
-        let claim = Claim::from_rows(token, rows.iter().map(read_claimed).collect::<Result<Vec<_>, _>>()?);
+        let mut claim = Claim::from_rows(token, rows.iter().map(read_claimed).collect::<Result<Vec<_>, _>>()?);
         if let Some(rejections) = FencedWrites::rejecting(&claim, Fence::Lease(token)) {
             self.write(&rejections).await?;
+        }
+        if !claim.events.is_empty() {
+            extensions::read_sqlite(&mut *self.pool.acquire().await?, &self.extension_table, &mut claim).await?;
         }
         Ok(claim)
     }
@@ -286,6 +299,7 @@ impl OutboxBackend for SqliteStore {
         self.verify().await?;
         sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
         sqlx::query(schema::FAILED_INDEX).execute(&self.pool).await?;
+        sqlx::query(schema::SQLITE_EXTENSIONS_TABLE).execute(&self.pool).await?;
         Ok(present.is_empty())
     }
 
@@ -296,6 +310,7 @@ impl OutboxBackend for SqliteStore {
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             insert_rows(&mut *tx, chunk, now, OnConflict::Fail).await?;
         }
+        extensions::insert_sqlite(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(columns.iter().map(|c| c.id.to_string()).collect())
     }
@@ -327,6 +342,7 @@ impl OutboxBackend for SqliteStore {
         if inserted != rows.len() as u64 {
             return Ok(None);
         }
+        extensions::insert_sqlite(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(Some(answers))
     }

@@ -574,6 +574,7 @@ impl Relay {
             return settle_all(&|_| Settlement::Release);
         }
         let batch: Vec<_> = events.iter().map(|e| e.event.clone()).collect();
+        let spans = crate::trace_context::PublishSpans::open(name, &batch);
         let started = Instant::now();
         let mut attempts = publisher.publish_batch(&batch).await;
         self.metrics.observe_publish(name, started.elapsed());
@@ -604,6 +605,7 @@ impl Relay {
                 break;
             }
         }
+        spans.close(&attempts);
         let now = self.clock.now();
         let published = events.iter().zip(&attempts).filter(|(_, a)| **a == Attempt::Done(Ok(())));
         self.metrics.observe_published(name, published.map(|(e, _)| e.scheduled_at), now);

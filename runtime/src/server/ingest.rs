@@ -294,7 +294,8 @@ fn binary(headers: &HeaderMap, body: bytes::Bytes) -> Result<NewEvent, ApiError>
 }
 
 /// The outbox event of a parsed CloudEvent: its id must be a UUID, and it must fit the
-/// outbox's columns (no extension attributes, no binary data).
+/// outbox's columns (no binary data). Its extension attributes (`traceparent`, …) are kept,
+/// sorted by name; their bounds are checked with the columns (`Columns::of`).
 fn outbox_event(parsed: &cloudevents::Event, publisher_config: Map<String, Value>) -> Result<NewEvent, ApiError> {
     let mut event: OutboxEvent = from_cloud_event(parsed);
     let id = uuid::Uuid::parse_str(&event.id).map_err(|_| {
@@ -306,12 +307,6 @@ fn outbox_event(parsed: &cloudevents::Event, publisher_config: Map<String, Value
         ))
     })?;
     event.id = id.to_string();
-    if let Some((name, _)) = event.extensions.first() {
-        return Err(ApiError::invalid_event(format!(
-            "extension attribute `{name}` cannot be stored: the outbox has no column for extensions; put per-event \
-             extras for the publisher in `{PUBLISHER_CONFIG_MEMBER}` (header {PUBLISHER_CONFIG_HEADER} in binary mode)"
-        )));
-    }
     if matches!(event.data, Payload::Binary(_)) {
         return Err(ApiError::invalid_event(
             "binary data cannot be stored: the outbox's `data` column is JSON (send JSON or text data)",

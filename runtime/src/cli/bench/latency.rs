@@ -69,12 +69,12 @@ impl Application {
         match self {
             Self::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
-                broadcaster::outbox::enqueue::sqlite(&mut *tx, event).await?;
+                broadcaster::outbox::enqueue::sqlite(&mut tx, event).await?;
                 tx.commit().await?;
             }
             Self::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                broadcaster::outbox::enqueue::postgres(&mut *tx, event).await?;
+                broadcaster::outbox::enqueue::postgres(&mut tx, event).await?;
                 tx.commit().await?;
             }
         }
