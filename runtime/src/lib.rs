@@ -20,6 +20,7 @@
 //!   capability table ([`host::capabilities`]: WASI, `log`, `redis-stream`, `http`) bound to
 //!   each publisher's grants.
 //! - [`metrics`]: what `GET /metrics` reports (Prometheus text format).
+//! - [`otlp`]: the publish spans sent to an OpenTelemetry collector (`[telemetry]`).
 //! - [`registry`]: keeps the configured publishers, built and started, by name; rebuilds
 //!   them for a new configuration, keeping the unchanged ones.
 //! - [`reload`]: live configuration changes (`SIGHUP`, `POST /v1/admin/reload`): all or
@@ -51,6 +52,7 @@ pub mod event;
 pub mod extension_attributes;
 pub mod host;
 pub mod metrics;
+pub mod otlp;
 pub mod outbox;
 pub mod outcome;
 pub mod publisher;

@@ -11,7 +11,8 @@
 //! twice across a reload. A removed publisher's waiting events stay waiting (`broadcaster
 //! status` lists them as not configured) until a publisher of that name comes back.
 //!
-//! Sections a running process cannot change in place (`[outbox]`, `[relay]`, `[wasm]`, and,
+//! Sections a running process cannot change in place (`[outbox]`, `[relay]`, `[wasm]`,
+//! `[telemetry]`, and,
 //! when serving HTTP, `[server]`) refuse the reload with the section named: restart for those.
 
 use std::sync::{Arc, OnceLock, Weak};
@@ -23,8 +24,12 @@ use crate::server::ServerState;
 use crate::server::tokens::TokenTable;
 
 /// Sections whose change needs a restart, with what they hold.
-const RESTART_SECTIONS: [(&str, &str); 3] =
-    [("outbox", "the outbox database"), ("relay", "the worker's settings"), ("wasm", "the WebAssembly engine")];
+const RESTART_SECTIONS: [(&str, &str); 4] = [
+    ("outbox", "the outbox database"),
+    ("relay", "the worker's settings"),
+    ("wasm", "the WebAssembly engine"),
+    ("telemetry", "where spans are exported"),
+];
 
 /// Loads the configuration again (the same file and environment overrides as at start-up).
 pub type ConfigLoader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;

@@ -9,14 +9,18 @@
 //! `traceparent` get no span: a batch of them costs what it did.
 //!
 //! The spans go wherever the process's `tracing` subscriber sends them (the log with
-//! `RUST_LOG=broadcaster::publish=debug`, which also logs each outcome). Exporting them over
-//! OpenTelemetry OTLP, with the `traceparent` as the remote parent, is not built yet.
+//! `RUST_LOG=broadcaster::publish=debug`, which also logs each outcome), each with its own
+//! `span_id`; with `[telemetry] otlp_endpoint` set they are also exported over OpenTelemetry
+//! OTLP ([`crate::otlp`]), the `traceparent` as the remote parent.
+
+use std::time::SystemTime;
 
 use tracing::Span;
 use tracing::field::Empty;
 
 use crate::event::OutboxEvent;
 use crate::extension_attributes::TraceParent;
+use crate::otlp::{FinishedSpan, OtlpExporter};
 use crate::outcome::{Attempt, PublishError};
 
 /// The tracing target of the publish spans.
@@ -26,34 +30,93 @@ pub const TARGET: &str = "broadcaster::publish";
 #[derive(Debug, Default)]
 pub struct PublishSpans {
     /// (index in the batch, its span).
-    spans: Vec<(usize, Span)>,
+    spans: Vec<(usize, OpenSpan)>,
+    /// Where finished spans are exported, if anywhere.
+    export: Option<OtlpExporter>,
+}
+
+/// One event's open publish span.
+#[derive(Debug)]
+struct OpenSpan {
+    span: Span,
+    parent: TraceParent,
+    span_id: [u8; 8],
+    start: SystemTime,
+    attributes: Vec<(&'static str, String)>,
 }
 
 impl PublishSpans {
-    /// Opens a span for each event of `batch` with a valid `traceparent`.
-    pub fn open(publisher: &str, batch: &[OutboxEvent]) -> Self {
-        let spans = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(index, event)| Some((index, publish_span(publisher, event)?)))
-            .collect();
-        Self { spans }
+    /// Opens a span for each event of `batch` with a valid `traceparent`; finished spans go to
+    /// `export` too, when set.
+    pub fn open(publisher: &str, batch: &[OutboxEvent], export: Option<&OtlpExporter>) -> Self {
+        let spans =
+            batch.iter().enumerate().filter_map(|(index, event)| Some((index, open_span(publisher, event)?))).collect();
+        Self { spans, export: export.cloned() }
     }
 
     /// Records each event's outcome (`attempts` in batch order) and closes the spans.
     pub fn close(self, attempts: &[Attempt]) {
-        for (index, span) in self.spans {
-            let outcome = match attempts.get(index) {
+        let end = SystemTime::now();
+        for (index, open) in self.spans {
+            let attempt = attempts.get(index);
+            let outcome = match attempt {
                 Some(Attempt::Done(Ok(()))) => "published",
                 Some(Attempt::Done(Err(PublishError::Transient(_)))) => "transient error",
                 Some(Attempt::Done(Err(PublishError::Permanent(_)))) => "permanent error",
                 Some(Attempt::Done(Err(PublishError::Trapped(_)))) => "trapped",
                 Some(Attempt::NotAttempted) | None => "not attempted",
             };
-            span.record("outcome", outcome);
-            tracing::debug!(target: TARGET, parent: &span, outcome, "event handed to its publisher");
+            open.span.record("outcome", outcome);
+            tracing::debug!(target: TARGET, parent: &open.span, outcome, "event handed to its publisher");
+            if let Some(export) = &self.export {
+                let error = match attempt {
+                    Some(Attempt::Done(Err(err))) => Some(err.to_string().chars().take(1000).collect()),
+                    _ => None,
+                };
+                let mut attributes = open.attributes;
+                attributes.push(("broadcaster.outcome", outcome.to_string()));
+                export.export(FinishedSpan {
+                    trace_id: open.parent.trace_id,
+                    parent_span_id: open.parent.parent_id,
+                    span_id: open.span_id,
+                    name: "publish",
+                    start: open.start,
+                    end,
+                    attributes,
+                    error,
+                });
+            }
         }
     }
+}
+
+/// A new span id: 8 random bytes, not all zero.
+fn new_span_id() -> [u8; 8] {
+    loop {
+        let id: [u8; 8] = rand::random();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+fn open_span(publisher: &str, event: &OutboxEvent) -> Option<OpenSpan> {
+    let span = publish_span(publisher, event)?;
+    let parent = TraceParent::of(&event.extensions)?;
+    let span_id = new_span_id();
+    span.record("span_id", span_id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    Some(OpenSpan {
+        span,
+        parent,
+        span_id,
+        start: SystemTime::now(),
+        attributes: vec![
+            ("broadcaster.publisher", publisher.to_string()),
+            ("cloudevents.event_id", event.id.clone()),
+            ("cloudevents.event_type", event.event_type.clone()),
+            ("cloudevents.event_source", event.source.clone()),
+        ],
+    })
 }
 
 /// The publish span of one event, when it carries a valid `traceparent`.
@@ -67,6 +130,7 @@ pub fn publish_span(publisher: &str, event: &OutboxEvent) -> Option<Span> {
         event_type = %event.event_type,
         trace_id = %parent.trace_id_hex(),
         parent_span_id = %parent.parent_id_hex(),
+        span_id = Empty,
         outcome = Empty,
     );
     Some(span)
@@ -116,7 +180,7 @@ mod tests {
             vec![("traceparent".into(), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into())];
         let plain = OutboxEvent::new("order.created", "/shop");
         tracing::subscriber::with_default(subscriber, || {
-            let spans = PublishSpans::open("default", &[plain, traced.clone()]);
+            let spans = PublishSpans::open("default", &[plain, traced.clone()], None);
             assert_eq!(spans.spans.len(), 1, "only the event with a trace context gets a span");
             assert_eq!(spans.spans[0].0, 1);
             spans.close(&[Attempt::Done(Ok(())), Attempt::Done(Ok(()))]);
@@ -135,6 +199,6 @@ mod tests {
     fn an_invalid_traceparent_opens_no_span() {
         let mut event = OutboxEvent::new("t", "/s");
         event.extensions = vec![("traceparent".into(), "00-nope".into())];
-        assert!(PublishSpans::open("p", &[event]).spans.is_empty());
+        assert!(PublishSpans::open("p", &[event], None).spans.is_empty());
     }
 }

@@ -88,7 +88,13 @@ impl Worker {
             options.interval,
             if options.max_iterations > 0 { format!(", {} iterations", options.max_iterations) } else { String::new() }
         );
-        let relay = Arc::new(Relay::new(store, registry, &config.relay).with_metrics(metrics));
+        let mut relay = Relay::new(store, registry, &config.relay).with_metrics(metrics);
+        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+            let exporter = broadcaster::otlp::OtlpExporter::start(endpoint, config.telemetry.service_name())?;
+            tracing::info!(%endpoint, "exporting publish spans over OTLP");
+            relay = relay.with_span_export(exporter);
+        }
+        let relay = Arc::new(relay);
         Ok(Self { relay, options })
     }
 

@@ -9,6 +9,7 @@ pub mod env;
 mod publishers;
 mod relay;
 mod server;
+pub mod telemetry;
 pub mod units;
 mod wasm;
 
@@ -23,6 +24,7 @@ pub use publishers::{Grants, Limits, PublisherConfig, PublisherKind};
 pub(crate) use publishers::{default_redis_host, default_redis_port, default_timeout};
 pub use relay::RelayConfig;
 pub use server::{ServerConfig, TokenConfig};
+pub use telemetry::TelemetryConfig;
 pub use units::{ByteSize, Seconds};
 pub use wasm::{Allocator, WasmConfig};
 
@@ -91,6 +93,9 @@ pub struct Config {
     /// `[tokens.<name>]`: bearer tokens for HTTP ingest, by name.
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenConfig>,
+    /// `[telemetry]`: where the publish spans go (OTLP export, off by default).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The directory relative component paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -183,6 +188,13 @@ impl Config {
             return Err(relay("health_interval", "must be more than 0s"));
         }
         self.validate_server()?;
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            crate::otlp::traces_url(endpoint).map_err(|err| ConfigError::Invalid {
+                path: self.path.clone(),
+                key: "telemetry.otlp_endpoint".into(),
+                message: err.reason,
+            })?;
+        }
         for (name, publisher) in &self.publishers {
             self.kind_of(name, publisher)?;
             let invalid = |key: &str, message: String| ConfigError::Invalid {

@@ -103,6 +103,8 @@ pub struct Relay {
     generation: AtomicU64,
     /// Wakes a waiting loop after a swap.
     reloaded: tokio::sync::Notify,
+    /// Where the publish spans are exported (`[telemetry] otlp_endpoint`), if anywhere.
+    span_export: Option<crate::otlp::OtlpExporter>,
     clock: Arc<dyn Clock>,
     backoff: Backoff,
     lease_timeout: Duration,
@@ -122,6 +124,7 @@ impl Relay {
             superseded: Mutex::default(),
             generation: AtomicU64::new(0),
             reloaded: tokio::sync::Notify::new(),
+            span_export: None,
             clock: Arc::new(SystemClock),
             backoff: Backoff { base: settings.retry_base.0, cap: settings.retry_cap.0, jitter: settings.retry_jitter },
             lease_timeout: settings.lease_timeout.0,
@@ -135,6 +138,12 @@ impl Relay {
     /// Books its outcomes and timings in `metrics` (`/metrics` of `broadcaster serve`).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Also exports its publish spans to `exporter` ([`crate::otlp`]).
+    pub fn with_span_export(mut self, exporter: crate::otlp::OtlpExporter) -> Self {
+        self.span_export = Some(exporter);
         self
     }
 
@@ -367,6 +376,9 @@ impl Relay {
             self.finished(done, &mut busy, &mut report);
         }
         drop(monitor);
+        if let Some(export) = &self.span_export {
+            export.flush().await;
+        }
         report
     }
 
@@ -574,7 +586,7 @@ impl Relay {
             return settle_all(&|_| Settlement::Release);
         }
         let batch: Vec<_> = events.iter().map(|e| e.event.clone()).collect();
-        let spans = crate::trace_context::PublishSpans::open(name, &batch);
+        let spans = crate::trace_context::PublishSpans::open(name, &batch, self.span_export.as_ref());
         let started = Instant::now();
         let mut attempts = publisher.publish_batch(&batch).await;
         self.metrics.observe_publish(name, started.elapsed());
