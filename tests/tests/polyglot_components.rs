@@ -182,12 +182,13 @@ fn is_start_error(err: &RegistryError) -> bool {
 async fn the_js_redis_stream_backend_publishes_batch_after_batch_without_growing_to_its_memory_limit() {
     // componentize-js 0.23 leaks guest memory on every `xadd-batch` call; with it this backend
     // met a 64 MiB limit after about 10,000 events. 8,000 events under 24 MiB show a leak of a
-    // few KiB per event as a trap.
+    // few KiB per event as a trap. The batch deadline is generous: this test is about memory,
+    // and a debug build on a busy 2-core machine took over the default 10 s for 100 events.
     let redis = RedisServer::start();
     let publishers = format!(
         "[publishers.js]\ncomponent = \"{}\"\n[publishers.js.options]\nstream_name = \"js\"\nmax_len = 100000\n\
          [publishers.js.grants]\nredis = {{ host = \"127.0.0.1\", port = PORT, streams = [\"js\"] }}\n\
-         [publishers.js.limits]\nmemory = \"24MiB\"\n",
+         [publishers.js.limits]\nmemory = \"24MiB\"\nbatch_timeout = \"60s\"\n",
         components::polyglot("js-redis-stream")
     );
     let registry = PublisherRegistry::build_with(&config(&redis, &publishers), None, STRICT).await.unwrap();

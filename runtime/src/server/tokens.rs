@@ -312,6 +312,32 @@ mod tests {
         assert!(TokenTable::from_config(&config, &env).unwrap_err().to_string().contains("64 hex digits"));
     }
 
+    #[test]
+    fn a_reload_keeps_what_an_unchanged_tokens_rate_limit_had_left_and_refills_a_changed_one() {
+        let text = |rate: u32| {
+            format!(
+                r#"
+                [tokens.tenant-a]
+                secret = {{ secret = "TENANT_A_TOKEN" }}
+                publishers = ["tenant-a"]
+                rate = {rate}
+                burst = 10
+                "#
+            )
+        };
+        let before = TokenTable::from_config(&config(&text(1)), &env).unwrap();
+        before.find("tenant-a-token-0123456789").unwrap().take(10).unwrap();
+        // Same secret, rate and burst: the emptied bucket carries over, no fresh burst.
+        let same = TokenTable::from_config(&config(&text(1)), &env).unwrap();
+        same.keep_buckets_of(&before);
+        let token = same.find("tenant-a-token-0123456789").unwrap();
+        assert!(matches!(token.take(5), Err(RateRefusal::Later(_))), "a reload handed out a fresh burst");
+        // Another rate: a new limit, a full bucket.
+        let changed = TokenTable::from_config(&config(&text(2)), &env).unwrap();
+        changed.keep_buckets_of(&before);
+        assert!(changed.find("tenant-a-token-0123456789").unwrap().take(10).is_ok());
+    }
+
     fn headers(authorization: Option<&str>) -> HeaderMap {
         let mut headers = HeaderMap::new();
         if let Some(value) = authorization {
