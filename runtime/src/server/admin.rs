@@ -15,9 +15,9 @@ use super::api_error::ApiError;
 
 /// `POST /v1/admin/reload`.
 pub(super) async fn reload(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
-    let token = match state.tokens().admin(&headers) {
-        Ok(token) => token.name.clone(),
-        Err(error) => return error.into_response(),
+    let token = match super::status_page::require_admin(&state, &headers) {
+        Ok(token) => token,
+        Err(refusal) => return *refusal,
     };
     let Some(reloader) = state.reloader.get() else {
         return ApiError::new(

@@ -273,14 +273,22 @@ pub async fn sample_throughput(state: Arc<ServerState>) {
     }
 }
 
-/// `GET /`: the page, for an admin token (a browser is asked for HTTP Basic credentials).
-pub(super) async fn page(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
-    if let Err(error) = state.tokens().admin(&headers) {
+/// The name of the admin token `headers` carry, or the refusal to answer: 401 (offering HTTP
+/// Basic as well as Bearer, so a browser asks for the token) or 403.
+pub(super) fn require_admin(state: &ServerState, headers: &HeaderMap) -> Result<String, Box<Response>> {
+    state.tokens().admin(headers).map(|token| token.name.clone()).map_err(|error| {
         let mut response = error.into_response();
         if response.status() == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(BASIC_CHALLENGE));
+            response.headers_mut().append(header::WWW_AUTHENTICATE, HeaderValue::from_static(BASIC_CHALLENGE));
         }
-        return response;
+        Box::new(response)
+    })
+}
+
+/// `GET /`: the page, for an admin token (a browser is asked for HTTP Basic credentials).
+pub(super) async fn page(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = require_admin(&state, &headers) {
+        return *refusal;
     }
     let view = state.status.view(&state).await;
     let mut response = axum::response::Html(html::render(&view)).into_response();
@@ -294,12 +302,8 @@ pub(super) async fn page(State(state): State<Arc<ServerState>>, headers: HeaderM
 
 /// `GET /v1/status`: the page's data as JSON, for an admin token.
 pub(super) async fn status(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
-    if let Err(error) = state.tokens().admin(&headers) {
-        let mut response = error.into_response();
-        if response.status() == StatusCode::UNAUTHORIZED {
-            response.headers_mut().append(header::WWW_AUTHENTICATE, HeaderValue::from_static(BASIC_CHALLENGE));
-        }
-        return response;
+    if let Err(refusal) = require_admin(&state, &headers) {
+        return *refusal;
     }
     let view = state.status.view(&state).await;
     let mut response = axum::Json(view).into_response();
