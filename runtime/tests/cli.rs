@@ -310,7 +310,9 @@ fn a_backend_whose_init_fails_stops_run_only_with_strict_and_health_says_why() {
     assert_eq!(broadcaster(&["migrate", "-c", c], None).code, 0);
     let strict = broadcaster(&["run", "-c", c, "--strict", "--max-iterations", "1"], None);
     assert_bad_input(&strict, &["publisher `r`", "init rejected", "option `routes`"]);
-    let lenient = broadcaster(&["run", "-c", c, "--max-iterations", "1", "--interval", "10ms"], None);
+    // Enough iterations (about half a second) for the start, in the background, to fail and
+    // say so before the worker ends: with one, the worker sometimes exited first.
+    let lenient = broadcaster(&["run", "-c", c, "--max-iterations", "50", "--interval", "10ms"], None);
     assert_eq!(lenient.code, 0, "{}", lenient.stderr);
     assert!(lenient.stderr.contains("the backend did not start"), "{}", lenient.stderr);
     let health = broadcaster(&["health", "-c", c], None);
