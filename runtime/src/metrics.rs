@@ -51,6 +51,9 @@ pub struct Metrics {
     guest_instances: IntCounterVec,
     guest_breaker_opened: IntCounterVec,
     guest_memory: IntGaugeVec,
+    live_instances: IntGaugeVec,
+    live_memory: IntGaugeVec,
+    evictions: IntCounterVec,
     ingest_requests: IntCounterVec,
     ingest_events: IntCounterVec,
     /// The publisher labels the backlog gauges were last set for (to zero the ones that
@@ -164,6 +167,21 @@ impl Metrics {
                 "Linear memory of the component's live instance.",
                 &["publisher"],
             ),
+            live_instances: gauge(
+                "broadcaster_wasm_live_instances",
+                "Component instances alive now, across every component publisher (at most [wasm] live_instances).",
+                &[],
+            ),
+            live_memory: gauge(
+                "broadcaster_wasm_live_memory_bytes",
+                "Linear memory of every live component instance together (kept under [wasm] live_memory).",
+                &[],
+            ),
+            evictions: counter(
+                "broadcaster_wasm_evictions_total",
+                "Instances dropped to make room for another publisher's, or unused for [wasm] idle_timeout.",
+                &[],
+            ),
             ingest_requests: counter(
                 "broadcaster_ingest_requests_total",
                 "HTTP ingest requests, by response status code.",
@@ -230,6 +248,11 @@ impl Metrics {
             self.forget_guest(name);
         }
         seen.retain(|name, _| registry.contains(name));
+        if let Some(live) = registry.live_instances() {
+            self.live_instances.with_label_values::<&str>(&[]).set(i64::try_from(live.live()).unwrap_or(i64::MAX));
+            self.live_memory.with_label_values::<&str>(&[]).set(i64::try_from(live.memory_bytes()).unwrap_or(i64::MAX));
+            catch_up(&self.evictions, &[], live.evictions());
+        }
         for (name, publisher) in registry.iter() {
             if seen.insert(name.to_string(), publisher.identity()).is_some_and(|was| was != publisher.identity()) {
                 // Built again by a reload: its guest counters start over, and so do the series.

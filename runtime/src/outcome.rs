@@ -50,16 +50,24 @@ pub struct Health {
     pub healthy: bool,
     /// Why not, or what it is connected to. Never contains a secret.
     pub detail: String,
+    /// A component publisher with no instance now (none needed yet, or dropped after its
+    /// idle timeout or for room): healthy as far as anyone knows, not checked.
+    pub idle: bool,
 }
 
 impl Health {
     /// Healthy, with a note.
     pub fn up(detail: impl Into<String>) -> Self {
-        Self { healthy: true, detail: detail.into() }
+        Self { healthy: true, detail: detail.into(), idle: false }
+    }
+
+    /// Idle: no instance to check (see [`Health::idle`](Self#structfield.idle)); healthy.
+    pub fn idle(detail: impl Into<String>) -> Self {
+        Self { healthy: true, detail: detail.into(), idle: true }
     }
 
     /// Unhealthy, with the reason.
     pub fn down(detail: impl Into<String>) -> Self {
-        Self { healthy: false, detail: detail.into() }
+        Self { healthy: false, detail: detail.into(), idle: false }
     }
 }

@@ -219,6 +219,22 @@ impl PublisherRegistry {
         Ok((next, changes))
     }
 
+    /// The live component instances (and their bounds) of its engine, if it has
+    /// component publishers.
+    pub fn live_instances(&self) -> Option<&Arc<crate::host::LiveInstances>> {
+        self.engine.as_ref().map(HostEngine::live_instances)
+    }
+
+    /// Waits until the start of every component publisher that started in the background
+    /// is over (made or failed).
+    pub async fn wait_started(&self) {
+        for publisher in self.publishers.values() {
+            if let Publisher::Component(component) = publisher {
+                component.wait_started().await;
+            }
+        }
+    }
+
     /// The publisher called `name`.
     pub fn get(&self, name: &str) -> Result<&Publisher, UnknownPublisher> {
         self.publishers.get(name).ok_or_else(|| UnknownPublisher::new(name, self.publishers.keys()))

@@ -28,6 +28,7 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
                     "publisher": name,
                     "kind": publisher.kind(),
                     "healthy": health.healthy,
+                    "idle": health.idle,
                     "detail": health.detail,
                 })
             })

@@ -72,7 +72,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "expired_leases": report.expired_leases,
                 "waiting_for_unconfigured_publishers": unconfigured,
                 "health": health.iter().map(|(name, h)| serde_json::json!({
-                    "publisher": name, "healthy": h.healthy, "detail": h.detail,
+                    "publisher": name, "healthy": h.healthy, "idle": h.idle, "detail": h.detail,
                 })).collect::<Vec<_>>(),
             })
         );

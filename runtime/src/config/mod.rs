@@ -26,7 +26,7 @@ pub use relay::RelayConfig;
 pub use server::{ServerConfig, TokenConfig};
 pub use telemetry::TelemetryConfig;
 pub use units::{ByteSize, Seconds};
-pub use wasm::{Allocator, WasmConfig};
+pub use wasm::{Allocator, LiveBounds, WasmConfig};
 
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "broadcaster.toml";

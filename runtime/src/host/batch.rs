@@ -65,7 +65,11 @@ impl ComponentPublisher {
                 self.record_failure(&mut slot, format!("publish-batch: {cause}"));
                 self.unless_stopping(cause)
             }
-            Ok(CallOutcome::Returned(results)) => return self.trusted(results, count),
+            Ok(CallOutcome::Returned(results)) => {
+                drop(slot);
+                self.mark_used();
+                return self.trusted(results, count);
+            }
         };
         std::iter::once(first).chain(std::iter::repeat_n(None, count - 1)).collect()
     }

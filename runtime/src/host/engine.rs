@@ -12,8 +12,9 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use super::capabilities::CAPABILITIES;
 use super::component::SUPPORTED_VERSIONS;
 use super::lanes::{CpuAccount, GuestLanes};
+use super::live_instances::LiveInstances;
 use super::state::PublisherState;
-use crate::config::{Allocator, PublisherConfig};
+use crate::config::{Allocator, LiveBounds, PublisherConfig};
 
 /// How often the engine's epoch advances. A guest in a loop notices its deadline (and yields
 /// to other tasks) at most this long after it passes.
@@ -37,8 +38,11 @@ pub struct EngineSettings {
     pub allocator: Allocator,
     /// The largest memory limit of any publisher.
     pub max_memory: usize,
-    /// How many component instances may live at once (one per publisher, plus spares).
+    /// How many component instances the pooling allocator holds: the live-instance bound
+    /// (or the number of component publishers, when fewer), plus spares.
     pub instances: u32,
+    /// How many instances may be alive at once, their memory, their idle timeout.
+    pub live: LiveBounds,
     /// Meter fuel (some publisher has a `fuel` limit).
     pub fuel: bool,
     /// The compile cache directory, if any.
@@ -47,7 +51,14 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self { allocator: Allocator::OnDemand, max_memory: 64 << 20, instances: 16, fuel: false, cache_dir: None }
+        Self {
+            allocator: Allocator::OnDemand,
+            max_memory: 64 << 20,
+            instances: 16,
+            live: LiveBounds::default(),
+            fuel: false,
+            cache_dir: None,
+        }
     }
 }
 
@@ -61,6 +72,7 @@ pub struct HostEngine {
     fuel: bool,
     settings: EngineSettings,
     lanes: Arc<GuestLanes>,
+    live: Arc<LiveInstances>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -136,8 +148,8 @@ impl HostEngine {
     /// The engine for the component publishers of a new configuration (a reload) when
     /// `current` runs the old one: `current` itself when it accommodates them (the usual
     /// case: same allocator, fuel metering if needed, and, when pooling, enough instances of
-    /// enough memory), otherwise a new engine that shares `current`'s guest lanes, so every
-    /// tenant still competes for the same threads.
+    /// enough memory), otherwise a new engine that shares `current`'s guest lanes and live
+    /// instances, so every tenant still competes for the same threads and the same bound.
     pub fn for_publishers_after(
         current: &HostEngine,
         wasm: &crate::config::WasmConfig,
@@ -152,7 +164,7 @@ impl HostEngine {
             now = ?wanted,
             "the new configuration's components need another engine; publishers that did not change keep theirs"
         );
-        Self::build(&wanted, Some(current.lanes.clone()))
+        Self::build(&wanted, Some((current.lanes.clone(), current.live.clone())))
     }
 
     fn settings_for(wasm: &crate::config::WasmConfig, components: &[&PublisherConfig]) -> EngineSettings {
@@ -163,7 +175,11 @@ impl HostEngine {
                 .map(|p| usize::try_from(p.limits.memory.0).unwrap_or(usize::MAX))
                 .max()
                 .unwrap_or(64 << 20),
-            instances: u32::try_from(components.len()).unwrap_or(u32::MAX).saturating_add(16),
+            instances: u32::try_from(components.len())
+                .unwrap_or(u32::MAX)
+                .min(wasm.live_bounds().instances)
+                .saturating_add(16),
+            live: wasm.live_bounds(),
             fuel: components.iter().any(|p| p.limits.fuel.is_some()),
             cache_dir: wasm.cache_directory(),
         }
@@ -174,6 +190,7 @@ impl HostEngine {
         let have = &self.settings;
         have.allocator == wanted.allocator
             && have.cache_dir == wanted.cache_dir
+            && have.live == wanted.live
             && (have.fuel || !wanted.fuel)
             && (!self.pooling || (have.instances >= wanted.instances && have.max_memory >= wanted.max_memory))
     }
@@ -185,7 +202,10 @@ impl HostEngine {
         Self::build(settings, None)
     }
 
-    fn build(settings: &EngineSettings, lanes: Option<Arc<GuestLanes>>) -> Result<Self, EngineError> {
+    fn build(
+        settings: &EngineSettings,
+        shared: Option<(Arc<GuestLanes>, Arc<LiveInstances>)>,
+    ) -> Result<Self, EngineError> {
         let (engine, pooling) = match settings.allocator {
             Allocator::OnDemand => {
                 (Engine::new(&base_config(settings)).map_err(|e| EngineError(e.to_string()))?, false)
@@ -209,9 +229,9 @@ impl HostEngine {
         };
         let linker = build_linker(&engine).map_err(|e| EngineError(e.to_string()))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
-        let lanes = match lanes {
-            Some(lanes) => lanes,
-            None => Arc::new(GuestLanes::start()?),
+        let (lanes, live) = match shared {
+            Some(shared) => shared,
+            None => (Arc::new(GuestLanes::start()?), LiveInstances::new(settings.live)),
         };
         Ok(Self {
             engine,
@@ -220,6 +240,7 @@ impl HostEngine {
             fuel: settings.fuel,
             settings: settings.clone(),
             lanes,
+            live,
             _ticker: ticker,
         })
     }
@@ -242,6 +263,11 @@ impl HostEngine {
         work: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
         self.lanes.run(account, work).await
+    }
+
+    /// The live instances of every publisher on this engine, and their bounds.
+    pub fn live_instances(&self) -> &Arc<LiveInstances> {
+        &self.live
     }
 
     /// Whether instances come from the pooling allocator.

@@ -42,6 +42,7 @@ pub struct GuestCounters {
     failed_starts: AtomicU64,
     instances: AtomicU64,
     breaker_opened: AtomicU64,
+    evictions: AtomicU64,
     /// Linear memory of the live instance, in bytes (all its memories), shared with the
     /// instance's limiter.
     memory: Arc<AtomicU64>,
@@ -94,10 +95,22 @@ impl GuestCounters {
         self.memory.store(0, Ordering::Relaxed);
     }
 
-    /// A limiter for a new instance's store that counts its memory here.
-    pub(super) fn limiter(&self, inner: StoreLimits) -> CountingLimits {
+    /// A limiter for a new instance's store that counts its memory here and in `all_live`
+    /// (the memory of every live instance, which its drop takes its part back from).
+    pub(super) fn limiter(&self, inner: StoreLimits, all_live: Arc<AtomicU64>) -> CountingLimits {
         self.memory.store(0, Ordering::Relaxed);
-        CountingLimits { inner, memory: self.memory.clone(), refused_memory: false }
+        CountingLimits { inner, memory: self.memory.clone(), all_live, held: 0, refused_memory: false }
+    }
+
+    /// An instance was dropped to make room for another or after its idle timeout.
+    pub(super) fn evicted(&self) {
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        self.memory.store(0, Ordering::Relaxed);
+    }
+
+    /// Instances dropped to make room for others, or unused for the idle timeout.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 }
 
@@ -107,8 +120,18 @@ impl GuestCounters {
 pub struct CountingLimits {
     inner: StoreLimits,
     memory: Arc<AtomicU64>,
+    /// The memory of every live instance of the engine.
+    all_live: Arc<AtomicU64>,
+    /// This store's part of `all_live`.
+    held: u64,
     /// A growth beyond the limit was refused since the last call began.
     pub refused_memory: bool,
+}
+
+impl Drop for CountingLimits {
+    fn drop(&mut self) {
+        self.all_live.fetch_sub(self.held, Ordering::Relaxed);
+    }
 }
 
 impl ResourceLimiter for CountingLimits {
@@ -116,7 +139,10 @@ impl ResourceLimiter for CountingLimits {
         let allowed = self.inner.memory_growing(current, desired, maximum);
         match &allowed {
             Ok(true) => {
-                self.memory.fetch_add(desired.saturating_sub(current) as u64, Ordering::Relaxed);
+                let grown = desired.saturating_sub(current) as u64;
+                self.memory.fetch_add(grown, Ordering::Relaxed);
+                self.all_live.fetch_add(grown, Ordering::Relaxed);
+                self.held += grown;
             }
             _ => self.refused_memory = true,
         }

@@ -1,7 +1,8 @@
-//! One publisher's instance: made (and `init`ed) when first needed, called with the per-call
-//! limits, thrown away after a trap or a missed deadline, and made again under supervision:
-//! failures in a row (a start that fails, a trap) are a circuit breaker that keeps the
-//! publisher paused for longer each time, while its health says why.
+//! One publisher's instance: made (and `init`ed) when first needed, within the bound on live
+//! instances ([`super::live_instances`]), called with the per-call limits, thrown away after
+//! a trap or a missed deadline (or to make room, or after its idle timeout), and made again
+//! under supervision: failures in a row (a start that fails, a trap) are a circuit breaker
+//! that keeps the publisher paused for longer each time, while its health says why.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -14,6 +15,7 @@ use super::capabilities::CallContext;
 use super::component::ContractPre;
 use super::guest_counters::TrapCause;
 use super::guest_output::{LastLines, bounded_text};
+use super::live_instances::{LiveTicket, Room};
 use super::publisher::{ComponentPublisher, StartError};
 use super::state::PublisherState;
 
@@ -32,10 +34,12 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(300);
 #[error("the call did not finish within its {0:?} deadline ({1})")]
 pub struct DeadlineExceeded(pub Duration, pub &'static str);
 
-/// A live instance and its store.
+/// A live instance and its store, and its place in the live-instance bound (given back when
+/// it is dropped, after the store).
 pub(crate) struct LiveInstance {
     pub(super) store: Store<PublisherState>,
     pub(super) bindings: Bindings,
+    _ticket: LiveTicket,
 }
 
 /// An instance's exports, as its contract version has them.
@@ -117,8 +121,8 @@ pub(crate) enum CallOutcome<T> {
 
 impl ComponentPublisher {
     /// Makes an instance in a fresh store and calls its `init` with the options, within one
-    /// call's limits.
-    pub(super) async fn instantiate(&self) -> Result<LiveInstance, StartError> {
+    /// call's limits, in the place `ticket` holds in the live-instance bound.
+    pub(super) async fn instantiate(&self, ticket: LiveTicket) -> Result<LiveInstance, StartError> {
         let settings = &self.settings;
         let call = CallContext {
             publisher: settings.name.clone(),
@@ -133,7 +137,9 @@ impl ComponentPublisher {
             cpu: self.cpu.clone(),
             log_rate: self.log_rate.clone(),
         };
-        let state = PublisherState::new(call, &settings.capabilities, settings.memory_bytes, &self.counters);
+        let all_live = self.engine.live_instances().memory_counter();
+        let state =
+            PublisherState::new(call, &settings.capabilities, settings.memory_bytes, (&self.counters, all_live));
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut ctx| {
@@ -174,7 +180,7 @@ impl ComponentPublisher {
             Err(_) => Err(StartError::Failed(DeadlineExceeded(timeout, "limits.call_timeout").to_string())),
             Ok(Err(err)) => Err(StartError::Failed(redact(&self.describe_trap(&err, &store)))),
             Ok(Ok((_, Err(message)))) => Err(StartError::InitRejected(redact(&message))),
-            Ok(Ok((bindings, Ok(())))) => Ok(LiveInstance { store, bindings }),
+            Ok(Ok((bindings, Ok(())))) => Ok(LiveInstance { store, bindings, _ticket: ticket }),
         }
     }
 
@@ -200,9 +206,10 @@ impl ComponentPublisher {
         }
     }
 
-    /// The live instance, making one if there is none and the breaker allows; otherwise why
-    /// there is none.
-    pub(super) async fn ensure_live<'a>(&self, slot: &'a mut Slot) -> Result<&'a mut LiveInstance, String> {
+    /// The live instance, making one if there is none and the breaker allows (waiting for
+    /// room in the live-instance bound, or, with [`Room::IfFree`], only if there is room
+    /// now); otherwise why there is none.
+    pub(super) async fn ensure_live<'a>(&self, slot: &'a mut Slot, room: Room) -> Result<&'a mut LiveInstance, String> {
         if slot.live.is_none() {
             if let Some(at) = slot.paused_until
                 && Instant::now() < at
@@ -214,7 +221,11 @@ impl ComponentPublisher {
                     slot.last_failure.as_deref().unwrap_or("unknown")
                 ));
             }
-            match self.instantiate().await {
+            let live = self.engine.live_instances();
+            let Some(ticket) = live.admit(self.key, self.me.clone(), room).await else {
+                return Err("no room in [wasm] live_instances / live_memory now; made when needed".to_string());
+            };
+            match self.instantiate(ticket).await {
                 Ok(live) => {
                     self.counters.started();
                     slot.instantiations += 1;
@@ -252,6 +263,30 @@ impl ComponentPublisher {
         slot.last_failure = Some(cause);
     }
 
+    /// Drops the instance if there is one and no call is using it (to make room for another
+    /// publisher's, or after its idle timeout): the publisher is idle until its next call
+    /// makes one again. Whether one was dropped.
+    pub fn drop_idle_instance(&self) -> bool {
+        let Ok(mut slot) = self.slot.try_lock() else { return false };
+        let Some(live) = slot.live.take() else { return false };
+        self.counters.evicted();
+        drop(slot);
+        drop(live);
+        true
+    }
+
+    /// Whether it has no instance and nothing to recover from: its last call returned (or it
+    /// never had one), so there is nothing to check until a call needs an instance. A
+    /// publisher in a call is not idle.
+    pub fn is_idle(&self) -> bool {
+        self.slot.try_lock().is_ok_and(|slot| slot.live.is_none() && slot.failures_in_a_row == 0)
+    }
+
+    /// Marks its instance used (a publish call returned): the last to be dropped for room.
+    pub(super) fn mark_used(&self) {
+        self.engine.live_instances().used(self.key);
+    }
+
     /// Runs one export call within `timeout`; a trap or an abandoned call replaces the
     /// instance.
     pub(super) async fn call<T>(
@@ -273,7 +308,7 @@ impl ComponentPublisher {
         events: usize,
         invoke: impl AsyncFnOnce(&mut LiveInstance) -> wasmtime::Result<T>,
     ) -> Result<CallOutcome<T>, String> {
-        let instance = self.ensure_live(slot).await?;
+        let instance = self.ensure_live(slot, Room::Make).await?;
         self.begin_call(&mut instance.store, (timeout, key), events);
         let stopped_at = self.stopped_at.clone();
         let after_stop = self.settings.call_timeout;

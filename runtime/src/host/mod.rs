@@ -5,7 +5,9 @@
 //!   contract 0.1.0 or 0.2.0) and the capability table.
 //! - [`publisher`]: a running component publisher (set-up from its configuration, calls,
 //!   health, stop); [`batch`]: a batch in one `publish-batch` call (contract 0.2.0);
-//!   [`instance`]: its instance's lifecycle and supervision (the breaker).
+//!   [`instance`]: its instance's lifecycle and supervision (the breaker);
+//!   [`live_instances`]: the bound on live instances across publishers (made when needed,
+//!   least recently used dropped first, idle timeout).
 //! - [`lanes`]: where guest code runs and how the CPU is shared between tenants.
 //! - [`wit_event`]: an event as a backend sees it.
 //! - [`state`]: what each publisher's store holds.
@@ -25,6 +27,7 @@ pub mod guest_counters;
 pub mod guest_output;
 pub mod instance;
 pub mod lanes;
+pub mod live_instances;
 pub mod publisher;
 pub mod secrets;
 pub mod state;
@@ -34,4 +37,5 @@ pub use budget::{CallBudget, CallLimits, LimitExceeded};
 pub use component::{ComponentError, ContractVersion, LoadedComponent, SUPPORTED_VERSIONS};
 pub use engine::{EngineError, EngineSettings, HostEngine};
 pub use guest_counters::{GuestCounters, TrapCause};
+pub use live_instances::LiveInstances;
 pub use publisher::{ComponentPublisher, ComponentSettings, ComponentSetupError, StartError};

@@ -1,11 +1,12 @@
 //! A publisher backed by a component: set up from its configuration, its instance made
-//! (and `init`ed) in the background at start-up or when first needed, its calls run on the
-//! guest lanes ([`super::lanes`]) one at a time. The instance's lifecycle and supervision
-//! live in [`super::instance`].
+//! (and `init`ed) in the background at start-up while the live-instance bound has room, or
+//! when first needed, its calls run on the guest lanes ([`super::lanes`]) one at a time. The
+//! instance's lifecycle and supervision live in [`super::instance`], the bound in
+//! [`super::live_instances`].
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::bindings;
@@ -17,6 +18,7 @@ use super::guest_counters::GuestCounters;
 use super::guest_output::{LogRate, bounded_text};
 use super::instance::{CallOutcome, LiveInstance, SharedSlot, Slot};
 use super::lanes::CpuAccount;
+use super::live_instances::Room;
 use super::secrets::{self, Redactor};
 use super::wit_event::to_wit;
 use crate::config::{PublisherConfig, table_to_json};
@@ -101,7 +103,14 @@ pub struct ComponentPublisher {
     pub(super) slot: SharedSlot,
     /// What its supervision has seen, for `/metrics`.
     pub(super) counters: Arc<GuestCounters>,
+    /// Its key in the live-instance bound.
+    pub(super) key: u64,
+    /// Itself, for the live-instance bound to drop its instance when it needs the room.
+    pub(super) me: Weak<Self>,
 }
+
+/// Keys for the live-instance bound, one per publisher ever started.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
 impl std::fmt::Debug for ComponentPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,11 +168,13 @@ impl ComponentPublisher {
 
     /// Starts a publisher running `component`.
     ///
-    /// With `strict`, its instance is made and `init`ed now, and an error is returned when
-    /// that fails. Otherwise this returns at once and the instance is made in the background:
-    /// a publisher whose start fails (an `init` error, a trap, its deadline) is *down*, says why
-    /// in its health, keeps its events waiting, and its start is tried again with backoff,
-    /// while every other publisher runs.
+    /// With `strict`, its instance is made and `init`ed now (making room in the live-instance
+    /// bound if need be), and an error is returned when that fails. Otherwise this returns at
+    /// once and, if the bound has room, the instance is made in the background (with no room,
+    /// the publisher is idle until a call needs an instance): a publisher whose start fails
+    /// (an `init` error, a trap, its deadline) is *down*, says why in its health, keeps its
+    /// events waiting, and its start is tried again with backoff, while every other publisher
+    /// runs.
     pub async fn start(
         engine: &HostEngine,
         component: LoadedComponent,
@@ -172,7 +183,7 @@ impl ComponentPublisher {
         strict: bool,
     ) -> Result<Arc<Self>, StartError> {
         let budget = CallBudget::new(settings.call_limits.clone());
-        let publisher = Arc::new(Self {
+        let publisher = Arc::new_cyclic(|me| Self {
             settings,
             component,
             engine: engine.clone(),
@@ -183,14 +194,18 @@ impl ComponentPublisher {
             stopped_at: Arc::default(),
             slot: SharedSlot::default(),
             counters: Arc::default(),
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            me: me.clone(),
         });
         if strict {
-            let live = publisher.instantiate().await?;
+            let live = engine.live_instances();
+            let ticket = live.admit(publisher.key, publisher.me.clone(), Room::Make).await;
+            let live = publisher.instantiate(ticket.expect("Room::Make always admits")).await?;
             let mut slot = publisher.slot.lock().await;
             slot.live = Some(live);
             slot.instantiations = 1;
             publisher.counters.started();
-        } else {
+        } else if engine.live_instances().has_room() {
             // Take the slot before returning, so that the first call waits for the start
             // rather than starting another instance.
             let mut slot = publisher.slot.clone().lock_owned().await;
@@ -198,12 +213,28 @@ impl ComponentPublisher {
             tokio::spawn(async move {
                 let (engine, account) = (this.engine.clone(), this.cpu.clone());
                 let start = async move {
-                    let _ = this.ensure_live(&mut slot).await;
+                    let _ = this.ensure_live(&mut slot, Room::IfFree).await;
                 };
                 let _ = engine.run_guest(account, start).await;
             });
         }
         Ok(publisher)
+    }
+
+    /// Waits until its start in the background (if it has one) is over, made or not.
+    pub async fn wait_started(&self) {
+        drop(self.slot.lock().await);
+    }
+
+    /// Makes its instance now if it has none, as its next event would (making room in the
+    /// live-instance bound if need be); why not, if it could not.
+    pub async fn make_instance(self: &Arc<Self>) -> Result<(), String> {
+        let this = self.clone();
+        let work = async move {
+            let mut slot = this.slot.lock().await;
+            this.ensure_live(&mut slot, Room::Make).await.map(|_| ())
+        };
+        self.engine.run_guest(self.cpu.clone(), work).await.map_err(|err| err.to_string())?
     }
 
     /// The component file name.
@@ -323,7 +354,11 @@ impl ComponentPublisher {
             .await
             .map_err(PublishError::Transient)?;
         match outcome {
-            CallOutcome::Returned(result) => self.said(result),
+            CallOutcome::Returned(result) => {
+                drop(slot);
+                self.mark_used();
+                self.said(result)
+            }
             CallOutcome::Trapped(cause) => Err(PublishError::Trapped(cause)),
         }
     }
@@ -339,9 +374,19 @@ impl ComponentPublisher {
         }
     }
 
-    /// Calls the backend's `health-check`, within `limits.health_timeout`. While the backend
-    /// is paused after failures (a start that failed, traps) it is reported down without
-    /// being called.
+    /// Its health as the relay's monitor sees it: *idle* (healthy: an event makes its
+    /// instance) when it has no instance and its last call returned, without calling or
+    /// instantiating anything; otherwise [`Self::health`].
+    pub async fn health_unless_idle(&self) -> Health {
+        if self.is_idle() {
+            return Health::idle(format!("{}: idle (no instance; made when an event needs it)", self.component.name()));
+        }
+        self.health().await
+    }
+
+    /// Calls the backend's `health-check`, within `limits.health_timeout`, making its
+    /// instance if it has none. While the backend is paused after failures (a start that
+    /// failed, traps) it is reported down without being called.
     pub async fn health(&self) -> Health {
         let component = self.component.name();
         let mut slot = self.slot.lock().await;

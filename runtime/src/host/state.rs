@@ -1,6 +1,9 @@
 //! What a publisher's store holds: the call's context, memory limits, the resource table,
 //! and each capability's state. Nothing in it is shared with another publisher.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
 use wasmtime::StoreLimitsBuilder;
 use wasmtime::component::ResourceTable;
 
@@ -20,12 +23,12 @@ pub struct PublisherState {
 
 impl PublisherState {
     /// A fresh state for a new instance: every capability's state, memory capped at
-    /// `memory_bytes`, counted in `counters`.
+    /// `memory_bytes`, counted in `counters` and in `all_live` (every live instance's).
     pub fn new(
         call: CallContext,
         capabilities: &ConfiguredCapabilities,
         memory_bytes: usize,
-        counters: &GuestCounters,
+        (counters, all_live): (&GuestCounters, Arc<AtomicU64>),
     ) -> Self {
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory_bytes)
@@ -34,7 +37,7 @@ impl PublisherState {
             .memories(16)
             .trap_on_grow_failure(true)
             .build();
-        let limits = counters.limiter(limits);
+        let limits = counters.limiter(limits, all_live);
         let capabilities = capabilities.instance_states(&call);
         Self { call, limits, table: ResourceTable::new(), capabilities }
     }

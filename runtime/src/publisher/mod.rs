@@ -49,12 +49,28 @@ impl Publisher {
         }
     }
 
-    /// Checks whether the publisher can publish now.
+    /// Checks whether the publisher can publish now (making a component's instance if it
+    /// has none).
     pub async fn health(&self) -> Health {
         match self {
             Self::RedisStream(p) => p.health().await,
             Self::Component(p) => p.check_health().await,
         }
+    }
+
+    /// [`Self::health`], except that an idle component publisher (no instance, last call
+    /// returned) is reported idle without being called or instantiated: what the relay's
+    /// health monitor asks, so that idle tenants cost nothing.
+    pub async fn health_unless_idle(&self) -> Health {
+        match self {
+            Self::Component(p) if p.is_idle() => p.health_unless_idle().await,
+            _ => self.health().await,
+        }
+    }
+
+    /// Whether it is a component publisher with no instance now and nothing to recover from.
+    pub fn is_idle(&self) -> bool {
+        matches!(self, Self::Component(p) if p.is_idle())
     }
 
     /// Stops taking calls (the relay is shutting down); see

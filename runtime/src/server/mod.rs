@@ -216,8 +216,8 @@ async fn readyz(State(state): State<Arc<ServerState>>) -> Response {
         .map(|(name, _)| {
             let health = state.health.last(name);
             let detail = match health {
-                Some(h) => serde_json::json!({ "healthy": h.healthy, "detail": h.detail }),
-                None => serde_json::json!({ "healthy": null, "detail": "not checked yet" }),
+                Some(h) => serde_json::json!({ "healthy": h.healthy, "idle": h.idle, "detail": h.detail }),
+                None => serde_json::json!({ "healthy": null, "idle": null, "detail": "not checked yet" }),
             };
             (name.to_string(), detail)
         })

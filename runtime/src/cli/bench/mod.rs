@@ -6,6 +6,7 @@ mod isolation;
 mod latency;
 mod relay;
 mod startup;
+mod tenants;
 
 use std::process::ExitCode;
 
@@ -40,9 +41,17 @@ enum BenchCommand {
     /// × concurrent clients, request p50/p99, and p50/p99 at half the best load (open loop);
     /// beside `broadcaster publish` and the seed's `publish_event` writing the same events.
     Ingest(ingest::IngestBench),
+    /// Tenant scale: a relay with many configured component tenants (100,000 by default) of
+    /// which a few (1,000) receive events in turn, beside a relay with only those few: start-up,
+    /// throughput (and its ratio to the few alone), resident memory (peak), live instances,
+    /// instances made. Each run in a fresh process.
+    Tenants(tenants::TenantsBench),
     /// One start-up measurement (run by `bench startup` in a child process).
     #[command(hide = true)]
     StartupOnce(startup::StartupOnce),
+    /// One tenant-scale run (run by `bench tenants` in a child process).
+    #[command(hide = true)]
+    TenantsOnce(tenants::TenantsOnce),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -50,6 +59,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Relay(bench) => relay::run(bench).await,
         BenchCommand::Startup(bench) => startup::run(bench).await,
         BenchCommand::StartupOnce(once) => startup::run_once(once).await,
+        BenchCommand::Tenants(bench) => tenants::run(bench).await,
+        BenchCommand::TenantsOnce(once) => tenants::run_once(once).await,
         BenchCommand::Isolation(bench) => isolation::run(bench).await,
         BenchCommand::Latency(bench) => latency::run(bench).await,
         BenchCommand::Ingest(bench) => ingest::run(bench).await,
@@ -153,8 +164,17 @@ impl SeedApp {
 
 /// Resident memory of this process, in bytes (Linux `/proc/self/status`).
 pub(super) fn resident_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// The most resident memory this process has had, in bytes.
+pub(super) fn peak_resident_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

@@ -116,7 +116,8 @@ pub struct PublisherView {
     pub kind: &'static str,
     /// What runs it: `redis-stream (native)`, `component router.wasm`.
     pub runs: String,
-    /// `healthy`, `down` or `not checked`.
+    /// `healthy`, `idle` (a component publisher with no instance now), `down` or
+    /// `not checked`.
     pub health: &'static str,
     /// The last check's detail.
     pub health_detail: String,
@@ -147,7 +148,14 @@ impl StatusPage {
         for (name, publisher) in registry.iter() {
             let (health, health_detail) = match state.health.last(name) {
                 None => ("not checked", "not checked yet".to_string()),
-                Some(h) => (if h.healthy { "healthy" } else { "down" }, h.detail),
+                Some(h) => (
+                    match (h.healthy, h.idle) {
+                        (true, true) => "idle",
+                        (true, false) => "healthy",
+                        (false, _) => "down",
+                    },
+                    h.detail,
+                ),
             };
             let rows = |status: Status| -> u64 {
                 count
