@@ -261,6 +261,11 @@ impl Metrics {
             self.healthy.with_label_values(&[name]).set(i64::from(!health.is_down(name)));
             let Publisher::Component(component) = publisher else { continue };
             let counters = component.counters();
+            if counters.instances() == 0 && counters.failed_starts() == 0 {
+                // Never started (an idle tenant of many): nothing to say, and 100,000 of them
+                // would be 900,000 series of zeros.
+                continue;
+            }
             for cause in TrapCause::ALL {
                 catch_up(&self.guest_traps, &[name, cause.as_str()], counters.traps(cause));
             }

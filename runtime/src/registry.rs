@@ -240,6 +240,16 @@ impl PublisherRegistry {
         self.publishers.get(name).ok_or_else(|| UnknownPublisher::new(name, self.publishers.keys()))
     }
 
+    /// How many publishers it has.
+    pub fn len(&self) -> usize {
+        self.publishers.len()
+    }
+
+    /// Whether it has no publisher.
+    pub fn is_empty(&self) -> bool {
+        self.publishers.is_empty()
+    }
+
     /// Whether a publisher called `name` is configured.
     pub fn contains(&self, name: &str) -> bool {
         self.publishers.contains_key(name)

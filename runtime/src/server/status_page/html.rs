@@ -11,7 +11,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::{FAILED_SHOWN, PublisherView, StatusView};
+use super::{FAILED_SHOWN, PUBLISHERS_SHOWN, PublisherView, StatusView};
 use crate::routing::display_stored;
 
 /// The page's style.
@@ -101,6 +101,14 @@ pub fn render(view: &StatusView) -> String {
         publisher_row(&mut page, publisher);
     }
     let _ = write!(page, "</tbody>\n</table>\n");
+    let omitted_hidden = if view.publishers_omitted > 0 { "" } else { " hidden" };
+    let _ = writeln!(
+        page,
+        "<p class=\"note\" id=\"omitted\"{omitted_hidden}><span id=\"omitted-count\">{}</span> more publishers not \
+         shown: healthy or idle with nothing waiting and nothing published since the start (or past the first \
+         {PUBLISHERS_SHOWN}).</p>",
+        view.publishers_omitted
+    );
     if !view.unconfigured.is_empty() {
         page.push_str("<p class=\"note\" id=\"unconfigured\">Waiting for a publisher that is not configured: ");
         let names: Vec<String> = view
@@ -336,6 +344,7 @@ mod tests {
                 retried: 5,
                 failed: 6,
             }],
+            publishers_omitted: 0,
             throughput: Throughput {
                 sample_seconds: 5.0,
                 window_seconds: 600.0,

@@ -12,7 +12,7 @@
 pub mod html;
 pub mod throughput;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use super::{READY_TIMEOUT, ServerState};
 use crate::event::now_micros;
+use crate::metrics::OutcomeTotals;
 use crate::outbox::{Backlog, FailedEvent, Status};
 use crate::publisher::Publisher;
 use crate::routing::publisher_for;
@@ -73,8 +74,13 @@ pub struct StatusView {
     pub counting_since: DateTime<Utc>,
     /// The outbox: where, when it was last counted, and the last count's error if it failed.
     pub outbox: OutboxView,
-    /// Every configured publisher, by name.
+    /// The configured publishers, by name: every one, or, when there are more than
+    /// [`PUBLISHERS_SHOWN`], those with something to show (down, not checked, events waiting
+    /// or in flight, outcomes since the start), at most that many.
     pub publishers: Vec<PublisherView>,
+    /// Configured publishers left out of `publishers` (healthy or idle, nothing waiting,
+    /// nothing published since the start; or past the cap).
+    pub publishers_omitted: usize,
     /// Published events per second, per publisher.
     pub throughput: Throughput,
     /// The most recently failed events, newest first (at most [`FAILED_SHOWN`]).
@@ -82,6 +88,18 @@ pub struct StatusView {
     /// Events waiting (pending, retrying) for names no configured publisher has: a publisher
     /// removed by a reload keeps its events waiting here; by name as stored.
     pub unconfigured: Vec<UnconfiguredView>,
+}
+
+/// The most publishers the page lists (see [`StatusView::publishers`]).
+pub const PUBLISHERS_SHOWN: usize = 500;
+
+/// One publisher's events in the outbox, as last counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Waiting {
+    pending: u64,
+    retrying: u64,
+    in_flight: u64,
+    oldest: Option<DateTime<Utc>>,
 }
 
 /// Events waiting for a name no configured publisher has.
@@ -144,9 +162,38 @@ impl StatusPage {
         let now = now_micros();
         let totals = state.metrics.outcome_totals();
         let registry = state.registry();
+        // The backlog by publisher, once: O(rows + publishers), not their product.
+        let mut backlog: HashMap<&str, Waiting> = HashMap::new();
+        for row in &count.backlog {
+            let waiting = backlog.entry(publisher_for(&row.publisher_backend)).or_default();
+            match row.status {
+                Status::Pending => waiting.pending += row.rows,
+                Status::Retry => waiting.retrying += row.rows,
+                Status::Processing => waiting.in_flight += row.rows,
+                _ => continue,
+            }
+            if matches!(row.status, Status::Pending | Status::Retry) {
+                waiting.oldest = match (waiting.oldest, row.oldest_scheduled) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        let everything = registry.len() <= PUBLISHERS_SHOWN;
         let mut publishers = Vec::new();
+        let mut publishers_omitted = 0;
         for (name, publisher) in registry.iter() {
-            let (health, health_detail) = match state.health.last(name) {
+            let last = state.health.last(name);
+            let waiting = backlog.get(name).copied().unwrap_or_default();
+            let outcomes = totals.get(name).copied().unwrap_or_default();
+            let quiet = last.as_ref().is_some_and(|h| h.healthy)
+                && waiting == Waiting::default()
+                && outcomes == OutcomeTotals::default();
+            if !everything && (quiet || publishers.len() >= PUBLISHERS_SHOWN) {
+                publishers_omitted += 1;
+                continue;
+            }
+            let (health, health_detail) = match last {
                 None => ("not checked", "not checked yet".to_string()),
                 Some(h) => (
                     match (h.healthy, h.idle) {
@@ -157,22 +204,6 @@ impl StatusPage {
                     h.detail,
                 ),
             };
-            let rows = |status: Status| -> u64 {
-                count
-                    .backlog
-                    .iter()
-                    .filter(|b| b.status == status && publisher_for(&b.publisher_backend) == name)
-                    .map(|b| b.rows)
-                    .sum()
-            };
-            let oldest = count
-                .backlog
-                .iter()
-                .filter(|b| matches!(b.status, Status::Pending | Status::Retry))
-                .filter(|b| publisher_for(&b.publisher_backend) == name)
-                .filter_map(|b| b.oldest_scheduled)
-                .min();
-            let outcomes = totals.get(name).copied().unwrap_or_default();
             publishers.push(PublisherView {
                 name: name.to_string(),
                 kind: match publisher {
@@ -182,10 +213,11 @@ impl StatusPage {
                 runs: publisher.kind(),
                 health,
                 health_detail: bounded(&health_detail),
-                pending: rows(Status::Pending),
-                retrying: rows(Status::Retry),
-                in_flight: rows(Status::Processing),
-                oldest_due_seconds: oldest
+                pending: waiting.pending,
+                retrying: waiting.retrying,
+                in_flight: waiting.in_flight,
+                oldest_due_seconds: waiting
+                    .oldest
                     .filter(|at| *at <= now)
                     .map(|at| (now - at).num_milliseconds() as f64 / 1000.0),
                 published: outcomes.published,
@@ -209,13 +241,15 @@ impl StatusPage {
                 waiting,
             })
             .collect();
-        let names: Vec<&str> = registry.iter().map(|(name, _)| name).collect();
+        let shown: Vec<String> = publishers.iter().map(|p: &PublisherView| p.name.clone()).collect();
+        let names: Vec<&str> = shown.iter().map(String::as_str).collect();
         let published = totals.into_iter().map(|(name, t)| (name, t.published)).collect();
         StatusView {
             generated_at: now,
             counting_since: self.started_at,
             outbox: OutboxView { url: state.store.display_url(), counted_at: count.counted_at, error: count.error },
             publishers,
+            publishers_omitted,
             throughput: self.throughput.rates(&names, now, &published),
             failed_events: count
                 .failed

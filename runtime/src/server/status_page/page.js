@@ -56,6 +56,8 @@
       body.appendChild(row);
     }
     document.querySelector("#publishers tbody").replaceWith(body);
+    document.querySelector("#omitted-count").textContent = view.publishers_omitted;
+    document.querySelector("#omitted").hidden = !view.publishers_omitted;
   }
 
   function failed(view) {
