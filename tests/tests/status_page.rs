@@ -286,3 +286,53 @@ async fn headless_chromium_renders_the_publishers_their_health_and_the_failed_ev
     println!("status page screenshot: {}", screenshot.display());
     service.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_more_publishers_than_it_lists_the_page_shows_those_with_something_to_show_and_counts_the_rest() {
+    let tenants = 600;
+    let service = Service::start_with(OutboxKind::Sqlite, |redis| {
+        let mut text = extra_config(redis);
+        text.push_str("[wasm]\nlive_instances = 2\ncache = false\n");
+        for i in 0..tenants {
+            text.push_str(&format!(
+                "[publishers.tenant-{i}]\ncomponent = \"{component}\"\n[publishers.tenant-{i}.options]\n\
+                 stream_name = \"tenant-{i}\"\n[publishers.tenant-{i}.grants]\n\
+                 redis = {{ host = \"127.0.0.1\", port = {port}, streams = [\"tenant-*\"] }}\n",
+                component = components::REDIS_STREAM,
+                port = redis.port()
+            ));
+        }
+        text
+    })
+    .await;
+    // One event waits for an idle tenant (the relay is not running).
+    let waiting = NewEvent::new("order.created", "/shop").publisher("tenant-7");
+    service.store.enqueue(&[waiting], broadcaster::event::now_micros()).await.unwrap();
+    // One pass of the relay's health monitor (the first is at once), then the relay stops.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let options = RunOptions { batch_size: 100, interval: Duration::from_secs(60), max_iterations: 0 };
+    let health = service.relay.health_board();
+    let running = tokio::spawn(service.relay.clone().run(options, stopped));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !health.is_down("offline") || (0..tenants).any(|i| health.last(&format!("tenant-{i}")).is_none()) {
+        assert!(Instant::now() < deadline, "the health monitor did not look at every publisher in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
+
+    let view = as_admin(&service, "/v1/status").await.json();
+    let listed: Vec<&str> =
+        view["publishers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(listed.contains(&"offline"), "a publisher that is down is listed: {listed:?}");
+    // tenant-7's event was published by the relay, or still waits: either way it is listed.
+    assert!(listed.contains(&"tenant-7"), "{listed:?}");
+    assert!(listed.len() < 10, "the quiet publishers are left out: {listed:?}");
+    let configured = tenants + 2 + serve_support::PUBLISHERS.len();
+    assert_eq!(view["publishers_omitted"].as_u64().unwrap() as usize, configured - listed.len());
+    let idle = view["publishers"].as_array().unwrap().iter().filter(|p| p["health"] == "idle").count();
+    assert!(idle <= 1, "idle tenants are quiet unless they have events: {view}");
+    let page = as_admin(&service, "/").await.body;
+    assert!(page.contains(&format!("{}</span> more publishers not shown", configured - listed.len())), "{page}");
+    service.shut_down().await;
+}
