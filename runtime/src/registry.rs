@@ -104,12 +104,12 @@ pub struct PublisherRegistry {
     engine: Option<HostEngine>,
 }
 
-/// What a publisher was built from: its `[publishers.<name>]` TOML, the directory relative
+/// What a publisher was built from: its `[publishers.<name>]` digest, the directory relative
 /// paths resolve against, and its component file's SHA-256 (a new file at the same path is a
 /// change).
 #[derive(Debug, Clone, PartialEq)]
 struct PublisherSource {
-    section: Option<toml::Value>,
+    section: Option<[u8; 32]>,
     base_dir: PathBuf,
     component: Option<[u8; 32]>,
 }
@@ -365,7 +365,7 @@ impl<'a> Builder<'a> {
             PublisherKind::Component(path) => Some(self.file(&path)?.digest),
         };
         Ok(PublisherSource {
-            section: self.config.publisher_section(name).cloned(),
+            section: self.config.publisher_section(name),
             base_dir: self.config.base_dir.clone(),
             component,
         })

@@ -37,7 +37,9 @@ pub struct WorkerArgs {
     /// Refuse to start unless every publisher starts (for deploy pipelines). Without it, a
     /// component whose start fails (its init refuses the options, traps, or misses its
     /// deadline) starts down, says why in the log and `broadcaster health`, keeps its events
-    /// waiting, and is started again with backoff while the others publish.
+    /// waiting, and is started again with backoff while the others publish. With more
+    /// component publishers than `[wasm] live_instances`, `--strict` makes (and `init`s) every
+    /// one's instance once, dropping the least recently made ones for room as it goes.
     #[arg(long)]
     strict: bool,
 }

@@ -102,10 +102,84 @@ pub struct Config {
     /// The file this was loaded from.
     #[serde(skip)]
     pub path: PathBuf,
-    /// The TOML it was read from, `BROADCASTER_…` overrides applied: what a reload compares
-    /// section by section ([`Config::section`]).
+    /// A digest of each section of the TOML it was read from, `BROADCASTER_…` overrides
+    /// applied: what a reload compares section by section ([`Config::section`]). Digests, not
+    /// the TOML: 100,000 publishers' sections would be hundreds of MiB kept for a comparison.
     #[serde(skip)]
-    pub source: toml::Table,
+    pub sections: SectionDigests,
+}
+
+/// The SHA-256 of each top-level section and of each `[publishers.<name>]` of a
+/// configuration, over its values with table keys in sorted order (so the order keys are
+/// written in does not matter, as it does not to their meaning).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SectionDigests {
+    top: BTreeMap<String, [u8; 32]>,
+    publishers: std::collections::HashMap<String, [u8; 32]>,
+}
+
+impl SectionDigests {
+    /// The digests of `table`'s sections.
+    pub fn of(table: &toml::Table) -> Self {
+        let mut digests = Self::default();
+        for (name, value) in table {
+            if name == "publishers"
+                && let toml::Value::Table(publishers) = value
+            {
+                digests.publishers.extend(publishers.iter().map(|(name, value)| (name.clone(), digest(value))));
+            }
+            digests.top.insert(name.clone(), digest(value));
+        }
+        digests
+    }
+}
+
+/// The SHA-256 of a TOML value, its tables' keys sorted.
+fn digest(value: &toml::Value) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    fn feed(hasher: &mut Sha256, value: &toml::Value) {
+        let text = |hasher: &mut Sha256, text: &str| {
+            hasher.update((text.len() as u64).to_le_bytes());
+            hasher.update(text.as_bytes());
+        };
+        match value {
+            toml::Value::String(s) => {
+                hasher.update(b"s");
+                text(hasher, s);
+            }
+            toml::Value::Integer(i) => {
+                hasher.update(b"i");
+                hasher.update(i.to_le_bytes());
+            }
+            toml::Value::Float(f) => {
+                hasher.update(b"f");
+                hasher.update(f.to_bits().to_le_bytes());
+            }
+            toml::Value::Boolean(b) => hasher.update(if *b { b"T" } else { b"F" }),
+            toml::Value::Datetime(d) => {
+                hasher.update(b"d");
+                text(hasher, &d.to_string());
+            }
+            toml::Value::Array(items) => {
+                hasher.update(b"a");
+                hasher.update((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|item| feed(hasher, item));
+            }
+            toml::Value::Table(table) => {
+                hasher.update(b"t");
+                hasher.update((table.len() as u64).to_le_bytes());
+                let mut entries: Vec<_> = table.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (key, value) in entries {
+                    text(hasher, key);
+                    feed(hasher, value);
+                }
+            }
+        }
+    }
+    let mut hasher = Sha256::new();
+    feed(&mut hasher, value);
+    hasher.finalize().into()
 }
 
 /// `[outbox]`: where events are stored.
@@ -148,7 +222,7 @@ impl Config {
             message: err.to_string().trim_end().to_string(),
         })?;
         let overrides = env::apply_overrides(&mut table, vars)?;
-        let source = table.clone();
+        let sections = SectionDigests::of(&table);
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
             let key = err.path().to_string();
             // toml adds an "in `table`" line; the key path says it better.
@@ -160,7 +234,7 @@ impl Config {
             ConfigError::Invalid { path: path.to_path_buf(), key, message }
         })?;
         config.path = path.to_path_buf();
-        config.source = source;
+        config.sections = sections;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.validate()?;
         Ok(config)
@@ -276,16 +350,16 @@ impl Config {
         Ok(())
     }
 
-    /// The TOML of a top-level section (`outbox`, `relay`, …) as read, overrides applied
-    /// (`None` when absent): two configurations with the same TOML there mean the same thing
-    /// there.
-    pub fn section(&self, name: &str) -> Option<&toml::Value> {
-        self.source.get(name)
+    /// The digest of a top-level section (`outbox`, `relay`, …) as read, overrides applied
+    /// (`None` when absent): two configurations with the same digest there have the same
+    /// values there, and so mean the same thing.
+    pub fn section(&self, name: &str) -> Option<[u8; 32]> {
+        self.sections.top.get(name).copied()
     }
 
-    /// The TOML of `[publishers.<name>]` as read, overrides applied.
-    pub fn publisher_section(&self, name: &str) -> Option<&toml::Value> {
-        self.source.get("publishers")?.as_table()?.get(name)
+    /// The digest of `[publishers.<name>]` as read, overrides applied.
+    pub fn publisher_section(&self, name: &str) -> Option<[u8; 32]> {
+        self.sections.publishers.get(name).copied()
     }
 
     /// What publisher `name` runs, with its component path resolved.

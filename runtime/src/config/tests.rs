@@ -169,3 +169,18 @@ fn a_token_written_in_the_file_is_refused_with_the_ways_to_give_one() {
     let err = parse("[server]\nlisten = \"localhost\"\n").unwrap_err().to_string();
     assert!(err.contains("`server.listen`") && err.contains("127.0.0.1:8080"), "{err}");
 }
+
+#[test]
+fn section_digests_ignore_key_order_but_see_every_value() {
+    let a = parse("[relay]\nbatch_size = 10\ninterval = 1\n[publishers.a]\ncomponent = \"a.wasm\"\n[publishers.a.options]\nx = [1, 2]\ny = { z = true }\n").unwrap();
+    let reordered = parse("[publishers.a]\ncomponent = \"a.wasm\"\n[publishers.a.options]\ny = { z = true }\nx = [1, 2]\n[relay]\ninterval = 1\nbatch_size = 10\n").unwrap();
+    assert_eq!(a.section("relay"), reordered.section("relay"));
+    assert_eq!(a.publisher_section("a"), reordered.publisher_section("a"));
+    let changed = parse("[relay]\nbatch_size = 10\ninterval = 1\n[publishers.a]\ncomponent = \"a.wasm\"\n[publishers.a.options]\nx = [2, 1]\ny = { z = true }\n").unwrap();
+    assert_eq!(a.section("relay"), changed.section("relay"));
+    assert_ne!(a.publisher_section("a"), changed.publisher_section("a"), "the order of an array's items is a change");
+    let typed = parse("[relay]\nbatch_size = 10\ninterval = \"1\"\n").unwrap();
+    assert_ne!(a.section("relay"), typed.section("relay"), "1 and \"1\" differ");
+    assert_eq!(a.section("server"), None);
+    assert_eq!(a.publisher_section("b"), None);
+}

@@ -62,7 +62,7 @@ fn read_entries(
         store.data().call.budget.charge_host_call(0)?;
         Ok(Err(error))
     };
-    if store.data_mut().view::<RedisStreamState>().state.0.is_none() {
+    if !store.data_mut().view::<RedisStreamState>().state.is_granted() {
         return refuse(store, Error::NotGranted);
     }
     if entries.len() as u64 > limits.xadd_batch_entries {
@@ -106,9 +106,7 @@ fn read_entries(
 impl CapabilityView<'_, RedisStreamState> {
     /// Checks each entry against the grant, then appends the ones that pass in one pipeline.
     async fn xadd_batch(self, entries: Vec<Prepared>) -> BatchResult {
-        let Some(grant) = &self.state.0 else {
-            return Err(Error::NotGranted);
-        };
+        let (grant, client) = self.state.connection()?;
         let mut results: Vec<Result<String, Error>> = Vec::with_capacity(entries.len());
         let mut sent = Vec::with_capacity(entries.len());
         let mut denied: Option<Error> = None;
@@ -138,7 +136,6 @@ impl CapabilityView<'_, RedisStreamState> {
             return Ok(results);
         }
         let pipeline: Vec<_> = sent.iter().map(|(_, entry)| *entry).collect();
-        let client = grant.client.clone();
         let replies = bounded(self.call.host_call_timeout(), async {
             Ok::<_, crate::stream_client::StreamCallError>(client.xadd_entries(&pipeline).await)
         })

@@ -84,12 +84,13 @@ impl StreamPatterns {
     }
 }
 
-/// A publisher's `redis` grant, set up: its own connection (a tenant that floods Redis queues
-/// behind itself, not in front of its neighbours) and its streams.
+/// A publisher's `redis` grant, set up: the server and its streams. Each instance gets its
+/// own connection ([`RedisStreamState`]): a tenant that floods Redis queues behind itself, not
+/// in front of its neighbours, and an idle tenant (no instance) holds none.
 #[derive(Debug, Clone)]
 pub struct RedisStreamGrant {
     /// The granted server.
-    pub client: StreamClient,
+    pub endpoint: RedisEndpoint,
     /// The granted stream patterns.
     pub streams: StreamPatterns,
 }
@@ -98,9 +99,34 @@ pub struct RedisStreamGrant {
 #[derive(Debug)]
 pub struct RedisStream;
 
-/// One instance's `redis-stream` state: the grant, if any.
+/// One instance's `redis-stream` state: the grant, if any, and the instance's connection,
+/// made on its first call and closed when the instance is dropped (after a trap, to make room
+/// for another tenant's, or after its idle timeout): 100,000 configured tenants hold as many
+/// connections as they have live instances, not 100,000.
 #[derive(Debug)]
-pub struct RedisStreamState(Option<Arc<RedisStreamGrant>>);
+pub struct RedisStreamState {
+    grant: Option<Arc<RedisStreamGrant>>,
+    client: Option<StreamClient>,
+}
+
+impl RedisStreamState {
+    /// Whether the publisher has the grant.
+    fn is_granted(&self) -> bool {
+        self.grant.is_some()
+    }
+
+    /// The grant and the instance's connection (made now if this is its first call).
+    fn connection(&mut self) -> Result<(&RedisStreamGrant, StreamClient), Error> {
+        let Some(grant) = self.grant.as_deref() else {
+            return Err(Error::NotGranted);
+        };
+        let client = match &mut self.client {
+            Some(client) => client.clone(),
+            empty => empty.insert(StreamClient::new(grant.endpoint.clone()).map_err(guest_error)?).clone(),
+        };
+        Ok((grant, client))
+    }
+}
 
 impl Capability for RedisStream {
     const GRANT: Option<&'static str> = Some("redis");
@@ -120,12 +146,11 @@ impl Capability for RedisStream {
 
     fn configure(grant: Option<RedisGrant>, _publisher: &PublisherSetup<'_>) -> Result<Self::Configured, String> {
         let Some(grant) = grant else { return Ok(None) };
-        let client = StreamClient::new(grant.endpoint()).map_err(|err| format!("grants.redis: {err}"))?;
-        Ok(Some(Arc::new(RedisStreamGrant { client, streams: StreamPatterns::new(grant.streams) })))
+        Ok(Some(Arc::new(RedisStreamGrant { endpoint: grant.endpoint(), streams: StreamPatterns::new(grant.streams) })))
     }
 
     fn instance_state(configured: &Self::Configured, _call: &CallContext) -> RedisStreamState {
-        RedisStreamState(configured.clone())
+        RedisStreamState { grant: configured.clone(), client: None }
     }
 
     fn add_to_linker(linker: &mut Linker<PublisherState>) -> wasmtime::Result<()> {
@@ -260,19 +285,16 @@ async fn bounded<T>(timeout: Duration, call: impl Future<Output = Result<T, Stre
 
 impl CapabilityView<'_, RedisStreamState> {
     async fn xadd(self, entry: Entry, max_len: Option<u64>) -> Result<String, Error> {
-        let Some(grant) = &self.state.0 else {
+        let Some(grant) = &self.state.grant else {
             return Err(Error::NotGranted);
         };
         check_entry(grant, &entry).inspect_err(|err| log_denied(grant, &self.call.publisher, err, 1))?;
-        let client = grant.client.clone();
+        let (_, client) = self.state.connection()?;
         bounded(self.call.host_call_timeout(), client.xadd(&entry.stream, &entry.fields, max_len)).await
     }
 
     async fn ping(self) -> Result<(), Error> {
-        let Some(grant) = &self.state.0 else {
-            return Err(Error::NotGranted);
-        };
-        let client = grant.client.clone();
+        let (_, client) = self.state.connection()?;
         bounded(self.call.host_call_timeout(), client.ping()).await
     }
 }
