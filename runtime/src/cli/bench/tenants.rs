@@ -148,6 +148,7 @@ pub async fn run(bench: TenantsBench) -> anyhow::Result<ExitCode> {
             }
             let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
             let rate = report["rate"].as_f64().unwrap_or_default();
+            let live = report["live"].as_f64().unwrap_or_default();
             let ratio = match alone_rate {
                 None => {
                     alone_rate = Some(rate);
@@ -166,6 +167,10 @@ pub async fn run(bench: TenantsBench) -> anyhow::Result<ExitCode> {
                 ratio,
                 mib("peak_resident"),
                 report["live"].to_string(),
+                format!(
+                    "{:.2}",
+                    report["live_memory"].as_f64().unwrap_or_default() / live.max(1.0) / f64::from(1 << 20)
+                ),
                 report["instances_made"].to_string(),
             ]);
         }
@@ -173,12 +178,23 @@ pub async fn run(bench: TenantsBench) -> anyhow::Result<ExitCode> {
     println!(
         "tenant scale ({} outbox): {} events to {} active tenants in turn, batch {}; START S: config loaded, \
          publishers set up, instances that fit made; VS ALONE: events/s as a fraction of the active tenants \
-         configured alone; PEAK RSS of the relay process; LIVE instances at the end; MADE: instances made \
-         (and init run) in all",
+         configured alone; PEAK RSS of the relay process; LIVE instances at the end and the linear memory \
+         of each (MiB/LIVE); MADE: instances made (and init run) in all",
         bench.outbox, bench.events, bench.active, bench.batch_size
     );
     print_table(
-        ["COMPONENT", "TENANTS", "ACTIVE", "START S", "EVENTS/S", "VS ALONE", "PEAK RSS MiB", "LIVE", "MADE"],
+        [
+            "COMPONENT",
+            "TENANTS",
+            "ACTIVE",
+            "START S",
+            "EVENTS/S",
+            "VS ALONE",
+            "PEAK RSS MiB",
+            "LIVE",
+            "MiB/LIVE",
+            "MADE",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
@@ -257,6 +273,7 @@ pub async fn run_once(once: TenantsOnce) -> anyhow::Result<ExitCode> {
             "peak_resident": peak_resident_bytes().unwrap_or_default(),
             "resident": resident_bytes().unwrap_or_default(),
             "live": registry.live_instances().map_or(0, |set| set.live()),
+            "live_memory": registry.live_instances().map_or(0, |set| set.memory_bytes()),
             "evictions": registry.live_instances().map_or(0, |set| set.evictions()),
             "instances_made": made,
             "failed_starts": failed,
