@@ -334,5 +334,10 @@ async fn with_more_publishers_than_it_lists_the_page_shows_those_with_something_
     assert!(idle <= 1, "idle tenants are quiet unless they have events: {view}");
     let page = as_admin(&service, "/").await.body;
     assert!(page.contains(&format!("{}</span> more publishers not shown", configured - listed.len())), "{page}");
+    // The readiness probe names only the publishers not known to be healthy, and counts the rest.
+    let ready = service.get("/readyz").await.json();
+    let named = ready["publishers"].as_object().unwrap();
+    assert!(named.contains_key("offline") && named.len() < 5, "{ready}");
+    assert_eq!(ready["publishers_healthy_not_listed"].as_u64().unwrap() as usize + named.len(), configured);
     service.shut_down().await;
 }
