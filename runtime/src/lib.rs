@@ -29,7 +29,8 @@
 //!   migrate, enqueue (also inside your own transaction), claim, settle, operate.
 //! - [`relay`]: the worker loop: leases, backoff, health gating, fencing.
 //! - [`server`]: the HTTP service of `broadcaster serve`: ingest, `/metrics`, probes.
-//! - [`stream_client`]: the reconnecting Redis connection both kinds of publisher use.
+//! - [`stream_client`]: the reconnecting Redis connection both kinds of publisher use, and
+//!   [`redis_endpoint`]: the connection options they share (`url`, ACL user, TLS).
 //! - `main.rs` and `cli/`: the command line (one file per command).
 //!
 //! # Example
@@ -56,6 +57,7 @@ pub mod otlp;
 pub mod outbox;
 pub mod outcome;
 pub mod publisher;
+pub mod redis_endpoint;
 pub mod registry;
 pub mod relay;
 pub mod reload;

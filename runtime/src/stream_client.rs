@@ -10,60 +10,17 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
-/// How to reach a Redis server (the seed's connection options).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RedisEndpoint {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// Database number.
-    pub db: i64,
-    /// `AUTH` password.
-    pub password: Option<String>,
-    /// How long to wait for a connection.
-    pub connect_timeout: Duration,
-    /// How long to wait for a reply.
-    pub socket_timeout: Duration,
-}
+pub use crate::redis_endpoint::RedisEndpoint;
 
-impl std::fmt::Debug for RedisEndpoint {
-    // The password is never printed.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisEndpoint")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("db", &self.db)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("connect_timeout", &self.connect_timeout)
-            .field("socket_timeout", &self.socket_timeout)
-            .finish()
-    }
-}
-
-impl RedisEndpoint {
-    /// The server at `host:port`, database `db`, with these timeouts.
-    pub fn new(
-        (host, port, db): (&str, u16, i64),
-        password: Option<&str>,
-        connect_timeout: Duration,
-        socket_timeout: Duration,
-    ) -> Self {
-        Self {
-            host: host.to_string(),
-            port,
-            db,
-            password: password.map(str::to_string),
-            connect_timeout,
-            socket_timeout,
-        }
-    }
-}
-
-impl std::fmt::Display for RedisEndpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)
-    }
+/// A client that cannot be set up (certificates that do not parse, an address the `redis`
+/// crate refuses): the operator's to fix, not worth retrying.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot set up a Redis client for {endpoint}: {message}")]
+pub struct ClientSetupError {
+    /// The server, without password.
+    pub endpoint: String,
+    /// What is wrong.
+    pub message: String,
 }
 
 /// Why a Redis call failed.
@@ -112,17 +69,10 @@ impl std::fmt::Debug for StreamClient {
 impl StreamClient {
     /// Prepares a connection to `endpoint` without connecting: the first command connects.
     /// Must be called inside a Tokio runtime.
-    pub fn new(endpoint: RedisEndpoint) -> Result<Self, StreamCallError> {
-        use redis::IntoConnectionInfo;
-        let info = redis::ConnectionAddr::Tcp(endpoint.host.clone(), endpoint.port)
-            .into_connection_info()
-            .map_err(|err| classify(&endpoint, err))?;
-        let mut redis_settings = redis::RedisConnectionInfo::default().set_db(endpoint.db);
-        if let Some(password) = &endpoint.password {
-            redis_settings = redis_settings.set_password(password.clone());
-        }
-        let info = info.set_redis_settings(redis_settings);
-        let client = redis::Client::open(info).map_err(|err| classify(&endpoint, err))?;
+    pub fn new(endpoint: RedisEndpoint) -> Result<Self, ClientSetupError> {
+        let setup_error =
+            |err: RedisError| ClientSetupError { endpoint: endpoint.to_string(), message: err.to_string() };
+        let client = endpoint.client().map_err(setup_error)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(endpoint.connect_timeout))
             .set_response_timeout(Some(endpoint.socket_timeout))
@@ -130,8 +80,7 @@ impl StreamClient {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let manager =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|err| classify(&endpoint, err))?;
+        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(setup_error)?;
         Ok(Self { endpoint, manager })
     }
 
@@ -236,7 +185,7 @@ pub struct StreamClients(std::collections::HashMap<RedisEndpoint, StreamClient>)
 
 impl StreamClients {
     /// The client for `endpoint`, made on first use.
-    pub fn shared(&mut self, endpoint: RedisEndpoint) -> Result<StreamClient, StreamCallError> {
+    pub fn shared(&mut self, endpoint: RedisEndpoint) -> Result<StreamClient, ClientSetupError> {
         if let Some(client) = self.0.get(&endpoint) {
             return Ok(client.clone());
         }

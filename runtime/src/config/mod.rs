@@ -20,8 +20,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::routing::DEFAULT_PUBLISHER;
+pub(crate) use publishers::default_timeout;
 pub use publishers::{Grants, Limits, PublisherConfig, PublisherKind};
-pub(crate) use publishers::{default_redis_host, default_redis_port, default_timeout};
 pub use relay::RelayConfig;
 pub use server::{ServerConfig, TokenConfig};
 pub use telemetry::TelemetryConfig;

@@ -138,7 +138,7 @@ impl ComponentPublisher {
         let redactor = secrets::resolve(&mut options, base_dir, &env)
             .map_err(|err| ComponentSetupError::Options(err.to_string()))?;
         let name: Arc<str> = Arc::from(name);
-        let setup = PublisherSetup { publisher: &name, limits: &publisher.limits };
+        let setup = PublisherSetup { publisher: &name, limits: &publisher.limits, base_dir };
         let capabilities =
             ConfiguredCapabilities::configure(&publisher.grants, &setup).map_err(ComponentSetupError::Options)?;
         let settings = ComponentSettings {

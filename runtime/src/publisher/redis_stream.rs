@@ -1,30 +1,38 @@
 //! The native Redis Stream backend: the seed's `RedisStreamBackend`, same option names and
 //! defaults, same entry.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::event::OutboxEvent;
+use crate::host::secrets::SecretOption;
 use crate::outcome::{Health, PublishError};
-use crate::stream_client::{RedisEndpoint, StreamCallError, StreamClient, StreamClients};
+use crate::redis_endpoint::{ConnectionOptions, RedisEndpoint, TlsOptions};
+use crate::stream_client::{StreamCallError, StreamClient, StreamClients};
 
-/// The seed's `OPTIONS` for `RedisStreamBackend`, with its defaults.
+/// The seed's `OPTIONS` for `RedisStreamBackend`, with its defaults, and the connection
+/// options of [`crate::redis_endpoint`] (`url`, `username`, `tls`; `password` may be a
+/// secret reference).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStreamOptions {
     /// Redis server host name. Default `localhost`.
-    #[serde(default = "crate::config::default_redis_host")]
-    pub host: String,
+    pub host: Option<String>,
     /// Redis server port. Default 6379.
-    #[serde(default = "crate::config::default_redis_port")]
-    pub port: u16,
+    pub port: Option<u16>,
     /// Redis database number. Default 0.
-    #[serde(default)]
-    pub db: i64,
-    /// Redis password. Default none.
-    #[serde(default)]
-    pub password: Option<String>,
+    pub db: Option<i64>,
+    /// The server as a URL (`redis://`, `rediss://`, `redis+unix://`), instead of
+    /// `host`/`port`/`db`.
+    pub url: Option<String>,
+    /// ACL user. Default none (the `default` user).
+    pub username: Option<String>,
+    /// Redis password, or a secret reference. Default none.
+    pub password: Option<SecretOption>,
+    /// TLS to the server (`{ ca_file, client_cert, client_key, insecure }`). Default none.
+    pub tls: Option<TlsOptions>,
     /// The stream entries are appended to. Default `events`.
     #[serde(default = "default_stream_name")]
     pub stream_name: String,
@@ -64,15 +72,30 @@ impl RedisStreamOptions {
         if parsed.stream_name.is_empty() {
             return Err("option `stream_name`: cannot be empty".into());
         }
+        parsed.connection().check().map_err(|err| err.to_string())?;
         Ok(parsed)
     }
 
-    /// The server these options point at.
-    pub fn endpoint(&self) -> RedisEndpoint {
-        let server = (self.host.as_str(), self.port, self.db);
-        let (connect, socket) =
-            (Duration::from_secs_f64(self.connect_timeout), Duration::from_secs_f64(self.socket_timeout));
-        RedisEndpoint::new(server, self.password.as_deref(), connect, socket)
+    /// The connection options, as written.
+    pub fn connection(&self) -> ConnectionOptions<'_> {
+        ConnectionOptions {
+            host: self.host.as_deref(),
+            port: self.port,
+            db: self.db,
+            url: self.url.as_deref(),
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            tls: self.tls.as_ref(),
+            connect_timeout: Duration::from_secs_f64(self.connect_timeout),
+            socket_timeout: Duration::from_secs_f64(self.socket_timeout),
+        }
+    }
+
+    /// The server these options point at: secrets resolved from the environment, files
+    /// relative to `base_dir`.
+    pub fn endpoint(&self, base_dir: &Path) -> Result<RedisEndpoint, String> {
+        let env = |name: &str| std::env::var(name).ok();
+        self.connection().endpoint(base_dir, &env).map_err(|err| err.to_string())
     }
 }
 
@@ -85,17 +108,18 @@ pub struct RedisStreamPublisher {
 
 impl RedisStreamPublisher {
     /// A publisher writing through `client` with `options` (`client` connects to
-    /// `options.endpoint()`; it may be shared with other publishers of the same server).
+    /// `options.endpoint(…)`; it may be shared with other publishers of the same server).
     pub fn new(options: RedisStreamOptions, client: StreamClient) -> Self {
         Self { options, client }
     }
 
     /// The publisher of `[publishers.<name>.options]`, writing through the client of its
     /// server in `clients` (native publishers are the operator's own: they share one
-    /// connection per server). The error names the option.
-    pub fn from_options(options: &toml::Table, clients: &mut StreamClients) -> Result<Self, String> {
+    /// connection per server). Secrets are read from the environment, files relative to
+    /// `base_dir` (the config file's folder). The error names the option.
+    pub fn from_options(options: &toml::Table, base_dir: &Path, clients: &mut StreamClients) -> Result<Self, String> {
         let options = RedisStreamOptions::from_table(options)?;
-        let client = clients.shared(options.endpoint()).map_err(|err| err.to_string())?;
+        let client = clients.shared(options.endpoint(base_dir)?).map_err(|err| err.to_string())?;
         Ok(Self::new(options, client))
     }
 
@@ -169,7 +193,8 @@ mod tests {
     #[test]
     fn defaults_are_the_seeds() {
         let o = RedisStreamOptions::from_table(&toml::Table::new()).unwrap();
-        assert_eq!((o.host.as_str(), o.port, o.db, o.password.as_deref()), ("localhost", 6379, 0, None));
+        let endpoint = o.endpoint(Path::new(".")).unwrap();
+        assert_eq!((endpoint.to_string(), endpoint.password), ("redis://localhost:6379/0".to_string(), None));
         assert_eq!((o.stream_name.as_str(), o.max_len), ("events", 10_000));
         assert_eq!((o.connect_timeout, o.socket_timeout), (5.0, 5.0));
     }
@@ -182,5 +207,15 @@ mod tests {
         let table: toml::Table = toml::from_str("socket_timeout = 0").unwrap();
         let err = RedisStreamOptions::from_table(&table).unwrap_err();
         assert!(err.contains("socket_timeout"), "{err}");
+    }
+
+    #[test]
+    fn a_url_beside_host_names_the_key() {
+        let table: toml::Table = toml::from_str("url = \"redis://a:1/0\"\nhost = \"b\"").unwrap();
+        let err = RedisStreamOptions::from_table(&table).unwrap_err();
+        assert_eq!(err, "option `host`: give either `url` or `host`/`port`/`db`, not both");
+        let table: toml::Table = toml::from_str("tls = { ca_fil = \"x\" }").unwrap();
+        let err = RedisStreamOptions::from_table(&table).unwrap_err();
+        assert!(err.contains("option `tls.ca_fil`"), "{err}");
     }
 }

@@ -21,28 +21,35 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, WasmList, WasmStr};
 
 use super::{CallContext, Capability, CapabilityView, GrantError, PublisherSetup};
-use crate::config::{Seconds, default_redis_host, default_redis_port, default_timeout};
+use crate::config::{Seconds, default_timeout};
 use crate::host::bindings::RedisStreamError as Error;
 use crate::host::component::ContractVersion;
 use crate::host::guest_output::truncate;
+use crate::host::secrets::SecretOption;
 use crate::host::state::PublisherState;
-use crate::stream_client::{RedisEndpoint, StreamCallError, StreamClient};
+use crate::redis_endpoint::{ConnectionOptions, TlsOptions};
+use crate::stream_client::{StreamCallError, StreamClient};
 
-/// `grants.redis`: the Redis a component may write to, and which streams.
+/// `grants.redis`: the Redis a component may write to, and which streams. The connection
+/// options are [`crate::redis_endpoint`]'s, as for the native backend.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisGrant {
     /// Server host name or address. Default `localhost`.
-    #[serde(default = "default_redis_host")]
-    pub host: String,
+    pub host: Option<String>,
     /// Server port. Default 6379.
-    #[serde(default = "default_redis_port")]
-    pub port: u16,
+    pub port: Option<u16>,
     /// Database number. Default 0.
-    #[serde(default)]
-    pub db: i64,
-    /// Password (`AUTH`); never shown to the component. Default none.
-    pub password: Option<String>,
+    pub db: Option<i64>,
+    /// The server as a URL (`redis://`, `rediss://`, `redis+unix://`), instead of
+    /// `host`/`port`/`db`.
+    pub url: Option<String>,
+    /// ACL user; never shown to the component. Default none (the `default` user).
+    pub username: Option<String>,
+    /// Password (`AUTH`), or a secret reference; never shown to the component. Default none.
+    pub password: Option<SecretOption>,
+    /// TLS to the server (`{ ca_file, client_cert, client_key, insecure }`). Default none.
+    pub tls: Option<TlsOptions>,
     /// Stream name patterns the component may `XADD` to; `*` matches any run of characters,
     /// `?` one character. Required: an empty list allows nothing.
     pub streams: Vec<String>,
@@ -55,10 +62,19 @@ pub struct RedisGrant {
 }
 
 impl RedisGrant {
-    /// The server it grants.
-    pub fn endpoint(&self) -> RedisEndpoint {
-        let server = (self.host.as_str(), self.port, self.db);
-        RedisEndpoint::new(server, self.password.as_deref(), self.connect_timeout.0, self.socket_timeout.0)
+    /// The connection options, as written.
+    pub fn connection(&self) -> ConnectionOptions<'_> {
+        ConnectionOptions {
+            host: self.host.as_deref(),
+            port: self.port,
+            db: self.db,
+            url: self.url.as_deref(),
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            tls: self.tls.as_ref(),
+            connect_timeout: self.connect_timeout.0,
+            socket_timeout: self.socket_timeout.0,
+        }
     }
 }
 
@@ -115,12 +131,17 @@ impl Capability for RedisStream {
         if grant.streams.iter().any(String::is_empty) {
             return Err(GrantError { key: "streams".into(), message: "a stream pattern cannot be empty".into() });
         }
-        Ok(())
+        grant.connection().check().map_err(|err| GrantError { key: err.key, message: err.message })
     }
 
-    fn configure(grant: Option<RedisGrant>, _publisher: &PublisherSetup<'_>) -> Result<Self::Configured, String> {
+    fn configure(grant: Option<RedisGrant>, publisher: &PublisherSetup<'_>) -> Result<Self::Configured, String> {
         let Some(grant) = grant else { return Ok(None) };
-        let client = StreamClient::new(grant.endpoint()).map_err(|err| format!("grants.redis: {err}"))?;
+        let env = |name: &str| std::env::var(name).ok();
+        let endpoint = grant
+            .connection()
+            .endpoint(publisher.base_dir, &env)
+            .map_err(|err| format!("grants.redis.{}: {}", err.key, err.message))?;
+        let client = StreamClient::new(endpoint).map_err(|err| format!("grants.redis: {err}"))?;
         Ok(Some(Arc::new(RedisStreamGrant { client, streams: StreamPatterns::new(grant.streams) })))
     }
 

@@ -1,0 +1,437 @@
+//! How to reach a Redis: the connection options the native backend's `options` and a
+//! component's `redis` grant share, checked and resolved into a [`RedisEndpoint`].
+//!
+//! - `host`, `port`, `db` (the seed's; defaults `localhost`, 6379, 0), or `url` instead
+//!   (`redis://`, `rediss://` for TLS, `redis+unix://`, as the `redis` crate reads them).
+//!   Giving `url` with any of `host`/`port`/`db` is an error naming the key.
+//! - `username` (an ACL user) and `password` (a value or a secret reference, see
+//!   [`SecretOption`]); either may be in the `url` instead, not in both places.
+//! - `tls = { ca_file, client_cert, client_key, insecure = false }`: TLS with the `redis`
+//!   crate's rustls. A `tls` table turns TLS on for `host`/`port`; with a `url` the scheme
+//!   must be `rediss://`. Files are PEM, relative to the config file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use redis::{ConnectionAddr, IntoConnectionInfo};
+use serde::Deserialize;
+
+use crate::host::secrets::SecretOption;
+
+/// `tls = { … }`: TLS to the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsOptions {
+    /// PEM file of the certificate authorities to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of a client certificate (chain), for servers that ask for one; needs
+    /// `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key; needs `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Accept any server certificate, unverified. Default false; never in production.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// The connection options as written, borrowed from a native publisher's options or a
+/// `redis` grant.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionOptions<'a> {
+    /// `host`, if given.
+    pub host: Option<&'a str>,
+    /// `port`, if given.
+    pub port: Option<u16>,
+    /// `db`, if given.
+    pub db: Option<i64>,
+    /// `url`, if given.
+    pub url: Option<&'a str>,
+    /// `username`, if given.
+    pub username: Option<&'a str>,
+    /// `password`, if given.
+    pub password: Option<&'a SecretOption>,
+    /// `tls`, if given.
+    pub tls: Option<&'a TlsOptions>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// How long to wait for a reply.
+    pub socket_timeout: Duration,
+}
+
+/// A connection option that is not usable: its key below the options or grant (`url`,
+/// `tls.ca_file`) and what was expected. Never quotes a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("option `{key}`: {message}")]
+pub struct ConnectionOptionError {
+    /// The key, like `url` or `tls.client_key`.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+fn option_error(key: &str, message: impl Into<String>) -> ConnectionOptionError {
+    ConnectionOptionError { key: key.to_string(), message: message.into() }
+}
+
+/// What the options say before secrets and files are read.
+struct Checked {
+    address: RedisAddress,
+    db: i64,
+    username: Option<String>,
+    url_password: Option<String>,
+    /// Whether TLS is on, and if so whether unverified.
+    tls_insecure: Option<bool>,
+}
+
+impl ConnectionOptions<'_> {
+    /// Checks the options without reading secrets or files (when the configuration loads).
+    pub fn check(&self) -> Result<(), ConnectionOptionError> {
+        self.checked().map(drop)
+    }
+
+    /// The endpoint they describe: the password's secret resolved (`env`, files relative to
+    /// `base_dir`) and the TLS files read.
+    pub fn endpoint(
+        &self,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<RedisEndpoint, ConnectionOptionError> {
+        let checked = self.checked()?;
+        let password = match self.password {
+            Some(secret) => Some(secret.resolve(base_dir, env).map_err(|message| option_error("password", message))?),
+            None => checked.url_password,
+        };
+        let tls = match checked.tls_insecure {
+            None => None,
+            Some(insecure) => Some(self.tls_settings(base_dir, insecure)?),
+        };
+        Ok(RedisEndpoint {
+            address: checked.address,
+            tls,
+            db: checked.db,
+            username: checked.username,
+            password,
+            connect_timeout: self.connect_timeout,
+            socket_timeout: self.socket_timeout,
+        })
+    }
+
+    fn checked(&self) -> Result<Checked, ConnectionOptionError> {
+        let mut checked = match self.url {
+            None => Checked {
+                address: RedisAddress::Tcp {
+                    host: self.host.unwrap_or("localhost").to_string(),
+                    port: self.port.unwrap_or(6379),
+                },
+                db: self.db.unwrap_or(0),
+                username: None,
+                url_password: None,
+                tls_insecure: self.tls.map(|tls| tls.insecure),
+            },
+            Some(url) => self.checked_url(url)?,
+        };
+        if let Some(username) = self.username {
+            if checked.username.is_some() {
+                return Err(option_error("username", "the `url` names a user already; give it in one place"));
+            }
+            checked.username = Some(username.to_string());
+        }
+        if self.password.is_some() && checked.url_password.is_some() {
+            return Err(option_error("password", "the `url` has a password already; give it in one place"));
+        }
+        if let Some(tls) = self.tls {
+            match (&tls.client_cert, &tls.client_key) {
+                (Some(_), None) => return Err(option_error("tls.client_key", "`tls.client_cert` needs its key")),
+                (None, Some(_)) => {
+                    return Err(option_error("tls.client_cert", "`tls.client_key` needs its certificate"));
+                }
+                _ => {}
+            }
+        }
+        Ok(checked)
+    }
+
+    fn checked_url(&self, url: &str) -> Result<Checked, ConnectionOptionError> {
+        let given = [("host", self.host.is_some()), ("port", self.port.is_some()), ("db", self.db.is_some())];
+        if let Some((key, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(option_error(key, "give either `url` or `host`/`port`/`db`, not both"));
+        }
+        // The crate's message never quotes the URL (it may hold a password).
+        let info = url.into_connection_info().map_err(|err| {
+            option_error("url", format!("not a Redis URL (redis://, rediss://, redis+unix://): {err}"))
+        })?;
+        let settings = info.redis_settings();
+        let (address, url_tls) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (RedisAddress::Tcp { host: host.clone(), port: *port }, None),
+            ConnectionAddr::TcpTls { host, port, insecure, .. } => {
+                (RedisAddress::Tcp { host: host.clone(), port: *port }, Some(*insecure))
+            }
+            ConnectionAddr::Unix(path) => (RedisAddress::Unix(path.clone()), None),
+            _ => return Err(option_error("url", "an address this version does not support")),
+        };
+        let tls_insecure = match (url_tls, self.tls, &address) {
+            (_, Some(_), RedisAddress::Unix(_)) => {
+                return Err(option_error("tls", "TLS is for TCP servers, not a Unix socket"));
+            }
+            (None, Some(_), _) => {
+                return Err(option_error("tls", "the `url` is redis:// (no TLS); use rediss:// with `tls`"));
+            }
+            (Some(url_insecure), Some(tls), _) => Some(url_insecure || tls.insecure),
+            (url_tls, None, _) => url_tls,
+        };
+        Ok(Checked {
+            address,
+            db: settings.db(),
+            username: settings.username().map(str::to_string),
+            url_password: settings.password().map(str::to_string),
+            tls_insecure,
+        })
+    }
+
+    fn tls_settings(&self, base_dir: &Path, insecure: bool) -> Result<TlsSettings, ConnectionOptionError> {
+        let read = |key: &str, file: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ConnectionOptionError> {
+            let Some(file) = file else { return Ok(None) };
+            let path = base_dir.join(file);
+            std::fs::read(&path)
+                .map(Some)
+                .map_err(|err| option_error(key, format!("cannot read {}: {err}", path.display())))
+        };
+        let tls = self.tls.cloned().unwrap_or_default();
+        let client = match (read("tls.client_cert", &tls.client_cert)?, read("tls.client_key", &tls.client_key)?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        };
+        Ok(TlsSettings { ca_pem: read("tls.ca_file", &tls.ca_file)?, client_pem: client, insecure })
+    }
+}
+
+/// Where a Redis listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RedisAddress {
+    /// A TCP server.
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A Unix socket.
+    Unix(PathBuf),
+}
+
+/// TLS to the server, its files read.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    /// The certificate authorities to trust (PEM) instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate (chain) and its key (PEM).
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Whether to accept any server certificate.
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    // The key is never printed, nor the certificates (they are long).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "…"))
+            .field("client_pem", &self.client_pem.as_ref().map(|_| "…"))
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+/// How to reach a Redis server: address, TLS, database, credentials, timeouts.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RedisEndpoint {
+    /// Where it listens.
+    pub address: RedisAddress,
+    /// TLS, if on.
+    pub tls: Option<TlsSettings>,
+    /// Database number.
+    pub db: i64,
+    /// ACL user (`AUTH <username> <password>`); `default` when none.
+    pub username: Option<String>,
+    /// `AUTH` password.
+    pub password: Option<String>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+    /// How long to wait for a reply.
+    pub socket_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisEndpoint {
+    // The password is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEndpoint")
+            .field("address", &self.address)
+            .field("tls", &self.tls)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("socket_timeout", &self.socket_timeout)
+            .finish()
+    }
+}
+
+impl RedisEndpoint {
+    /// The server at `host:port`, database `db`, no TLS, with these timeouts.
+    pub fn new(
+        (host, port, db): (&str, u16, i64),
+        password: Option<&str>,
+        connect_timeout: Duration,
+        socket_timeout: Duration,
+    ) -> Self {
+        Self {
+            address: RedisAddress::Tcp { host: host.to_string(), port },
+            tls: None,
+            db,
+            username: None,
+            password: password.map(str::to_string),
+            connect_timeout,
+            socket_timeout,
+        }
+    }
+
+    /// What the `redis` crate connects to.
+    pub fn connection_info(&self) -> redis::RedisResult<redis::ConnectionInfo> {
+        let addr = match (&self.address, &self.tls) {
+            (RedisAddress::Tcp { host, port }, None) => ConnectionAddr::Tcp(host.clone(), *port),
+            (RedisAddress::Tcp { host, port }, Some(tls)) => {
+                ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure: tls.insecure, tls_params: None }
+            }
+            (RedisAddress::Unix(path), _) => ConnectionAddr::Unix(path.clone()),
+        };
+        let mut settings = redis::RedisConnectionInfo::default().set_db(self.db);
+        if let Some(username) = &self.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        Ok(addr.into_connection_info()?.set_redis_settings(settings))
+    }
+
+    /// A `redis` client for it (TLS certificates parsed now); connects nowhere yet.
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        let info = self.connection_info()?;
+        match &self.tls {
+            Some(tls) if tls.ca_pem.is_some() || tls.client_pem.is_some() => {
+                let certificates = redis::TlsCertificates {
+                    client_tls: tls.client_pem.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.clone(),
+                    }),
+                    root_cert: tls.ca_pem.clone(),
+                };
+                redis::Client::build_with_tls(info, certificates)
+            }
+            _ => redis::Client::open(info),
+        }
+    }
+}
+
+impl std::fmt::Display for RedisEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.username.as_deref().map(|u| format!("{u}@")).unwrap_or_default();
+        match &self.address {
+            RedisAddress::Tcp { host, port } => {
+                let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+                write!(f, "{scheme}://{user}{host}:{port}/{}", self.db)
+            }
+            RedisAddress::Unix(path) => write!(f, "redis+unix://{user}{}?db={}", path.display(), self.db),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options<'a>(url: Option<&'a str>, tls: Option<&'a TlsOptions>) -> ConnectionOptions<'a> {
+        ConnectionOptions {
+            host: None,
+            port: None,
+            db: None,
+            url,
+            username: None,
+            password: None,
+            tls,
+            connect_timeout: Duration::from_secs(1),
+            socket_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn without_options_it_is_the_seeds_localhost() {
+        let endpoint = options(None, None).endpoint(Path::new("."), &no_env).unwrap();
+        assert_eq!(endpoint.to_string(), "redis://localhost:6379/0");
+        assert_eq!((endpoint.username, endpoint.password, endpoint.tls), (None, None, None));
+    }
+
+    #[test]
+    fn a_url_gives_address_database_user_password_and_tls() {
+        let url = options(Some("rediss://tenant:pw@cache.internal:6380/2"), None);
+        let endpoint = url.endpoint(Path::new("."), &no_env).unwrap();
+        assert_eq!(endpoint.to_string(), "rediss://tenant@cache.internal:6380/2");
+        assert_eq!(endpoint.password.as_deref(), Some("pw"));
+        assert!(!endpoint.tls.unwrap().insecure);
+        assert!(!format!("{:?}", url.endpoint(Path::new("."), &no_env).unwrap()).contains("pw\""));
+    }
+
+    #[test]
+    fn a_url_with_host_port_or_db_names_the_key() {
+        let mut both = options(Some("redis://a:1/0"), None);
+        both.port = Some(6379);
+        let err = both.check().unwrap_err();
+        assert_eq!(err.to_string(), "option `port`: give either `url` or `host`/`port`/`db`, not both");
+        let err = options(Some("http://nope"), None).check().unwrap_err();
+        assert_eq!(err.key, "url");
+    }
+
+    #[test]
+    fn credentials_in_two_places_and_tls_on_a_plain_url_are_refused() {
+        let secret = SecretOption::Value("x".into());
+        let mut twice = options(Some("redis://u:p@a:1/0"), None);
+        twice.password = Some(&secret);
+        assert_eq!(twice.check().unwrap_err().key, "password");
+        twice.password = None;
+        twice.username = Some("u");
+        assert_eq!(twice.check().unwrap_err().key, "username");
+        let tls = TlsOptions::default();
+        let err = options(Some("redis://a:1/0"), Some(&tls)).check().unwrap_err();
+        assert!(err.to_string().contains("rediss://"), "{err}");
+        let half = TlsOptions { client_cert: Some("c.pem".into()), ..TlsOptions::default() };
+        assert_eq!(options(None, Some(&half)).check().unwrap_err().key, "tls.client_key");
+    }
+
+    #[test]
+    fn tls_files_are_read_relative_to_the_config_and_named_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "CA").unwrap();
+        let tls = TlsOptions { ca_file: Some("ca.pem".into()), ..TlsOptions::default() };
+        let mut with_tls = options(None, Some(&tls));
+        with_tls.host = Some("127.0.0.1");
+        let endpoint = with_tls.endpoint(dir.path(), &no_env).unwrap();
+        assert_eq!(endpoint.to_string(), "rediss://127.0.0.1:6379/0");
+        assert_eq!(endpoint.tls.unwrap().ca_pem.as_deref(), Some(&b"CA"[..]));
+        let err = with_tls.endpoint(Path::new("/nonexistent"), &no_env).unwrap_err();
+        assert!(err.key == "tls.ca_file" && err.message.contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn the_password_may_be_a_secret_reference() {
+        let secret = SecretOption::Env("REDIS_PASSWORD".into());
+        let mut with_secret = options(None, None);
+        with_secret.password = Some(&secret);
+        let env = |name: &str| (name == "REDIS_PASSWORD").then(|| "from-env".to_string());
+        assert_eq!(with_secret.endpoint(Path::new("."), &env).unwrap().password.as_deref(), Some("from-env"));
+        let err = with_secret.endpoint(Path::new("."), &no_env).unwrap_err();
+        assert_eq!(err.to_string(), "option `password`: the secret REDIS_PASSWORD is not set in the environment");
+    }
+}
