@@ -30,7 +30,8 @@
 //! - [`relay`]: the worker loop: leases, backoff, health gating, fencing.
 //! - [`server`]: the HTTP service of `broadcaster serve`: ingest, `/metrics`, probes.
 //! - [`stream_client`]: the reconnecting Redis connection both kinds of publisher use, and
-//!   [`redis_endpoint`]: the connection options they share (`url`, ACL user, TLS).
+//!   [`redis_endpoint`]: the connection options they share (`url`, ACL user, TLS), and
+//!   [`memory_pressure`]: Redis out of memory holds publishers down like an outage.
 //! - `main.rs` and `cli/`: the command line (one file per command).
 //!
 //! # Example
@@ -52,6 +53,7 @@ pub mod config;
 pub mod event;
 pub mod extension_attributes;
 pub mod host;
+pub mod memory_pressure;
 pub mod metrics;
 pub mod otlp;
 pub mod outbox;

@@ -9,6 +9,8 @@
 //! - `tls = { ca_file, client_cert, client_key, insecure = false }`: TLS with the `redis`
 //!   crate's rustls. A `tls` table turns TLS on for `host`/`port`; with a `url` the scheme
 //!   must be `rediss://`. Files are PEM, relative to the config file.
+//! - `max_memory_ratio`: hold the publisher down once Redis uses this fraction of its
+//!   `maxmemory` ([`crate::memory_pressure`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +19,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo};
 use serde::Deserialize;
 
 use crate::host::secrets::SecretOption;
+use crate::memory_pressure::MemoryRatio;
 
 /// `tls = { … }`: TLS to the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -52,6 +55,8 @@ pub struct ConnectionOptions<'a> {
     pub password: Option<&'a SecretOption>,
     /// `tls`, if given.
     pub tls: Option<&'a TlsOptions>,
+    /// `max_memory_ratio`, if given.
+    pub max_memory_ratio: Option<f64>,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
     /// How long to wait for a reply.
@@ -81,6 +86,7 @@ struct Checked {
     url_password: Option<String>,
     /// Whether TLS is on, and if so whether unverified.
     tls_insecure: Option<bool>,
+    max_memory_ratio: Option<MemoryRatio>,
 }
 
 impl ConnectionOptions<'_> {
@@ -111,6 +117,7 @@ impl ConnectionOptions<'_> {
             db: checked.db,
             username: checked.username,
             password,
+            max_memory_ratio: checked.max_memory_ratio,
             connect_timeout: self.connect_timeout,
             socket_timeout: self.socket_timeout,
         })
@@ -127,9 +134,18 @@ impl ConnectionOptions<'_> {
                 username: None,
                 url_password: None,
                 tls_insecure: self.tls.map(|tls| tls.insecure),
+                max_memory_ratio: None,
             },
             Some(url) => self.checked_url(url)?,
         };
+        if let Some(ratio) = self.max_memory_ratio {
+            checked.max_memory_ratio = Some(MemoryRatio::new(ratio).ok_or_else(|| {
+                option_error(
+                    "max_memory_ratio",
+                    format!("a fraction of maxmemory, more than 0 and at most 1, got {ratio}"),
+                )
+            })?);
+        }
         if let Some(username) = self.username {
             if checked.username.is_some() {
                 return Err(option_error("username", "the `url` names a user already; give it in one place"));
@@ -185,6 +201,7 @@ impl ConnectionOptions<'_> {
             username: settings.username().map(str::to_string),
             url_password: settings.password().map(str::to_string),
             tls_insecure,
+            max_memory_ratio: None,
         })
     }
 
@@ -254,6 +271,9 @@ pub struct RedisEndpoint {
     pub username: Option<String>,
     /// `AUTH` password.
     pub password: Option<String>,
+    /// Hold publishers down once Redis uses this fraction of its `maxmemory`
+    /// ([`crate::memory_pressure`]).
+    pub max_memory_ratio: Option<MemoryRatio>,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
     /// How long to wait for a reply.
@@ -269,6 +289,7 @@ impl std::fmt::Debug for RedisEndpoint {
             .field("db", &self.db)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("max_memory_ratio", &self.max_memory_ratio)
             .field("connect_timeout", &self.connect_timeout)
             .field("socket_timeout", &self.socket_timeout)
             .finish()
@@ -289,6 +310,7 @@ impl RedisEndpoint {
             db,
             username: None,
             password: password.map(str::to_string),
+            max_memory_ratio: None,
             connect_timeout,
             socket_timeout,
         }
@@ -358,6 +380,7 @@ mod tests {
             username: None,
             password: None,
             tls,
+            max_memory_ratio: None,
             connect_timeout: Duration::from_secs(1),
             socket_timeout: Duration::from_secs(1),
         }
@@ -408,6 +431,9 @@ mod tests {
         assert!(err.to_string().contains("rediss://"), "{err}");
         let half = TlsOptions { client_cert: Some("c.pem".into()), ..TlsOptions::default() };
         assert_eq!(options(None, Some(&half)).check().unwrap_err().key, "tls.client_key");
+        let mut ratio = options(None, None);
+        ratio.max_memory_ratio = Some(1.5);
+        assert_eq!(ratio.check().unwrap_err().key, "max_memory_ratio");
     }
 
     #[test]

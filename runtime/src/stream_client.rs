@@ -5,11 +5,13 @@
 //! keeps working after Redis restarts, without a restart of its own. Every command is bounded
 //! by the socket timeout, so a Redis that hangs makes a call fail, never wait forever.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
+use crate::memory_pressure::{MemoryCheck, MemoryPressure, MemoryReport};
 pub use crate::redis_endpoint::RedisEndpoint;
 
 /// A client that cannot be set up (certificates that do not parse, an address the `redis`
@@ -58,6 +60,7 @@ impl StreamCallError {
 pub struct StreamClient {
     endpoint: RedisEndpoint,
     manager: ConnectionManager,
+    pressure: Arc<MemoryPressure>,
 }
 
 impl std::fmt::Debug for StreamClient {
@@ -81,7 +84,7 @@ impl StreamClient {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(setup_error)?;
-        Ok(Self { endpoint, manager })
+        Ok(Self { endpoint, manager, pressure: Arc::default() })
     }
 
     /// The server this talks to.
@@ -115,16 +118,7 @@ impl StreamClient {
         let replies = self.run(|mut conn| async move { pipe.query_async::<Vec<redis::Value>>(&mut conn).await }).await;
         match replies {
             Err(err) => entries.iter().map(|_| Err(err.clone())).collect(),
-            Ok(values) => values
-                .into_iter()
-                .map(|value| match value {
-                    redis::Value::ServerError(err) => Err(classify(&self.endpoint, RedisError::from(err))),
-                    other => redis::from_redis_value::<String>(other).map_err(|err| StreamCallError::Rejected {
-                        endpoint: self.endpoint.to_string(),
-                        message: format!("unexpected reply to XADD: {err}"),
-                    }),
-                })
-                .collect(),
+            Ok(values) => values.into_iter().map(|value| self.xadd_reply(value)).collect(),
         }
     }
 
@@ -146,7 +140,7 @@ impl StreamClient {
 
     fn xadd_reply(&self, value: redis::Value) -> Result<String, StreamCallError> {
         match value {
-            redis::Value::ServerError(err) => Err(classify(&self.endpoint, RedisError::from(err))),
+            redis::Value::ServerError(err) => Err(self.failure(RedisError::from(err))),
             other => redis::from_redis_value::<String>(other).map_err(|err| StreamCallError::Rejected {
                 endpoint: self.endpoint.to_string(),
                 message: format!("unexpected reply to XADD: {err}"),
@@ -159,6 +153,47 @@ impl StreamClient {
         self.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await.map(drop)
     }
 
+    /// Whether Redis takes writes now: it answers `PING`, and it is not out of memory (an
+    /// `OOM` reply less than a second ago, or `INFO memory` over `maxmemory` or the
+    /// configured `max_memory_ratio`; see [`crate::memory_pressure`]). What health checks ask.
+    pub async fn ready(&self) -> Result<(), StreamCallError> {
+        self.ping().await?;
+        let ratio = match self.pressure.check(self.endpoint.max_memory_ratio) {
+            MemoryCheck::None => return Ok(()),
+            MemoryCheck::HeldAfterOom(ago) => {
+                return Err(self.unavailable(format!(
+                    "out of memory (OOM): a write was refused {} ms ago; events wait until Redis has room",
+                    ago.as_millis()
+                )));
+            }
+            MemoryCheck::Info(ratio) => ratio,
+        };
+        let info = self
+            .run(|mut conn| async move { redis::cmd("INFO").arg("memory").query_async::<String>(&mut conn).await })
+            .await;
+        match info {
+            Ok(info) => match MemoryReport::parse(&info).and_then(|report| report.over(ratio)) {
+                Some(full) => Err(self.unavailable(full)),
+                None => Ok(()),
+            },
+            // INFO not permitted for this user: the OOM hold is all there is.
+            Err(StreamCallError::Rejected { .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn unavailable(&self, message: String) -> StreamCallError {
+        StreamCallError::Unavailable { endpoint: self.endpoint.to_string(), message }
+    }
+
+    /// Sorts a failure (and notes an `OOM`).
+    fn failure(&self, err: RedisError) -> StreamCallError {
+        if err.code() == Some("OOM") {
+            self.pressure.record_oom();
+        }
+        classify(&self.endpoint, err)
+    }
+
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, StreamCallError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
@@ -167,7 +202,7 @@ impl StreamClient {
         // The manager bounds connect and reply separately; this bounds the whole call.
         let limit = self.endpoint.connect_timeout + self.endpoint.socket_timeout;
         match tokio::time::timeout(limit, call(self.manager.clone())).await {
-            Ok(result) => result.map_err(|err| classify(&self.endpoint, err)),
+            Ok(result) => result.map_err(|err| self.failure(err)),
             Err(_) => Err(StreamCallError::Unavailable {
                 endpoint: self.endpoint.to_string(),
                 message: format!("no reply within {limit:?}"),

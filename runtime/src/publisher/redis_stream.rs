@@ -33,6 +33,9 @@ pub struct RedisStreamOptions {
     pub password: Option<SecretOption>,
     /// TLS to the server (`{ ca_file, client_cert, client_key, insecure }`). Default none.
     pub tls: Option<TlsOptions>,
+    /// Hold the publisher down (events wait) once Redis uses this fraction of its
+    /// `maxmemory` (`INFO memory`). Default none: only `OOM` replies hold it down.
+    pub max_memory_ratio: Option<f64>,
     /// The stream entries are appended to. Default `events`.
     #[serde(default = "default_stream_name")]
     pub stream_name: String,
@@ -86,6 +89,7 @@ impl RedisStreamOptions {
             username: self.username.as_deref(),
             password: self.password.as_ref(),
             tls: self.tls.as_ref(),
+            max_memory_ratio: self.max_memory_ratio,
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             socket_timeout: Duration::from_secs_f64(self.socket_timeout),
         }
@@ -173,9 +177,10 @@ impl RedisStreamPublisher {
         endpoint.connect_timeout + endpoint.socket_timeout
     }
 
-    /// `PING` within the socket timeout.
+    /// `PING` within the socket timeout, and Redis not out of memory
+    /// ([`StreamClient::ready`]).
     pub async fn health(&self) -> Health {
-        match self.client.ping().await {
+        match self.client.ready().await {
             Ok(()) => Health::up(format!("{} stream {}", self.client.endpoint(), self.options.stream_name)),
             Err(err) => Health::down(err.to_string()),
         }

@@ -7,6 +7,9 @@
 //! (`limits.entry_bytes`) are measured in the guest's memory first, and an entry over a cap is
 //! refused with `rejected` naming the cap (a backend maps it to a permanent error).
 //!
+//! `ping` answers `unavailable` while Redis is out of memory (see
+//! [`crate::memory_pressure`]), so a backend's `health-check` holds the publisher down then.
+//!
 //! The interface is linked under every contract version; `xadd-batch` (0.2.0, in [`batch`])
 //! appends many entries in one pipelined round trip, within the same per-entry caps plus
 //! `limits.xadd_batch_entries` and `limits.xadd_batch_bytes` for the whole call.
@@ -50,6 +53,9 @@ pub struct RedisGrant {
     pub password: Option<SecretOption>,
     /// TLS to the server (`{ ca_file, client_cert, client_key, insecure }`). Default none.
     pub tls: Option<TlsOptions>,
+    /// Hold the publisher down (events wait) once Redis uses this fraction of its
+    /// `maxmemory` (`INFO memory`). Default none: only `OOM` replies hold it down.
+    pub max_memory_ratio: Option<f64>,
     /// Stream name patterns the component may `XADD` to; `*` matches any run of characters,
     /// `?` one character. Required: an empty list allows nothing.
     pub streams: Vec<String>,
@@ -72,6 +78,7 @@ impl RedisGrant {
             username: self.username.as_deref(),
             password: self.password.as_ref(),
             tls: self.tls.as_ref(),
+            max_memory_ratio: self.max_memory_ratio,
             connect_timeout: self.connect_timeout.0,
             socket_timeout: self.socket_timeout.0,
         }
@@ -294,7 +301,7 @@ impl CapabilityView<'_, RedisStreamState> {
             return Err(Error::NotGranted);
         };
         let client = grant.client.clone();
-        bounded(self.call.host_call_timeout(), client.ping()).await
+        bounded(self.call.host_call_timeout(), client.ready()).await
     }
 }
 
