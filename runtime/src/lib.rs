@@ -31,7 +31,8 @@
 //! - [`server`]: the HTTP service of `broadcaster serve`: ingest, `/metrics`, probes.
 //! - [`stream_client`]: the reconnecting Redis connection both kinds of publisher use, and
 //!   [`redis_endpoint`]: the connection options they share (`url`, ACL user, TLS), and
-//!   [`memory_pressure`]: Redis out of memory holds publishers down like an outage.
+//!   [`memory_pressure`]: Redis out of memory holds publishers down like an outage, and
+//!   [`redis_connector`]: one server, Sentinel or Cluster behind the same client.
 //! - `main.rs` and `cli/`: the command line (one file per command).
 //!
 //! # Example
@@ -59,6 +60,7 @@ pub mod otlp;
 pub mod outbox;
 pub mod outcome;
 pub mod publisher;
+pub mod redis_connector;
 pub mod redis_endpoint;
 pub mod registry;
 pub mod relay;

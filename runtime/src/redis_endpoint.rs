@@ -9,6 +9,11 @@
 //! - `tls = { ca_file, client_cert, client_key, insecure = false }`: TLS with the `redis`
 //!   crate's rustls. A `tls` table turns TLS on for `host`/`port`; with a `url` the scheme
 //!   must be `rediss://`. Files are PEM, relative to the config file.
+//! - `sentinel = { master, addresses }` (Redis Sentinel) or `cluster = { nodes }` (Redis
+//!   Cluster) instead of `url`/`host`/`port`; `username`, `password`, `db` and `tls` apply to
+//!   the data nodes.
+//! - `wait_replicas`: `WAIT` for that many replicas after each pipeline (failover without
+//!   loss).
 //! - `max_memory_ratio`: hold the publisher down once Redis uses this fraction of its
 //!   `maxmemory` ([`crate::memory_pressure`]).
 
@@ -37,6 +42,26 @@ pub struct TlsOptions {
     pub insecure: bool,
 }
 
+/// `sentinel = { master = "…", addresses = ["host:port", …] }`: find the master through
+/// Redis Sentinel (port 26379 when not given), and find it again after a failover.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelOptions {
+    /// The master's name in the Sentinels' configuration.
+    pub master: String,
+    /// Sentinel addresses, `host:port`.
+    pub addresses: Vec<String>,
+}
+
+/// `cluster = { nodes = ["host:port", …] }`: a Redis Cluster, from some of its nodes (port
+/// 6379 when not given); the rest are discovered.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterOptions {
+    /// Seed nodes, `host:port`.
+    pub nodes: Vec<String>,
+}
+
 /// The connection options as written, borrowed from a native publisher's options or a
 /// `redis` grant.
 #[derive(Debug, Clone, Copy)]
@@ -55,8 +80,14 @@ pub struct ConnectionOptions<'a> {
     pub password: Option<&'a SecretOption>,
     /// `tls`, if given.
     pub tls: Option<&'a TlsOptions>,
+    /// `sentinel`, if given.
+    pub sentinel: Option<&'a SentinelOptions>,
+    /// `cluster`, if given.
+    pub cluster: Option<&'a ClusterOptions>,
     /// `max_memory_ratio`, if given.
     pub max_memory_ratio: Option<f64>,
+    /// `wait_replicas`, if given.
+    pub wait_replicas: Option<u32>,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
     /// How long to wait for a reply.
@@ -118,14 +149,27 @@ impl ConnectionOptions<'_> {
             username: checked.username,
             password,
             max_memory_ratio: checked.max_memory_ratio,
+            wait_replicas: self.wait_replicas.filter(|n| *n > 0),
             connect_timeout: self.connect_timeout,
             socket_timeout: self.socket_timeout,
         })
     }
 
     fn checked(&self) -> Result<Checked, ConnectionOptionError> {
-        let mut checked = match self.url {
-            None => Checked {
+        let mut checked = match (self.url, self.sentinel, self.cluster) {
+            (_, Some(_), Some(_)) => {
+                return Err(option_error("cluster", "give either `sentinel` or `cluster`, not both"));
+            }
+            (_, Some(sentinel), None) => self.checked_servers("sentinel", &sentinel.addresses, 26379, |servers| {
+                RedisAddress::Sentinel { master: sentinel.master.clone(), sentinels: servers }
+            })?,
+            (_, None, Some(cluster)) => {
+                if self.db.is_some_and(|db| db != 0) {
+                    return Err(option_error("db", "a Redis Cluster has database 0 only"));
+                }
+                self.checked_servers("cluster", &cluster.nodes, 6379, |nodes| RedisAddress::Cluster { nodes })?
+            }
+            (None, None, None) => Checked {
                 address: RedisAddress::Tcp {
                     host: self.host.unwrap_or("localhost").to_string(),
                     port: self.port.unwrap_or(6379),
@@ -136,7 +180,7 @@ impl ConnectionOptions<'_> {
                 tls_insecure: self.tls.map(|tls| tls.insecure),
                 max_memory_ratio: None,
             },
-            Some(url) => self.checked_url(url)?,
+            (Some(url), None, None) => self.checked_url(url)?,
         };
         if let Some(ratio) = self.max_memory_ratio {
             checked.max_memory_ratio = Some(MemoryRatio::new(ratio).ok_or_else(|| {
@@ -165,6 +209,43 @@ impl ConnectionOptions<'_> {
             }
         }
         Ok(checked)
+    }
+
+    /// The options of `sentinel` or `cluster` (`key`): no `url`, `host` or `port` beside it,
+    /// and at least one `host:port` address.
+    fn checked_servers(
+        &self,
+        key: &str,
+        addresses: &[String],
+        default_port: u16,
+        address: impl FnOnce(Vec<(String, u16)>) -> RedisAddress,
+    ) -> Result<Checked, ConnectionOptionError> {
+        let given = [("url", self.url.is_some()), ("host", self.host.is_some()), ("port", self.port.is_some())];
+        if let Some((other, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(option_error(other, format!("`{key}` names the servers; leave out `url`, `host` and `port`")));
+        }
+        let field = if key == "sentinel" { "sentinel.addresses" } else { "cluster.nodes" };
+        if addresses.is_empty() {
+            return Err(option_error(field, "at least one `host:port`"));
+        }
+        if key == "sentinel" && self.sentinel.is_some_and(|s| s.master.is_empty()) {
+            return Err(option_error("sentinel.master", "the master's name, as the Sentinels know it"));
+        }
+        let servers = addresses
+            .iter()
+            .map(|text| {
+                host_and_port(text, default_port)
+                    .ok_or_else(|| option_error(field, format!("`{text}` is not `host:port`")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Checked {
+            address: address(servers),
+            db: self.db.unwrap_or(0),
+            username: None,
+            url_password: None,
+            tls_insecure: self.tls.map(|tls| tls.insecure),
+            max_memory_ratio: None,
+        })
     }
 
     fn checked_url(&self, url: &str) -> Result<Checked, ConnectionOptionError> {
@@ -222,6 +303,17 @@ impl ConnectionOptions<'_> {
     }
 }
 
+/// `host:port` (`[v6]:port` too), or `host` alone with `default_port`.
+fn host_and_port(text: &str, default_port: u16) -> Option<(String, u16)> {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && !host.is_empty() => (host, port.parse().ok()?),
+        None => (text, default_port),
+        Some(_) => return None,
+    };
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
 /// Where a Redis listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RedisAddress {
@@ -234,6 +326,18 @@ pub enum RedisAddress {
     },
     /// A Unix socket.
     Unix(PathBuf),
+    /// The master `master`, as Redis Sentinel says.
+    Sentinel {
+        /// The master's name.
+        master: String,
+        /// The Sentinels, host and port.
+        sentinels: Vec<(String, u16)>,
+    },
+    /// A Redis Cluster.
+    Cluster {
+        /// Seed nodes, host and port.
+        nodes: Vec<(String, u16)>,
+    },
 }
 
 /// TLS to the server, its files read.
@@ -274,6 +378,10 @@ pub struct RedisEndpoint {
     /// Hold publishers down once Redis uses this fraction of its `maxmemory`
     /// ([`crate::memory_pressure`]).
     pub max_memory_ratio: Option<MemoryRatio>,
+    /// After each pipeline of `XADD`s, `WAIT` until this many replicas have the entries
+    /// (at most half the socket timeout); fewer is an outage error, so the entries are sent
+    /// again rather than lost if the master fails before replicating them.
+    pub wait_replicas: Option<u32>,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
     /// How long to wait for a reply.
@@ -290,6 +398,7 @@ impl std::fmt::Debug for RedisEndpoint {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("max_memory_ratio", &self.max_memory_ratio)
+            .field("wait_replicas", &self.wait_replicas)
             .field("connect_timeout", &self.connect_timeout)
             .field("socket_timeout", &self.socket_timeout)
             .finish()
@@ -311,6 +420,7 @@ impl RedisEndpoint {
             username: None,
             password: password.map(str::to_string),
             max_memory_ratio: None,
+            wait_replicas: None,
             connect_timeout,
             socket_timeout,
         }
@@ -324,6 +434,12 @@ impl RedisEndpoint {
                 ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure: tls.insecure, tls_params: None }
             }
             (RedisAddress::Unix(path), _) => ConnectionAddr::Unix(path.clone()),
+            (RedisAddress::Sentinel { .. } | RedisAddress::Cluster { .. }, _) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "a Sentinel or Cluster endpoint has no single server",
+                )));
+            }
         };
         let mut settings = redis::RedisConnectionInfo::default().set_db(self.db);
         if let Some(username) = &self.username {
@@ -335,22 +451,26 @@ impl RedisEndpoint {
         Ok(addr.into_connection_info()?.set_redis_settings(settings))
     }
 
-    /// A `redis` client for it (TLS certificates parsed now); connects nowhere yet.
+    /// A `redis` client for a single server (TLS certificates parsed now); connects nowhere
+    /// yet.
     pub fn client(&self) -> redis::RedisResult<redis::Client> {
         let info = self.connection_info()?;
-        match &self.tls {
-            Some(tls) if tls.ca_pem.is_some() || tls.client_pem.is_some() => {
-                let certificates = redis::TlsCertificates {
-                    client_tls: tls.client_pem.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.clone(),
-                    }),
-                    root_cert: tls.ca_pem.clone(),
-                };
-                redis::Client::build_with_tls(info, certificates)
-            }
-            _ => redis::Client::open(info),
+        match self.tls_certificates() {
+            Some(certificates) => redis::Client::build_with_tls(info, certificates),
+            None => redis::Client::open(info),
         }
+    }
+
+    /// The TLS files, for the `redis` crate, when any is given.
+    pub fn tls_certificates(&self) -> Option<redis::TlsCertificates> {
+        let tls = self.tls.as_ref().filter(|tls| tls.ca_pem.is_some() || tls.client_pem.is_some())?;
+        Some(redis::TlsCertificates {
+            client_tls: tls
+                .client_pem
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+            root_cert: tls.ca_pem.clone(),
+        })
     }
 }
 
@@ -363,8 +483,20 @@ impl std::fmt::Display for RedisEndpoint {
                 write!(f, "{scheme}://{user}{host}:{port}/{}", self.db)
             }
             RedisAddress::Unix(path) => write!(f, "redis+unix://{user}{}?db={}", path.display(), self.db),
+            RedisAddress::Sentinel { master, sentinels } => {
+                let scheme = if self.tls.is_some() { "rediss+sentinel" } else { "redis+sentinel" };
+                write!(f, "{scheme}://{user}{}/{master}/{}", joined(sentinels), self.db)
+            }
+            RedisAddress::Cluster { nodes } => {
+                let scheme = if self.tls.is_some() { "rediss+cluster" } else { "redis+cluster" };
+                write!(f, "{scheme}://{user}{}", joined(nodes))
+            }
         }
     }
+}
+
+fn joined(servers: &[(String, u16)]) -> String {
+    servers.iter().map(|(host, port)| format!("{host}:{port}")).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -380,7 +512,10 @@ mod tests {
             username: None,
             password: None,
             tls,
+            sentinel: None,
+            cluster: None,
             max_memory_ratio: None,
+            wait_replicas: None,
             connect_timeout: Duration::from_secs(1),
             socket_timeout: Duration::from_secs(1),
         }
@@ -448,6 +583,32 @@ mod tests {
         assert_eq!(endpoint.tls.unwrap().ca_pem.as_deref(), Some(&b"CA"[..]));
         let err = with_tls.endpoint(Path::new("/nonexistent"), &no_env).unwrap_err();
         assert!(err.key == "tls.ca_file" && err.message.contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_and_cluster_name_their_servers_alone() {
+        let sentinel =
+            SentinelOptions { master: "mymaster".into(), addresses: vec!["10.0.0.1".into(), "[::1]:5000".into()] };
+        let mut by_sentinel = options(None, None);
+        by_sentinel.sentinel = Some(&sentinel);
+        let endpoint = by_sentinel.endpoint(Path::new("."), &no_env).unwrap();
+        assert_eq!(endpoint.to_string(), "redis+sentinel://10.0.0.1:26379,::1:5000/mymaster/0");
+        by_sentinel.host = Some("h");
+        assert_eq!(by_sentinel.check().unwrap_err().key, "host");
+
+        let cluster = ClusterOptions { nodes: vec!["a:7000".into(), "b".into()] };
+        let mut by_cluster = options(None, None);
+        by_cluster.cluster = Some(&cluster);
+        assert_eq!(by_cluster.endpoint(Path::new("."), &no_env).unwrap().to_string(), "redis+cluster://a:7000,b:6379");
+        by_cluster.db = Some(1);
+        assert_eq!(by_cluster.check().unwrap_err().key, "db");
+        by_cluster.db = None;
+        by_cluster.sentinel = Some(&sentinel);
+        assert_eq!(by_cluster.check().unwrap_err().key, "cluster");
+        let empty = ClusterOptions { nodes: vec!["a:x".into()] };
+        by_cluster.sentinel = None;
+        by_cluster.cluster = Some(&empty);
+        assert_eq!(by_cluster.check().unwrap_err().key, "cluster.nodes");
     }
 
     #[test]

@@ -6,12 +6,11 @@
 //! by the socket timeout, so a Redis that hangs makes a call fail, never wait forever.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::memory_pressure::{MemoryCheck, MemoryPressure, MemoryReport};
+use crate::redis_connector::{Connection, Connector};
 pub use crate::redis_endpoint::RedisEndpoint;
 
 /// A client that cannot be set up (certificates that do not parse, an address the `redis`
@@ -59,7 +58,7 @@ impl StreamCallError {
 #[derive(Clone)]
 pub struct StreamClient {
     endpoint: RedisEndpoint,
-    manager: ConnectionManager,
+    connector: Connector,
     pressure: Arc<MemoryPressure>,
 }
 
@@ -75,16 +74,8 @@ impl StreamClient {
     pub fn new(endpoint: RedisEndpoint) -> Result<Self, ClientSetupError> {
         let setup_error =
             |err: RedisError| ClientSetupError { endpoint: endpoint.to_string(), message: err.to_string() };
-        let client = endpoint.client().map_err(setup_error)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(endpoint.connect_timeout))
-            .set_response_timeout(Some(endpoint.socket_timeout))
-            // Fail a call fast while Redis is down: the relay retries, the caller is told.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(setup_error)?;
-        Ok(Self { endpoint, manager, pressure: Arc::default() })
+        let connector = Connector::new(&endpoint).map_err(setup_error)?;
+        Ok(Self { endpoint, connector, pressure: Arc::default() })
     }
 
     /// The server this talks to.
@@ -103,39 +94,82 @@ impl StreamClient {
         self.run(|mut conn| async move { cmd.query_async::<String>(&mut conn).await }).await
     }
 
-    /// Appends many entries in one round trip (a pipeline of `XADD`s). Returns one result
-    /// per entry: on a connection failure all of them fail.
+    /// Appends many entries to streams sharing one `MAXLEN ~` in one round trip (a pipeline
+    /// of `XADD`s). Returns one result per entry: on a connection failure all of them fail.
     pub async fn xadd_pipeline(
         &self,
         entries: &[(&str, Vec<(String, String)>)],
         max_len: Option<u64>,
     ) -> Vec<Result<String, StreamCallError>> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (stream, fields) in entries {
-            pipe.add_command(xadd_command(stream, fields, max_len));
-        }
-        let replies = self.run(|mut conn| async move { pipe.query_async::<Vec<redis::Value>>(&mut conn).await }).await;
-        match replies {
-            Err(err) => entries.iter().map(|_| Err(err.clone())).collect(),
-            Ok(values) => values.into_iter().map(|value| self.xadd_reply(value)).collect(),
-        }
+        let requests: Vec<XaddRequest<'_>> =
+            entries.iter().map(|(stream, fields)| (*stream, fields.as_slice(), max_len)).collect();
+        self.xadd_entries(&requests).await
     }
 
     /// Appends entries to any streams, each with its own `MAXLEN ~`, in one round trip: a
     /// pipeline of `XADD`s, run in order. Returns one result per entry: on a connection
     /// failure all of them fail. (For components' `xadd-batch`.)
+    ///
+    /// On a Redis Cluster, one pipeline per hash slot (so per node), all at once; entries of
+    /// one stream stay in order.
     pub async fn xadd_entries(&self, entries: &[XaddRequest<'_>]) -> Vec<Result<String, StreamCallError>> {
+        if !matches!(self.connector, Connector::Cluster(_)) {
+            let indexes: Vec<usize> = (0..entries.len()).collect();
+            return self.xadd_group(entries, &indexes).await;
+        }
+        let mut group_of = std::collections::HashMap::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, (stream, ..)) in entries.iter().enumerate() {
+            let slot = redis::cluster_routing::Slot::for_key(stream.as_bytes());
+            let group = *group_of.entry(slot).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[group].push(i);
+        }
+        let calls = groups.iter().map(|indexes| self.xadd_group(entries, indexes));
+        let mut results: Vec<Option<Result<String, StreamCallError>>> = entries.iter().map(|_| None).collect();
+        for (indexes, replies) in groups.iter().zip(futures::future::join_all(calls).await) {
+            for (i, reply) in indexes.iter().zip(replies) {
+                results[*i] = Some(reply);
+            }
+        }
+        results.into_iter().map(|r| r.expect("every entry is in one group")).collect()
+    }
+
+    /// One pipeline of the entries at `indexes`, in order.
+    async fn xadd_group(&self, entries: &[XaddRequest<'_>], indexes: &[usize]) -> Vec<Result<String, StreamCallError>> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for (stream, fields, max_len) in entries {
-            pipe.add_command(xadd_command(stream, fields, *max_len));
+        for i in indexes {
+            let (stream, fields, max_len) = entries[*i];
+            pipe.add_command(xadd_command(stream, fields, max_len));
+        }
+        let wait = self.endpoint.wait_replicas.map(|replicas| (replicas, self.endpoint.socket_timeout / 2));
+        if let Some((replicas, timeout)) = wait {
+            pipe.cmd("WAIT").arg(replicas).arg(timeout.as_millis().max(1) as u64);
         }
         let replies = self.run(|mut conn| async move { pipe.query_async::<Vec<redis::Value>>(&mut conn).await }).await;
-        match replies {
-            Err(err) => entries.iter().map(|_| Err(err.clone())).collect(),
-            Ok(values) => values.into_iter().map(|value| self.xadd_reply(value)).collect(),
-        }
+        let mut values = match replies {
+            Err(err) => return indexes.iter().map(|_| Err(err.clone())).collect(),
+            Ok(values) => values,
+        };
+        let unreplicated = match wait {
+            None => None,
+            Some((replicas, timeout)) => {
+                let acked = values.pop().and_then(|v| redis::from_redis_value::<u64>(v).ok()).unwrap_or(0);
+                (acked < u64::from(replicas)).then(|| {
+                    format!("written, but {acked} of {replicas} replicas had it within {timeout:?} (wait_replicas); it will be sent again")
+                })
+            }
+        };
+        values
+            .into_iter()
+            .map(|value| match (self.xadd_reply(value), &unreplicated) {
+                (Ok(_), Some(message)) => Err(self.unavailable(message.clone())),
+                (reply, _) => reply,
+            })
+            .collect()
     }
 
     fn xadd_reply(&self, value: redis::Value) -> Result<String, StreamCallError> {
@@ -158,6 +192,9 @@ impl StreamClient {
     /// configured `max_memory_ratio`; see [`crate::memory_pressure`]). What health checks ask.
     pub async fn ready(&self) -> Result<(), StreamCallError> {
         self.ping().await?;
+        if let Some(wanted) = self.endpoint.wait_replicas {
+            self.enough_replicas(wanted).await?;
+        }
         let ratio = match self.pressure.check(self.endpoint.max_memory_ratio) {
             MemoryCheck::None => return Ok(()),
             MemoryCheck::HeldAfterOom(ago) => {
@@ -168,45 +205,79 @@ impl StreamClient {
             }
             MemoryCheck::Info(ratio) => ratio,
         };
+        // On a cluster, INFO goes to every primary: a map of node to text.
         let info = self
-            .run(|mut conn| async move { redis::cmd("INFO").arg("memory").query_async::<String>(&mut conn).await })
+            .run(
+                |mut conn| async move { redis::cmd("INFO").arg("memory").query_async::<redis::Value>(&mut conn).await },
+            )
             .await;
         match info {
-            Ok(info) => match MemoryReport::parse(&info).and_then(|report| report.over(ratio)) {
-                Some(full) => Err(self.unavailable(full)),
-                None => Ok(()),
-            },
+            Ok(info) => {
+                let texts = info_texts(info);
+                match texts.iter().find_map(|text| MemoryReport::parse(text).and_then(|report| report.over(ratio))) {
+                    Some(full) => Err(self.unavailable(full)),
+                    None => Ok(()),
+                }
+            }
             // INFO not permitted for this user: the OOM hold is all there is.
             Err(StreamCallError::Rejected { .. }) => Ok(()),
             Err(err) => Err(err),
         }
     }
 
+    /// With `wait_replicas`: down while the master (every master of a cluster) has fewer
+    /// replicas online (connected and in sync), since no batch could be acknowledged.
+    async fn enough_replicas(&self, wanted: u32) -> Result<(), StreamCallError> {
+        let info = self
+            .run(|mut conn| async move {
+                redis::cmd("INFO").arg("replication").query_async::<redis::Value>(&mut conn).await
+            })
+            .await;
+        let texts = match info {
+            Ok(info) => info_texts(info),
+            // INFO not permitted: WAIT itself tells.
+            Err(StreamCallError::Rejected { .. }) => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        for text in texts {
+            // `slave0:ip=…,port=…,state=online,offset=…,lag=0`: in sync, not still loading.
+            let online = text.lines().filter(|line| line.starts_with("slave") && line.contains("state=online")).count();
+            if online < wanted as usize {
+                return Err(
+                    self.unavailable(format!("{online} of {wanted} replicas online (wait_replicas); events wait"))
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn unavailable(&self, message: String) -> StreamCallError {
         StreamCallError::Unavailable { endpoint: self.endpoint.to_string(), message }
     }
 
-    /// Sorts a failure (and notes an `OOM`).
+    /// Sorts a failure (and notes an `OOM`, and a lost connection).
     fn failure(&self, err: RedisError) -> StreamCallError {
         if err.code() == Some("OOM") {
             self.pressure.record_oom();
         }
+        self.connector.failed(Some(&err));
         classify(&self.endpoint, err)
     }
 
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, StreamCallError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        // The manager bounds connect and reply separately; this bounds the whole call.
+        // The connection bounds connect and reply separately; this bounds the whole call.
         let limit = self.endpoint.connect_timeout + self.endpoint.socket_timeout;
-        match tokio::time::timeout(limit, call(self.manager.clone())).await {
+        let attempt = async { call(self.connector.connection().await?).await };
+        match tokio::time::timeout(limit, attempt).await {
             Ok(result) => result.map_err(|err| self.failure(err)),
-            Err(_) => Err(StreamCallError::Unavailable {
-                endpoint: self.endpoint.to_string(),
-                message: format!("no reply within {limit:?}"),
-            }),
+            Err(_) => {
+                self.connector.failed(None);
+                Err(self.unavailable(format!("no reply within {limit:?}")))
+            }
         }
     }
 }
@@ -227,6 +298,14 @@ impl StreamClients {
         let client = StreamClient::new(endpoint.clone())?;
         self.0.insert(endpoint, client.clone());
         Ok(client)
+    }
+}
+
+/// The texts of an `INFO` reply: one, or one per node (a cluster's map).
+fn info_texts(value: redis::Value) -> Vec<String> {
+    match value {
+        redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(_, v)| info_texts(v)).collect(),
+        other => redis::from_redis_value::<String>(other).into_iter().collect(),
     }
 }
 

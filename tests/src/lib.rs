@@ -7,6 +7,8 @@
 //! - [`TlsRedisServer`]: the same with a TLS port, its certificates made by the test with the
 //!   `openssl` command line; [`RedisServer::add_acl_user`] adds an ACL user limited to some
 //!   keys.
+//! - [`SentinelGroup`]: a master, a replica and three Sentinels (`redis-server --sentinel`),
+//!   for failover tests.
 //! - [`TestDatabase`]: a fresh PostgreSQL database per test on the local server, dropped
 //!   afterwards.
 //! - [`TestOutbox`]: an empty outbox database of either kind ([`OutboxKind`]).
@@ -16,11 +18,13 @@
 
 mod outbox;
 mod postgres;
+mod redis_sentinel;
 mod redis_server;
 mod tls_redis_server;
 
 pub use outbox::{OutboxKind, TestOutbox};
 pub use postgres::{TestDatabase, server_url as postgres_server_url};
+pub use redis_sentinel::{SENTINEL_MASTER, SentinelGroup};
 pub use redis_server::RedisServer;
 pub use tls_redis_server::TlsRedisServer;
 

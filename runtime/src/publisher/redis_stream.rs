@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::event::OutboxEvent;
 use crate::host::secrets::SecretOption;
 use crate::outcome::{Health, PublishError};
-use crate::redis_endpoint::{ConnectionOptions, RedisEndpoint, TlsOptions};
+use crate::redis_endpoint::{ClusterOptions, ConnectionOptions, RedisEndpoint, SentinelOptions, TlsOptions};
 use crate::stream_client::{StreamCallError, StreamClient, StreamClients};
 
 /// The seed's `OPTIONS` for `RedisStreamBackend`, with its defaults, and the connection
@@ -36,6 +36,13 @@ pub struct RedisStreamOptions {
     /// Hold the publisher down (events wait) once Redis uses this fraction of its
     /// `maxmemory` (`INFO memory`). Default none: only `OOM` replies hold it down.
     pub max_memory_ratio: Option<f64>,
+    /// After each batch, wait until this many replicas have it (Redis `WAIT`); fewer is a
+    /// transient error, so nothing acknowledged is lost when the master fails. Default none.
+    pub wait_replicas: Option<u32>,
+    /// Redis Sentinel (`{ master, addresses }`) instead of `url`/`host`/`port`. Default none.
+    pub sentinel: Option<SentinelOptions>,
+    /// Redis Cluster (`{ nodes }`) instead of `url`/`host`/`port`. Default none.
+    pub cluster: Option<ClusterOptions>,
     /// The stream entries are appended to. Default `events`.
     #[serde(default = "default_stream_name")]
     pub stream_name: String,
@@ -90,6 +97,9 @@ impl RedisStreamOptions {
             password: self.password.as_ref(),
             tls: self.tls.as_ref(),
             max_memory_ratio: self.max_memory_ratio,
+            wait_replicas: self.wait_replicas,
+            sentinel: self.sentinel.as_ref(),
+            cluster: self.cluster.as_ref(),
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             socket_timeout: Duration::from_secs_f64(self.socket_timeout),
         }

@@ -30,7 +30,7 @@ use crate::host::component::ContractVersion;
 use crate::host::guest_output::truncate;
 use crate::host::secrets::SecretOption;
 use crate::host::state::PublisherState;
-use crate::redis_endpoint::{ConnectionOptions, TlsOptions};
+use crate::redis_endpoint::{ClusterOptions, ConnectionOptions, SentinelOptions, TlsOptions};
 use crate::stream_client::{StreamCallError, StreamClient};
 
 /// `grants.redis`: the Redis a component may write to, and which streams. The connection
@@ -56,6 +56,13 @@ pub struct RedisGrant {
     /// Hold the publisher down (events wait) once Redis uses this fraction of its
     /// `maxmemory` (`INFO memory`). Default none: only `OOM` replies hold it down.
     pub max_memory_ratio: Option<f64>,
+    /// After each batch, wait until this many replicas have it (Redis `WAIT`); fewer is a
+    /// transient error, so nothing acknowledged is lost when the master fails. Default none.
+    pub wait_replicas: Option<u32>,
+    /// Redis Sentinel (`{ master, addresses }`) instead of `url`/`host`/`port`. Default none.
+    pub sentinel: Option<SentinelOptions>,
+    /// Redis Cluster (`{ nodes }`) instead of `url`/`host`/`port`. Default none.
+    pub cluster: Option<ClusterOptions>,
     /// Stream name patterns the component may `XADD` to; `*` matches any run of characters,
     /// `?` one character. Required: an empty list allows nothing.
     pub streams: Vec<String>,
@@ -79,6 +86,9 @@ impl RedisGrant {
             password: self.password.as_ref(),
             tls: self.tls.as_ref(),
             max_memory_ratio: self.max_memory_ratio,
+            wait_replicas: self.wait_replicas,
+            sentinel: self.sentinel.as_ref(),
+            cluster: self.cluster.as_ref(),
             connect_timeout: self.connect_timeout.0,
             socket_timeout: self.socket_timeout.0,
         }
