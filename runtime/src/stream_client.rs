@@ -163,13 +163,57 @@ impl StreamClient {
                 })
             }
         };
-        values
-            .into_iter()
-            .map(|value| match (self.xadd_reply(value), &unreplicated) {
+        let mut results = Vec::with_capacity(values.len());
+        let mut redirected = Vec::new();
+        for (value, i) in values.into_iter().zip(indexes) {
+            // A pipeline's replies are values: the cluster connection follows MOVED/ASK for
+            // single commands only, so redirected entries are sent again one by one.
+            if let redis::Value::ServerError(err) = &value
+                && matches!(err.code(), "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
+            {
+                redirected.push((results.len(), *i));
+                results.push(Err(self.unavailable("redirected".into())));
+                continue;
+            }
+            results.push(match (self.xadd_reply(value), &unreplicated) {
                 (Ok(_), Some(message)) => Err(self.unavailable(message.clone())),
                 (reply, _) => reply,
+            });
+        }
+        if !redirected.is_empty() {
+            self.resend_redirected(entries, &redirected, &mut results).await;
+        }
+        results
+    }
+
+    /// Sends entries a pipeline had redirected (`MOVED`/`ASK`) one by one, through the
+    /// cluster connection's own redirect handling, then `WAIT`s (on every master) if asked.
+    async fn resend_redirected(
+        &self,
+        entries: &[XaddRequest<'_>],
+        redirected: &[(usize, usize)],
+        results: &mut [Result<String, StreamCallError>],
+    ) {
+        for (slot, i) in redirected {
+            let (stream, fields, max_len) = entries[*i];
+            results[*slot] = self.xadd(stream, fields, max_len).await;
+        }
+        let Some(replicas) = self.endpoint.wait_replicas else { return };
+        let timeout = (self.endpoint.socket_timeout / 2).as_millis().max(1) as u64;
+        let acked =
+            self.run(|mut conn| async move {
+                redis::cmd("WAIT").arg(replicas).arg(timeout).query_async::<u64>(&mut conn).await
             })
-            .collect()
+            .await
+            .unwrap_or(0);
+        if acked < u64::from(replicas) {
+            for (slot, _) in redirected {
+                if results[*slot].is_ok() {
+                    let message = format!("written, but {acked} of {replicas} replicas had it (wait_replicas)");
+                    results[*slot] = Err(self.unavailable(message));
+                }
+            }
+        }
     }
 
     fn xadd_reply(&self, value: redis::Value) -> Result<String, StreamCallError> {
@@ -340,9 +384,13 @@ fn classify(endpoint: &RedisEndpoint, err: RedisError) -> StreamCallError {
                         | ServerErrorKind::ClusterDown
                         | ServerErrorKind::MasterDown
                         | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
                 )
         )
-        || matches!(err.code(), Some("OOM" | "NOAUTH" | "WRONGPASS" | "BUSY" | "MISCONF"));
+        // MOVED/ASK left after the cluster connection's retries: a resharding or failover
+        // still settling.
+        || matches!(err.code(), Some("OOM" | "NOAUTH" | "WRONGPASS" | "BUSY" | "MISCONF" | "MOVED" | "ASK"));
     if transient {
         StreamCallError::Unavailable { endpoint, message }
     } else {

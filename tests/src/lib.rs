@@ -9,6 +9,8 @@
 //!   keys.
 //! - [`SentinelGroup`]: a master, a replica and three Sentinels (`redis-server --sentinel`),
 //!   for failover tests.
+//! - [`RedisCluster`]: three masters (and a replica each) joined by
+//!   `redis-cli --cluster create`.
 //! - [`TestDatabase`]: a fresh PostgreSQL database per test on the local server, dropped
 //!   afterwards.
 //! - [`TestOutbox`]: an empty outbox database of either kind ([`OutboxKind`]).
@@ -18,12 +20,14 @@
 
 mod outbox;
 mod postgres;
+mod redis_cluster;
 mod redis_sentinel;
 mod redis_server;
 mod tls_redis_server;
 
 pub use outbox::{OutboxKind, TestOutbox};
 pub use postgres::{TestDatabase, server_url as postgres_server_url};
+pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::{SENTINEL_MASTER, SentinelGroup};
 pub use redis_server::RedisServer;
 pub use tls_redis_server::TlsRedisServer;

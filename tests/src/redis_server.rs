@@ -72,6 +72,11 @@ impl RedisServer {
         redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connecting to the test redis-server")
     }
 
+    /// Whether it runs (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (the port stays reserved for [`RedisServer::restart`]).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
