@@ -110,31 +110,66 @@ impl StreamClient {
     /// pipeline of `XADD`s, run in order. Returns one result per entry: on a connection
     /// failure all of them fail. (For components' `xadd-batch`.)
     ///
-    /// On a Redis Cluster, one pipeline per hash slot (so per node), all at once; entries of
-    /// one stream stay in order.
+    /// On a Redis Cluster, each `XADD` is its own request, all sent at once: the cluster
+    /// connection writes them back to back on each node's connection (pipelined on the wire)
+    /// and follows `MOVED`/`ASK` for each on its own. (The crate retries a redirected
+    /// pipeline whole, which during a slot migration writes its first entries again.)
     pub async fn xadd_entries(&self, entries: &[XaddRequest<'_>]) -> Vec<Result<String, StreamCallError>> {
         if !matches!(self.connector, Connector::Cluster(_)) {
             let indexes: Vec<usize> = (0..entries.len()).collect();
             return self.xadd_group(entries, &indexes).await;
         }
-        let mut group_of = std::collections::HashMap::new();
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        for (i, (stream, ..)) in entries.iter().enumerate() {
-            let slot = redis::cluster_routing::Slot::for_key(stream.as_bytes());
-            let group = *group_of.entry(slot).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-            groups[group].push(i);
+        let calls = entries.iter().map(|(stream, fields, max_len)| self.cluster_xadd(stream, fields, *max_len));
+        let first = futures::future::join_all(calls).await;
+        let mut results = Vec::with_capacity(entries.len());
+        for ((stream, fields, max_len), reply) in entries.iter().zip(first) {
+            // Still redirected after the crate's retries: concurrent requests can take each
+            // other's `ASKING` during a slot migration. Once more, alone and in order (the
+            // command did not run).
+            let reply = match reply {
+                Err(err) if matches!(err.code(), Some("ASK" | "MOVED" | "TRYAGAIN" | "CLUSTERDOWN")) => {
+                    self.cluster_xadd(stream, fields, *max_len).await
+                }
+                reply => reply,
+            };
+            results.push(reply.map_err(|err| self.failure(err)));
         }
-        let calls = groups.iter().map(|indexes| self.xadd_group(entries, indexes));
-        let mut results: Vec<Option<Result<String, StreamCallError>>> = entries.iter().map(|_| None).collect();
-        for (indexes, replies) in groups.iter().zip(futures::future::join_all(calls).await) {
-            for (i, reply) in indexes.iter().zip(replies) {
-                results[*i] = Some(reply);
+        if let Some(replicas) = self.endpoint.wait_replicas
+            && results.iter().any(Result::is_ok)
+        {
+            // WAIT on a cluster goes to every master; the answer is the fewest replicas.
+            let timeout = (self.endpoint.socket_timeout / 2).as_millis().max(1) as u64;
+            let acked = self
+                .run(|mut conn| async move {
+                    redis::cmd("WAIT").arg(replicas).arg(timeout).query_async::<u64>(&mut conn).await
+                })
+                .await
+                .unwrap_or(0);
+            if acked < u64::from(replicas) {
+                let message = format!(
+                    "written, but {acked} of {replicas} replicas had it (wait_replicas); it will be sent again"
+                );
+                for result in results.iter_mut().filter(|r| r.is_ok()) {
+                    *result = Err(self.unavailable(message.clone()));
+                }
             }
         }
-        results.into_iter().map(|r| r.expect("every entry is in one group")).collect()
+        results
+    }
+
+    /// One `XADD` on a cluster, its error as Redis gave it.
+    async fn cluster_xadd(
+        &self,
+        stream: &str,
+        fields: &[(String, String)],
+        max_len: Option<u64>,
+    ) -> Result<String, RedisError> {
+        let cmd = xadd_command(stream, fields, max_len);
+        let limit = self.endpoint.connect_timeout + self.endpoint.socket_timeout;
+        let call = async { cmd.query_async::<String>(&mut self.connector.connection().await?).await };
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(RedisError::from((ErrorKind::Io, "no reply in time"))))
     }
 
     /// One pipeline of the entries at `indexes`, in order.
@@ -163,57 +198,13 @@ impl StreamClient {
                 })
             }
         };
-        let mut results = Vec::with_capacity(values.len());
-        let mut redirected = Vec::new();
-        for (value, i) in values.into_iter().zip(indexes) {
-            // A pipeline's replies are values: the cluster connection follows MOVED/ASK for
-            // single commands only, so redirected entries are sent again one by one.
-            if let redis::Value::ServerError(err) = &value
-                && matches!(err.code(), "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
-            {
-                redirected.push((results.len(), *i));
-                results.push(Err(self.unavailable("redirected".into())));
-                continue;
-            }
-            results.push(match (self.xadd_reply(value), &unreplicated) {
+        values
+            .into_iter()
+            .map(|value| match (self.xadd_reply(value), &unreplicated) {
                 (Ok(_), Some(message)) => Err(self.unavailable(message.clone())),
                 (reply, _) => reply,
-            });
-        }
-        if !redirected.is_empty() {
-            self.resend_redirected(entries, &redirected, &mut results).await;
-        }
-        results
-    }
-
-    /// Sends entries a pipeline had redirected (`MOVED`/`ASK`) one by one, through the
-    /// cluster connection's own redirect handling, then `WAIT`s (on every master) if asked.
-    async fn resend_redirected(
-        &self,
-        entries: &[XaddRequest<'_>],
-        redirected: &[(usize, usize)],
-        results: &mut [Result<String, StreamCallError>],
-    ) {
-        for (slot, i) in redirected {
-            let (stream, fields, max_len) = entries[*i];
-            results[*slot] = self.xadd(stream, fields, max_len).await;
-        }
-        let Some(replicas) = self.endpoint.wait_replicas else { return };
-        let timeout = (self.endpoint.socket_timeout / 2).as_millis().max(1) as u64;
-        let acked =
-            self.run(|mut conn| async move {
-                redis::cmd("WAIT").arg(replicas).arg(timeout).query_async::<u64>(&mut conn).await
             })
-            .await
-            .unwrap_or(0);
-        if acked < u64::from(replicas) {
-            for (slot, _) in redirected {
-                if results[*slot].is_ok() {
-                    let message = format!("written, but {acked} of {replicas} replicas had it (wait_replicas)");
-                    results[*slot] = Err(self.unavailable(message));
-                }
-            }
-        }
+            .collect()
     }
 
     fn xadd_reply(&self, value: redis::Value) -> Result<String, StreamCallError> {

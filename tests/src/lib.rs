@@ -27,7 +27,7 @@ mod tls_redis_server;
 
 pub use outbox::{OutboxKind, TestOutbox};
 pub use postgres::{TestDatabase, server_url as postgres_server_url};
-pub use redis_cluster::RedisCluster;
+pub use redis_cluster::{RedisCluster, SlotMove};
 pub use redis_sentinel::{SENTINEL_MASTER, SentinelGroup};
 pub use redis_server::RedisServer;
 pub use tls_redis_server::TlsRedisServer;

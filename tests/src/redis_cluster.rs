@@ -82,6 +82,29 @@ impl RedisCluster {
         panic!("slot {slot} is not served")
     }
 
+    /// Starts moving `key`'s slot from its master to node `to` (`CLUSTER SETSLOT …
+    /// IMPORTING`/`MIGRATING`): until [`SlotMove::migrate_keys`] the old master serves it,
+    /// then it answers `ASK`, and after [`SlotMove::finish`] `MOVED`.
+    pub fn begin_slot_move(&self, key: &str, to: usize) -> SlotMove<'_> {
+        let from = self.master_of(key);
+        assert_ne!(from, to, "{key} is already on node {to}");
+        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut self.nodes[0].client()).unwrap();
+        let id = |i: usize| redis::cmd("CLUSTER").arg("MYID").query::<String>(&mut self.nodes[i].client()).unwrap();
+        let (from_id, to_id) = (id(from), id(to));
+        let setslot = |node: usize, state: &str, owner: &str| {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(owner)
+                .exec(&mut self.nodes[node].client())
+                .unwrap()
+        };
+        setslot(to, "IMPORTING", &from_id);
+        setslot(from, "MIGRATING", &to_id);
+        SlotMove { cluster: self, slot, from, to, to_id }
+    }
+
     /// Kills node `index` (a master: its replica takes over about two seconds later).
     pub fn kill(&mut self, index: usize) {
         self.nodes[index].stop();
@@ -132,4 +155,54 @@ fn slot_view(node: &RedisServer) -> String {
         .collect();
     ranges.sort();
     ranges.join(",")
+}
+
+/// A slot being moved between masters ([`RedisCluster::begin_slot_move`]).
+#[derive(Debug)]
+pub struct SlotMove<'a> {
+    cluster: &'a RedisCluster,
+    slot: u16,
+    from: usize,
+    to: usize,
+    to_id: String,
+}
+
+impl SlotMove<'_> {
+    /// Moves every key of the slot to the new master (`MIGRATE`); the old one then answers
+    /// `ASK` for them.
+    pub fn migrate_keys(&self) {
+        let mut from = self.cluster.nodes[self.from].client();
+        loop {
+            let keys: Vec<String> =
+                redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(self.slot).arg(100).query(&mut from).unwrap();
+            if keys.is_empty() {
+                return;
+            }
+            let port = self.cluster.nodes[self.to].port();
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(port)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .exec(&mut from)
+                .unwrap();
+        }
+    }
+
+    /// Gives the slot to the new master on every master (`CLUSTER SETSLOT … NODE`).
+    pub fn finish(self) {
+        for node in [self.to, self.from] {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(self.slot)
+                .arg("NODE")
+                .arg(&self.to_id)
+                .exec(&mut self.cluster.nodes[node].client())
+                .unwrap();
+        }
+        self.cluster.wait_until_ok();
+    }
 }

@@ -156,3 +156,59 @@ async fn killing_a_master_under_load_fails_over_with_every_event_published_and_n
     );
     assert_eq!(missing, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_a_streams_slot_under_load_follows_ask_and_moved_and_publishes_everything_once() {
+    let cluster = RedisCluster::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&cluster, dir.path(), "");
+    let store = OutboxStore::connect(&config.outbox.url).await.unwrap();
+    assert!(store.migrate().await.unwrap());
+    let registry = Arc::new(PublisherRegistry::build(&config, None).await.unwrap());
+    let relay = Relay::new(store.clone(), registry, &config.relay);
+    let events: Vec<NewEvent> = (0..200)
+        .map(|i| {
+            let publisher = if i % 2 == 0 { "native" } else { "router" };
+            NewEvent::new("order.created", "/shop").publisher(publisher).data(serde_json::json!({"n": i}))
+        })
+        .collect();
+    let ids = store.enqueue(&events, chrono::Utc::now()).await.unwrap();
+    let from = cluster.master_of("native");
+    let to = (from + 1) % 3;
+
+    let mut published = 0;
+    let batch = |stage: &'static str| {
+        let (relay, store, ids) = (&relay, &store, &ids);
+        async move {
+            let report = relay.run_batch(20).await.unwrap();
+            if (report.failed, report.retried) != (0, 0) {
+                let rows = store.find(&ids).await.unwrap();
+                let errors: Vec<&String> = rows.iter().map(|r| &r.last_error).filter(|e| !e.is_empty()).collect();
+                panic!("{stage}: {report:?}: {:?}", &errors[..errors.len().min(2)]);
+            }
+            report.published
+        }
+    };
+    published += batch("before").await;
+    let moving = cluster.begin_slot_move("native", to);
+    published += batch("migrating, keys still on the old master").await;
+    moving.migrate_keys();
+    published += batch("keys moved: the old master answers ASK").await;
+    published += batch("keys moved: ASK again").await;
+    moving.finish();
+    assert_eq!(cluster.master_of("native"), to);
+    while published < ids.len() as u64 {
+        relay.refresh_health().await;
+        published += batch("moved: MOVED, then the new slot map").await;
+    }
+    let mut client = cluster.client();
+    let mut found: HashMap<String, usize> = HashMap::new();
+    for stream in ["native", "tenant-a:orders"] {
+        let entries: redis::streams::StreamRangeReply = client.xrange_all(stream).unwrap();
+        for entry in entries.ids {
+            *found.entry(entry.get::<String>("event_id").unwrap()).or_default() += 1;
+        }
+    }
+    assert_eq!(found.len(), 200);
+    assert!(found.values().all(|n| *n == 1), "no duplicates when nothing fails");
+}
