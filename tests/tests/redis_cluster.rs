@@ -182,7 +182,7 @@ async fn moving_a_streams_slot_under_load_follows_ask_and_moved_and_publishes_ev
         async move {
             let report = relay.run_batch(20).await.unwrap();
             if (report.failed, report.retried) != (0, 0) {
-                let rows = store.find(&ids).await.unwrap();
+                let rows = store.find(ids).await.unwrap();
                 let errors: Vec<&String> = rows.iter().map(|r| &r.last_error).filter(|e| !e.is_empty()).collect();
                 panic!("{stage}: {report:?}: {:?}", &errors[..errors.len().min(2)]);
             }
