@@ -212,3 +212,69 @@ async fn moving_a_streams_slot_under_load_follows_ask_and_moved_and_publishes_ev
     assert_eq!(found.len(), 200);
     assert!(found.values().all(|n| *n == 1), "no duplicates when nothing fails");
 }
+
+#[tokio::test]
+async fn on_a_cluster_the_native_and_component_entries_are_equal_and_the_seeds_consumer_reads_them() {
+    let cluster = RedisCluster::start(false);
+    let connection = cluster_option(&cluster, "");
+    // A stream on another master than `native`.
+    let other =
+        (0..).map(|i| format!("component-{i}")).find(|s| cluster.master_of(s) != cluster.master_of("native")).unwrap();
+    let text = format!(
+        r#"
+        [publishers.native]
+        backend = "redis-stream"
+        options = {{ {connection}, stream_name = "native" }}
+        [publishers.component]
+        component = "{component}"
+        options = {{ stream_name = "{other}" }}
+        grants.redis = {{ {connection}, streams = ["{other}"] }}
+        "#,
+        component = components::REDIS_STREAM,
+    );
+    let config = Config::from_toml(&text, "cluster.toml".as_ref(), Vec::new()).unwrap();
+    let registry = PublisherRegistry::build(&config, None).await.unwrap();
+    let events: Vec<OutboxEvent> = ["order.created", "order.paid", "user.created"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut event = OutboxEvent::new(*t, "/shop");
+            event.data = broadcaster::event::Payload::Json(serde_json::json!({"n": i, "name": "Zoë"}));
+            event
+        })
+        .collect();
+    for name in ["native", "component"] {
+        for event in &events {
+            registry.get(name).unwrap().publish(event).await.unwrap();
+        }
+    }
+    let mut client = cluster.client();
+    let read = |client: &mut redis::cluster::ClusterConnection, stream: &str| -> Vec<Vec<(String, String)>> {
+        let reply: redis::streams::StreamRangeReply = client.xrange_all(stream).unwrap();
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let mut fields: Vec<(String, String)> =
+                    entry.map.iter().map(|(k, v)| (k.clone(), redis::from_redis_value_ref(v).unwrap())).collect();
+                fields.sort();
+                fields
+            })
+            .collect()
+    };
+    let (native, component) = (read(&mut client, "native"), read(&mut client, &other));
+    assert_eq!(native, component, "the same entries from both kinds of publisher");
+    // What the seed's docs do: XREAD from 0, json.loads(cloud_event), read type and id.
+    let reply: redis::streams::StreamReadReply =
+        client.xread_options(&["native"], &["0"], &redis::streams::StreamReadOptions::default().count(100)).unwrap();
+    let entries = &reply.keys[0].ids;
+    assert_eq!(entries.len(), events.len());
+    for (entry, event) in entries.iter().zip(&events) {
+        let cloud_event: serde_json::Value =
+            serde_json::from_str(&entry.get::<String>("cloud_event").unwrap()).unwrap();
+        assert_eq!(
+            (cloud_event["type"].as_str(), cloud_event["id"].as_str()),
+            (Some(event.event_type.as_str()), Some(event.id.as_str()))
+        );
+    }
+}
