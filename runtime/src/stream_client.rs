@@ -90,6 +90,11 @@ impl StreamClient {
         fields: &[(String, String)],
         max_len: Option<u64>,
     ) -> Result<String, StreamCallError> {
+        if self.endpoint.wait_replicas.is_some() {
+            // With its `WAIT`, as a batch of one.
+            let mut results = self.xadd_entries(&[(stream, fields, max_len)]).await;
+            return results.pop().expect("one result per entry");
+        }
         let cmd = xadd_command(stream, fields, max_len);
         self.run(|mut conn| async move { cmd.query_async::<String>(&mut conn).await }).await
     }

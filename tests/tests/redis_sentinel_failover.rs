@@ -116,3 +116,36 @@ async fn killing_the_master_under_load_loses_nothing_and_fails_nothing() {
          {released} releases, {retried} retries spent, {duplicates} duplicates"
     );
 }
+
+#[tokio::test]
+async fn with_wait_replicas_and_no_replica_writes_are_not_acknowledged_and_health_is_down() {
+    let redis = broadcaster_tests::RedisServer::start();
+    let connection = format!("host = \"127.0.0.1\", port = {}, wait_replicas = 1, socket_timeout = 1", redis.port());
+    let text = format!(
+        r#"
+        [publishers.native]
+        backend = "redis-stream"
+        options = {{ {connection}, stream_name = "native" }}
+        [publishers.component]
+        component = "{component}"
+        options = {{ stream_name = "component" }}
+        grants.redis = {{ {connection}, streams = ["component"] }}
+        limits.call_timeout = "5s"
+        limits.health_timeout = "4s"
+        limits.host_call_timeout = "4s"
+        "#,
+        component = components::REDIS_STREAM,
+    );
+    let config = Config::from_toml(&text, "wait.toml".as_ref(), Vec::new()).unwrap();
+    let registry = PublisherRegistry::build(&config, None).await.unwrap();
+    for name in PUBLISHERS {
+        let publisher = registry.get(name).unwrap();
+        let health = publisher.health().await;
+        assert!(!health.healthy, "{name}: down without a replica");
+        let event = broadcaster::event::OutboxEvent::new("order.created", "/shop");
+        let err = publisher.publish(&event).await.unwrap_err();
+        assert!(err.is_transient(), "{name}: {err}");
+    }
+    let health = registry.get("native").unwrap().health().await;
+    assert!(health.detail.contains("0 of 1 replicas online (wait_replicas)"), "{}", health.detail);
+}
