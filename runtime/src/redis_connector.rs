@@ -150,6 +150,12 @@ impl SentinelConnector {
         if let Some(certificates) = endpoint.tls_certificates() {
             builder = builder.set_client_to_redis_certificates(certificates);
         }
+        if let Some(auth) = &endpoint.sentinel_auth {
+            builder = builder.set_client_to_sentinel_password(&auth.password);
+            if let Some(username) = &auth.username {
+                builder = builder.set_client_to_sentinel_username(username);
+            }
+        }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(endpoint.connect_timeout))
             .set_response_timeout(Some(endpoint.socket_timeout));

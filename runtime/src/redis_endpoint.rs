@@ -51,6 +51,13 @@ pub struct SentinelOptions {
     pub master: String,
     /// Sentinel addresses, `host:port`.
     pub addresses: Vec<String>,
+    /// ACL user on the Sentinels (their own, not the master's). Default none.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password of the Sentinels (`requirepass` in their configuration), or a secret
+    /// reference. Default none.
+    #[serde(default)]
+    pub password: Option<SecretOption>,
 }
 
 /// `cluster = { nodes = ["host:port", …] }`: a Redis Cluster, from some of its nodes (port
@@ -142,12 +149,20 @@ impl ConnectionOptions<'_> {
             None => None,
             Some(insecure) => Some(self.tls_settings(base_dir, insecure)?),
         };
+        let sentinel_auth = match self.sentinel {
+            Some(SentinelOptions { username, password: Some(secret), .. }) => {
+                let password = secret.resolve(base_dir, env).map_err(|m| option_error("sentinel.password", m))?;
+                Some(SentinelAuth { username: username.clone(), password })
+            }
+            _ => None,
+        };
         Ok(RedisEndpoint {
             address: checked.address,
             tls,
             db: checked.db,
             username: checked.username,
             password,
+            sentinel_auth,
             max_memory_ratio: checked.max_memory_ratio,
             wait_replicas: self.wait_replicas.filter(|n| *n > 0),
             connect_timeout: self.connect_timeout,
@@ -230,6 +245,9 @@ impl ConnectionOptions<'_> {
         }
         if key == "sentinel" && self.sentinel.is_some_and(|s| s.master.is_empty()) {
             return Err(option_error("sentinel.master", "the master's name, as the Sentinels know it"));
+        }
+        if key == "sentinel" && self.sentinel.is_some_and(|s| s.username.is_some() && s.password.is_none()) {
+            return Err(option_error("sentinel.password", "`sentinel.username` needs the password"));
         }
         let servers = addresses
             .iter()
@@ -362,6 +380,22 @@ impl std::fmt::Debug for TlsSettings {
     }
 }
 
+/// Credentials for the Sentinels themselves.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SentinelAuth {
+    /// ACL user, if any.
+    pub username: Option<String>,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for SentinelAuth {
+    // The password is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelAuth").field("username", &self.username).field("password", &"***").finish()
+    }
+}
+
 /// How to reach a Redis server: address, TLS, database, credentials, timeouts.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RedisEndpoint {
@@ -375,6 +409,8 @@ pub struct RedisEndpoint {
     pub username: Option<String>,
     /// `AUTH` password.
     pub password: Option<String>,
+    /// Credentials for the Sentinels, when they require them.
+    pub sentinel_auth: Option<SentinelAuth>,
     /// Hold publishers down once Redis uses this fraction of its `maxmemory`
     /// ([`crate::memory_pressure`]).
     pub max_memory_ratio: Option<MemoryRatio>,
@@ -397,6 +433,7 @@ impl std::fmt::Debug for RedisEndpoint {
             .field("db", &self.db)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("sentinel_auth", &self.sentinel_auth)
             .field("max_memory_ratio", &self.max_memory_ratio)
             .field("wait_replicas", &self.wait_replicas)
             .field("connect_timeout", &self.connect_timeout)
@@ -419,6 +456,7 @@ impl RedisEndpoint {
             db,
             username: None,
             password: password.map(str::to_string),
+            sentinel_auth: None,
             max_memory_ratio: None,
             wait_replicas: None,
             connect_timeout,
@@ -587,8 +625,12 @@ mod tests {
 
     #[test]
     fn sentinel_and_cluster_name_their_servers_alone() {
-        let sentinel =
-            SentinelOptions { master: "mymaster".into(), addresses: vec!["10.0.0.1".into(), "[::1]:5000".into()] };
+        let sentinel = SentinelOptions {
+            master: "mymaster".into(),
+            addresses: vec!["10.0.0.1".into(), "[::1]:5000".into()],
+            username: None,
+            password: None,
+        };
         let mut by_sentinel = options(None, None);
         by_sentinel.sentinel = Some(&sentinel);
         let endpoint = by_sentinel.endpoint(Path::new("."), &no_env).unwrap();

@@ -16,24 +16,33 @@ pub struct SentinelGroup {
     replica: RedisServer,
     sentinels: Vec<(u16, Child)>,
     dir: tempfile::TempDir,
+    /// The Sentinels' own password (`requirepass`), if any.
+    sentinel_password: Option<String>,
 }
 
 impl SentinelGroup {
     /// Starts the group and waits until the replica is in sync and every Sentinel knows the
     /// replica and the other Sentinels (so that a failover can happen).
     pub fn start() -> Self {
+        Self::start_with_sentinel_password(None)
+    }
+
+    /// [`Self::start`], with Sentinels that require `password` (`requirepass`, and
+    /// `sentinel sentinel-pass` between themselves).
+    pub fn start_with_sentinel_password(password: Option<&str>) -> Self {
         let master = RedisServer::start();
         let replica =
             RedisServer::start_with_args(vec!["--replicaof".into(), "127.0.0.1".into(), master.port().to_string()]);
         wait_for("the replica to sync", || info(&master, "replication").contains("state=online"));
         let dir = tempfile::tempdir().expect("temp dir for sentinels");
-        let mut group = Self { master, replica, sentinels: Vec::new(), dir };
+        let sentinel_password = password.map(str::to_string);
+        let mut group = Self { master, replica, sentinels: Vec::new(), dir, sentinel_password };
         for _ in 0..3 {
             group.spawn_sentinel();
         }
         for (port, _) in &group.sentinels {
             wait_for("the sentinels to know each other and the replica", || {
-                let sentinel = sentinel_client(*port);
+                let sentinel = group.sentinel_client(*port);
                 let master: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
                     .arg("MASTERS")
                     .query(&mut sentinel.get_connection().unwrap())
@@ -75,7 +84,7 @@ impl SentinelGroup {
     /// Whether the Sentinels name the replica as master, and it agrees.
     pub fn failed_over(&self) -> bool {
         let port = self.replica.port().to_string();
-        let sentinel = sentinel_client(self.sentinels[0].0);
+        let sentinel = self.sentinel_client(self.sentinels[0].0);
         let address: Vec<String> = sentinel
             .get_connection()
             .and_then(|mut c| redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(SENTINEL_MASTER).query(&mut c))
@@ -89,13 +98,22 @@ impl SentinelGroup {
         self.master.restart();
     }
 
+    fn sentinel_client(&self, port: u16) -> redis::Client {
+        let auth = self.sentinel_password.as_deref().map(|p| format!(":{p}@")).unwrap_or_default();
+        redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")).unwrap()
+    }
+
     fn spawn_sentinel(&mut self) {
         let port = free_port();
         let config = self.dir.path().join(format!("sentinel-{port}.conf"));
+        let auth = match &self.sentinel_password {
+            Some(password) => format!("requirepass {password}\nsentinel sentinel-pass {password}\n"),
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n{auth}\
                  sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master} 2\n\
                  sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
                  sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
@@ -114,7 +132,7 @@ impl SentinelGroup {
             .unwrap_or_else(|err| panic!("cannot start redis-server --sentinel ({err})"));
         self.sentinels.push((port, child));
         wait_for("a sentinel to answer", || {
-            sentinel_client(port)
+            self.sentinel_client(port)
                 .get_connection_with_timeout(Duration::from_millis(200))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok()
@@ -129,10 +147,6 @@ impl Drop for SentinelGroup {
             let _ = child.wait();
         }
     }
-}
-
-fn sentinel_client(port: u16) -> redis::Client {
-    redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap()
 }
 
 fn info(server: &RedisServer, section: &str) -> String {

@@ -149,3 +149,42 @@ async fn with_wait_replicas_and_no_replica_writes_are_not_acknowledged_and_healt
     let health = registry.get("native").unwrap().health().await;
     assert!(health.detail.contains("0 of 1 replicas online (wait_replicas)"), "{}", health.detail);
 }
+
+#[tokio::test]
+async fn sentinels_that_require_a_password_are_asked_with_it() {
+    let group = SentinelGroup::start_with_sentinel_password(Some("sentinel-secret"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sentinel-password"), "sentinel-secret\n").unwrap();
+    let addresses = group.sentinel_addresses().iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    let with = |password: &str| {
+        format!(
+            "sentinel = {{ master = \"{SENTINEL_MASTER}\", addresses = [{addresses}], password = {password} }}, \
+             connect_timeout = 1, socket_timeout = 1"
+        )
+    };
+    let text = |connection: String| {
+        format!(
+            "[publishers.native]\nbackend = \"redis-stream\"\noptions = {{ {connection}, stream_name = \"native\" }}\n\
+             [publishers.component]\ncomponent = \"{}\"\noptions = {{ stream_name = \"component\" }}\n\
+             grants.redis = {{ {connection}, streams = [\"component\"] }}\nlimits.call_timeout = \"5s\"\n",
+            components::REDIS_STREAM
+        )
+    };
+    let good = Config::from_toml(
+        &text(with("{ secret_file = \"sentinel-password\" }")),
+        &dir.path().join("b.toml"),
+        Vec::new(),
+    );
+    let registry = PublisherRegistry::build(&good.unwrap(), None).await.unwrap();
+    for name in PUBLISHERS {
+        let event = broadcaster::event::OutboxEvent::new("order.created", "/shop");
+        registry.get(name).unwrap().publish(&event).await.unwrap_or_else(|err| panic!("{name}: {err}"));
+    }
+    let bad = Config::from_toml(&text(with("\"wrong\"")), &dir.path().join("b.toml"), Vec::new());
+    let registry = PublisherRegistry::build(&bad.unwrap(), None).await.unwrap();
+    for name in PUBLISHERS {
+        let event = broadcaster::event::OutboxEvent::new("order.created", "/shop");
+        let err = registry.get(name).unwrap().publish(&event).await.unwrap_err();
+        assert!(err.is_transient(), "{name}: a wrong Sentinel password is an outage: {err}");
+    }
+}
