@@ -30,7 +30,8 @@
 //! - [`relay`]: the worker loop: leases, backoff, health gating, fencing.
 //! - [`server`]: the HTTP service of `broadcaster serve`: ingest, `/metrics`, probes.
 //! - [`stream_client`]: the reconnecting Redis connection both kinds of publisher use, and
-//!   [`redis_endpoint`]: the connection options they share (`url`, ACL user, TLS), and
+//!   [`redis_options`]: the connection options they share (`url`, ACL user, TLS, Sentinel,
+//!   Cluster), resolved into a [`redis_endpoint`]; and
 //!   [`memory_pressure`]: Redis out of memory holds publishers down like an outage, and
 //!   [`redis_connector`]: one server, Sentinel or Cluster behind the same client.
 //! - `main.rs` and `cli/`: the command line (one file per command).
@@ -62,6 +63,7 @@ pub mod outcome;
 pub mod publisher;
 pub mod redis_connector;
 pub mod redis_endpoint;
+pub mod redis_options;
 pub mod registry;
 pub mod relay;
 pub mod reload;

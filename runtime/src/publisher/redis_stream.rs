@@ -9,11 +9,12 @@ use serde::Deserialize;
 use crate::event::OutboxEvent;
 use crate::host::secrets::SecretOption;
 use crate::outcome::{Health, PublishError};
-use crate::redis_endpoint::{ClusterOptions, ConnectionOptions, RedisEndpoint, SentinelOptions, TlsOptions};
+use crate::redis_endpoint::RedisEndpoint;
+use crate::redis_options::{ClusterOptions, ConnectionOptions, SentinelOptions, TlsOptions};
 use crate::stream_client::{StreamCallError, StreamClient, StreamClients};
 
 /// The seed's `OPTIONS` for `RedisStreamBackend`, with its defaults, and the connection
-/// options of [`crate::redis_endpoint`] (`url`, `username`, `tls`; `password` may be a
+/// options of [`crate::redis_options`] (`url`, `username`, `tls`; `password` may be a
 /// secret reference).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -30,11 +30,11 @@ use crate::host::component::ContractVersion;
 use crate::host::guest_output::truncate;
 use crate::host::secrets::SecretOption;
 use crate::host::state::PublisherState;
-use crate::redis_endpoint::{ClusterOptions, ConnectionOptions, SentinelOptions, TlsOptions};
+use crate::redis_options::{ClusterOptions, ConnectionOptions, SentinelOptions, TlsOptions};
 use crate::stream_client::{StreamCallError, StreamClient};
 
 /// `grants.redis`: the Redis a component may write to, and which streams. The connection
-/// options are [`crate::redis_endpoint`]'s, as for the native backend.
+/// options are [`crate::redis_options`]'s, as for the native backend.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisGrant {
