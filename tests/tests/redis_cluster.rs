@@ -278,3 +278,28 @@ async fn on_a_cluster_the_native_and_component_entries_are_equal_and_the_seeds_c
         );
     }
 }
+
+#[tokio::test]
+async fn a_master_out_of_memory_holds_the_publisher_down_until_it_has_room() {
+    let cluster = RedisCluster::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let registry = PublisherRegistry::build(&config(&cluster, dir.path(), ""), None).await.unwrap();
+    let native = registry.get("native").unwrap();
+    let full = &cluster.nodes()[cluster.master_of("native")];
+    let config_set = |key: &str, value: &str| {
+        redis::cmd("CONFIG").arg("SET").arg(key).arg(value).exec(&mut full.client()).unwrap();
+    };
+    config_set("maxmemory-policy", "noeviction");
+    config_set("maxmemory", "1");
+    let err = native.publish(&OutboxEvent::new("order.created", "/shop")).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let health = native.health().await;
+    assert!(!health.healthy && health.detail.contains("out of memory (OOM)"), "{}", health.detail);
+    // After the one-second hold, INFO memory of every master (a map on a cluster) decides.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let health = native.health().await;
+    assert!(!health.healthy && health.detail.contains("used of maxmemory"), "{}", health.detail);
+    config_set("maxmemory", "0");
+    assert!(native.health().await.healthy);
+    native.publish(&OutboxEvent::new("order.created", "/shop")).await.unwrap();
+}
