@@ -216,6 +216,10 @@ impl Config {
             }
             crate::host::capabilities::check_grants(&publisher.grants)
                 .map_err(|err| invalid(&format!("grants.{}", err.key), err.message))?;
+            if publisher.backend.is_some() {
+                crate::publisher::RedisStreamOptions::from_table(&publisher.options)
+                    .map_err(|err| invalid(&format!("options.{}", err.key), err.message))?;
+            }
             if publisher.limits.memory.0 < 1024 * 1024 {
                 return Err(invalid("limits.memory", "must be at least 1MiB".into()));
             }

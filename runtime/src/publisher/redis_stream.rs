@@ -10,7 +10,7 @@ use crate::event::OutboxEvent;
 use crate::host::secrets::SecretOption;
 use crate::outcome::{Health, PublishError};
 use crate::redis_endpoint::RedisEndpoint;
-use crate::redis_options::{ClusterOptions, ConnectionOptions, SentinelOptions, TlsOptions};
+use crate::redis_options::{ClusterOptions, ConnectionOptionError, ConnectionOptions, SentinelOptions, TlsOptions};
 use crate::stream_client::{StreamCallError, StreamClient, StreamClients};
 
 /// The seed's `OPTIONS` for `RedisStreamBackend`, with its defaults, and the connection
@@ -70,20 +70,21 @@ fn default_seconds() -> f64 {
 
 impl RedisStreamOptions {
     /// The options from `[publishers.<name>.options]`; the error names the option.
-    pub fn from_table(options: &toml::Table) -> Result<Self, String> {
+    pub fn from_table(options: &toml::Table) -> Result<Self, ConnectionOptionError> {
+        let invalid = |key: &str, message: String| ConnectionOptionError { key: key.to_string(), message };
         let parsed: Self = serde_path_to_error::deserialize(toml::Value::Table(options.clone())).map_err(|err| {
             let path = err.path().to_string();
-            format!("option `{path}`: {}", err.into_inner())
+            invalid(&path, err.into_inner().to_string())
         })?;
         for (name, value) in [("connect_timeout", parsed.connect_timeout), ("socket_timeout", parsed.socket_timeout)] {
             if !(value > 0.0 && value.is_finite()) {
-                return Err(format!("option `{name}`: must be a positive number of seconds, got {value}"));
+                return Err(invalid(name, format!("must be a positive number of seconds, got {value}")));
             }
         }
         if parsed.stream_name.is_empty() {
-            return Err("option `stream_name`: cannot be empty".into());
+            return Err(invalid("stream_name", "cannot be empty".into()));
         }
-        parsed.connection().check().map_err(|err| err.to_string())?;
+        parsed.connection().check()?;
         Ok(parsed)
     }
 
@@ -133,7 +134,7 @@ impl RedisStreamPublisher {
     /// connection per server). Secrets are read from the environment, files relative to
     /// `base_dir` (the config file's folder). The error names the option.
     pub fn from_options(options: &toml::Table, base_dir: &Path, clients: &mut StreamClients) -> Result<Self, String> {
-        let options = RedisStreamOptions::from_table(options)?;
+        let options = RedisStreamOptions::from_table(options).map_err(|err| err.to_string())?;
         let client = clients.shared(options.endpoint(base_dir)?).map_err(|err| err.to_string())?;
         Ok(Self::new(options, client))
     }
@@ -218,20 +219,20 @@ mod tests {
     #[test]
     fn a_misspelt_option_is_named() {
         let table: toml::Table = toml::from_str("prot = 1").unwrap();
-        let err = RedisStreamOptions::from_table(&table).unwrap_err();
+        let err = RedisStreamOptions::from_table(&table).unwrap_err().to_string();
         assert!(err.contains("option `prot`") && err.contains("unknown field"), "{err}");
         let table: toml::Table = toml::from_str("socket_timeout = 0").unwrap();
-        let err = RedisStreamOptions::from_table(&table).unwrap_err();
+        let err = RedisStreamOptions::from_table(&table).unwrap_err().to_string();
         assert!(err.contains("socket_timeout"), "{err}");
     }
 
     #[test]
     fn a_url_beside_host_names_the_key() {
         let table: toml::Table = toml::from_str("url = \"redis://a:1/0\"\nhost = \"b\"").unwrap();
-        let err = RedisStreamOptions::from_table(&table).unwrap_err();
+        let err = RedisStreamOptions::from_table(&table).unwrap_err().to_string();
         assert_eq!(err, "option `host`: give either `url` or `host`/`port`/`db`, not both");
         let table: toml::Table = toml::from_str("tls = { ca_fil = \"x\" }").unwrap();
-        let err = RedisStreamOptions::from_table(&table).unwrap_err();
+        let err = RedisStreamOptions::from_table(&table).unwrap_err().to_string();
         assert!(err.contains("option `tls.ca_fil`"), "{err}");
     }
 }
