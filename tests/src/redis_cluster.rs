@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisServer, free_port};
 
 /// Three masters, and optionally one replica per master. Killed on drop.
 #[derive(Debug)]
@@ -19,6 +19,8 @@ impl RedisCluster {
         let count = if with_replicas { 6 } else { 3 };
         let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
+                // The bus port is given: the default (port + 10000) is out of range above 55535.
+                let bus = free_port().to_string();
                 RedisServer::start_with_args(
                     [
                         "--cluster-enabled",
@@ -27,6 +29,8 @@ impl RedisCluster {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "1000",
+                        "--cluster-port",
+                        &bus,
                     ]
                     .map(String::from)
                     .to_vec(),
