@@ -29,7 +29,11 @@
 //!   migrate, enqueue (also inside your own transaction), claim, settle, operate.
 //! - [`relay`]: the worker loop: leases, backoff, health gating, fencing.
 //! - [`server`]: the HTTP service of `broadcaster serve`: ingest, `/metrics`, probes.
-//! - [`stream_client`]: the reconnecting Redis connection both kinds of publisher use.
+//! - [`stream_client`]: the reconnecting Redis connection both kinds of publisher use, and
+//!   [`redis_options`]: the connection options they share (`url`, ACL user, TLS, Sentinel,
+//!   Cluster), resolved into a [`redis_endpoint`]; and
+//!   [`memory_pressure`]: Redis out of memory holds publishers down like an outage, and
+//!   [`redis_connector`]: one server, Sentinel or Cluster behind the same client.
 //! - `main.rs` and `cli/`: the command line (one file per command).
 //!
 //! # Example
@@ -51,11 +55,15 @@ pub mod config;
 pub mod event;
 pub mod extension_attributes;
 pub mod host;
+pub mod memory_pressure;
 pub mod metrics;
 pub mod otlp;
 pub mod outbox;
 pub mod outcome;
 pub mod publisher;
+pub mod redis_connector;
+pub mod redis_endpoint;
+pub mod redis_options;
 pub mod registry;
 pub mod relay;
 pub mod reload;

@@ -388,8 +388,9 @@ impl<'a> Builder<'a> {
     async fn publisher(&mut self, name: &str, publisher: &PublisherConfig) -> Result<Publisher, BuildError> {
         match self.config.kind_of(name, publisher).map_err(BuildError::Config)? {
             PublisherKind::RedisStream => {
-                let native = RedisStreamPublisher::from_options(&publisher.options, &mut self.clients)
-                    .map_err(PublisherSetupError::Options)?;
+                let native =
+                    RedisStreamPublisher::from_options(&publisher.options, &self.config.base_dir, &mut self.clients)
+                        .map_err(PublisherSetupError::Options)?;
                 Ok(Publisher::RedisStream(Arc::new(native)))
             }
             PublisherKind::Component(path) => {

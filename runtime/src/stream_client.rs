@@ -5,65 +5,23 @@
 //! keeps working after Redis restarts, without a restart of its own. Every command is bounded
 //! by the socket timeout, so a Redis that hangs makes a call fail, never wait forever.
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
-/// How to reach a Redis server (the seed's connection options).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RedisEndpoint {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// Database number.
-    pub db: i64,
-    /// `AUTH` password.
-    pub password: Option<String>,
-    /// How long to wait for a connection.
-    pub connect_timeout: Duration,
-    /// How long to wait for a reply.
-    pub socket_timeout: Duration,
-}
+use crate::memory_pressure::{MemoryCheck, MemoryPressure, MemoryReport};
+use crate::redis_connector::{Connection, Connector};
+pub use crate::redis_endpoint::RedisEndpoint;
 
-impl std::fmt::Debug for RedisEndpoint {
-    // The password is never printed.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisEndpoint")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("db", &self.db)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("connect_timeout", &self.connect_timeout)
-            .field("socket_timeout", &self.socket_timeout)
-            .finish()
-    }
-}
-
-impl RedisEndpoint {
-    /// The server at `host:port`, database `db`, with these timeouts.
-    pub fn new(
-        (host, port, db): (&str, u16, i64),
-        password: Option<&str>,
-        connect_timeout: Duration,
-        socket_timeout: Duration,
-    ) -> Self {
-        Self {
-            host: host.to_string(),
-            port,
-            db,
-            password: password.map(str::to_string),
-            connect_timeout,
-            socket_timeout,
-        }
-    }
-}
-
-impl std::fmt::Display for RedisEndpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)
-    }
+/// A client that cannot be set up (certificates that do not parse, an address the `redis`
+/// crate refuses): the operator's to fix, not worth retrying.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot set up a Redis client for {endpoint}: {message}")]
+pub struct ClientSetupError {
+    /// The server, without password.
+    pub endpoint: String,
+    /// What is wrong.
+    pub message: String,
 }
 
 /// Why a Redis call failed.
@@ -100,7 +58,8 @@ impl StreamCallError {
 #[derive(Clone)]
 pub struct StreamClient {
     endpoint: RedisEndpoint,
-    manager: ConnectionManager,
+    connector: Connector,
+    pressure: Arc<MemoryPressure>,
 }
 
 impl std::fmt::Debug for StreamClient {
@@ -112,27 +71,11 @@ impl std::fmt::Debug for StreamClient {
 impl StreamClient {
     /// Prepares a connection to `endpoint` without connecting: the first command connects.
     /// Must be called inside a Tokio runtime.
-    pub fn new(endpoint: RedisEndpoint) -> Result<Self, StreamCallError> {
-        use redis::IntoConnectionInfo;
-        let info = redis::ConnectionAddr::Tcp(endpoint.host.clone(), endpoint.port)
-            .into_connection_info()
-            .map_err(|err| classify(&endpoint, err))?;
-        let mut redis_settings = redis::RedisConnectionInfo::default().set_db(endpoint.db);
-        if let Some(password) = &endpoint.password {
-            redis_settings = redis_settings.set_password(password.clone());
-        }
-        let info = info.set_redis_settings(redis_settings);
-        let client = redis::Client::open(info).map_err(|err| classify(&endpoint, err))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(endpoint.connect_timeout))
-            .set_response_timeout(Some(endpoint.socket_timeout))
-            // Fail a call fast while Redis is down: the relay retries, the caller is told.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let manager =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|err| classify(&endpoint, err))?;
-        Ok(Self { endpoint, manager })
+    pub fn new(endpoint: RedisEndpoint) -> Result<Self, ClientSetupError> {
+        let setup_error =
+            |err: RedisError| ClientSetupError { endpoint: endpoint.to_string(), message: err.to_string() };
+        let connector = Connector::new(&endpoint).map_err(setup_error)?;
+        Ok(Self { endpoint, connector, pressure: Arc::default() })
     }
 
     /// The server this talks to.
@@ -147,57 +90,131 @@ impl StreamClient {
         fields: &[(String, String)],
         max_len: Option<u64>,
     ) -> Result<String, StreamCallError> {
+        if self.endpoint.wait_replicas.is_some() {
+            // With its `WAIT`, as a batch of one.
+            let mut results = self.xadd_entries(&[(stream, fields, max_len)]).await;
+            return results.pop().expect("one result per entry");
+        }
         let cmd = xadd_command(stream, fields, max_len);
         self.run(|mut conn| async move { cmd.query_async::<String>(&mut conn).await }).await
     }
 
-    /// Appends many entries in one round trip (a pipeline of `XADD`s). Returns one result
-    /// per entry: on a connection failure all of them fail.
+    /// Appends many entries to streams sharing one `MAXLEN ~` in one round trip (a pipeline
+    /// of `XADD`s). Returns one result per entry: on a connection failure all of them fail.
     pub async fn xadd_pipeline(
         &self,
         entries: &[(&str, Vec<(String, String)>)],
         max_len: Option<u64>,
     ) -> Vec<Result<String, StreamCallError>> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (stream, fields) in entries {
-            pipe.add_command(xadd_command(stream, fields, max_len));
-        }
-        let replies = self.run(|mut conn| async move { pipe.query_async::<Vec<redis::Value>>(&mut conn).await }).await;
-        match replies {
-            Err(err) => entries.iter().map(|_| Err(err.clone())).collect(),
-            Ok(values) => values
-                .into_iter()
-                .map(|value| match value {
-                    redis::Value::ServerError(err) => Err(classify(&self.endpoint, RedisError::from(err))),
-                    other => redis::from_redis_value::<String>(other).map_err(|err| StreamCallError::Rejected {
-                        endpoint: self.endpoint.to_string(),
-                        message: format!("unexpected reply to XADD: {err}"),
-                    }),
-                })
-                .collect(),
-        }
+        let requests: Vec<XaddRequest<'_>> =
+            entries.iter().map(|(stream, fields)| (*stream, fields.as_slice(), max_len)).collect();
+        self.xadd_entries(&requests).await
     }
 
     /// Appends entries to any streams, each with its own `MAXLEN ~`, in one round trip: a
     /// pipeline of `XADD`s, run in order. Returns one result per entry: on a connection
     /// failure all of them fail. (For components' `xadd-batch`.)
+    ///
+    /// On a Redis Cluster, each `XADD` is its own request, all sent at once: the cluster
+    /// connection writes them back to back on each node's connection (pipelined on the wire)
+    /// and follows `MOVED`/`ASK` for each on its own. (The crate retries a redirected
+    /// pipeline whole, which during a slot migration writes its first entries again.)
     pub async fn xadd_entries(&self, entries: &[XaddRequest<'_>]) -> Vec<Result<String, StreamCallError>> {
+        if !matches!(self.connector, Connector::Cluster(_)) {
+            let indexes: Vec<usize> = (0..entries.len()).collect();
+            return self.xadd_group(entries, &indexes).await;
+        }
+        let calls = entries.iter().map(|(stream, fields, max_len)| self.cluster_xadd(stream, fields, *max_len));
+        let first = futures::future::join_all(calls).await;
+        let mut results = Vec::with_capacity(entries.len());
+        for ((stream, fields, max_len), reply) in entries.iter().zip(first) {
+            // Still redirected after the crate's retries: concurrent requests can take each
+            // other's `ASKING` during a slot migration. Once more, alone and in order (the
+            // command did not run).
+            let reply = match reply {
+                Err(err) if matches!(err.code(), Some("ASK" | "MOVED" | "TRYAGAIN" | "CLUSTERDOWN")) => {
+                    self.cluster_xadd(stream, fields, *max_len).await
+                }
+                reply => reply,
+            };
+            results.push(reply.map_err(|err| self.failure(err)));
+        }
+        if let Some(replicas) = self.endpoint.wait_replicas
+            && results.iter().any(Result::is_ok)
+        {
+            // WAIT on a cluster goes to every master; the answer is the fewest replicas.
+            let timeout = (self.endpoint.socket_timeout / 2).as_millis().max(1) as u64;
+            let acked = self
+                .run(|mut conn| async move {
+                    redis::cmd("WAIT").arg(replicas).arg(timeout).query_async::<u64>(&mut conn).await
+                })
+                .await
+                .unwrap_or(0);
+            if acked < u64::from(replicas) {
+                let message = format!(
+                    "written, but {acked} of {replicas} replicas had it (wait_replicas); it will be sent again"
+                );
+                for result in results.iter_mut().filter(|r| r.is_ok()) {
+                    *result = Err(self.unavailable(message.clone()));
+                }
+            }
+        }
+        results
+    }
+
+    /// One `XADD` on a cluster, its error as Redis gave it.
+    async fn cluster_xadd(
+        &self,
+        stream: &str,
+        fields: &[(String, String)],
+        max_len: Option<u64>,
+    ) -> Result<String, RedisError> {
+        let cmd = xadd_command(stream, fields, max_len);
+        let limit = self.endpoint.connect_timeout + self.endpoint.socket_timeout;
+        let call = async { cmd.query_async::<String>(&mut self.connector.connection().await?).await };
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(RedisError::from((ErrorKind::Io, "no reply in time"))))
+    }
+
+    /// One pipeline of the entries at `indexes`, in order.
+    async fn xadd_group(&self, entries: &[XaddRequest<'_>], indexes: &[usize]) -> Vec<Result<String, StreamCallError>> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for (stream, fields, max_len) in entries {
-            pipe.add_command(xadd_command(stream, fields, *max_len));
+        for i in indexes {
+            let (stream, fields, max_len) = entries[*i];
+            pipe.add_command(xadd_command(stream, fields, max_len));
+        }
+        let wait = self.endpoint.wait_replicas.map(|replicas| (replicas, self.endpoint.socket_timeout / 2));
+        if let Some((replicas, timeout)) = wait {
+            pipe.cmd("WAIT").arg(replicas).arg(timeout.as_millis().max(1) as u64);
         }
         let replies = self.run(|mut conn| async move { pipe.query_async::<Vec<redis::Value>>(&mut conn).await }).await;
-        match replies {
-            Err(err) => entries.iter().map(|_| Err(err.clone())).collect(),
-            Ok(values) => values.into_iter().map(|value| self.xadd_reply(value)).collect(),
-        }
+        let mut values = match replies {
+            Err(err) => return indexes.iter().map(|_| Err(err.clone())).collect(),
+            Ok(values) => values,
+        };
+        let unreplicated = match wait {
+            None => None,
+            Some((replicas, timeout)) => {
+                let acked = values.pop().and_then(|v| redis::from_redis_value::<u64>(v).ok()).unwrap_or(0);
+                (acked < u64::from(replicas)).then(|| {
+                    format!("written, but {acked} of {replicas} replicas had it within {timeout:?} (wait_replicas); it will be sent again")
+                })
+            }
+        };
+        values
+            .into_iter()
+            .map(|value| match (self.xadd_reply(value), &unreplicated) {
+                (Ok(_), Some(message)) => Err(self.unavailable(message.clone())),
+                (reply, _) => reply,
+            })
+            .collect()
     }
 
     fn xadd_reply(&self, value: redis::Value) -> Result<String, StreamCallError> {
         match value {
-            redis::Value::ServerError(err) => Err(classify(&self.endpoint, RedisError::from(err))),
+            redis::Value::ServerError(err) => Err(self.failure(RedisError::from(err))),
             other => redis::from_redis_value::<String>(other).map_err(|err| StreamCallError::Rejected {
                 endpoint: self.endpoint.to_string(),
                 message: format!("unexpected reply to XADD: {err}"),
@@ -210,19 +227,97 @@ impl StreamClient {
         self.run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await.map(drop)
     }
 
+    /// Whether Redis takes writes now: it answers `PING`, and it is not out of memory (an
+    /// `OOM` reply less than a second ago, or `INFO memory` over `maxmemory` or the
+    /// configured `max_memory_ratio`; see [`crate::memory_pressure`]). What health checks ask.
+    pub async fn ready(&self) -> Result<(), StreamCallError> {
+        self.ping().await?;
+        if let Some(wanted) = self.endpoint.wait_replicas {
+            self.enough_replicas(wanted).await?;
+        }
+        let ratio = match self.pressure.check(self.endpoint.max_memory_ratio) {
+            MemoryCheck::None => return Ok(()),
+            MemoryCheck::HeldAfterOom(ago) => {
+                return Err(self.unavailable(format!(
+                    "out of memory (OOM): a write was refused {} ms ago; events wait until Redis has room",
+                    ago.as_millis()
+                )));
+            }
+            MemoryCheck::Info(ratio) => ratio,
+        };
+        // On a cluster, INFO goes to every primary: a map of node to text.
+        let info = self
+            .run(
+                |mut conn| async move { redis::cmd("INFO").arg("memory").query_async::<redis::Value>(&mut conn).await },
+            )
+            .await;
+        match info {
+            Ok(info) => {
+                let texts = info_texts(info);
+                match texts.iter().find_map(|text| MemoryReport::parse(text).and_then(|report| report.over(ratio))) {
+                    Some(full) => Err(self.unavailable(full)),
+                    None => Ok(()),
+                }
+            }
+            // INFO not permitted for this user: the OOM hold is all there is.
+            Err(StreamCallError::Rejected { .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// With `wait_replicas`: down while the master (every master of a cluster) has fewer
+    /// replicas online (connected and in sync), since no batch could be acknowledged.
+    async fn enough_replicas(&self, wanted: u32) -> Result<(), StreamCallError> {
+        let info = self
+            .run(|mut conn| async move {
+                redis::cmd("INFO").arg("replication").query_async::<redis::Value>(&mut conn).await
+            })
+            .await;
+        let texts = match info {
+            Ok(info) => info_texts(info),
+            // INFO not permitted: WAIT itself tells.
+            Err(StreamCallError::Rejected { .. }) => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        for text in texts {
+            // `slave0:ip=…,port=…,state=online,offset=…,lag=0`: in sync, not still loading.
+            let online = text.lines().filter(|line| line.starts_with("slave") && line.contains("state=online")).count();
+            if online < wanted as usize {
+                return Err(
+                    self.unavailable(format!("{online} of {wanted} replicas online (wait_replicas); events wait"))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn unavailable(&self, message: String) -> StreamCallError {
+        StreamCallError::Unavailable { endpoint: self.endpoint.to_string(), message }
+    }
+
+    /// Sorts a failure (and notes an `OOM`, and a lost connection).
+    fn failure(&self, err: RedisError) -> StreamCallError {
+        if err.code() == Some("OOM") {
+            self.pressure.record_oom();
+        }
+        self.connector.failed(Some(&err));
+        classify(&self.endpoint, err)
+    }
+
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, StreamCallError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        // The manager bounds connect and reply separately; this bounds the whole call.
+        // The connection bounds connect and reply separately; this bounds the whole call.
         let limit = self.endpoint.connect_timeout + self.endpoint.socket_timeout;
-        match tokio::time::timeout(limit, call(self.manager.clone())).await {
-            Ok(result) => result.map_err(|err| classify(&self.endpoint, err)),
-            Err(_) => Err(StreamCallError::Unavailable {
-                endpoint: self.endpoint.to_string(),
-                message: format!("no reply within {limit:?}"),
-            }),
+        let attempt = async { call(self.connector.connection().await?).await };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(result) => result.map_err(|err| self.failure(err)),
+            Err(_) => {
+                self.connector.failed(None);
+                Err(self.unavailable(format!("no reply within {limit:?}")))
+            }
         }
     }
 }
@@ -236,13 +331,21 @@ pub struct StreamClients(std::collections::HashMap<RedisEndpoint, StreamClient>)
 
 impl StreamClients {
     /// The client for `endpoint`, made on first use.
-    pub fn shared(&mut self, endpoint: RedisEndpoint) -> Result<StreamClient, StreamCallError> {
+    pub fn shared(&mut self, endpoint: RedisEndpoint) -> Result<StreamClient, ClientSetupError> {
         if let Some(client) = self.0.get(&endpoint) {
             return Ok(client.clone());
         }
         let client = StreamClient::new(endpoint.clone())?;
         self.0.insert(endpoint, client.clone());
         Ok(client)
+    }
+}
+
+/// The texts of an `INFO` reply: one, or one per node (a cluster's map).
+fn info_texts(value: redis::Value) -> Vec<String> {
+    match value {
+        redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(_, v)| info_texts(v)).collect(),
+        other => redis::from_redis_value::<String>(other).into_iter().collect(),
     }
 }
 
@@ -277,9 +380,13 @@ fn classify(endpoint: &RedisEndpoint, err: RedisError) -> StreamCallError {
                         | ServerErrorKind::ClusterDown
                         | ServerErrorKind::MasterDown
                         | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
                 )
         )
-        || matches!(err.code(), Some("OOM" | "NOAUTH" | "WRONGPASS" | "BUSY" | "MISCONF"));
+        // MOVED/ASK left after the cluster connection's retries: a resharding or failover
+        // still settling.
+        || matches!(err.code(), Some("OOM" | "NOAUTH" | "WRONGPASS" | "BUSY" | "MISCONF" | "MOVED" | "ASK"));
     if transient {
         StreamCallError::Unavailable { endpoint, message }
     } else {

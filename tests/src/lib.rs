@@ -4,6 +4,13 @@
 //! # Layout
 //! - [`RedisServer`]: spawns `redis-server --save ""` on a free port, kills it on drop, and
 //!   can stop and restart it on the same port (for outage tests).
+//! - [`TlsRedisServer`]: the same with a TLS port, its certificates made by the test with the
+//!   `openssl` command line; [`RedisServer::add_acl_user`] adds an ACL user limited to some
+//!   keys.
+//! - [`SentinelGroup`]: a master, a replica and three Sentinels (`redis-server --sentinel`),
+//!   for failover tests.
+//! - [`RedisCluster`]: three masters (and a replica each) joined by
+//!   `redis-cli --cluster create`.
 //! - [`TestDatabase`]: a fresh PostgreSQL database per test on the local server, dropped
 //!   afterwards.
 //! - [`TestOutbox`]: an empty outbox database of either kind ([`OutboxKind`]).
@@ -13,11 +20,17 @@
 
 mod outbox;
 mod postgres;
+mod redis_cluster;
+mod redis_sentinel;
 mod redis_server;
+mod tls_redis_server;
 
 pub use outbox::{OutboxKind, TestOutbox};
 pub use postgres::{TestDatabase, server_url as postgres_server_url};
+pub use redis_cluster::{RedisCluster, SlotMove};
+pub use redis_sentinel::{SENTINEL_MASTER, SentinelGroup};
 pub use redis_server::RedisServer;
+pub use tls_redis_server::TlsRedisServer;
 
 /// Paths of the components built by `build.rs` for `wasm32-wasip2`.
 pub mod components {

@@ -10,6 +10,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More `redis-server` arguments (TLS, for [`crate::TlsRedisServer`]).
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -17,11 +19,32 @@ impl RedisServer {
     ///
     /// Panics with a clear message when `redis-server` is not installed.
     pub fn start() -> Self {
+        Self::start_with_args(Vec::new())
+    }
+
+    /// Starts a server with more `redis-server` arguments; the plain port stays open for
+    /// the readiness check and for the test's own assertions.
+    pub fn start_with_args(extra_args: Vec<String>) -> Self {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir for redis-server");
-        let mut server = Self { port, dir, child: None };
+        let mut server = Self { port, dir, child: None, extra_args };
         server.spawn();
         server
+    }
+
+    /// Adds an ACL user with `password` that may run every command on keys matching
+    /// `key_pattern` only (`ACL SETUSER <name> on ><password> ~<key_pattern> +@all`).
+    pub fn add_acl_user(&self, name: &str, password: &str, key_pattern: &str) {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(name)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg("resetkeys")
+            .arg(format!("~{key_pattern}"))
+            .arg("+@all")
+            .exec(&mut self.client())
+            .expect("ACL SETUSER");
     }
 
     /// The port it listens on.
@@ -49,6 +72,11 @@ impl RedisServer {
         redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connecting to the test redis-server")
     }
 
+    /// Whether it runs (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (the port stays reserved for [`RedisServer::restart`]).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -68,6 +96,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -95,6 +124,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+/// A TCP port nobody listens on now.
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port on 127.0.0.1")
 }

@@ -20,8 +20,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::routing::DEFAULT_PUBLISHER;
+pub(crate) use publishers::default_timeout;
 pub use publishers::{Grants, Limits, PublisherConfig, PublisherKind};
-pub(crate) use publishers::{default_redis_host, default_redis_port, default_timeout};
 pub use relay::RelayConfig;
 pub use server::{ServerConfig, TokenConfig};
 pub use telemetry::TelemetryConfig;
@@ -290,6 +290,10 @@ impl Config {
             }
             crate::host::capabilities::check_grants(&publisher.grants)
                 .map_err(|err| invalid(&format!("grants.{}", err.key), err.message))?;
+            if publisher.backend.is_some() {
+                crate::publisher::RedisStreamOptions::from_table(&publisher.options)
+                    .map_err(|err| invalid(&format!("options.{}", err.key), err.message))?;
+            }
             if publisher.limits.memory.0 < 1024 * 1024 {
                 return Err(invalid("limits.memory", "must be at least 1MiB".into()));
             }

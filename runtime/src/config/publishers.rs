@@ -67,12 +67,6 @@ impl Grants {
     }
 }
 
-pub(crate) fn default_redis_host() -> String {
-    "localhost".to_string()
-}
-pub(crate) fn default_redis_port() -> u16 {
-    6379
-}
 pub(crate) fn default_timeout() -> Seconds {
     Seconds(Duration::from_secs(5))
 }

@@ -43,7 +43,7 @@ fn the_design_example_loads_with_its_defaults() {
     );
     assert_eq!(tenant.limits.memory, ByteSize(32 << 20));
     let grant = redis_grant(tenant);
-    assert_eq!((grant.db, grant.password.as_deref()), (0, None));
+    assert_eq!((grant.db, grant.password), (None, None));
     assert_eq!(grant.socket_timeout, Seconds(Duration::from_secs(5)));
     let default = &config.publishers["default"];
     assert_eq!(default.limits.call_timeout, Seconds(Duration::from_secs(2)));
@@ -101,8 +101,8 @@ fn environment_variables_override_and_extend_the_file() {
     assert_eq!(config.outbox.url, "postgres://localhost/test");
     let tenant = &config.publishers["tenant-a"];
     let grant = redis_grant(tenant);
-    assert_eq!(grant.port, 6380);
-    assert_eq!(grant.password.as_deref(), Some("1234"));
+    assert_eq!(grant.port, Some(6380));
+    assert_eq!(grant.password, Some(crate::host::secrets::SecretOption::Value("1234".into())));
     assert_eq!(tenant.options["routes"]["a.*"].as_str(), Some("a:1"));
 }
 

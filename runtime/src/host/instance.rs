@@ -221,11 +221,13 @@ impl ComponentPublisher {
                     slot.last_failure.as_deref().unwrap_or("unknown")
                 ));
             }
+            // Boxed: the making of an instance is rare next to the calls, and its futures
+            // would otherwise nest into every caller's (past rustc's layout depth limit).
             let live = self.engine.live_instances();
-            let Some(ticket) = live.admit(self.key, self.me.clone(), room).await else {
+            let Some(ticket) = Box::pin(live.admit(self.key, self.me.clone(), room)).await else {
                 return Err("no room in [wasm] live_instances / live_memory now; made when needed".to_string());
             };
-            match self.instantiate(ticket).await {
+            match Box::pin(self.instantiate(ticket)).await {
                 Ok(live) => {
                     self.counters.started();
                     slot.instantiations += 1;

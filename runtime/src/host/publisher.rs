@@ -147,7 +147,7 @@ impl ComponentPublisher {
         let redactor = secrets::resolve(&mut options, base_dir, &env)
             .map_err(|err| ComponentSetupError::Options(err.to_string()))?;
         let name: Arc<str> = Arc::from(name);
-        let setup = PublisherSetup { publisher: &name, limits: &publisher.limits };
+        let setup = PublisherSetup { publisher: &name, limits: &publisher.limits, base_dir };
         let capabilities =
             ConfiguredCapabilities::configure(&publisher.grants, &setup).map_err(ComponentSetupError::Options)?;
         let settings = ComponentSettings {
@@ -314,7 +314,7 @@ impl ComponentPublisher {
             }
             outcomes
         };
-        match self.engine.run_guest(self.cpu.clone(), work).await {
+        match self.engine.run_guest(self.cpu.clone(), Box::pin(work)).await {
             Ok(outcomes) => outcomes,
             Err(err) => {
                 let failed = Some(Err(PublishError::Transient(format!("the guest task failed: {err}"))));
@@ -328,7 +328,9 @@ impl ComponentPublisher {
     pub async fn publish_one(self: &Arc<Self>, event: OutboxEvent) -> Result<(), PublishError> {
         let this = self.clone();
         self.engine
-            .run_guest(self.cpu.clone(), async move { this.publish(&event).await })
+            // Boxed here and below: what runs on the lanes is deep (admission, instantiation,
+            // the call), and would otherwise nest into every caller's future.
+            .run_guest(self.cpu.clone(), Box::pin(async move { this.publish(&event).await }))
             .await
             .unwrap_or_else(|err| Err(PublishError::Transient(format!("the guest task failed: {err}"))))
     }
@@ -337,7 +339,7 @@ impl ComponentPublisher {
     pub async fn check_health(self: &Arc<Self>) -> Health {
         let this = self.clone();
         self.engine
-            .run_guest(self.cpu.clone(), async move { this.health().await })
+            .run_guest(self.cpu.clone(), Box::pin(async move { this.health().await }))
             .await
             .unwrap_or_else(|err| Health::down(format!("the guest task failed: {err}")))
     }

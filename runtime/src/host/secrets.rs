@@ -78,11 +78,7 @@ fn resolve_value(
             let Some(toml::Value::String(file)) = table.get("secret_file") else {
                 return Err(error("`secret_file` is a path: a string".into()));
             };
-            let file = base_dir.join(file);
-            let text = std::fs::read_to_string(&file)
-                .map_err(|err| error(format!("cannot read the secret file {}: {err}", file.display())))?;
-            let secret =
-                text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string();
+            let secret = read_secret_file(&base_dir.join(file)).map_err(error)?;
             found.push(secret.clone());
             *value = toml::Value::String(secret);
         }
@@ -99,6 +95,85 @@ fn resolve_value(
         _ => {}
     }
     Ok(())
+}
+
+/// Reads a secret file: its text without one trailing line break.
+fn read_secret_file(file: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|err| format!("cannot read the secret file {}: {err}", file.display()))?;
+    Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string())
+}
+
+/// A typed option that holds a secret (a Redis password): the value itself, or a reference
+/// `{ secret = "NAME" }` (an environment variable of the host) / `{ secret_file = "path" }`
+/// (relative to the config file), resolved when the publisher is built. Its `Debug` never
+/// shows a value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretOption {
+    /// Written in the configuration.
+    Value(String),
+    /// `{ secret = "NAME" }`.
+    Env(String),
+    /// `{ secret_file = "path" }`.
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for SecretOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Value(_) => f.write_str("Value(***)"),
+            Self::Env(name) => f.debug_tuple("Env").field(name).finish(),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+impl SecretOption {
+    /// The secret's value, reading the environment through `env` and files relative to
+    /// `base_dir`. The error says what is missing, never a value.
+    pub fn resolve(&self, base_dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+        match self {
+            Self::Value(value) => Ok(value.clone()),
+            Self::Env(name) => env(name).ok_or_else(|| format!("the secret {name} is not set in the environment")),
+            Self::File(file) => read_secret_file(&base_dir.join(file)),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretOption {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SecretOptionVisitor)
+    }
+}
+
+struct SecretOptionVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SecretOptionVisitor {
+    type Value = SecretOption;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string, { secret = \"ENVIRONMENT_VARIABLE\" } or { secret_file = \"path\" }")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<SecretOption, E> {
+        Ok(SecretOption::Value(value.to_string()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretOption, A::Error> {
+        use serde::de::Error;
+        let Some(key) = map.next_key::<String>()? else {
+            return Err(A::Error::invalid_length(0, &self));
+        };
+        let reference = match key.as_str() {
+            "secret" => SecretOption::Env(map.next_value()?),
+            "secret_file" => SecretOption::File(map.next_value()?),
+            other => return Err(A::Error::unknown_field(other, &["secret", "secret_file"])),
+        };
+        if map.next_key::<String>()?.is_some() {
+            return Err(A::Error::custom("a secret reference has one key: `secret` or `secret_file`"));
+        }
+        Ok(reference)
+    }
 }
 
 #[cfg(test)]
@@ -134,5 +209,28 @@ mod tests {
         assert_eq!(err.to_string(), "option `token`: the secret MISSING is not set in the environment");
         let mut options: toml::Table = toml::from_str(r#"token = { secret_file = "nope" }"#).unwrap();
         assert!(resolve(&mut options, Path::new("/nonexistent"), &env).unwrap_err().to_string().contains("nope"));
+    }
+
+    #[test]
+    fn a_secret_option_is_a_value_or_a_reference_resolved_later() {
+        #[derive(serde::Deserialize)]
+        struct Options {
+            password: SecretOption,
+        }
+        let read = |text: &str| toml::from_str::<Options>(text).map(|o| o.password);
+        assert_eq!(read(r#"password = "plain""#).unwrap(), SecretOption::Value("plain".into()));
+        assert_eq!(read(r#"password = { secret = "TOKEN" }"#).unwrap(), SecretOption::Env("TOKEN".into()));
+        let file = read(r#"password = { secret_file = "key" }"#).unwrap();
+        assert_eq!(file, SecretOption::File("key".into()));
+        assert!(read(r#"password = { sekret = "TOKEN" }"#).unwrap_err().to_string().contains("sekret"));
+        assert!(read("password = 3").unwrap_err().to_string().contains("secret_file"));
+        assert_eq!(format!("{:?}", SecretOption::Value("plain".into())), "Value(***)");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "from-file\n").unwrap();
+        assert_eq!(file.resolve(dir.path(), &env).unwrap(), "from-file");
+        assert_eq!(SecretOption::Env("TOKEN".into()).resolve(dir.path(), &env).unwrap(), "s3cr3t-value");
+        let missing = SecretOption::Env("MISSING".into()).resolve(dir.path(), &env).unwrap_err();
+        assert_eq!(missing, "the secret MISSING is not set in the environment");
     }
 }

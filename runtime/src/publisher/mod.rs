@@ -21,11 +21,14 @@ pub enum Publisher {
     Component(Arc<ComponentPublisher>),
 }
 
+// The native backend's futures are boxed where they are awaited: a Redis Cluster or Sentinel
+// connection's futures nest deep, and would otherwise nest into every caller's (the relay's,
+// a test's) past rustc's layout depth limit.
 impl Publisher {
     /// Publishes one event.
     pub async fn publish(&self, event: &OutboxEvent) -> Result<(), PublishError> {
         match self {
-            Self::RedisStream(p) => p.publish(event).await,
+            Self::RedisStream(p) => Box::pin(p.publish(event)).await,
             Self::Component(p) => p.publish_one(event.clone()).await,
         }
     }
@@ -39,7 +42,7 @@ impl Publisher {
     /// keep their order and their retries.
     pub async fn publish_batch(&self, events: &[OutboxEvent]) -> Vec<Attempt> {
         match self {
-            Self::RedisStream(p) => p.publish_batch(events).await.into_iter().map(Attempt::Done).collect(),
+            Self::RedisStream(p) => Box::pin(p.publish_batch(events)).await.into_iter().map(Attempt::Done).collect(),
             Self::Component(p) => p
                 .publish_all(events.to_vec())
                 .await
@@ -53,7 +56,7 @@ impl Publisher {
     /// has none).
     pub async fn health(&self) -> Health {
         match self {
-            Self::RedisStream(p) => p.health().await,
+            Self::RedisStream(p) => Box::pin(p.health()).await,
             Self::Component(p) => p.check_health().await,
         }
     }

@@ -94,6 +94,9 @@ pub struct PublisherSetup<'a> {
     pub publisher: &'a Arc<str>,
     /// Its limits.
     pub limits: &'a crate::config::Limits,
+    /// The configuration file's folder: relative paths in a grant (TLS files, secret files)
+    /// are relative to it.
+    pub base_dir: &'a std::path::Path,
 }
 
 /// What every import may use during a call: who is calling, what the call may still spend,

@@ -7,6 +7,9 @@
 //! (`limits.entry_bytes`) are measured in the guest's memory first, and an entry over a cap is
 //! refused with `rejected` naming the cap (a backend maps it to a permanent error).
 //!
+//! `ping` answers `unavailable` while Redis is out of memory (see
+//! [`crate::memory_pressure`]), so a backend's `health-check` holds the publisher down then.
+//!
 //! The interface is linked under every contract version; `xadd-batch` (0.2.0, in [`batch`])
 //! appends many entries in one pipelined round trip, within the same per-entry caps plus
 //! `limits.xadd_batch_entries` and `limits.xadd_batch_bytes` for the whole call.
@@ -21,28 +24,45 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, WasmList, WasmStr};
 
 use super::{CallContext, Capability, CapabilityView, GrantError, PublisherSetup};
-use crate::config::{Seconds, default_redis_host, default_redis_port, default_timeout};
+use crate::config::{Seconds, default_timeout};
 use crate::host::bindings::RedisStreamError as Error;
 use crate::host::component::ContractVersion;
 use crate::host::guest_output::truncate;
+use crate::host::secrets::SecretOption;
 use crate::host::state::PublisherState;
+use crate::redis_options::{ClusterOptions, ConnectionOptions, SentinelOptions, TlsOptions};
 use crate::stream_client::{RedisEndpoint, StreamCallError, StreamClient};
 
-/// `grants.redis`: the Redis a component may write to, and which streams.
+/// `grants.redis`: the Redis a component may write to, and which streams. The connection
+/// options are [`crate::redis_options`]'s, as for the native backend.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisGrant {
     /// Server host name or address. Default `localhost`.
-    #[serde(default = "default_redis_host")]
-    pub host: String,
+    pub host: Option<String>,
     /// Server port. Default 6379.
-    #[serde(default = "default_redis_port")]
-    pub port: u16,
+    pub port: Option<u16>,
     /// Database number. Default 0.
-    #[serde(default)]
-    pub db: i64,
-    /// Password (`AUTH`); never shown to the component. Default none.
-    pub password: Option<String>,
+    pub db: Option<i64>,
+    /// The server as a URL (`redis://`, `rediss://`, `redis+unix://`), instead of
+    /// `host`/`port`/`db`.
+    pub url: Option<String>,
+    /// ACL user; never shown to the component. Default none (the `default` user).
+    pub username: Option<String>,
+    /// Password (`AUTH`), or a secret reference; never shown to the component. Default none.
+    pub password: Option<SecretOption>,
+    /// TLS to the server (`{ ca_file, client_cert, client_key, insecure }`). Default none.
+    pub tls: Option<TlsOptions>,
+    /// Hold the publisher down (events wait) once Redis uses this fraction of its
+    /// `maxmemory` (`INFO memory`). Default none: only `OOM` replies hold it down.
+    pub max_memory_ratio: Option<f64>,
+    /// After each batch, wait until this many replicas have it (Redis `WAIT`); fewer is a
+    /// transient error, so nothing acknowledged is lost when the master fails. Default none.
+    pub wait_replicas: Option<u32>,
+    /// Redis Sentinel (`{ master, addresses }`) instead of `url`/`host`/`port`. Default none.
+    pub sentinel: Option<SentinelOptions>,
+    /// Redis Cluster (`{ nodes }`) instead of `url`/`host`/`port`. Default none.
+    pub cluster: Option<ClusterOptions>,
     /// Stream name patterns the component may `XADD` to; `*` matches any run of characters,
     /// `?` one character. Required: an empty list allows nothing.
     pub streams: Vec<String>,
@@ -55,10 +75,23 @@ pub struct RedisGrant {
 }
 
 impl RedisGrant {
-    /// The server it grants.
-    pub fn endpoint(&self) -> RedisEndpoint {
-        let server = (self.host.as_str(), self.port, self.db);
-        RedisEndpoint::new(server, self.password.as_deref(), self.connect_timeout.0, self.socket_timeout.0)
+    /// The connection options, as written.
+    pub fn connection(&self) -> ConnectionOptions<'_> {
+        ConnectionOptions {
+            host: self.host.as_deref(),
+            port: self.port,
+            db: self.db,
+            url: self.url.as_deref(),
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            tls: self.tls.as_ref(),
+            max_memory_ratio: self.max_memory_ratio,
+            wait_replicas: self.wait_replicas,
+            sentinel: self.sentinel.as_ref(),
+            cluster: self.cluster.as_ref(),
+            connect_timeout: self.connect_timeout.0,
+            socket_timeout: self.socket_timeout.0,
+        }
     }
 }
 
@@ -122,7 +155,9 @@ impl RedisStreamState {
         };
         let client = match &mut self.client {
             Some(client) => client.clone(),
-            empty => empty.insert(StreamClient::new(grant.endpoint.clone()).map_err(guest_error)?).clone(),
+            empty => empty
+                .insert(StreamClient::new(grant.endpoint.clone()).map_err(|err| Error::Unavailable(err.message))?)
+                .clone(),
         };
         Ok((grant, client))
     }
@@ -141,12 +176,19 @@ impl Capability for RedisStream {
         if grant.streams.iter().any(String::is_empty) {
             return Err(GrantError { key: "streams".into(), message: "a stream pattern cannot be empty".into() });
         }
-        Ok(())
+        grant.connection().check().map_err(|err| GrantError { key: err.key, message: err.message })
     }
 
-    fn configure(grant: Option<RedisGrant>, _publisher: &PublisherSetup<'_>) -> Result<Self::Configured, String> {
+    fn configure(grant: Option<RedisGrant>, publisher: &PublisherSetup<'_>) -> Result<Self::Configured, String> {
         let Some(grant) = grant else { return Ok(None) };
-        Ok(Some(Arc::new(RedisStreamGrant { endpoint: grant.endpoint(), streams: StreamPatterns::new(grant.streams) })))
+        let env = |name: &str| std::env::var(name).ok();
+        let endpoint = grant
+            .connection()
+            .endpoint(publisher.base_dir, &env)
+            .map_err(|err| format!("grants.redis.{}: {}", err.key, err.message))?;
+        // Checked now (TLS material, addresses), used by each instance's own client.
+        StreamClient::new(endpoint.clone()).map_err(|err| format!("grants.redis: {err}"))?;
+        Ok(Some(Arc::new(RedisStreamGrant { endpoint, streams: StreamPatterns::new(grant.streams) })))
     }
 
     fn instance_state(configured: &Self::Configured, _call: &CallContext) -> RedisStreamState {
@@ -295,7 +337,7 @@ impl CapabilityView<'_, RedisStreamState> {
 
     async fn ping(self) -> Result<(), Error> {
         let (_, client) = self.state.connection()?;
-        bounded(self.call.host_call_timeout(), client.ping()).await
+        bounded(self.call.host_call_timeout(), client.ready()).await
     }
 }
 
