@@ -78,6 +78,13 @@ impl StreamClient {
         Ok(Self { endpoint, connector, pressure: Arc::default() })
     }
 
+    /// Whether a client for `endpoint` can be made ([`Self::new`] would succeed), without
+    /// making one.
+    pub fn check(endpoint: &RedisEndpoint) -> Result<(), ClientSetupError> {
+        Connector::check(endpoint)
+            .map_err(|err| ClientSetupError { endpoint: endpoint.to_string(), message: err.to_string() })
+    }
+
     /// The server this talks to.
     pub fn endpoint(&self) -> &RedisEndpoint {
         &self.endpoint

@@ -187,7 +187,7 @@ impl Capability for RedisStream {
             .endpoint(publisher.base_dir, &env)
             .map_err(|err| format!("grants.redis.{}: {}", err.key, err.message))?;
         // Checked now (TLS material, addresses), used by each instance's own client.
-        StreamClient::new(endpoint.clone()).map_err(|err| format!("grants.redis: {err}"))?;
+        StreamClient::check(&endpoint).map_err(|err| format!("grants.redis: {err}"))?;
         Ok(Some(Arc::new(RedisStreamGrant { endpoint, streams: StreamPatterns::new(grant.streams) })))
     }
 
