@@ -1,6 +1,7 @@
-//! Redis Cluster: every XADD goes to the node that owns its stream's slot (batches pipelined
-//! per slot), for the native backend and a component's grant alike; a master killed under
-//! load fails over with every event published and none failed.
+//! Redis Cluster: every XADD goes to the node that owns its stream's slot (a batch's entries
+//! as concurrent requests, each redirected on its own), for the native backend and a
+//! component's grant alike; a master killed, or a slot moved, under load: every event
+//! published, none failed; out of memory on one master; TLS; the seed's entries.
 
 // The failover test's async body is deep enough (relay, registry, redis futures) to reach
 // rustc's default query depth under clippy.
