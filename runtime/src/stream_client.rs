@@ -98,8 +98,9 @@ impl StreamClient {
         max_len: Option<u64>,
     ) -> Result<String, StreamCallError> {
         if self.endpoint.wait_replicas.is_some() {
-            // With its `WAIT`, as a batch of one.
-            let mut results = self.xadd_entries(&[(stream, fields, max_len)]).await;
+            // With its `WAIT`, as a batch of one. (Boxed: the nested future types otherwise
+            // grow past rustc's query depth in callers' async bodies.)
+            let mut results = Box::pin(self.xadd_entries(&[(stream, fields, max_len)])).await;
             return results.pop().expect("one result per entry");
         }
         let cmd = xadd_command(stream, fields, max_len);
@@ -129,9 +130,10 @@ impl StreamClient {
     pub async fn xadd_entries(&self, entries: &[XaddRequest<'_>]) -> Vec<Result<String, StreamCallError>> {
         if !matches!(self.connector, Connector::Cluster(_)) {
             let indexes: Vec<usize> = (0..entries.len()).collect();
-            return self.xadd_group(entries, &indexes).await;
+            return Box::pin(self.xadd_group(entries, &indexes)).await;
         }
-        let calls = entries.iter().map(|(stream, fields, max_len)| self.cluster_xadd(stream, fields, *max_len));
+        let calls =
+            entries.iter().map(|(stream, fields, max_len)| Box::pin(self.cluster_xadd(stream, fields, *max_len)));
         let first = futures::future::join_all(calls).await;
         let mut results = Vec::with_capacity(entries.len());
         for ((stream, fields, max_len), reply) in entries.iter().zip(first) {
@@ -313,12 +315,16 @@ impl StreamClient {
 
     async fn run<T, F, Fut>(&self, call: F) -> Result<T, StreamCallError>
     where
-        F: FnOnce(Connection) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
+        F: FnOnce(Connection) -> Fut + Send,
+        Fut: Future<Output = Result<T, RedisError>> + Send,
+        T: Send,
     {
         // The connection bounds connect and reply separately; this bounds the whole call.
         let limit = self.endpoint.connect_timeout + self.endpoint.socket_timeout;
-        let attempt = async { call(self.connector.connection().await?).await };
+        // Boxed: the redis crate's futures nested in ours otherwise grow past rustc's query
+        // depth when callers' async bodies are laid out.
+        let attempt: std::pin::Pin<Box<dyn Future<Output = Result<T, RedisError>> + Send + '_>> =
+            Box::pin(async { call(self.connector.connection().await?).await });
         match tokio::time::timeout(limit, attempt).await {
             Ok(result) => result.map_err(|err| self.failure(err)),
             Err(_) => {

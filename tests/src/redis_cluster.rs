@@ -10,15 +10,53 @@ use crate::redis_server::{RedisServer, free_port};
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    tls_ports: Vec<u16>,
+    certificates: Option<tempfile::TempDir>,
 }
 
 impl RedisCluster {
     /// Starts the nodes, joins them (`redis-cli --cluster create … --cluster-replicas
     /// <0|1>`) and waits until every node says `cluster_state:ok`.
     pub fn start(with_replicas: bool) -> Self {
+        Self::start_with(with_replicas, None)
+    }
+
+    /// Three masters that also speak TLS (`tls-cluster yes`: TLS clients are given the
+    /// nodes' TLS ports), with a CA and certificates made for it; see
+    /// [`Self::tls_addresses`] and [`Self::certificates`].
+    pub fn start_tls() -> Self {
+        let certificates = tempfile::tempdir().expect("temp dir for certificates");
+        crate::tls_redis_server::make_certificates(certificates.path());
+        Self::start_with(false, Some(certificates))
+    }
+
+    fn start_with(with_replicas: bool, certificates: Option<tempfile::TempDir>) -> Self {
         let count = if with_replicas { 6 } else { 3 };
+        let mut tls_ports = Vec::new();
         let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
+                let mut tls_args = Vec::new();
+                if let Some(dir) = &certificates {
+                    let port = free_port();
+                    tls_ports.push(port);
+                    let file = |name: &str| dir.path().join(name).display().to_string();
+                    tls_args = vec![
+                        "--tls-port".to_string(),
+                        port.to_string(),
+                        "--tls-cluster".into(),
+                        "yes".into(),
+                        "--tls-replication".into(),
+                        "yes".into(),
+                        "--tls-cert-file".into(),
+                        file("server.pem"),
+                        "--tls-key-file".into(),
+                        file("server.key"),
+                        "--tls-ca-cert-file".into(),
+                        file("ca.pem"),
+                        "--tls-auth-clients".into(),
+                        "no".into(),
+                    ];
+                }
                 // The bus port is given: the default (port + 10000) is out of range above 55535.
                 let bus = free_port().to_string();
                 RedisServer::start_with_args(
@@ -33,21 +71,46 @@ impl RedisCluster {
                         &bus,
                     ]
                     .map(String::from)
-                    .to_vec(),
+                    .into_iter()
+                    .chain(tls_args)
+                    .collect(),
                 )
             })
             .collect();
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
-        let output = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", if with_replicas { "1" } else { "0" }, "--cluster-yes"])
-            .output()
+            .stdout(std::process::Stdio::null())
+            .spawn()
             .unwrap_or_else(|err| panic!("cannot run redis-cli ({err}); install redis-tools"));
-        assert!(output.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&output.stdout));
-        let cluster = Self { nodes };
+        // It waits for the nodes to join for as long as it takes: bounded here.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = create.try_wait().expect("redis-cli --cluster create") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = create.kill();
+                panic!("redis-cli --cluster create did not finish in 60 s (the nodes did not join)");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "redis-cli --cluster create failed: {status}");
+        let cluster = Self { nodes, tls_ports, certificates };
         cluster.wait_until_ok();
         cluster
+    }
+
+    /// The nodes' TLS addresses (a cluster from [`Self::start_tls`]).
+    pub fn tls_addresses(&self) -> Vec<String> {
+        self.tls_ports.iter().map(|port| format!("127.0.0.1:{port}")).collect()
+    }
+
+    /// The folder with `ca.pem` (a cluster from [`Self::start_tls`]).
+    pub fn certificates(&self) -> Option<&std::path::Path> {
+        self.certificates.as_ref().map(|dir| dir.path())
     }
 
     /// The nodes' addresses, `127.0.0.1:<port>`.

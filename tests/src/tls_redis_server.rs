@@ -66,7 +66,7 @@ impl TlsRedisServer {
 /// A CA (`ca.pem`), a server certificate for `127.0.0.1`/`localhost` (`server.pem`,
 /// `server.key`) and a client certificate (`client.pem`, `client.key`), P-256 keys, valid
 /// for a day.
-fn make_certificates(dir: &Path) {
+pub(crate) fn make_certificates(dir: &Path) {
     let openssl = |args: &[&str]| {
         let output =
             Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|err| {
@@ -85,7 +85,7 @@ fn make_certificates(dir: &Path) {
     );
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .unwrap();
     std::fs::write(dir.join("client.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n").unwrap();
