@@ -376,14 +376,15 @@ impl ComponentPublisher {
         }
     }
 
-    /// Its health as the relay's monitor sees it: *idle* (healthy: an event makes its
-    /// instance) when it has no instance and its last call returned, without calling or
-    /// instantiating anything; otherwise [`Self::health`].
-    pub async fn health_unless_idle(&self) -> Health {
-        if self.is_idle() {
-            return Health::idle(format!("{}: idle (no instance; made when an event needs it)", self.component.name()));
-        }
-        self.health().await
+    /// Its health when it is idle (no instance, last call returned; see [`Self::is_idle`]):
+    /// healthy as far as anyone knows, not checked. `None` when it is not idle.
+    pub fn idle_health(&self) -> Option<Health> {
+        self.is_idle().then(|| Health::idle(self.idle_detail()))
+    }
+
+    /// What its health says while it is idle.
+    pub fn idle_detail(&self) -> String {
+        format!("{}: idle (no instance; made when an event needs it)", self.component.name())
     }
 
     /// Calls the backend's `health-check`, within `limits.health_timeout`, making its

@@ -65,10 +65,12 @@ impl Publisher {
     /// returned) is reported idle without being called or instantiated: what the relay's
     /// health monitor asks, so that idle tenants cost nothing.
     pub async fn health_unless_idle(&self) -> Health {
-        match self {
-            Self::Component(p) if p.is_idle() => p.health_unless_idle().await,
-            _ => self.health().await,
+        if let Self::Component(p) = self
+            && let Some(idle) = p.idle_health()
+        {
+            return idle;
         }
+        self.health().await
     }
 
     /// Whether it is a component publisher with no instance now and nothing to recover from.

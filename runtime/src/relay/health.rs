@@ -101,9 +101,7 @@ impl HealthBoard {
                     if let crate::publisher::Publisher::Component(component) = publisher
                         && component.is_idle()
                     {
-                        board.record_idle(name, || {
-                            format!("{}: idle (no instance; made when an event needs it)", component.component_name())
-                        });
+                        board.record_idle(name, || component.idle_detail());
                         continue;
                     }
                     if busy.contains(name) {

@@ -55,7 +55,7 @@ pub struct RelayBench {
 }
 
 /// The component file a `--publisher` name stands for (`None`: the native backend).
-fn publisher_component(name: &str) -> Option<std::path::PathBuf> {
+pub(super) fn publisher_component(name: &str) -> Option<std::path::PathBuf> {
     let file = match name {
         "native" => return None,
         "rust" | "wasm" => "components/dist/redis-stream.wasm",

@@ -74,16 +74,6 @@ pub struct TenantsOnce {
     redis: String,
 }
 
-/// The component file a `--publisher` name stands for.
-fn component_file(name: &str) -> PathBuf {
-    PathBuf::from(match name {
-        "rust" => "components/dist/redis-stream.wasm",
-        "python" => "components/dist/python-redis-stream.wasm",
-        "js" => "components/dist/js-redis-stream.wasm",
-        path => path,
-    })
-}
-
 /// The name of active tenant `k` of `active` among `tenants`: spread evenly, so that they
 /// are not the ones whose instances were made at start-up.
 fn active_tenant(k: usize, active: usize, tenants: usize) -> String {
@@ -100,7 +90,10 @@ pub async fn run(bench: TenantsBench) -> anyhow::Result<ExitCode> {
     let cache = dir.path().join("cache");
     let mut rows = Vec::new();
     for publisher in &bench.publisher {
-        let component = std::fs::canonicalize(component_file(publisher)).with_context(|| {
+        let file = super::relay::publisher_component(publisher).with_context(|| {
+            format!("--publisher {publisher}: tenants run a component (rust, python, js or a file)")
+        })?;
+        let component = std::fs::canonicalize(file).with_context(|| {
             format!("{publisher}: the component is missing (scripts/build-components, scripts/build-polyglot)")
         })?;
         let mut alone_rate = None;
