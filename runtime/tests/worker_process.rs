@@ -1,5 +1,7 @@
 //! `broadcaster run` as a process: killed with SIGKILL mid-batch, another worker publishes
-//! what it had claimed once its lease expires; SIGTERM stops a worker cleanly.
+//! what it had claimed once its lease expires (at once on PostgreSQL, where a fast
+//! publisher's batches are held in transactions, native or component); SIGTERM stops a worker
+//! cleanly.
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -162,12 +164,48 @@ async fn sigterm_under_a_slow_backend_stops_within_its_deadline_and_releases_its
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_worker_killed_mid_batch_on_postgres_frees_its_held_rows_at_once_and_loses_nothing() {
+    let publisher = r#"
+        [publishers.default]
+        backend = "redis-stream"
+        [publishers.default.options]
+        host = "127.0.0.1"
+        port = {port}
+        stream_name = "events"
+        max_len = 1000000
+    "#;
+    killed_mid_batch_on_postgres(publisher, broadcaster::relay::PIPELINE_DEPTH).await;
+}
+
+/// A component that answers fast has its batches held in transactions too, one claimed ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_worker_killed_mid_batch_on_postgres_frees_its_held_rows_at_once_and_loses_nothing() {
+    let publisher = format!(
+        r#"
+        [publishers.default]
+        component = "{component}"
+        [publishers.default.options]
+        stream_name = "events"
+        max_len = 1000000
+        [publishers.default.grants]
+        redis = {{ host = "127.0.0.1", port = {{port}}, streams = ["events"] }}
+    "#,
+        component = components::REDIS_STREAM,
+    );
+    killed_mid_batch_on_postgres(&publisher, broadcaster::relay::COMPONENT_PIPELINE_DEPTH).await;
+}
+
+/// Worker A (its publisher `default` given by `publisher`, `{port}` standing for the Redis
+/// port) is killed with SIGKILL while publishing 20,000 events; B publishes the rest at once
+/// (A's rows were held, not leased). Nothing is lost; the duplicates are at most the batches A
+/// had in flight (`depth`).
+async fn killed_mid_batch_on_postgres(publisher: &str, depth: usize) {
     let redis = RedisServer::start();
     let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("broadcaster.toml");
     // A lease of a minute: were A's rows leased, B could not have them within the test's
     // deadline. Held in A's transaction, they are free the moment A's connection drops.
+    let publisher = publisher.replace("{port}", &redis.port().to_string());
     std::fs::write(
         &config,
         format!(
@@ -176,16 +214,9 @@ async fn a_native_worker_killed_mid_batch_on_postgres_frees_its_held_rows_at_onc
             url = "{url}"
             [relay]
             lease_timeout = "60s"
-            [publishers.default]
-            backend = "redis-stream"
-            [publishers.default.options]
-            host = "127.0.0.1"
-            port = {port}
-            stream_name = "events"
-            max_len = 1000000
+            {publisher}
             "#,
             url = db.url(),
-            port = redis.port(),
         ),
     )
     .unwrap();
@@ -227,7 +258,7 @@ async fn a_native_worker_killed_mid_batch_on_postgres_frees_its_held_rows_at_onc
     assert_eq!(distinct, ids.iter().collect::<HashSet<_>>());
     let duplicates = published.len() - total;
     assert_eq!(duplicates as u64, written_by_a as u64 - published_by_a, "duplicates are A's uncommitted batch");
-    let in_flight = 100 * broadcaster::relay::PIPELINE_DEPTH;
+    let in_flight = 100 * depth;
     assert!(
         duplicates <= in_flight,
         "{duplicates} duplicates: more than the {in_flight} events A could have in flight"

@@ -50,8 +50,16 @@ async fn a_waiting_store_is_woken_by_an_insert_from_another_connection() {
         let outbox = TestOutbox::create(kind).await;
         let store = OutboxStore::connect(outbox.url()).await.unwrap();
         store.migrate().await.unwrap();
-        // The first wait sets up the listener (or the file watch).
-        assert!(!store.wait_for_writes(Duration::from_millis(100)).await, "{kind:?}: nothing written yet");
+        // The first waits set up the listener (or the file watch); on PostgreSQL a relay polls
+        // a few times before it takes the wake-up lock and waits for a notification.
+        let mut settled = false;
+        for _ in 0..20 {
+            if !store.wait_for_writes(Duration::from_millis(100)).await {
+                settled = true;
+                break;
+            }
+        }
+        assert!(settled, "{kind:?}: with nothing written, a wait times out");
         let waiting = Instant::now();
         let waiter = tokio::spawn({
             let store = store.clone();
@@ -79,6 +87,124 @@ async fn an_enqueue_in_the_same_process_wakes_its_relay() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     store.enqueue(&[NewEvent::new("here", "/same")], now_micros()).await.unwrap();
     assert!(waiter.await.unwrap());
+}
+
+/// A relay running on its own task.
+struct RunningRelay {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<broadcaster::relay::RelayReport>,
+}
+
+impl RunningRelay {
+    /// A relay over `outbox` with one native publisher `default`, polling `interval` apart.
+    async fn start(outbox: &TestOutbox, redis: &RedisServer, interval: &str) -> Self {
+        let config = Config::from_toml(
+            &format!(
+                "[outbox]\nurl = \"{}\"\n[relay]\ninterval = \"{interval}\"\n{}",
+                outbox.url(),
+                redis.native_publisher_toml("default")
+            ),
+            "wake.toml".as_ref(),
+            Vec::new(),
+        )
+        .unwrap();
+        let store = OutboxStore::connect(outbox.url()).await.unwrap();
+        let registry = Arc::new(PublisherRegistry::build(&config, None).await.unwrap());
+        let relay = Arc::new(Relay::new(store, registry, &config.relay));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let options = RunOptions { batch_size: 100, interval: config.relay.interval.0, max_iterations: 0 };
+        Self { stop, task: tokio::spawn(relay.run(options, stopped)) }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+/// How many rows are published.
+async fn published_count(store: &OutboxStore) -> u64 {
+    let report = store.status(now_micros(), Duration::from_secs(60)).await.unwrap();
+    report.counts.iter().filter(|((_, status), _)| *status == Status::Published).map(|(_, n)| n).sum()
+}
+
+/// How long after now `id` is published, polling its row; `within` when it is not by then.
+async fn published_within(store: &OutboxStore, id: uuid::Uuid, within: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let rows = store.find(&[id.to_string()]).await.unwrap();
+        if rows.first().is_some_and(|r| r.status == Status::Published) {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    within
+}
+
+/// Under a stream of inserts a relay on PostgreSQL gives the wake-up lock up and polls, so
+/// producers commit without `NOTIFY` (which serializes their commits); once the stream stops
+/// it takes the lock again, and a lone insert wakes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_relay_spares_producers_the_notify_and_still_wakes_for_a_lone_insert_after() {
+    let redis = RedisServer::start();
+    let outbox = TestOutbox::create(OutboxKind::Postgres).await;
+    let store = OutboxStore::connect(outbox.url()).await.unwrap();
+    store.migrate().await.unwrap();
+    let notified = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut listener = sqlx::postgres::PgListener::connect(outbox.url()).await.unwrap();
+    listener.listen("broadcaster_outbox").await.unwrap();
+    let counting = tokio::spawn({
+        let notified = notified.clone();
+        async move {
+            while listener.recv().await.is_ok() {
+                notified.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    // Polls 30 s apart: anything published sooner was found by a wake-up or a poll under load.
+    let relay = RunningRelay::start(&outbox, &redis, "30s").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lone = uuid::Uuid::new_v4();
+    insert_from_elsewhere(&outbox, lone).await;
+    let took = published_within(&store, lone, Duration::from_secs(10)).await;
+    assert!(took < Duration::from_millis(800), "a lone insert to a waiting relay: published after {took:?}");
+    assert!(notified.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the waiting relay was notified");
+
+    // Four producers, 500 one-row transactions each, as fast as they commit.
+    let before = notified.load(std::sync::atomic::Ordering::Relaxed);
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(outbox.url()).await.unwrap();
+    let mut producers = tokio::task::JoinSet::new();
+    for producer in 0..4 {
+        let pool = pool.clone();
+        producers.spawn(async move {
+            for i in 0..500 {
+                let mut tx = pool.begin().await.unwrap();
+                let event = NewEvent::new(format!("load.{producer}.{i}"), "/load");
+                broadcaster::outbox::enqueue::postgres(&mut tx, &event).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        });
+    }
+    producers.join_all().await;
+    let during = notified.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while published_count(&store).await < 2_001 {
+        assert!(Instant::now() < deadline, "the load was not published within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(during < 1_000, "{during} of 2,000 commits under load sent NOTIFY: the relay kept the wake-up lock");
+
+    // The stream has stopped: the relay waits for notifications again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = uuid::Uuid::new_v4();
+    insert_from_elsewhere(&outbox, after).await;
+    let took = published_within(&store, after, Duration::from_secs(10)).await;
+    assert!(took < Duration::from_millis(800), "a lone insert after the load: published after {took:?}");
+    relay.stop().await;
+    counting.abort();
+    let entries: redis::streams::StreamRangeReply = redis::Commands::xrange_all(&mut redis.client(), "events").unwrap();
+    assert_eq!(entries.ids.len(), 2_002, "every event published once");
+    eprintln!("notifications during 2,000 commits under load: {during}");
 }
 
 /// Runs a relay (interval `interval`) until `id` is published or `within` passes; returns

@@ -38,4 +38,4 @@ pub use component::{ComponentError, ContractVersion, LoadedComponent, SUPPORTED_
 pub use engine::{EngineError, EngineSettings, HostEngine};
 pub use guest_counters::{GuestCounters, TrapCause};
 pub use live_instances::LiveInstances;
-pub use publisher::{ComponentPublisher, ComponentSettings, ComponentSetupError, StartError};
+pub use publisher::{ComponentPublisher, ComponentSettings, ComponentSetupError, FAST_BATCH, StartError};

@@ -107,7 +107,15 @@ pub struct ComponentPublisher {
     pub(super) key: u64,
     /// Itself, for the live-instance bound to drop its instance when it needs the room.
     pub(super) me: Weak<Self>,
+    /// How long its latest batch took from the relay's side (waiting for a lane, the call,
+    /// its host calls), in microseconds; `u64::MAX` before its first and after one that did
+    /// not publish whole. See [`Self::answers_fast`].
+    pub(super) last_batch_micros: AtomicU64,
 }
+
+/// A component whose latest batch was published whole within this answers fast
+/// ([`ComponentPublisher::answers_fast`]).
+pub const FAST_BATCH: Duration = Duration::from_millis(100);
 
 /// Keys for the live-instance bound, one per publisher ever started.
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
@@ -196,6 +204,7 @@ impl ComponentPublisher {
             counters: Arc::default(),
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             me: me.clone(),
+            last_batch_micros: AtomicU64::new(u64::MAX),
         });
         if strict {
             let live = engine.live_instances();
@@ -314,13 +323,28 @@ impl ComponentPublisher {
             }
             outcomes
         };
-        match self.engine.run_guest(self.cpu.clone(), Box::pin(work)).await {
+        let started = Instant::now();
+        let outcomes = match self.engine.run_guest(self.cpu.clone(), Box::pin(work)).await {
             Ok(outcomes) => outcomes,
             Err(err) => {
                 let failed = Some(Err(PublishError::Transient(format!("the guest task failed: {err}"))));
                 std::iter::once(failed).chain(std::iter::repeat_n(None, count.saturating_sub(1))).collect()
             }
-        }
+        };
+        let whole = outcomes.iter().all(|o| matches!(o, Some(Ok(()) | Err(PublishError::Permanent(_)))));
+        let took = if whole { u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX) } else { u64::MAX };
+        self.last_batch_micros.store(took, Ordering::Relaxed);
+        outcomes
+    }
+
+    /// Whether its latest batch was published whole (every event published or refused for
+    /// good) within [`FAST_BATCH`], lanes' queue included. The relay then holds its next
+    /// batches in a database transaction while they publish, and claims one ahead, as it does
+    /// for the native backend; one that is slow, fails, or has not published yet gets leases
+    /// and one batch at a time, so a tenant that turns slow holds no transaction longer than
+    /// one call.
+    pub fn answers_fast(&self) -> bool {
+        self.last_batch_micros.load(Ordering::Relaxed) <= u64::try_from(FAST_BATCH.as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Publishes one event with the backend's `publish` (whatever its version), on the guest

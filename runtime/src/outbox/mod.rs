@@ -18,10 +18,12 @@ pub mod enqueue;
 pub mod extensions;
 pub mod fenced_writes;
 pub mod file_watch;
+mod pg_wakeup;
 pub mod postgres;
 pub mod row;
 pub mod schema;
 pub mod sqlite;
+mod sqlite_busy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +37,7 @@ pub use backend::HeldClaim;
 pub use backend::OutboxBackend;
 pub use enqueue::NewEvent;
 pub use fenced_writes::{Fence, FencedWrites, RowId};
+pub use pg_wakeup::{POLL_UNDER_LOAD, SHARED_WAIT, WAKEUP_LOCK};
 pub use row::RejectedRow;
 
 /// The table name, fixed by django-broadcaster (`db_table = "outbox_events"`).

@@ -7,13 +7,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::enqueue::Columns;
 use super::extensions;
+use super::pg_wakeup::PgWakeup;
 use super::row::{RowReader, claimed_columns};
 use super::{
     Backlog, Claim, FailedEvent, Fence, FencedWrites, HeldClaim, NewEvent, OutboxBackend, RowState, Settlement,
@@ -26,8 +27,8 @@ use crate::event::OutboxEvent;
 pub struct PostgresStore {
     pool: PgPool,
     url: String,
-    /// `LISTEN`ing for the notify trigger, once someone waits.
-    listener: std::sync::Arc<tokio::sync::Mutex<Option<PgListener>>>,
+    /// How the relay learns of new events: the notify trigger, or polls under load.
+    wakeup: PgWakeup,
     /// Permits for claims held in transactions ([`HELD_CLAIMS`]).
     held_slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// Whether `broadcaster_event_extensions` was seen.
@@ -175,28 +176,8 @@ impl PostgresStore {
             .await?;
         let held_slots = std::sync::Arc::new(tokio::sync::Semaphore::new(HELD_CLAIMS));
         let extension_table = Default::default();
-        Ok(Self { pool, url: super::redact(url), listener: Default::default(), held_slots, extension_table })
-    }
-
-    /// A connection `LISTEN`ing on [`schema::NOTIFY_CHANNEL`]; warns when the table has no
-    /// notify trigger (a table `migrate` has not seen since it learnt to install it).
-    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(schema::NOTIFY_CHANNEL).await?;
-        let trigger: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'broadcaster_outbox_notify' \
-             AND tgrelid = 'outbox_events'::regclass)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap_or(false);
-        if !trigger {
-            tracing::warn!(
-                "outbox_events has no broadcaster_outbox_notify trigger: new events are found by polling only; \
-                 run `broadcaster migrate` to install it"
-            );
-        }
-        Ok(listener)
+        let wakeup = PgWakeup::new(pool.clone());
+        Ok(Self { pool, url: super::redact(url), wakeup, held_slots, extension_table })
     }
 
     /// The pool, for applications that share it.
@@ -212,6 +193,7 @@ impl PostgresStore {
             self.write(&rejections).await?;
         }
         if !claim.events.is_empty() {
+            self.wakeup.found_work();
             extensions::read_postgres(&mut *self.pool.acquire().await?, &self.extension_table, &mut claim).await?;
         }
         Ok(claim)
@@ -239,30 +221,7 @@ impl OutboxBackend for PostgresStore {
     }
 
     async fn wait_for_writes(&self, timeout: Duration) -> bool {
-        let mut listener = self.listener.lock().await;
-        if listener.is_none() {
-            match self.listen().await {
-                Ok(listening) => *listener = Some(listening),
-                Err(err) => tracing::warn!(%err, "cannot LISTEN for new events; polling instead"),
-            }
-        }
-        let Some(listening) = listener.as_mut() else {
-            tokio::time::sleep(timeout).await;
-            return false;
-        };
-        match tokio::time::timeout(timeout, listening.recv()).await {
-            Err(_) => false,
-            Ok(Ok(_)) => {
-                // A burst of commits is one wake-up.
-                while listening.next_buffered().is_some() {}
-                true
-            }
-            Ok(Err(err)) => {
-                tracing::warn!(%err, "listening for new events failed; polling until it is back");
-                *listener = None;
-                false
-            }
-        }
+        self.wakeup.wait(timeout).await
     }
 
     async fn remove_wakeup_trigger(&self) -> Result<bool, StoreError> {
@@ -374,6 +333,9 @@ impl OutboxBackend for PostgresStore {
         let mut claim = Claim::from_rows(now, rows.iter().map(Reader::claimed).collect::<Result<Vec<_>, _>>()?);
         if let Some(rejections) = FencedWrites::rejecting(&claim, Fence::Held) {
             write_on(&mut tx, &rejections).await?;
+        }
+        if !claim.events.is_empty() {
+            self.wakeup.found_work();
         }
         extensions::read_postgres(&mut tx, &self.extension_table, &mut claim).await?;
         Ok(Some(Box::new(PgHeldClaim { tx, claim, _permit: permit })))

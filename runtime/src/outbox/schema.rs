@@ -160,13 +160,20 @@ pub const COUNT_PRUNABLE: &str = "SELECT count(*) FROM outbox_events WHERE statu
 pub const NOTIFY_CHANNEL: &str = "broadcaster_outbox";
 
 /// A statement-level trigger that wakes relays (`LISTEN broadcaster_outbox`) whenever rows are
-/// inserted, by Broadcaster, Django or anyone else. `broadcaster migrate` installs it, also on
-/// a table Django made (Django does not mind triggers). One `pg_notify` per inserting
-/// statement, deduplicated per transaction.
+/// inserted, by Broadcaster, Django or anyone else, while a relay waits for them. `broadcaster
+/// migrate` installs it, also on a table Django made (Django does not mind triggers). A waiting
+/// relay holds the advisory lock [`WAKEUP_LOCK`](super::WAKEUP_LOCK); the trigger sends
+/// `pg_notify` when it cannot take that lock shared, and otherwise holds it shared to the end
+/// of its transaction, so that no relay starts waiting before the rows are committed (see
+/// `pg_wakeup`). One notification per inserting statement at most, deduplicated per
+/// transaction.
 pub const POSTGRES_NOTIFY_TRIGGER: &[&str] = &[
     r#"CREATE OR REPLACE FUNCTION "broadcaster_outbox_notify"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('broadcaster_outbox', '');
+    -- 7093854827148697971 = 0x6272_6f61_6463_6173, the lock a waiting relay holds.
+    IF NOT pg_try_advisory_xact_lock_shared(7093854827148697971) THEN
+        PERFORM pg_notify('broadcaster_outbox', '');
+    END IF;
     RETURN NULL;
 END
 $$"#,

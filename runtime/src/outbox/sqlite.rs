@@ -149,19 +149,26 @@ impl SqliteStore {
             // cut may lose the last of them, which only means those events are published
             // again. The application's commits keep its own setting (FULL by default).
             .synchronous(SqliteSynchronous::Normal)
-            // Wait for the application's write transactions instead of failing.
-            .busy_timeout(Duration::from_secs(30))
+            // Wait for the application's write transactions instead of failing (replaced by
+            // a finer-grained wait of the same length once connected: `sqlite_busy`).
+            .busy_timeout(super::sqlite_busy::LOCK_WAIT)
             // Read pages through a mapping instead of a read call each.
             .pragma("mmap_size", "268435456");
         let file = Some(options.get_filename().to_path_buf())
             .filter(|f| !f.as_os_str().is_empty() && !url.contains(":memory:"));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options.clone()).await?;
+        // Waiting for the write lock: see `sqlite_busy`.
+        let pool_of = |connections: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(connections)
+                .after_connect(|connection, _| Box::pin(super::sqlite_busy::retry_busy_soon(connection)))
+        };
+        let pool = pool_of(4).connect_with(options.clone()).await?;
         // In memory, every connection is a database of its own: enqueue on the same one.
         let enqueues = if file.is_none() {
             pool.clone()
         } else {
             let durable = options.synchronous(SqliteSynchronous::Full);
-            SqlitePoolOptions::new().max_connections(1).connect_with(durable).await?
+            pool_of(1).connect_with(durable).await?
         };
         Ok(Self {
             pool,

@@ -113,11 +113,17 @@ impl Publisher {
     }
 
     /// Whether its calls are short enough to publish a batch inside the database transaction
-    /// that claimed it ([`OutboxBackend::claim_held`](crate::outbox::OutboxBackend::claim_held)):
-    /// the native backend's pipelined round trip. A component's call may take up to its
-    /// deadline, so its batches are leased.
+    /// that claimed it ([`OutboxBackend::claim_held`](crate::outbox::OutboxBackend::claim_held))
+    /// and to have the next batch claimed while one publishes: the native backend's pipelined
+    /// round trip always; a component when its latest batch was published whole within
+    /// [`FAST_BATCH`](crate::host::FAST_BATCH) ([`ComponentPublisher::answers_fast`]). A
+    /// component's call may take up to its deadline, so a slow or failing one's batches are
+    /// leased, one at a time.
     pub fn answers_fast(&self) -> bool {
-        matches!(self, Self::RedisStream(_))
+        match self {
+            Self::RedisStream(_) => true,
+            Self::Component(p) => p.answers_fast(),
+        }
     }
 
     /// What kind of publisher this is, for people: `redis-stream` or the component file.

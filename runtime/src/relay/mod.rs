@@ -20,4 +20,4 @@ pub mod worker;
 pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use health::HealthBoard;
-pub use worker::{BatchReport, PIPELINE_DEPTH, Relay, RelayReport, RunOptions};
+pub use worker::{BatchReport, COMPONENT_PIPELINE_DEPTH, PIPELINE_DEPTH, Relay, RelayReport, RunOptions};

@@ -33,6 +33,10 @@ pub const FIRST_POLL: Duration = Duration::from_millis(50);
 /// unpublished), so the publisher's events keep their order. Other publishers have one.
 pub const PIPELINE_DEPTH: usize = 4;
 
+/// Batches of a component publisher that answers fast in flight at once: one published while
+/// the next is claimed (its calls run one at a time on its instance, so more would only wait).
+pub const COMPONENT_PIPELINE_DEPTH: usize = 2;
+
 /// How `broadcaster run` loops (the seed's `outbox_worker` options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOptions {
@@ -661,9 +665,14 @@ impl Relay {
     }
 }
 
-/// How many batches of `name` may be in flight at once ([`PIPELINE_DEPTH`]).
+/// How many batches of `name` may be in flight at once: [`PIPELINE_DEPTH`] for the native
+/// backend, [`COMPONENT_PIPELINE_DEPTH`] for a component that answers fast, one otherwise.
 fn pipeline_depth(registry: &PublisherRegistry, name: &str) -> usize {
-    if registry.get(name).is_ok_and(|p| p.answers_fast()) { PIPELINE_DEPTH } else { 1 }
+    match registry.get(name) {
+        Ok(Publisher::RedisStream(_)) => PIPELINE_DEPTH,
+        Ok(component) if component.answers_fast() => COMPONENT_PIPELINE_DEPTH,
+        _ => 1,
+    }
 }
 
 /// The counts of `settlements`.

@@ -1,8 +1,8 @@
 //! `broadcaster bench latency`: from an application's commit to the entry a consumer reads.
 //!
 //! An open-loop producer enqueues one event per transaction at a fixed offered rate (it does
-//! not slow down when the relay does, so slow answers are not hidden), through its own
-//! connection pool as an application would; a consumer reads the stream with `XREAD BLOCK`;
+//! not slow down when the relay or the database does, so slow answers are not hidden),
+//! concurrently through its own connection pool as an application's requests would; a consumer reads the stream with `XREAD BLOCK`;
 //! the relay runs as `broadcaster run` runs it, with the configuration's defaults. Each
 //! event's latency is the time from its commit returning to the consumer receiving it.
 
@@ -43,9 +43,10 @@ pub struct LatencyBench {
     postgres: String,
 }
 
-/// Producer tasks per rate: enough concurrent transactions for the highest rates.
-fn producers(rate: u32) -> u32 {
-    (rate / 500).clamp(1, 16)
+/// The application's connections per rate: its transactions run concurrently, as a web
+/// application's requests do, up to this many at once.
+fn connections(rate: u32) -> u32 {
+    (rate / 250).clamp(2, 32)
 }
 
 /// An application's own connection pool, enqueuing each event in its own transaction with the
@@ -178,31 +179,29 @@ async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32) -> anyhow::Resul
     let cpu_before = (process_cpu(), Instant::now());
 
     let total = (f64::from(rate) * bench.duration.as_secs_f64()) as u64;
-    let tasks = producers(rate);
     let commits: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let application = Application::connect(&scratch.url, tasks).await?;
+    let application = Application::connect(&scratch.url, connections(rate)).await?;
     let started = Instant::now();
-    let mut producing = Vec::new();
-    for task in 0..tasks {
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let mut producing = tokio::task::JoinSet::new();
+    for i in 0..total {
+        // Open loop: each event is sent at its time, however late the ones before it are;
+        // a transaction waits for one of the application's connections when all are busy.
+        tokio::time::sleep_until((started + period.mul_f64(i as f64)).into()).await;
         let (application, commits) = (application.clone(), commits.clone());
-        let period = Duration::from_secs_f64(f64::from(tasks) / f64::from(rate));
-        let count = total / u64::from(tasks) + u64::from(u64::from(task) < total % u64::from(tasks));
-        producing.push(tokio::spawn(async move {
-            let offset = period.mul_f64(f64::from(task) / f64::from(tasks));
-            for i in 0..count {
-                // Open loop: each event is due at its time, however late the previous one was.
-                let due = started + offset + period.mul_f64(i as f64);
-                tokio::time::sleep_until(due.into()).await;
-                let event = NewEvent::new("latency.probe", "/bench").data(serde_json::json!({"n": i}));
-                let id = event.event.id.clone();
-                application.enqueue(&event).await?;
-                commits.lock().expect("commits lock").insert(id, Instant::now());
-            }
+        producing.spawn(async move {
+            let event = NewEvent::new("latency.probe", "/bench").data(serde_json::json!({"n": i}));
+            let id = event.event.id.clone();
+            application.enqueue(&event).await?;
+            commits.lock().expect("commits lock").insert(id, Instant::now());
             anyhow::Ok(())
-        }));
+        });
+        while let Some(done) = producing.try_join_next() {
+            done??;
+        }
     }
-    for task in producing {
-        task.await??;
+    while let Some(done) = producing.join_next().await {
+        done??;
     }
     // What the producer achieved: it may fall behind the offered rate (commits are what they
     // are); latencies are measured from each commit all the same.
