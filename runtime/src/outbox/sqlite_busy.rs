@@ -22,12 +22,17 @@ fn pause(attempt: u32) -> Duration {
     Duration::from_micros(50 * u64::from(attempt.min(9) + 1))
 }
 
+/// The pauses before the `attempt`-th retry, added up.
+fn waited_before(attempt: u32) -> Duration {
+    let first = attempt.min(10);
+    // 50 µs × (1 + 2 + … + first), then 500 µs each.
+    Duration::from_micros(25 * u64::from(first * (first + 1)) + 500 * u64::from(attempt - first))
+}
+
 /// Retries (returns non-zero) until the pauses add up to [`LOCK_WAIT`].
 extern "C" fn retry_soon(_: *mut c_void, attempts: c_int) -> c_int {
     let attempt = u32::try_from(attempts).unwrap_or(0);
-    // The first ten pauses add up to 2.75 ms; every one after is 500 µs.
-    let waited = Duration::from_micros(2_750) + pause(9) * attempt.saturating_sub(10);
-    if waited >= LOCK_WAIT {
+    if waited_before(attempt) >= LOCK_WAIT {
         return 0;
     }
     std::thread::sleep(pause(attempt));
@@ -56,9 +61,12 @@ mod tests {
     fn retries_soon_and_gives_up_after_the_lock_wait() {
         assert_eq!(pause(0), Duration::from_micros(50));
         assert_eq!(pause(30), Duration::from_micros(500));
-        let total: Duration = (0..10).map(pause).sum();
-        assert_eq!(total, Duration::from_micros(2_750));
-        let last = 10 + (LOCK_WAIT - total).as_micros() / 500;
+        for attempt in [0, 1, 5, 10, 11, 1_000] {
+            let added: Duration = (0..attempt).map(pause).sum();
+            assert_eq!(waited_before(attempt), added, "attempt {attempt}");
+        }
+        let last = (0..).find(|a| waited_before(*a) >= LOCK_WAIT).unwrap();
         assert_eq!(retry_soon(std::ptr::null_mut(), c_int::try_from(last).unwrap()), 0);
+        assert!(waited_before(last - 1) < LOCK_WAIT);
     }
 }
