@@ -5,8 +5,10 @@
 //! of its own, and the trigger notifies when it cannot take that lock shared. `NOTIFY` takes a
 //! database-wide lock from a transaction's commit to its end, so every producer committing with
 //! it waits for the one before; without a waiting relay the trigger only takes the lock shared,
-//! which producers never wait for. A relay that is kept busy therefore gives the lock up and
-//! polls every [`POLL_UNDER_LOAD`] instead, and takes it again once its polls find nothing.
+//! which producers never wait for. A relay notified of 1,500 commits a second or more
+//! therefore gives the lock up and polls every [`POLL_UNDER_LOAD`] instead, and takes it again
+//! once three polls in a row find nothing. Below that rate a notification wakes the relay
+//! sooner than a poll would, and `NOTIFY` costs producers little.
 //!
 //! No event is missed in between: a producer that did not notify holds the lock shared until
 //! its transaction ends, so a relay takes the lock (without waiting: `pg_try_advisory_lock`)
@@ -36,12 +38,18 @@ pub const POLL_UNDER_LOAD: Duration = Duration::from_millis(1);
 /// Polls in a row that find nothing before a polling relay takes the lock again and waits.
 const QUIET_POLLS: u32 = 3;
 
-/// A notification that arrives within this of a relay starting to wait means events come
-/// faster than it publishes them one wake-up at a time...
-const QUICK_WAKE: Duration = Duration::from_millis(2);
+/// Notifications counted per window: at [`BUSY_NOTIFICATIONS`] or more in one the relay gives
+/// the lock up and polls. Each notification is one producer's commit; below that rate a
+/// notification wakes the relay sooner than a poll would find the event, and `NOTIFY` costs
+/// producers little (measured here: about 3,400 commits/s with it).
+const NOTIFY_WINDOW: Duration = Duration::from_millis(10);
 
-/// ... and this many such wake-ups in a row make it give the lock up and poll instead.
-const QUICK_WAKES: u32 = 8;
+/// ... that is, at 1,500 commits a second.
+const BUSY_NOTIFICATIONS: u32 = 15;
+
+/// Attempts to take the lock that find producers' transactions open, polling every
+/// [`POLL_UNDER_LOAD`], before the polls back off (up to 32 ms) for a long transaction.
+const LOCK_TRIES_AT_FULL_PACE: u32 = 8;
 
 /// How long a relay relies on another one's lock before it tries to take the lock itself (the
 /// other may have given it up to poll, or stopped).
@@ -64,7 +72,8 @@ struct Shared {
 struct State {
     listener: Option<PgListener>,
     mode: Mode,
-    quick_wakes: u32,
+    /// When the current [`NOTIFY_WINDOW`] began, and the notifications in it.
+    window: Option<(Instant, u32)>,
     quiet_polls: u32,
     /// Attempts in a row to take the lock that found producers' transactions open.
     lock_tries: u32,
@@ -172,7 +181,7 @@ impl Shared {
         match self.take_lock().await {
             Ok(Taken::Held(connection)) => {
                 state.mode = Mode::Holding(connection);
-                state.quick_wakes = 0;
+                state.window = None;
                 state.lock_tries = 0;
                 // Producers that did not notify have all committed: look once more, then wait.
                 Wait::LookNow
@@ -186,7 +195,8 @@ impl Shared {
                 // A long application transaction that inserted keeps the lock from the relay:
                 // poll less often while it lasts (its rows are not visible before it commits).
                 state.lock_tries = state.lock_tries.saturating_add(1);
-                let pause = POLL_UNDER_LOAD * 2u32.saturating_pow(state.lock_tries.min(5));
+                let slower = state.lock_tries.saturating_sub(LOCK_TRIES_AT_FULL_PACE).min(5);
+                let pause = POLL_UNDER_LOAD * 2u32.pow(slower);
                 Wait::Poll(pause.min(timeout))
             }
             Err(err) => {
@@ -200,7 +210,6 @@ impl Shared {
     /// once. Returns whether one came.
     async fn listen_for(&self, limit: Duration) -> bool {
         let mut state = self.state.lock().await;
-        let started = Instant::now();
         let Some(listener) = state.listener.as_mut() else {
             tokio::time::sleep(limit).await;
             return false;
@@ -209,10 +218,14 @@ impl Shared {
             Err(_) => false,
             Ok(Ok(_)) => {
                 // A burst of commits is one wake-up.
-                drain(&mut state);
+                let received = 1 + drain(&mut state);
                 if matches!(state.mode, Mode::Holding(_)) {
-                    state.quick_wakes = if started.elapsed() < QUICK_WAKE { state.quick_wakes + 1 } else { 0 };
-                    if state.quick_wakes >= QUICK_WAKES {
+                    let (began, count) = match state.window {
+                        Some((began, count)) if began.elapsed() < NOTIFY_WINDOW => (began, count + received),
+                        _ => (Instant::now(), received),
+                    };
+                    state.window = Some((began, count));
+                    if count >= BUSY_NOTIFICATIONS {
                         // Events keep coming: poll, and let producers commit without NOTIFY.
                         release(std::mem::take(&mut state.mode));
                         state.quiet_polls = 0;
@@ -270,11 +283,16 @@ impl Shared {
     }
 }
 
-/// Drops notifications already received: the wake-up they ask for is happening.
-fn drain(state: &mut State) {
+/// Drops notifications already received (the wake-up they ask for is happening); returns how
+/// many.
+fn drain(state: &mut State) -> u32 {
+    let mut drained = 0;
     if let Some(listener) = state.listener.as_mut() {
-        while listener.next_buffered().is_some() {}
+        while listener.next_buffered().is_some() {
+            drained += 1;
+        }
     }
+    drained
 }
 
 /// Gives [`WAKEUP_LOCK`] up, if `mode` holds it, on a task of its own (it must not be cut

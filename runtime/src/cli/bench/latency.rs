@@ -44,10 +44,17 @@ pub struct LatencyBench {
 }
 
 /// The application's connections per rate: its transactions run concurrently, as a web
-/// application's requests do, up to this many at once.
-fn connections(rate: u32) -> u32 {
-    (rate / 250).clamp(2, 32)
+/// application's requests do, up to this many at once (on SQLite, which has one writer, as
+/// many as a small application server has processes).
+fn connections(outbox: &str, rate: u32) -> u32 {
+    let most = if outbox == "sqlite" { 4 } else { 32 };
+    (rate / 250).clamp(2, most)
 }
+
+/// How long a transaction may wait for one of the application's connections: past the rate
+/// the database commits at, the producer's queue grows (the achieved rate says so) and every
+/// event is still sent.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// An application's own connection pool, enqueuing each event in its own transaction with the
 /// public API ([`broadcaster::outbox::enqueue`]), as the README shows.
@@ -60,9 +67,11 @@ enum Application {
 impl Application {
     async fn connect(url: &str, connections: u32) -> anyhow::Result<Self> {
         Ok(if url.starts_with("sqlite:") {
-            Self::Sqlite(sqlx::sqlite::SqlitePoolOptions::new().max_connections(connections).connect(url).await?)
+            let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(connections);
+            Self::Sqlite(pool.acquire_timeout(ACQUIRE_TIMEOUT).connect(url).await?)
         } else {
-            Self::Postgres(sqlx::postgres::PgPoolOptions::new().max_connections(connections).connect(url).await?)
+            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(connections);
+            Self::Postgres(pool.acquire_timeout(ACQUIRE_TIMEOUT).connect(url).await?)
         })
     }
 
@@ -180,7 +189,7 @@ async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32) -> anyhow::Resul
 
     let total = (f64::from(rate) * bench.duration.as_secs_f64()) as u64;
     let commits: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let application = Application::connect(&scratch.url, connections(rate)).await?;
+    let application = Application::connect(&scratch.url, connections(outbox, rate)).await?;
     let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / f64::from(rate));
     let mut producing = tokio::task::JoinSet::new();
