@@ -202,3 +202,26 @@ async fn a_batch_call_gets_call_timeout_per_event_up_to_batch_timeout_and_a_stop
     batcher.stop();
     assert_eq!(batcher.publish_batch(&oks(2)).await, vec![Attempt::NotAttempted, Attempt::NotAttempted]);
 }
+
+/// A component answers fast (its batches held in a transaction, one claimed ahead) only while
+/// its latest batch was published whole within `FAST_BATCH`: not before its first, not after
+/// a slow one, not after one that failed.
+#[tokio::test]
+async fn a_component_answers_fast_only_while_its_latest_batch_was_quick_and_whole() {
+    let redis = RedisServer::start();
+    let (_r, fast) = publisher(&redis, components::REDIS_STREAM, "", "").await;
+    assert!(!fast.answers_fast(), "unknown before its first batch");
+    fast.publish_batch(&oks(10)).await;
+    assert!(fast.answers_fast(), "a quick whole batch");
+
+    let slow_ms = broadcaster::host::FAST_BATCH.as_millis() as u64 + 50;
+    let (_r, slow) = publisher(&redis, components::SLOW_STREAM, &format!("delay_ms = {slow_ms}"), "").await;
+    slow.publish_batch(&oks(1)).await;
+    assert!(!slow.answers_fast(), "a batch slower than FAST_BATCH");
+
+    let (_r, batcher) = publisher(&redis, components::BATCHER, "", "").await;
+    batcher.publish_batch(&oks(2)).await;
+    assert!(batcher.answers_fast(), "the batcher's quick batch");
+    batcher.publish_batch(&[event(json!({"outcome": "transient", "message": "down for a moment"}))]).await;
+    assert!(!batcher.answers_fast(), "a batch that did not publish whole");
+}

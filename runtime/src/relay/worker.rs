@@ -37,6 +37,10 @@ pub const PIPELINE_DEPTH: usize = 4;
 /// the next is claimed (its calls run one at a time on its instance, so more would only wait).
 pub const COMPONENT_PIPELINE_DEPTH: usize = 2;
 
+/// Claims held in transactions for component publishers at once, all of them together (the
+/// database allows a few more, for the native backend; past either bound claims are leases).
+pub const COMPONENT_HELD_CLAIMS: usize = 2;
+
 /// How `broadcaster run` loops (the seed's `outbox_worker` options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunOptions {
@@ -117,6 +121,8 @@ pub struct Relay {
     health: Arc<HealthBoard>,
     rng: Mutex<StdRng>,
     metrics: Arc<Metrics>,
+    /// Held claims components may have at once ([`COMPONENT_HELD_CLAIMS`]).
+    component_held: Arc<tokio::sync::Semaphore>,
 }
 
 impl Relay {
@@ -137,6 +143,7 @@ impl Relay {
             health: Arc::new(HealthBoard::default()),
             rng: Mutex::new(StdRng::from_os_rng()),
             metrics: Arc::default(),
+            component_held: Arc::new(tokio::sync::Semaphore::new(COMPONENT_HELD_CLAIMS)),
         }
     }
 
@@ -395,10 +402,18 @@ impl Relay {
         batch_size: u32,
     ) -> Result<Share, StoreError> {
         let now = self.clock.now();
-        if registry.get(name).is_ok_and(|p| p.answers_fast())
+        let held = match registry.get(name) {
+            Ok(Publisher::RedisStream(_)) => Some(None),
+            // A component that answers fast may turn slow in its next call, holding its
+            // transaction (and a connection) up to its deadline: components together hold at
+            // most COMPONENT_HELD_CLAIMS, so two such tenants cannot take every held claim.
+            Ok(component) if component.answers_fast() => self.component_held.clone().try_acquire_owned().ok().map(Some),
+            _ => None,
+        };
+        if let Some(permit) = held
             && let Some(held) = self.store.claim_held(now, batch_size, stored_names(name)).await?
         {
-            return Ok(Share::Held(held));
+            return Ok(Share::Held(held, permit));
         }
         Ok(Share::Leased(self.store.claim_for(now, batch_size, stored_names(name)).await?))
     }
@@ -436,7 +451,7 @@ impl Relay {
             let _ = done.send(settlements.iter().all(|(_, s)| *s != Settlement::Release));
             let result = match share {
                 Share::Leased(claim) => relay.settle(claim.token, &settlements).await,
-                Share::Held(held) => relay.finish_held(held, &settlements).await,
+                Share::Held(held, _permit) => relay.finish_held(held, &settlements).await,
             };
             if let Ok(share) = &result {
                 let label = if registry.contains(&name) { name.as_str() } else { crate::metrics::UNKNOWN_PUBLISHER };
@@ -701,14 +716,15 @@ struct ShareOrder {
 #[derive(Debug)]
 enum Share {
     Leased(Claim),
-    Held(Box<dyn HeldClaim>),
+    /// With a component's permit ([`COMPONENT_HELD_CLAIMS`]), given back when the share ends.
+    Held(Box<dyn HeldClaim>, Option<tokio::sync::OwnedSemaphorePermit>),
 }
 
 impl Share {
     fn claim(&self) -> &Claim {
         match self {
             Share::Leased(claim) => claim,
-            Share::Held(held) => held.claim(),
+            Share::Held(held, _) => held.claim(),
         }
     }
 }
