@@ -9,6 +9,10 @@ by Broadcaster's compatibility tests.
         -> "<events> <seconds>": the seed's own worker loop (`process_pending_events(batch)`
            until it finds nothing), publishing to <stream> as the backend named <publisher>
            (`broadcaster bench relay` runs it beside Broadcaster)
+    python outbox_app.py <db> seed-worker <redis host:port> <publisher> <stream>
+        -> the seed's `manage.py outbox_worker` at its defaults (batch 100, 5 s interval) until
+           SIGTERM, publishing to <stream> as the backend named <publisher>
+           (`broadcaster bench latency` runs it beside Broadcaster)
 
 <db> is a SQLite file path or a postgres:// URL.
 """
@@ -49,8 +53,8 @@ def configure(db, publishers=None):
 def main():
     db, command, *args = sys.argv[1:]
     publishers = None
-    if command == "seed-relay":
-        server, name, stream, _ = args
+    if command in ("seed-relay", "seed-worker"):
+        server, name, stream = args[:3]
         host, port = server.rsplit(":", 1)
         options = {"host": host, "port": int(port), "stream_name": stream, "max_len": 10_000_000}
         publishers = {name: {"BACKEND": "django_broadcaster.backends.RedisStreamBackend", "OPTIONS": options}}
@@ -116,6 +120,8 @@ def main():
                 break
             total += done
         print(total, time.perf_counter() - started)
+    elif command == "seed-worker":
+        call_command("outbox_worker")
     else:
         sys.exit(f"unknown command {command}")
 

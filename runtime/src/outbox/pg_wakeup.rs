@@ -5,8 +5,8 @@
 //! of its own, and the trigger notifies when it cannot take that lock shared. `NOTIFY` takes a
 //! database-wide lock from a transaction's commit to its end, so every producer committing with
 //! it waits for the one before; without a waiting relay the trigger only takes the lock shared,
-//! which producers never wait for. A relay notified of 1,500 commits a second or more
-//! therefore gives the lock up and polls every [`POLL_UNDER_LOAD`] instead, and takes it again
+//! which producers never wait for. A relay notified of 1,500 commits a second or more, or
+//! that has found events at every look for [`BUSY_FOR`], therefore gives the lock up and polls every [`POLL_UNDER_LOAD`] instead, and takes it again
 //! once three polls in a row find nothing. Below that rate a notification wakes the relay
 //! sooner than a poll would, and `NOTIFY` costs producers little.
 //!
@@ -42,10 +42,14 @@ const QUIET_POLLS: u32 = 3;
 /// the lock up and polls. Each notification is one producer's commit; below that rate a
 /// notification wakes the relay sooner than a poll would find the event, and `NOTIFY` costs
 /// producers little (measured here: about 3,400 commits/s with it).
-const NOTIFY_WINDOW: Duration = Duration::from_millis(10);
+const NOTIFY_WINDOW: Duration = Duration::from_millis(100);
 
 /// ... that is, at 1,500 commits a second.
-const BUSY_NOTIFICATIONS: u32 = 15;
+const BUSY_NOTIFICATIONS: u32 = 150;
+
+/// A relay that has found events at every look for this long gives the lock up even when it
+/// has not read the notifications (it has not waited): it is busy.
+const BUSY_FOR: Duration = Duration::from_millis(50);
 
 /// Attempts to take the lock that find producers' transactions open, polling every
 /// [`POLL_UNDER_LOAD`], before the polls back off (up to 32 ms) for a long transaction.
@@ -66,6 +70,9 @@ struct Shared {
     state: Mutex<State>,
     /// Set when a claim found events: the relay is busy, not waiting.
     found_work: AtomicBool,
+    /// Since when every look for events has found some (cleared by a wait that follows a look
+    /// that found none).
+    busy_since: std::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Debug, Default)]
@@ -102,12 +109,26 @@ enum Taken {
 impl PgWakeup {
     /// The wake-up of a relay on `pool`; it listens from its first wait.
     pub fn new(pool: PgPool) -> Self {
-        Self(Arc::new(Shared { pool, state: Mutex::default(), found_work: AtomicBool::new(false) }))
+        Self(Arc::new(Shared {
+            pool,
+            state: Mutex::default(),
+            found_work: AtomicBool::new(false),
+            busy_since: std::sync::Mutex::default(),
+        }))
     }
 
-    /// Notes that a claim found events.
+    /// Notes that a claim found events; gives the lock up when the relay has been busy for
+    /// [`BUSY_FOR`].
     pub fn found_work(&self) {
         self.0.found_work.store(true, Ordering::Relaxed);
+        let busy_for = self.0.busy_since.lock().expect("busy_since lock").get_or_insert_with(Instant::now).elapsed();
+        if busy_for >= BUSY_FOR
+            && let Ok(mut state) = self.0.state.try_lock()
+            && matches!(state.mode, Mode::Holding(_))
+        {
+            release(std::mem::take(&mut state.mode));
+            state.quiet_polls = 0;
+        }
     }
 
     /// Returns when events may have been written, or after `timeout` (see the module). Returns
@@ -159,6 +180,9 @@ impl Shared {
             return Wait::Sleep(timeout);
         }
         let busy = self.found_work.swap(false, Ordering::Relaxed);
+        if !busy {
+            *self.busy_since.lock().expect("busy_since lock") = None;
+        }
         if let Mode::Sharing(since) = state.mode {
             if since.elapsed() < SHARED_WAIT {
                 return Wait::Listen((SHARED_WAIT - since.elapsed()).min(timeout));
@@ -288,12 +312,18 @@ impl Shared {
 fn drain(state: &mut State) -> u32 {
     let mut drained = 0;
     if let Some(listener) = state.listener.as_mut() {
-        while listener.next_buffered().is_some() {
+        // What has arrived: each `recv` polled once, so it returns at once or not at all.
+        while drained < MOST_DRAINED
+            && let Some(Ok(_)) = futures::FutureExt::now_or_never(listener.recv())
+        {
             drained += 1;
         }
     }
     drained
 }
+
+/// Notifications drained at once at most (the rest wait for the next wake-up).
+const MOST_DRAINED: u32 = 100_000;
 
 /// Gives [`WAKEUP_LOCK`] up, if `mode` holds it, on a task of its own (it must not be cut
 /// halfway).

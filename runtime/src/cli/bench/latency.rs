@@ -18,7 +18,7 @@ use broadcaster::outbox::{NewEvent, OutboxStore};
 use broadcaster::registry::PublisherRegistry;
 use broadcaster::relay::{Relay, RunOptions};
 
-use super::Scratch;
+use super::{Scratch, SeedApp};
 use crate::cli::output::print_table;
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +41,24 @@ pub struct LatencyBench {
     /// A PostgreSQL server URL; a scratch database is created on it and dropped afterwards.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test", value_name = "URL")]
     postgres: String,
+    /// Also measure the seed's worker (django-broadcaster 0.1.1's `manage.py outbox_worker` at
+    /// its defaults: batch 100, 5 s between batches) at every rate, in the same run, waiting
+    /// this long after the producer for its events (the ones it has not published by then
+    /// count as later than this); 0 leaves it out. Needs --seed-python (`scripts/setup
+    /// --for-tests` installs one) and tests/django_app/.
+    #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
+    seed_wait: Duration,
+    #[command(flatten)]
+    seed: SeedApp,
+}
+
+/// The relay a row measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Measured {
+    /// Broadcaster's, in this process, as `broadcaster run` runs it.
+    Broadcaster,
+    /// The seed's worker, in a Python process of its own.
+    Seed,
 }
 
 /// The application's connections per rate: its transactions run concurrently, as a web
@@ -93,13 +111,23 @@ impl Application {
 }
 
 pub async fn run(bench: LatencyBench) -> anyhow::Result<ExitCode> {
+    let with_seed = !bench.seed_wait.is_zero();
+    if with_seed && let Some(missing) = bench.seed.missing() {
+        anyhow::bail!("cannot run the seed's worker: {missing}; --seed-wait 0 leaves it out");
+    }
     let mut rows = Vec::new();
     for outbox in &bench.outbox {
         let idle = idle_cpu(&bench, outbox).await?;
-        rows.push([outbox.clone(), "idle".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), idle]);
+        let row = ["Broadcaster", "idle", "-", "-", "-", "-", "-", "-"].map(String::from);
+        rows.push([vec![outbox.clone()], row.to_vec(), vec![idle]].concat());
         for &rate in &bench.rates {
-            let measured = at_rate(&bench, outbox, rate).await?;
-            rows.push(measured);
+            for measured in [Measured::Broadcaster, Measured::Seed] {
+                if measured == Measured::Seed && !with_seed {
+                    continue;
+                }
+                let row = at_rate(&bench, outbox, rate, measured).await?;
+                rows.push([vec![outbox.clone()], row.to_vec()].concat());
+            }
         }
     }
     println!(
@@ -107,8 +135,16 @@ pub async fn run(bench: LatencyBench) -> anyhow::Result<ExitCode> {
          relay with {}",
         bench.interval.map_or("the default configuration".to_string(), |i| format!("relay.interval = {i:?}"))
     );
-    print_table(["OUTBOX", "OFFERED/S (ACHIEVED)", "EVENTS", "P50", "P90", "P99", "MAX", "PROCESS CPU"], &rows);
-    println!("PROCESS CPU: producer, relay and consumer together, as a share of one core; idle: the relay alone");
+    let rows: Vec<[String; 10]> = rows.into_iter().map(|row| row.try_into().expect("ten columns")).collect();
+    print_table(
+        ["OUTBOX", "RELAY", "OFFERED/S (ACHIEVED)", "EVENTS", "P50", "P90", "P99", "MAX", "LATE", "PROCESS CPU"],
+        &rows,
+    );
+    println!(
+        "PROCESS CPU: producer, relay and consumer together, as a share of one core (the seed's worker, a process \
+         of its own, not included); idle: the relay alone. LATE: events not read within 60 s of the producer's \
+         end (the seed: --seed-wait); the percentiles count them as later than that."
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -171,10 +207,12 @@ async fn idle_cpu(bench: &LatencyBench, outbox: &str) -> anyhow::Result<String> 
     Ok(format!("{:.1}% idle", share * 100.0))
 }
 
-async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32) -> anyhow::Result<[String; 8]> {
+async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32, measured: Measured) -> anyhow::Result<[String; 9]> {
     let scratch = Scratch::create(outbox, &bench.postgres).await?;
-    let stream = format!("bench:latency:{outbox}:{rate}");
-    let config = config(bench, &scratch.url, &stream)?;
+    let (stream, publisher) = match measured {
+        Measured::Broadcaster => (format!("bench:latency:{outbox}:{rate}"), None),
+        Measured::Seed => (format!("bench:latency:{outbox}:{rate}:seed"), Some("bench")),
+    };
     let producer_store = OutboxStore::connect(&scratch.url).await?;
     producer_store.migrate().await?;
     let client = redis::Client::open(format!("redis://{}/", bench.redis))?;
@@ -183,8 +221,15 @@ async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32) -> anyhow::Resul
 
     let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let consumer = tokio::spawn(consume(client.clone(), stream.clone(), arrivals.clone()));
-    let relay = start_relay(&config).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let relay = match measured {
+        Measured::Broadcaster => Relayed::Here(start_relay(&config(bench, &scratch.url, &stream)?).await?),
+        Measured::Seed => {
+            let command = ["seed-worker", bench.redis.as_str(), "bench", stream.as_str()];
+            Relayed::Seed(bench.seed.spawn(&scratch.url, &command)?)
+        }
+    };
+    // The seed's Django takes a moment to start: its first batch is due then.
+    tokio::time::sleep(Duration::from_millis(if measured == Measured::Seed { 2000 } else { 500 })).await;
     let cpu_before = (process_cpu(), Instant::now());
 
     let total = (f64::from(rate) * bench.duration.as_secs_f64()) as u64;
@@ -199,7 +244,10 @@ async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32) -> anyhow::Resul
         tokio::time::sleep_until((started + period.mul_f64(i as f64)).into()).await;
         let (application, commits) = (application.clone(), commits.clone());
         producing.spawn(async move {
-            let event = NewEvent::new("latency.probe", "/bench").data(serde_json::json!({"n": i}));
+            let mut event = NewEvent::new("latency.probe", "/bench").data(serde_json::json!({"n": i}));
+            if let Some(publisher) = publisher {
+                event = event.publisher(publisher);
+            }
             let id = event.event.id.clone();
             application.enqueue(&event).await?;
             commits.lock().expect("commits lock").insert(id, Instant::now());
@@ -215,7 +263,8 @@ async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32) -> anyhow::Resul
     // What the producer achieved: it may fall behind the offered rate (commits are what they
     // are); latencies are measured from each commit all the same.
     let achieved = total as f64 / started.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let wait = if measured == Measured::Seed { bench.seed_wait } else { Duration::from_secs(60) };
+    let deadline = Instant::now() + wait;
     while arrivals.lock().expect("arrivals lock").len() < total as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -232,25 +281,61 @@ async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32) -> anyhow::Resul
         .filter_map(|(id, committed)| arrivals.get(id).map(|arrived| arrived.saturating_duration_since(*committed)))
         .collect();
     latencies.sort();
-    let lost = commits.len() - latencies.len();
-    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
-    let ms = |d: Option<&Duration>| d.map_or("-".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
+    let late = commits.len() - latencies.len();
+    // Quantiles over every event, the late ones counted as later than the wait.
+    let at = |q: f64| {
+        let i = ((commits.len() as f64 * q) as usize).min(commits.len().saturating_sub(1));
+        match latencies.get(i) {
+            Some(d) => format!("{:.1} ms", d.as_secs_f64() * 1000.0),
+            None if commits.is_empty() => "-".to_string(),
+            None => format!("> {}", seconds(wait)),
+        }
+    };
+    let relay_name = match measured {
+        Measured::Broadcaster => "Broadcaster",
+        Measured::Seed => "seed's outbox_worker",
+    };
     eprintln!(
-        "{outbox} at {rate}/s: {} events, p50 {}, p99 {}, {lost} not received",
+        "{outbox} × {relay_name} at {rate}/s: {} events, p50 {}, p99 {}, {late} late",
         commits.len(),
-        ms(at(0.5)),
-        ms(at(0.99))
+        at(0.5),
+        at(0.99)
     );
     Ok([
-        outbox.to_string(),
+        relay_name.to_string(),
         format!("{rate} ({achieved:.0})"),
-        format!("{}{}", latencies.len(), if lost > 0 { format!(" ({lost} lost)") } else { String::new() }),
-        ms(at(0.5)),
-        ms(at(0.9)),
-        ms(at(0.99)),
-        ms(latencies.last()),
-        format!("{:.0}%", cpu * 100.0),
+        latencies.len().to_string(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        if late > 0 { format!("> {}", seconds(wait)) } else { at(1.0) },
+        late.to_string(),
+        if measured == Measured::Seed { "-".to_string() } else { format!("{:.0}%", cpu * 100.0) },
     ])
+}
+
+/// `d` in whole seconds, for people.
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs())
+}
+
+/// The relay of a row, running.
+enum Relayed {
+    Here(RunningRelay),
+    Seed(tokio::process::Child),
+}
+
+impl Relayed {
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::Here(relay) => relay.stop().await,
+            Self::Seed(mut child) => {
+                child.start_kill()?;
+                child.wait().await?;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Reads the stream from now on, noting when each event arrives.

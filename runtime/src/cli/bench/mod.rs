@@ -139,6 +139,20 @@ impl SeedApp {
         })
     }
 
+    /// Starts one of the script's long-running commands (`seed-worker`) on the outbox at `url`;
+    /// killed when dropped. Its output goes to this process's stderr.
+    pub(super) fn spawn(&self, url: &str, command: &[&str]) -> anyhow::Result<tokio::process::Child> {
+        let database = url.strip_prefix("sqlite://").unwrap_or(url);
+        tokio::process::Command::new(&self.python)
+            .arg(Self::SCRIPT)
+            .arg(database)
+            .args(command)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("running {}", self.python.display()))
+    }
+
     /// Runs one of the script's timed commands on the outbox at `url` (`seed-relay`,
     /// `seed-enqueue`): the events it handled and the seconds it took, as it prints them.
     pub(super) async fn timed(&self, url: &str, command: &[&str]) -> anyhow::Result<(u64, f64)> {
