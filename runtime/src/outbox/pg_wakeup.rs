@@ -51,6 +51,9 @@ const BUSY_NOTIFICATIONS: u32 = 150;
 /// has not read the notifications (it has not waited): it is busy.
 const BUSY_FOR: Duration = Duration::from_millis(50);
 
+/// A wait this long for a notification means the relay had a moment with nothing to do.
+const IDLE_GAP: Duration = Duration::from_millis(1);
+
 /// Attempts to take the lock that find producers' transactions open, polling every
 /// [`POLL_UNDER_LOAD`], before the polls back off (up to 32 ms) for a long transaction.
 const LOCK_TRIES_AT_FULL_PACE: u32 = 8;
@@ -70,8 +73,8 @@ struct Shared {
     state: Mutex<State>,
     /// Set when a claim found events: the relay is busy, not waiting.
     found_work: AtomicBool,
-    /// Since when every look for events has found some (cleared by a wait that follows a look
-    /// that found none).
+    /// Since when every look for events has found some (cleared by a poll that found none,
+    /// or a wait for a notification of [`IDLE_GAP`] or more).
     busy_since: std::sync::Mutex<Option<Instant>>,
 }
 
@@ -238,7 +241,13 @@ impl Shared {
             tokio::time::sleep(limit).await;
             return false;
         };
-        match tokio::time::timeout(limit, listener.recv()).await {
+        let started = Instant::now();
+        let notified = tokio::time::timeout(limit, listener.recv()).await;
+        if started.elapsed() >= IDLE_GAP {
+            // It waited: not busy at every look.
+            *self.busy_since.lock().expect("busy_since lock") = None;
+        }
+        match notified {
             Err(_) => false,
             Ok(Ok(_)) => {
                 // A burst of commits is one wake-up.
