@@ -222,6 +222,37 @@ async fn a_busy_relay_spares_producers_the_notify_and_still_wakes_for_a_lone_ins
     eprintln!("notifications during 2,000 commits under load ({rate:.0}/s): {during}");
 }
 
+/// Two relays wait on one PostgreSQL table: one holds the wake-up lock, the other relies on
+/// it; a lone insert is published at once, and again after either relay stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_waiting_relays_are_woken_and_either_one_stopping_leaves_the_other_woken() {
+    let redis = RedisServer::start();
+    let outbox = TestOutbox::create(OutboxKind::Postgres).await;
+    let store = OutboxStore::connect(outbox.url()).await.unwrap();
+    store.migrate().await.unwrap();
+    for stopping in 0..2 {
+        let mut relays =
+            vec![RunningRelay::start(&outbox, &redis, "30s").await, RunningRelay::start(&outbox, &redis, "30s").await];
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let first = uuid::Uuid::new_v4();
+        insert_from_elsewhere(&outbox, first).await;
+        let took = published_within(&store, first, Duration::from_secs(10)).await;
+        assert!(took < Duration::from_millis(800), "two waiting relays: published after {took:?}");
+
+        relays.remove(stopping).stop().await;
+        // The other one takes the lock over within its recheck (100 ms) if it relied on it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let second = uuid::Uuid::new_v4();
+        insert_from_elsewhere(&outbox, second).await;
+        let took = published_within(&store, second, Duration::from_secs(10)).await;
+        assert!(took < Duration::from_millis(800), "relay {stopping} stopped: published after {took:?}");
+        for relay in relays {
+            relay.stop().await;
+        }
+    }
+    assert_eq!(published_count(&store).await, 4);
+}
+
 /// Runs a relay (interval `interval`) until `id` is published or `within` passes; returns
 /// how long publishing took from the insert.
 async fn published_after_insert(
