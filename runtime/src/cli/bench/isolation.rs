@@ -1,6 +1,7 @@
 //! `broadcaster bench isolation`: what a hostile or slow tenant costs a well-behaved one.
 //!
-//! Each scenario runs one relay (as `broadcaster run` runs it, SQLite outbox, batch 100) with
+//! Each scenario runs one relay (as `broadcaster run` runs it, SQLite or PostgreSQL outbox,
+//! batch 100) with
 //! a good tenant, the shipped `redis-stream` component, and zero, one or ten attackers built
 //! from the test component `attacker.wasm`. The attackers' events are enqueued first and the
 //! relay runs for a warm-up, so the attack is under way (and with ten, their breakers have
@@ -20,7 +21,7 @@ use broadcaster::outbox::{NewEvent, OutboxStore};
 use broadcaster::registry::PublisherRegistry;
 use broadcaster::relay::{Relay, RunOptions};
 
-use super::resident_bytes;
+use super::{Scratch, resident_bytes};
 use crate::cli::output::print_table;
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +48,14 @@ pub struct IsolationBench {
     /// The Redis to publish to (streams bench:* are created and deleted).
     #[arg(long, default_value = "127.0.0.1:6379", value_name = "HOST:PORT")]
     redis: String,
+    /// The outbox: sqlite, or postgres (where claims of publishers that answer fast are held
+    /// in transactions, components' too).
+    #[arg(long, default_value = "sqlite")]
+    outbox: String,
+    /// A PostgreSQL server URL, for `--outbox postgres`; a scratch database is created on it
+    /// and dropped afterwards.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test", value_name = "URL")]
+    postgres: String,
 }
 
 /// One attack: its name in the table, the attacker's options, its memory limit.
@@ -105,8 +114,8 @@ pub async fn run(bench: IsolationBench) -> anyhow::Result<ExitCode> {
     }
     println!(
         "isolation: the good component tenant's {} events beside each attacker (call_timeout {:?}, batch 100, \
-         SQLite outbox); fraction = its throughput beside the attacker / alone",
-        bench.good_events, bench.call_timeout
+         {} outbox); fraction = its throughput beside the attacker / alone",
+        bench.good_events, bench.call_timeout, bench.outbox
     );
     print_table(["ATTACK", "GOOD EVENTS/S", "FRACTION OF ALONE", "FIRST GOOD EVENT", "STOP", "PEAK RSS"], &rows);
     Ok(ExitCode::SUCCESS)
@@ -132,8 +141,8 @@ async fn scenario(
     warmup: Duration,
 ) -> anyhow::Result<Measured> {
     let (host, port) = bench.redis.rsplit_once(':').context("--redis is HOST:PORT")?;
-    let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("isolation.db").display());
+    let scratch = Scratch::create(&bench.outbox, &bench.postgres).await?;
+    let url = scratch.url.clone();
     let mut text = format!(
         "[outbox]\nurl = \"{url}\"\n[wasm]\ncache = true\n\
          [publishers.good]\ncomponent = \"{}\"\n[publishers.good.options]\nstream_name = \"bench:good\"\n\
@@ -208,6 +217,8 @@ async fn scenario(
     running.await?;
     let stop = stopping.elapsed();
     redis::cmd("DEL").arg("bench:good").arg("bench:attacker").query_async::<()>(&mut redis).await?;
+    drop(store);
+    scratch.drop().await;
     let names: Vec<&str> = attacks.iter().map(|a| a.name).collect();
     eprintln!(
         "{}: {} good events in {good_seconds:.2}s, first after {:?}, stop in {stop:?}",
