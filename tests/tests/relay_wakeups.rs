@@ -261,39 +261,17 @@ async fn published_after_insert(
     interval: &str,
     within: Duration,
 ) -> Duration {
-    let config = Config::from_toml(
-        &format!(
-            "[outbox]\nurl = \"{}\"\n[relay]\ninterval = \"{interval}\"\n{}",
-            outbox.url(),
-            redis.native_publisher_toml("default")
-        ),
-        "wake.toml".as_ref(),
-        Vec::new(),
-    )
-    .unwrap();
     let store = OutboxStore::connect(outbox.url()).await.unwrap();
-    let registry = Arc::new(PublisherRegistry::build(&config, None).await.unwrap());
-    let relay = Arc::new(Relay::new(store.clone(), registry, &config.relay));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let options = RunOptions { batch_size: 100, interval: config.relay.interval.0, max_iterations: 0 };
-    let running = tokio::spawn(relay.run(options, stopped));
+    let relay = RunningRelay::start(outbox, redis, interval).await;
     // Let the relay go quiet: its polls back off (50, 100, 200 … ms apart: at 2 s the next
     // one is more than a second away).
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let id = uuid::Uuid::new_v4();
     let inserted = Instant::now();
     insert_from_elsewhere(outbox, id).await;
-    let mut took = within;
-    while inserted.elapsed() < within {
-        let rows = store.find(&[id.to_string()]).await.unwrap();
-        if rows.first().is_some_and(|r| r.status == Status::Published) {
-            took = inserted.elapsed();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    let published = published_within(&store, id, within).await < within;
+    let took = if published { inserted.elapsed() } else { within };
+    relay.stop().await;
     took
 }
 
