@@ -81,15 +81,23 @@ impl SentinelGroup {
         wait_for("the failover", || self.failed_over());
     }
 
-    /// Whether the Sentinels name the replica as master, and it agrees.
+    /// Whether every Sentinel names the replica as master, and it agrees. (Restarting the
+    /// old master, empty, while one Sentinel still names it could make the new master its
+    /// replica and wipe what it had.)
     pub fn failed_over(&self) -> bool {
         let port = self.replica.port().to_string();
-        let sentinel = self.sentinel_client(self.sentinels[0].0);
-        let address: Vec<String> = sentinel
-            .get_connection()
-            .and_then(|mut c| redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(SENTINEL_MASTER).query(&mut c))
-            .unwrap_or_default();
-        address.get(1) == Some(&port) && info(&self.replica, "replication").contains("role:master")
+        let named = |sentinel: u16| {
+            let address: Vec<String> = self
+                .sentinel_client(sentinel)
+                .get_connection()
+                .and_then(|mut c| {
+                    redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(SENTINEL_MASTER).query(&mut c)
+                })
+                .unwrap_or_default();
+            address.get(1) == Some(&port)
+        };
+        self.sentinels.iter().all(|(sentinel, _)| named(*sentinel))
+            && info(&self.replica, "replication").contains("role:master")
     }
 
     /// Starts the killed master again (empty); the Sentinels make it a replica of the new
