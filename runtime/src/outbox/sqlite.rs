@@ -2,7 +2,9 @@
 //! (rendered as `json.dumps` does), times as naive UTC text `YYYY-MM-DD HH:MM:SS[.ffffff]`.
 //!
 //! One process writes at a time (SQLite's rule); claims are single `UPDATE … RETURNING`
-//! statements, so they are atomic without row locks.
+//! statements, so they are atomic without row locks. This process's own writers queue on an
+//! in-process lock before they meet SQLite's (`SqliteStore::writer`), and an outcome that is one
+//! statement runs without `BEGIN`/`COMMIT` (each a round trip to the connection's thread).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -40,6 +42,11 @@ pub struct SqliteStore {
     writes: std::sync::Arc<tokio::sync::Mutex<Option<FileWrites>>>,
     /// Whether `broadcaster_event_extensions` was seen.
     extension_table: extensions::TablePresence,
+    /// Taken for every write transaction of this store, so this process's writers (claims,
+    /// outcomes, enqueues) queue here, first come first served, instead of on SQLite's lock,
+    /// where a writer that finds it taken sleeps ([`super::sqlite_busy`]) and may wake well
+    /// after it was free. Other processes (the application) still meet it there.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A time as Django stores it in SQLite.
@@ -64,22 +71,35 @@ fn hex_id(id: &str) -> Result<String, StoreError> {
 /// status, each stopping after `limit` rows, so a claim costs the same with ten or ten million
 /// rows waiting (a single `status IN (…)` with ORDER BY would sort every due row on every
 /// claim).
-const CLAIM: &str = concat!(
-    "UPDATE outbox_events SET status = 'processing', updated_at = ?1 \
-     WHERE id IN (SELECT id FROM ( \
-         SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-             WHERE status = 'pending' AND scheduled_at <= ?1 \
-               AND publisher_backend NOT IN (SELECT value FROM json_each(?2)) \
-             ORDER BY scheduled_at LIMIT ?3) \
-         UNION ALL \
-         SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
-             WHERE status = 'retry' AND scheduled_at <= ?1 \
-               AND publisher_backend NOT IN (SELECT value FROM json_each(?2)) \
-             ORDER BY scheduled_at LIMIT ?3)) \
-         ORDER BY scheduled_at, created_at LIMIT ?3) \
-     RETURNING ",
-    claimed_columns!()
-);
+/// Each claim statement comes in two forms ([`ClaimStatement`]): without and with the claimed
+/// rows' extensions.
+macro_rules! claim_any {
+    ($($returning:expr),+) => {
+        concat!(
+            "UPDATE outbox_events SET status = 'processing', updated_at = ?1 \
+             WHERE id IN (SELECT id FROM ( \
+                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
+                     WHERE status = 'pending' AND scheduled_at <= ?1 \
+                       AND publisher_backend NOT IN (SELECT value FROM json_each(?2)) \
+                     ORDER BY scheduled_at LIMIT ?3) \
+                 UNION ALL \
+                 SELECT * FROM (SELECT id, scheduled_at, created_at FROM outbox_events \
+                     WHERE status = 'retry' AND scheduled_at <= ?1 \
+                       AND publisher_backend NOT IN (SELECT value FROM json_each(?2)) \
+                     ORDER BY scheduled_at LIMIT ?3)) \
+                 ORDER BY scheduled_at, created_at LIMIT ?3) \
+             RETURNING ",
+            $($returning),+
+        )
+    };
+}
+const CLAIM: ClaimStatement =
+    [claim_any!(claimed_columns!()), claim_any!(claimed_columns!(), extensions::sqlite_claimed_extensions!())];
+
+/// A claim statement returning [`claimed_columns`], and the same returning each row's
+/// extensions too ([`extensions::sqlite_claimed_extensions`]), for once the table is known to
+/// exist: the claim then needs no second statement to read them.
+type ClaimStatement = [&'static str; 2];
 
 /// Up to `?4` due rows of one status and publisher name, oldest due first: one index range
 /// (a string literal, for `concat!`).
@@ -98,18 +118,24 @@ macro_rules! due_range {
 /// Claims due rows of the publisher named `?2` or `?3`: one index range per (status, name),
 /// each stopping after `limit` rows, so the cost does not grow with other publishers'
 /// backlogs.
-const CLAIM_FOR: &str = concat!(
-    "UPDATE outbox_events SET status = 'processing', updated_at = ?1 WHERE id IN (SELECT id FROM (",
-    due_range!("pending", "?2"),
-    " UNION ",
-    due_range!("pending", "?3"),
-    " UNION ",
-    due_range!("retry", "?2"),
-    " UNION ",
-    due_range!("retry", "?3"),
-    ") ORDER BY scheduled_at, created_at LIMIT ?4) RETURNING ",
-    claimed_columns!()
-);
+macro_rules! claim_for {
+    ($($returning:expr),+) => {
+        concat!(
+            "UPDATE outbox_events SET status = 'processing', updated_at = ?1 WHERE id IN (SELECT id FROM (",
+            due_range!("pending", "?2"),
+            " UNION ",
+            due_range!("pending", "?3"),
+            " UNION ",
+            due_range!("retry", "?2"),
+            " UNION ",
+            due_range!("retry", "?3"),
+            ") ORDER BY scheduled_at, created_at LIMIT ?4) RETURNING ",
+            $($returning),+
+        )
+    };
+}
+const CLAIM_FOR: ClaimStatement =
+    [claim_for!(claimed_columns!()), claim_for!(claimed_columns!(), extensions::sqlite_claimed_extensions!())];
 
 /// Failed and retrying rows of the JSON list of ids `?2` back to `pending`, due at `?1`.
 const RETRY_IDS: &str = "UPDATE outbox_events SET status = 'pending', retry_count = 0, scheduled_at = ?1, updated_at = ?1 \
@@ -160,6 +186,8 @@ impl SqliteStore {
         let pool_of = |connections: u32| {
             SqlitePoolOptions::new()
                 .max_connections(connections)
+                // A connection to a local file does not go stale: no ping before each statement.
+                .test_before_acquire(false)
                 .after_connect(|connection, _| Box::pin(super::sqlite_busy::retry_busy_soon(connection)))
         };
         let pool = pool_of(4).connect_with(options.clone()).await?;
@@ -177,6 +205,7 @@ impl SqliteStore {
             file,
             writes: Default::default(),
             extension_table: Default::default(),
+            writer: Default::default(),
         })
     }
 
@@ -185,14 +214,29 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Runs a claim statement; reads every row on its own and fails the unreadable ones.
-    async fn claimed(&self, token: DateTime<Utc>, claim: Query<'_>) -> Result<Claim, StoreError> {
-        let rows = claim.fetch_all(&self.pool).await?;
+    /// Runs a claim statement (its parameters bound by `bind`); reads every row on its own and
+    /// fails the unreadable ones. Reads the claimed events' extensions in the same statement
+    /// once the extension table is known to exist, with a statement of their own until then.
+    async fn claimed<'q>(
+        &self,
+        token: DateTime<Utc>,
+        statement: ClaimStatement,
+        bind: impl FnOnce(Query<'q>) -> Query<'q>,
+    ) -> Result<Claim, StoreError> {
+        let with_extensions = self.extension_table.known();
+        let claim = bind(sqlx::query(statement[usize::from(with_extensions)]));
+        let rows = {
+            let _writing = self.writer.lock().await;
+            claim.fetch_all(&self.pool).await?
+        };
         let mut claim = Claim::from_rows(token, rows.iter().map(read_claimed).collect::<Result<Vec<_>, _>>()?);
         if let Some(rejections) = FencedWrites::rejecting(&claim, Fence::Lease(token)) {
             self.write(&rejections).await?;
         }
-        if !claim.events.is_empty() {
+        if with_extensions {
+            let extensions = rows.iter().map(extensions::sqlite_claimed_row).collect::<Result<Vec<_>, _>>()?;
+            claim.attach_extensions(extensions.into_iter().flatten().collect());
+        } else if !claim.events.is_empty() {
             extensions::read_sqlite(&mut *self.pool.acquire().await?, &self.extension_table, &mut claim).await?;
         }
         Ok(claim)
@@ -312,6 +356,7 @@ impl OutboxBackend for SqliteStore {
 
     async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
+        let _writing = self.writer.lock().await;
         let mut tx = self.enqueues.begin().await?;
         let rows: Vec<&Columns<'_>> = columns.iter().collect();
         for chunk in rows.chunks(ROWS_PER_INSERT) {
@@ -333,6 +378,7 @@ impl OutboxBackend for SqliteStore {
         // IMMEDIATE: this transaction reads before it writes, and a read snapshot that another
         // connection (the relay's claims) wrote past cannot become a write one: a deferred
         // transaction fails at its first insert with "database is locked", without waiting.
+        let _writing = self.writer.lock().await;
         let mut tx = self.enqueues.begin_with("BEGIN IMMEDIATE").await?;
         let stored: Vec<(String, String)> = sqlx::query_as(
             "SELECT id, publisher_backend FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
@@ -356,18 +402,26 @@ impl OutboxBackend for SqliteStore {
 
     async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
         let skip = json_list(skip.iter().cloned());
-        self.claimed(now, sqlx::query(CLAIM).bind(format_time(now)).bind(skip).bind(i64::from(limit))).await
+        self.claimed(now, CLAIM, |claim| claim.bind(format_time(now)).bind(skip).bind(i64::from(limit))).await
     }
 
     async fn claim_for(&self, now: DateTime<Utc>, limit: u32, names: [&str; 2]) -> Result<Claim, StoreError> {
         let [first, second] = names;
-        let claim = sqlx::query(CLAIM_FOR).bind(format_time(now)).bind(first).bind(second);
-        self.claimed(now, claim.bind(i64::from(limit))).await
+        let bind = |claim: Query<'static>| {
+            claim.bind(format_time(now)).bind(first.to_string()).bind(second.to_string()).bind(i64::from(limit))
+        };
+        self.claimed(now, CLAIM_FOR, bind).await
     }
 
     async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError> {
         let statements = write_statements(writes)?;
         let (token, now) = (writes.fence.token().map(format_time), format_time(writes.now));
+        let _writing = self.writer.lock().await;
+        if let [(statement, rows)] = &statements[..] {
+            let statement: &'static str = statement;
+            let done = sqlx::query(statement).bind(&now).bind(rows).bind(&token).execute(&self.pool).await?;
+            return Ok(done.rows_affected());
+        }
         let mut tx = self.pool.begin().await?;
         let mut updated = 0;
         for (statement, rows) in statements {
@@ -385,6 +439,7 @@ impl OutboxBackend for SqliteStore {
     async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
         let expired_before = format_time(super::lease_start(now, lease));
         let reclaim = sqlx::query(schema::RECLAIM_EXPIRED).bind(format_time(now)).bind(expired_before);
+        let _writing = self.writer.lock().await;
         Ok(reclaim.execute(&self.pool).await?.rows_affected())
     }
 
@@ -442,6 +497,7 @@ impl OutboxBackend for SqliteStore {
 
     async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
         let prune = sqlx::query(schema::PRUNE_BATCH).bind(format_time(before)).bind(i64::from(limit));
+        let _writing = self.writer.lock().await;
         Ok(prune.execute(&self.pool).await?.rows_affected())
     }
 
@@ -527,6 +583,38 @@ mod tests {
         let whole = DateTime::parse_from_rfc3339("2026-11-29T10:00:00Z").unwrap().to_utc();
         assert_eq!(format_time(whole), "2026-11-29 10:00:00");
         assert_eq!(parse_time(&format_time(t)), Some(t));
+    }
+
+    #[tokio::test]
+    async fn claims_after_the_first_read_the_extensions_in_the_claim_statement_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = Utc::now();
+        let traced = |n: u32| {
+            NewEvent::new("t", "/s").extension("region", format!("r{n}")).extension("tenantid", format!("t{n}"))
+        };
+        let pairs = |n: u32| vec![("region".to_string(), format!("r{n}")), ("tenantid".to_string(), format!("t{n}"))];
+        let claim_all = |store: SqliteStore| async move { store.claim(Utc::now(), 100, &[]).await.unwrap() };
+        let extensions_of = |claim: &Claim| {
+            let mut found: Vec<Vec<(String, String)>> =
+                claim.events.iter().map(|e| e.event.extensions.clone()).collect();
+            found.sort();
+            found
+        };
+
+        store.enqueue(&[traced(1)], now).await.unwrap();
+        assert!(!store.extension_table.known(), "nothing claimed yet: the table is not known to exist");
+        let first = claim_all(store.clone()).await;
+        assert_eq!(extensions_of(&first), [pairs(1)]);
+        assert!(store.extension_table.known(), "the first claim's own read saw the table");
+
+        // From now on the claim statement returns them: every event its own, none for the plain one.
+        store.enqueue(&[traced(2), NewEvent::new("t", "/s"), traced(3)], now).await.unwrap();
+        let second = claim_all(store.clone()).await;
+
+        assert_eq!(extensions_of(&second), [vec![], pairs(2), pairs(3)]);
     }
 
     #[tokio::test]
