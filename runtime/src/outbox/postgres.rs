@@ -161,6 +161,9 @@ const WRITE_OUTCOMES: &str = concat!(
 /// is published, and the relay's other statements need some too.
 const HELD_CLAIMS: usize = 4;
 
+/// How long a pooled connection may sit idle and still be handed out without a ping first.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 /// Connections in the pool: the held claims plus the relay's own statements and the listener.
 const POOL_CONNECTIONS: u32 = 8;
 
@@ -171,6 +174,18 @@ impl PostgresStore {
             .map_err(|err| StoreError::Url { url: super::redact(url), message: err.to_string() })?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
+            // A round trip before each statement only for a connection that sat idle: one in
+            // steady use would have failed its last statement had the server gone (sqlx then
+            // closes it), and the relay's statements follow one another closely under load.
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_BEFORE_PING {
+                        sqlx::Connection::ping(connection).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
