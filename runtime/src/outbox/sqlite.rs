@@ -340,6 +340,7 @@ impl OutboxBackend for SqliteStore {
     async fn migrate(&self) -> Result<bool, StoreError> {
         // The write lock first, so that of two `migrate`s at once one creates the table and the
         // other finds it.
+        let _writing = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let present: Vec<String> = sqlx::query_scalar(TABLE_COLUMNS).fetch_all(&mut *tx).await?;
         let statements = if present.is_empty() { schema::SQLITE_DDL } else { &[] };
@@ -480,6 +481,7 @@ impl OutboxBackend for SqliteStore {
     }
 
     async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        let _writing = self.writer.lock().await;
         let changed: Vec<String> = if ids.is_empty() {
             sqlx::query_scalar(schema::RETRY_FAILED).bind(format_time(now)).fetch_all(&self.pool).await?
         } else {
