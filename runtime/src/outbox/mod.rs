@@ -126,6 +126,16 @@ pub enum StoreError {
     /// An event cannot be stored as it is.
     #[error("{0}")]
     Unstorable(String),
+    /// This process's other writes to the SQLite file kept it waiting as long as SQLite's own
+    /// lock wait: another process holds the file's write lock, or a write of this one hangs.
+    #[error(
+        "outbox database: waited {waited:?} for this process's other writes to the SQLite file to finish (is \
+         another process holding its write lock?)"
+    )]
+    WriteQueueTimeout {
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
     /// An event's id is already stored for another publisher's event.
     #[error("event id {id} is already taken by an event of publisher {publisher:?}; give this event an id of its own")]
     IdTaken {
@@ -140,7 +150,7 @@ impl StoreError {
     /// Whether the input is at fault (a URL, a missing or foreign table, an event that cannot
     /// be stored) rather than the database or its contents.
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, Self::Database(_) | Self::BadRow { .. })
+        !matches!(self, Self::Database(_) | Self::BadRow { .. } | Self::WriteQueueTimeout { .. })
     }
 }
 

@@ -214,6 +214,14 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// This process's turn to write ([`Self::writer`]), waited for at most as long as a
+    /// statement waits for SQLite's lock ([`super::sqlite_busy::LOCK_WAIT`]): queued writers
+    /// must not each add a whole wait to the one before them.
+    async fn writing(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, StoreError> {
+        let waited = super::sqlite_busy::LOCK_WAIT;
+        tokio::time::timeout(waited, self.writer.lock()).await.map_err(|_| StoreError::WriteQueueTimeout { waited })
+    }
+
     /// Runs a claim statement (its parameters bound by `bind`); reads every row on its own and
     /// fails the unreadable ones. Reads the claimed events' extensions in the same statement
     /// once the extension table is known to exist, with a statement of their own until then.
@@ -226,7 +234,7 @@ impl SqliteStore {
         let with_extensions = self.extension_table.known();
         let claim = bind(sqlx::query(statement[usize::from(with_extensions)]));
         let rows = {
-            let _writing = self.writer.lock().await;
+            let _writing = self.writing().await?;
             claim.fetch_all(&self.pool).await?
         };
         let mut claim = Claim::from_rows(token, rows.iter().map(read_claimed).collect::<Result<Vec<_>, _>>()?);
@@ -340,7 +348,7 @@ impl OutboxBackend for SqliteStore {
     async fn migrate(&self) -> Result<bool, StoreError> {
         // The write lock first, so that of two `migrate`s at once one creates the table and the
         // other finds it.
-        let _writing = self.writer.lock().await;
+        let _writing = self.writing().await?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let present: Vec<String> = sqlx::query_scalar(TABLE_COLUMNS).fetch_all(&mut *tx).await?;
         let statements = if present.is_empty() { schema::SQLITE_DDL } else { &[] };
@@ -357,7 +365,7 @@ impl OutboxBackend for SqliteStore {
 
     async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
         let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
-        let _writing = self.writer.lock().await;
+        let _writing = self.writing().await?;
         let mut tx = self.enqueues.begin().await?;
         let rows: Vec<&Columns<'_>> = columns.iter().collect();
         for chunk in rows.chunks(ROWS_PER_INSERT) {
@@ -379,7 +387,7 @@ impl OutboxBackend for SqliteStore {
         // IMMEDIATE: this transaction reads before it writes, and a read snapshot that another
         // connection (the relay's claims) wrote past cannot become a write one: a deferred
         // transaction fails at its first insert with "database is locked", without waiting.
-        let _writing = self.writer.lock().await;
+        let _writing = self.writing().await?;
         let mut tx = self.enqueues.begin_with("BEGIN IMMEDIATE").await?;
         let stored: Vec<(String, String)> = sqlx::query_as(
             "SELECT id, publisher_backend FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
@@ -417,7 +425,7 @@ impl OutboxBackend for SqliteStore {
     async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError> {
         let statements = write_statements(writes)?;
         let (token, now) = (writes.fence.token().map(format_time), format_time(writes.now));
-        let _writing = self.writer.lock().await;
+        let _writing = self.writing().await?;
         if let [(statement, rows)] = &statements[..] {
             let statement: &'static str = statement;
             let done = sqlx::query(statement).bind(&now).bind(rows).bind(&token).execute(&self.pool).await?;
@@ -440,7 +448,7 @@ impl OutboxBackend for SqliteStore {
     async fn reclaim_expired(&self, now: DateTime<Utc>, lease: Duration) -> Result<u64, StoreError> {
         let expired_before = format_time(super::lease_start(now, lease));
         let reclaim = sqlx::query(schema::RECLAIM_EXPIRED).bind(format_time(now)).bind(expired_before);
-        let _writing = self.writer.lock().await;
+        let _writing = self.writing().await?;
         Ok(reclaim.execute(&self.pool).await?.rows_affected())
     }
 
@@ -481,7 +489,7 @@ impl OutboxBackend for SqliteStore {
     }
 
     async fn retry(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        let _writing = self.writer.lock().await;
+        let _writing = self.writing().await?;
         let changed: Vec<String> = if ids.is_empty() {
             sqlx::query_scalar(schema::RETRY_FAILED).bind(format_time(now)).fetch_all(&self.pool).await?
         } else {
@@ -499,7 +507,7 @@ impl OutboxBackend for SqliteStore {
 
     async fn prune_batch(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
         let prune = sqlx::query(schema::PRUNE_BATCH).bind(format_time(before)).bind(i64::from(limit));
-        let _writing = self.writer.lock().await;
+        let _writing = self.writing().await?;
         Ok(prune.execute(&self.pool).await?.rows_affected())
     }
 
@@ -617,6 +625,25 @@ mod tests {
         let second = claim_all(store.clone()).await;
 
         assert_eq!(extensions_of(&second), [vec![], pairs(2), pairs(3)]);
+    }
+
+    #[tokio::test]
+    async fn a_writer_queued_behind_a_write_that_hangs_gives_up_after_sqlites_own_lock_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let hung = store.writer.clone().lock_owned().await;
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        match store.writing().await {
+            Err(StoreError::WriteQueueTimeout { waited }) => assert_eq!(waited, super::super::sqlite_busy::LOCK_WAIT),
+            other => panic!("expected WriteQueueTimeout, got {:?}", other.map(|_| ())),
+        }
+        let waited = started.elapsed();
+        let lock_wait = super::super::sqlite_busy::LOCK_WAIT;
+        assert!(waited >= lock_wait && waited < lock_wait + Duration::from_secs(1), "{waited:?}");
+        drop(hung);
+        assert!(store.writing().await.is_ok(), "free again once the write before it ends");
     }
 
     #[tokio::test]
