@@ -125,7 +125,7 @@ impl TablePresence {
     where
         F: std::future::Future<Output = Result<bool, sqlx::Error>>,
     {
-        if self.0.load(Ordering::Relaxed) {
+        if self.known() {
             return Ok(true);
         }
         let present = check.await?;
