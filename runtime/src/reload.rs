@@ -17,11 +17,11 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
-use crate::config::{Config, ConfigError};
-use crate::registry::{RegistryChanges, RegistryError};
-use crate::relay::Relay;
-use crate::server::ServerState;
-use crate::server::tokens::TokenTable;
+use broadcaster_config::{Config, ConfigError};
+use broadcaster_relay::Relay;
+use broadcaster_relay::registry::{RegistryChanges, RegistryError};
+use broadcaster_server::ServerState;
+use broadcaster_server::tokens::TokenTable;
 
 /// Sections whose change needs a restart, with what they hold.
 const RESTART_SECTIONS: [(&str, &str); 4] = [
@@ -156,5 +156,16 @@ impl Reloader {
             Err(err) => tracing::error!(%err, "reload refused; the running configuration is unchanged"),
         }
         outcome
+    }
+}
+
+impl broadcaster_server::LiveReload for Reloader {
+    fn reload_for_admin(
+        &self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send + '_>> {
+        Box::pin(async move {
+            let report = self.reload_and_log().await.map_err(|err| err.to_string())?;
+            serde_json::to_value(report).map_err(|err| err.to_string())
+        })
     }
 }

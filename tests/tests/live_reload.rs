@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use broadcaster::config::Config;
 use broadcaster::event::now_micros;
 use broadcaster::outbox::{NewEvent, OutboxStore, Status};
 use broadcaster::registry::PublisherRegistry;
@@ -104,14 +103,18 @@ impl Rig {
         std::fs::copy(components::REDIS_STREAM, dir.path().join("swap.wasm")).unwrap();
         let path = dir.path().join("broadcaster.toml");
         std::fs::write(&path, config_text(&outbox, &redis, Version::Before)).unwrap();
-        let config = Config::load(&path).unwrap();
+        let config = broadcaster::checks::load_config(&path).unwrap();
         let store = OutboxStore::connect(outbox.url()).await.unwrap();
         store.migrate().await.unwrap();
         let registry = Arc::new(PublisherRegistry::build(&config, None).await.unwrap());
         let relay = Arc::new(Relay::new(store.clone(), registry, &config.relay));
         let state = ServerState::new(&config, &relay).unwrap();
         let load_from = path.clone();
-        let reloader = Reloader::new(config.clone(), relay.clone(), Box::new(move || Config::load(&load_from)));
+        let reloader = Reloader::new(
+            config.clone(),
+            relay.clone(),
+            Box::new(move || broadcaster::checks::load_config(&load_from)),
+        );
         reloader.attach_server(&state);
         state.set_reloader(reloader.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

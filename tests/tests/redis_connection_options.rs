@@ -164,13 +164,19 @@ async fn url_and_host_together_are_refused_when_the_configuration_loads_naming_f
          grants.redis = {{ url = \"redis://127.0.0.1:1/0\", host = \"127.0.0.1\", streams = [\"x\"] }}\n",
         components::REDIS_STREAM
     );
-    let err = Config::from_toml(&grant, "/etc/b/broadcaster.toml".as_ref(), Vec::new()).unwrap_err().to_string();
+    let err = Config::from_toml(&grant, "/etc/b/broadcaster.toml".as_ref(), Vec::new())
+        .and_then(|config| broadcaster::checks::check(&config))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("/etc/b/broadcaster.toml") && err.contains("publishers.component.grants.redis.host"), "{err}");
     assert!(err.contains("give either `url` or `host`/`port`/`db`, not both"), "{err}");
 
     let native = "[publishers.native]\nbackend = \"redis-stream\"\n\
                   options = { url = \"redis://127.0.0.1:1/0\", db = 2 }\n";
-    let err = Config::from_toml(native, "/etc/b/broadcaster.toml".as_ref(), Vec::new()).unwrap_err().to_string();
+    let err = Config::from_toml(native, "/etc/b/broadcaster.toml".as_ref(), Vec::new())
+        .and_then(|config| broadcaster::checks::check(&config))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("/etc/b/broadcaster.toml") && err.contains("publishers.native.options.db"), "{err}");
     assert!(err.contains("not both"), "{err}");
 }

@@ -54,7 +54,7 @@ impl ConfigArg {
 }
 
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    match Config::load(path) {
+    match broadcaster::checks::load_config(path) {
         Err(ConfigError::Read { path, cause }) if cause.kind() == std::io::ErrorKind::NotFound => {
             Err(ConfigError::Read { path, cause }).context(
                 "no configuration: pass --config <file>, or start from the example with \

@@ -111,7 +111,7 @@ impl Worker {
     ) -> Arc<Reloader> {
         let path = args.config.config.clone();
         let load = move || {
-            let mut config = Config::load(&path)?;
+            let mut config = broadcaster::checks::load_config(&path)?;
             adjust(&mut config);
             Ok(config)
         };

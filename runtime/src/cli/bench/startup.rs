@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use broadcaster::config::Config;
 use broadcaster::publisher::Publisher;
 use broadcaster::registry::PublisherRegistry;
 
@@ -118,7 +117,7 @@ pub async fn run(bench: StartupBench) -> anyhow::Result<ExitCode> {
 pub async fn run_once(once: StartupOnce) -> anyhow::Result<ExitCode> {
     let before = resident_bytes().unwrap_or_default();
     let started = Instant::now();
-    let config = Config::load(&once.config)?;
+    let config = broadcaster::checks::load_config(&once.config)?;
     let config_seconds = started.elapsed().as_secs_f64();
     let config_resident = resident_bytes().unwrap_or_default().saturating_sub(before);
     // As `broadcaster run` starts: the instances that fit are made in the background; the

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use broadcaster::config::Config;
 use broadcaster::event::now_micros;
 use broadcaster::outbox::{NewEvent, OutboxStore};
 use broadcaster::publisher::Publisher;
@@ -208,7 +207,7 @@ fn warm_up(config: &std::path::Path) -> anyhow::Result<()> {
 
 pub async fn run_once(once: TenantsOnce) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let config = Config::load(&once.config)?;
+    let config = broadcaster::checks::load_config(&once.config)?;
     let registry = Arc::new(PublisherRegistry::build(&config, None).await?);
     registry.wait_started().await;
     let startup_seconds = started.elapsed().as_secs_f64();

@@ -1,0 +1,42 @@
+//! The relay: the publishers by name, and the worker that claims due events from the outbox,
+//! publishes each through its publisher, and records the outcome.
+//!
+//! # What it owns
+//! - [`publisher`]: the [`Publisher`](publisher::Publisher) enum: the native Redis Stream
+//!   backend or a sandboxed component, behind one interface.
+//! - [`registry`]: the configured publishers, built and started, by name; rebuilt for a new
+//!   configuration, keeping the unchanged ones.
+//! - [`worker`]: the loop ([`Relay`]), one batch at a time; `busy`: which publishers have
+//!   batches in flight.
+//! - [`clock`]: where "now" comes from (a test can hold it still).
+//! - [`backoff`]: the retry schedule.
+//! - [`health`]: which publishers are healthy (checked on an interval).
+//! - [`metrics`]: what `GET /metrics` reports (Prometheus text format).
+//! - [`otlp`]: the publish spans sent to an OpenTelemetry collector, and [`trace_context`]:
+//!   the spans themselves, parented by an event's `traceparent`.
+//!
+//! # Extending it
+//! A new kind of publisher is a variant of [`Publisher`](publisher::Publisher) built in
+//! [`registry`]; a new metric goes in [`metrics`], fed plain counts by the worker.
+//!
+//! Guarantees: every event is published **at least once**. Duplicates happen only when a
+//! worker dies (or stalls past its lease) after publishing and before recording it; the
+//! stream entry's `event_id` is the key consumers drop duplicates by.
+
+#![deny(missing_docs)]
+
+pub mod backoff;
+pub(crate) mod busy;
+pub mod clock;
+pub mod health;
+pub mod metrics;
+pub mod otlp;
+pub mod publisher;
+pub mod registry;
+pub mod trace_context;
+pub mod worker;
+
+pub use backoff::Backoff;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use health::HealthBoard;
+pub use worker::{BatchReport, COMPONENT_PIPELINE_DEPTH, PIPELINE_DEPTH, Relay, RelayReport, RunOptions};
