@@ -4,7 +4,8 @@
 //! the neighbour's streams, and the relay stops promptly and cleanly.
 //!
 //! How much of its throughput the good tenant keeps beside each attacker is a measurement,
-//! not a test: `broadcaster bench isolation` prints it (see the README).
+//! not a test: `broadcaster bench isolation` prints it (see the manual,
+//! `docs/src/sandbox.md`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -30,7 +30,7 @@ use clap::{Parser, Subcommand};
 /// Applications write CloudEvents into an outbox table inside their own transactions;
 /// Broadcaster publishes each through the publisher it names: the native Redis Stream
 /// backend or a WebAssembly component. Configuration lives in broadcaster.toml (see the
-/// README); every value can be overridden with BROADCASTER_… environment variables.
+/// manual, docs/src/configuration.md); every value can be overridden with BROADCASTER_… environment variables.
 #[derive(Debug, Parser)]
 #[command(name = "broadcaster", version, max_term_width = 100)]
 pub struct Cli {

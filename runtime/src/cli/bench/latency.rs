@@ -75,7 +75,8 @@ fn connections(outbox: &str, rate: u32) -> u32 {
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// An application's own connection pool, enqueuing each event in its own transaction with the
-/// public API ([`broadcaster::outbox::enqueue`]), as the README shows.
+/// public API ([`broadcaster::outbox::enqueue`]), as the manual shows
+/// (`docs/src/operators/outbox-and-relay.md`).
 #[derive(Clone)]
 enum Application {
     Sqlite(sqlx::SqlitePool),
