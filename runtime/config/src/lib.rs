@@ -4,6 +4,38 @@
 //! neither a `backend` nor a `component` is an error that names the file and the key path
 //! (`publishers.tenant-a.limits.memory`). Every value can be overridden from the environment
 //! (see [`env`]).
+//!
+//! # What it owns
+//! The shapes only: [`Config`] and its sections ([`RelayConfig`], [`ServerConfig`],
+//! [`TelemetryConfig`], [`WasmConfig`], [`PublisherConfig`] with its [`Grants`] and
+//! [`Limits`]), and the checks that need nothing but the file (ranges, names, one of
+//! `backend` or `component`). What a grant or a native backend's options mean belongs to the
+//! layer that uses them (`broadcaster-host`, `broadcaster-redis`); the `broadcaster` crate's
+//! `checks` module runs those checks on a loaded file. This crate depends on no runtime crate
+//! but `broadcaster-core`.
+//!
+//! # Extending it
+//! A new key is a field in its section's struct (`deny_unknown_fields` keeps typos errors),
+//! with a default that works and a doc comment; its check goes in `Config::validate` if it
+//! needs only the file, or in `broadcaster::checks` if another layer knows what it means. The
+//! environment override follows by itself (`BROADCASTER_<SECTION>_<KEY>`).
+//!
+//! # Example
+//! ```
+//! use broadcaster_config::{Config, PublisherKind};
+//!
+//! let config = Config::from_toml(r#"
+//!     [publishers.default]
+//!     backend = "redis-stream"
+//!     [publishers.tenant-a]
+//!     component = "components/router.wasm"
+//!     limits = { memory = "32MiB" }
+//! "#, "/etc/broadcaster/broadcaster.toml".as_ref(), Vec::new()).unwrap();
+//! let tenant = &config.publishers["tenant-a"];
+//! assert_eq!(tenant.limits.memory.0, 32 << 20);
+//! assert!(matches!(config.kind_of("tenant-a", tenant).unwrap(), PublisherKind::Component(_)));
+//! assert_eq!(config.outbox.url, "sqlite://broadcaster.db");
+//! ```
 
 #![deny(missing_docs)]
 

@@ -22,12 +22,12 @@
 //! ```
 //! use broadcaster_core::event::{OutboxEvent, Payload};
 //! use broadcaster_core::routing::publisher_for;
-//! use broadcaster_core::units::ByteSize;
+//! use broadcaster_core::units::{ByteSize, parse_byte_size};
 //!
 //! let mut event = OutboxEvent::new("order.created", "shop");
 //! event.data = Payload::Json(serde_json::json!({"order": 42}));
 //! assert_eq!(publisher_for(&event.publisher_backend), "default");
-//! assert_eq!("32MiB".parse::<ByteSize>().unwrap().0, 32 * 1024 * 1024);
+//! assert_eq!(ByteSize(parse_byte_size("32MiB").unwrap()).to_string(), "32MiB");
 //! ```
 #![deny(missing_docs)]
 

@@ -15,7 +15,30 @@
 //! - [`guest_counters`]: traps by cause, starts, breaker openings and memory, for `/metrics`.
 //! - [`guest_output`]: where a backend's log lines and stdout/stderr go.
 //! - [`budget`]: what one call may spend on host calls and logs; [`secrets`]: option secrets
-//!   and their redaction.
+//!   and their redaction (from `broadcaster-core`, re-exported).
+//!
+//! # Extending it
+//! A new host capability is a module under [`capabilities`] (its grant's shape, the WIT
+//! interface it implements, `configure`, per-instance state, `add_to_linker`) and one line in
+//! the capability table there; the linker, the import check, the grant check and
+//! `broadcaster check` follow from the table. Its WIT goes in a new contract version under
+//! `wit/`. The host knows publishers by their configuration (`broadcaster-config`) and reaches
+//! Redis through `broadcaster-redis`; it knows nothing of the outbox, the relay or the server.
+//!
+//! # Example
+//! Check a component the way `broadcaster check` does:
+//! ```no_run
+//! use broadcaster_host::{HostEngine, LoadedComponent};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = HostEngine::new()?;
+//! let component = LoadedComponent::load(&engine, "components/router.wasm".as_ref())?;
+//! println!("a backend for broadcaster:backend@{}", component.version);
+//! for needed in component.required_grants() {
+//!     println!("needs grant `{}` for {}", needed.key(), needed.import);
+//! }
+//! # Ok(()) }
+//! ```
 
 #![deny(missing_docs)]
 
