@@ -126,7 +126,7 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     }
 
     /// One attempt at [`enqueue_requests`](Self::enqueue_requests): reads which ids are stored,
-    /// decides every request from that ([`super::enqueue::decide_requests`]), inserts the new
+    /// decides every request from that ([`super::new_rows::decide_requests`]), inserts the new
     /// rows, and commits. `None` (nothing written) when an insert found an id stored after the
     /// read: another writer got in between, and a new attempt reads it.
     async fn try_enqueue_requests(

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use uuid::Uuid;
 
-use super::enqueue::Columns;
+use super::new_rows::Columns;
 use super::{Claim, StoreError};
 
 /// The table's name.

@@ -8,6 +8,8 @@
 //!   row that cannot be read fails alone.
 //! - [`fenced_writes`]: the writes that finish claimed rows, fenced by the claim token.
 //! - [`schema`]: the table's DDL (Django's own, per database).
+//! - [`NewEvent`]: an event to store; its row's columns are checked once, for either database,
+//!   below both of them (`new_rows`).
 //! - [`enqueue`]: writing events, including inside an application's own transaction.
 //! - [`extensions`]: the events' CloudEvents extension attributes, in a side table.
 //!
@@ -20,6 +22,7 @@ pub mod enqueue;
 pub mod extensions;
 pub mod fenced_writes;
 pub mod file_watch;
+mod new_rows;
 mod pg_wakeup;
 pub mod postgres;
 pub mod row;
@@ -37,8 +40,8 @@ use broadcaster_core::event::OutboxEvent;
 
 pub use backend::HeldClaim;
 pub use backend::OutboxBackend;
-pub use enqueue::NewEvent;
 pub use fenced_writes::{Fence, FencedWrites, RowId};
+pub use new_rows::NewEvent;
 pub use pg_wakeup::{POLL_UNDER_LOAD, SHARED_WAIT, WAKEUP_LOCK};
 pub use row::RejectedRow;
 

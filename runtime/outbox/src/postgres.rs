@@ -12,8 +12,8 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row};
 use uuid::Uuid;
 
-use super::enqueue::Columns;
 use super::extensions;
+use super::new_rows::Columns;
 use super::pg_wakeup::PgWakeup;
 use super::row::{RowReader, claimed_columns};
 use super::{
@@ -301,7 +301,7 @@ impl OutboxBackend for PostgresStore {
                 .fetch_all(&mut *tx)
                 .await?;
         let stored: Vec<(Uuid, String)> = stored;
-        let (answers, rows) = super::enqueue::decide_requests(&checked, stored);
+        let (answers, rows) = super::new_rows::decide_requests(&checked, stored);
         let rows: Vec<Columns<'_>> = rows.into_iter().cloned().collect();
         let mut inserted = 0;
         for chunk in rows.chunks(1000) {

@@ -16,9 +16,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqlitePool};
 
-use super::enqueue::Columns;
 use super::extensions;
 use super::file_watch::FileWrites;
+use super::new_rows::Columns;
 use super::row::{ReadRow, RowError, RowReader, claimed_columns, quote};
 use super::schema;
 use super::{
@@ -396,7 +396,7 @@ impl OutboxBackend for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         let stored = stored.into_iter().filter_map(|(id, p)| Some((uuid::Uuid::parse_str(&id).ok()?, p))).collect();
-        let (answers, rows) = super::enqueue::decide_requests(&checked, stored);
+        let (answers, rows) = super::new_rows::decide_requests(&checked, stored);
         let mut inserted = 0;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             inserted += insert_rows(&mut *tx, chunk, now, OnConflict::Skip).await?;
