@@ -129,6 +129,10 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     /// decides every request from that ([`super::new_rows::decide_requests`]), inserts the new
     /// rows, and commits. `None` (nothing written) when an insert found an id stored after the
     /// read: another writer got in between, and a new attempt reads it.
+    ///
+    /// SQLite and PostgreSQL share one implementation of these steps
+    /// ([`super::insert::try_enqueue_requests`]), each giving only its statements; a database
+    /// outside this crate writes its own.
     async fn try_enqueue_requests(
         &self,
         requests: &[&[NewEvent]],

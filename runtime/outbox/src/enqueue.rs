@@ -33,7 +33,10 @@
 //! With PostgreSQL, [`postgres`] takes a `&mut PgConnection` (or a transaction) the same way.
 
 use super::StoreError;
+use super::insert::{InsertStatements, OnConflict};
 use super::new_rows::Columns;
+use super::postgres::PostgresStore;
+use super::sqlite::SqliteStore;
 use broadcaster_core::event::now_micros;
 
 /// The event to store, also at the crate's root (`broadcaster_outbox::NewEvent`).
@@ -44,18 +47,23 @@ pub use super::new_rows::NewEvent;
 /// second statement on the same connection (only when it has any): enqueue inside a
 /// transaction so that both commit together.
 pub async fn sqlite(conn: &mut sqlx::SqliteConnection, event: &NewEvent) -> Result<uuid::Uuid, StoreError> {
-    let now = now_micros();
-    let columns = Columns::of(event, now)?;
-    let id = super::sqlite::insert(&mut *conn, &columns, now).await?;
-    super::extensions::insert_sqlite(conn, &[&columns]).await?;
-    Ok(id)
+    insert_through::<SqliteStore>(conn, event).await
 }
 
 /// The same on PostgreSQL: `conn` is `&mut *tx` of an open transaction, or a connection.
 pub async fn postgres(conn: &mut sqlx::PgConnection, event: &NewEvent) -> Result<uuid::Uuid, StoreError> {
+    insert_through::<PostgresStore>(conn, event).await
+}
+
+/// Inserts `event` and its extension attributes through `conn` with the statements of the
+/// database `S`; returns its id.
+async fn insert_through<S: InsertStatements>(
+    conn: &mut S::Connection,
+    event: &NewEvent,
+) -> Result<uuid::Uuid, StoreError> {
     let now = now_micros();
     let columns = Columns::of(event, now)?;
-    let id = super::postgres::insert(&mut *conn, &columns, now).await?;
-    super::extensions::insert_postgres(conn, &[&columns]).await?;
-    Ok(id)
+    S::insert(conn, &[&columns], now, OnConflict::Fail).await?;
+    S::insert_extensions(conn, &[&columns]).await?;
+    Ok(columns.id)
 }

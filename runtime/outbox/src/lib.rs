@@ -22,6 +22,7 @@ pub mod enqueue;
 pub mod extensions;
 pub mod fenced_writes;
 pub mod file_watch;
+mod insert;
 mod new_rows;
 mod pg_wakeup;
 pub mod postgres;
@@ -420,28 +421,4 @@ pub fn parse_id(id: &str) -> Result<uuid::Uuid, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(redact("postgres://app:s3cret@db/app"), "postgres://app:***@db/app");
-        assert_eq!(redact("postgres://app@db/app"), "postgres://app@db/app");
-        assert_eq!(redact("sqlite://broadcaster.db"), "sqlite://broadcaster.db");
-    }
-
-    #[test]
-    fn statuses_round_trip_through_their_column_values() {
-        for status in Status::ALL {
-            assert_eq!(Status::parse(status.as_str()), Some(status));
-        }
-        assert_eq!(Status::parse("done"), None);
-    }
-
-    #[test]
-    fn ids_parse_hyphenated_or_as_django_stores_them_on_sqlite() {
-        let id = parse_id("6f1c2b52-3f3c-4d5e-9a1b-2c3d4e5f6a7b").unwrap();
-        assert_eq!(parse_id("6f1c2b523f3c4d5e9a1b2c3d4e5f6a7b").unwrap(), id);
-        assert!(parse_id("evt-1").is_err());
-    }
-}
+mod tests;

@@ -246,3 +246,94 @@ fn holds_nul(value: &Value) -> bool {
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(publisher: &str) -> NewEvent {
+        NewEvent::new("order.created", "/shop").publisher(publisher)
+    }
+
+    fn id_of(event: &NewEvent) -> uuid::Uuid {
+        uuid::Uuid::parse_str(&event.event.id).unwrap()
+    }
+
+    /// `decide_requests` over `requests` with `stored` (event, publisher as stored) in the
+    /// table: the answers, and the ids of the rows to insert.
+    fn decide(
+        requests: &[&[NewEvent]],
+        stored: &[(&NewEvent, &str)],
+    ) -> (Vec<Result<Vec<bool>, StoreError>>, Vec<uuid::Uuid>) {
+        let now = broadcaster_core::event::now_micros();
+        let checked: Vec<Result<Vec<Columns<'_>>, StoreError>> =
+            requests.iter().map(|events| events.iter().map(|e| Columns::of(e, now)).collect()).collect();
+        let stored = stored.iter().map(|(event, publisher)| (id_of(event), publisher.to_string())).collect();
+        let (answers, rows) = decide_requests(&checked, stored);
+        (answers, rows.iter().map(|row| row.id).collect())
+    }
+
+    #[test]
+    fn an_id_stored_for_the_same_publisher_is_answered_not_new_and_not_inserted_again() {
+        let (stored, fresh) = (event("tenant-a"), event("tenant-a"));
+        let (answers, rows) = decide(&[&[stored.clone(), fresh.clone()]], &[(&stored, "tenant-a")]);
+        assert_eq!(answers[0].as_ref().unwrap(), &[false, true]);
+        assert_eq!(rows, [id_of(&fresh)]);
+    }
+
+    #[test]
+    fn a_request_reusing_an_id_stored_for_another_publisher_is_refused_whole() {
+        let taken = event("tenant-b");
+        let mut stolen = taken.clone();
+        stolen.event.publisher_backend = "tenant-a".into();
+        let (answers, rows) = decide(&[&[event("tenant-a"), stolen]], &[(&taken, "tenant-b")]);
+        match &answers[0] {
+            Err(StoreError::IdTaken { id, publisher }) => {
+                assert_eq!((id.as_str(), publisher.as_str()), (taken.event.id.as_str(), "tenant-b"));
+            }
+            other => panic!("expected IdTaken, got {other:?}"),
+        }
+        assert!(rows.is_empty(), "its first, new event is not inserted either: {rows:?}");
+    }
+
+    #[test]
+    fn an_id_taken_by_an_earlier_request_of_the_group_refuses_a_later_one_of_another_publisher() {
+        let first = event("tenant-a");
+        let mut second = first.clone();
+        second.event.publisher_backend = "tenant-b".into();
+        let (answers, rows) = decide(&[std::slice::from_ref(&first), &[second]], &[]);
+        assert_eq!(answers[0].as_ref().unwrap(), &[true]);
+        assert!(matches!(answers[1], Err(StoreError::IdTaken { ref publisher, .. }) if publisher == "tenant-a"));
+        assert_eq!(rows, [id_of(&first)]);
+    }
+
+    #[test]
+    fn an_id_repeated_within_a_request_or_the_group_is_new_once() {
+        let once = event("tenant-a");
+        let (answers, rows) = decide(&[&[once.clone(), once.clone()], std::slice::from_ref(&once)], &[]);
+        assert_eq!(answers[0].as_ref().unwrap(), &[true, false]);
+        assert_eq!(answers[1].as_ref().unwrap(), &[false]);
+        assert_eq!(rows, [id_of(&once)]);
+    }
+
+    #[test]
+    fn the_default_publisher_is_one_publisher_whether_stored_empty_or_by_name() {
+        let stored = event("");
+        let mut named = stored.clone();
+        named.event.publisher_backend = "default".into();
+        let (answers, rows) = decide(&[&[named]], &[(&stored, "")]);
+        assert_eq!(answers[0].as_ref().unwrap(), &[false]);
+        assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn an_unstorable_request_is_refused_alone() {
+        let mut nul = event("tenant-a");
+        nul.event.subject = "a\0b".into();
+        let fine = event("tenant-a");
+        let (answers, rows) = decide(&[&[nul], std::slice::from_ref(&fine)], &[]);
+        assert!(matches!(answers[0], Err(StoreError::Unstorable(_))), "{:?}", answers[0]);
+        assert_eq!(answers[1].as_ref().unwrap(), &[true]);
+        assert_eq!(rows, [id_of(&fine)]);
+    }
+}

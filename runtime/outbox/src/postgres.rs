@@ -9,10 +9,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 
 use super::extensions;
+use super::insert::{self, InsertStatements, OnConflict};
 use super::new_rows::Columns;
 use super::pg_wakeup::PgWakeup;
 use super::row::{RowReader, claimed_columns};
@@ -276,14 +277,7 @@ impl OutboxBackend for PostgresStore {
     }
 
     async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
-        let mut tx = self.pool.begin().await?;
-        for chunk in columns.chunks(1000) {
-            insert_many(&mut *tx, chunk, now).await?;
-        }
-        extensions::insert_postgres(&mut tx, &columns.iter().collect::<Vec<_>>()).await?;
-        tx.commit().await?;
-        Ok(columns.iter().map(|c| c.id.to_string()).collect())
+        insert::enqueue(self, events, now).await
     }
 
     async fn try_enqueue_requests(
@@ -291,28 +285,7 @@ impl OutboxBackend for PostgresStore {
         requests: &[&[NewEvent]],
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<Result<Vec<bool>, StoreError>>>, StoreError> {
-        let checked: Vec<Result<Vec<Columns<'_>>, StoreError>> =
-            requests.iter().map(|events| events.iter().map(|e| Columns::of(e, now)).collect()).collect();
-        let ids: Vec<Uuid> = checked.iter().flatten().flatten().map(|c| c.id).collect();
-        let mut tx = self.pool.begin().await?;
-        let stored: Vec<(Uuid, String)> =
-            sqlx::query_as("SELECT id, publisher_backend FROM outbox_events WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?;
-        let stored: Vec<(Uuid, String)> = stored;
-        let (answers, rows) = super::new_rows::decide_requests(&checked, stored);
-        let rows: Vec<Columns<'_>> = rows.into_iter().cloned().collect();
-        let mut inserted = 0;
-        for chunk in rows.chunks(1000) {
-            inserted += insert_new(&mut *tx, chunk, now).await?.len();
-        }
-        if inserted != rows.len() {
-            return Ok(None);
-        }
-        extensions::insert_postgres(&mut tx, &rows.iter().collect::<Vec<_>>()).await?;
-        tx.commit().await?;
-        Ok(Some(answers))
+        insert::try_enqueue_requests(self, requests, now).await
     }
 
     async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
@@ -487,32 +460,53 @@ impl HeldClaim for PgHeldClaim {
     }
 }
 
-/// Inserts one row (for [`super::enqueue::postgres`]); returns its id.
-pub(crate) async fn insert<'e, E>(executor: E, row: &Columns<'_>, now: DateTime<Utc>) -> Result<Uuid, StoreError>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    insert_many(executor, std::slice::from_ref(row), now).await.map(|()| row.id)
+impl InsertStatements for PostgresStore {
+    type Connection = sqlx::PgConnection;
+    type Transaction = sqlx::Transaction<'static, Postgres>;
+
+    async fn begin(&self) -> Result<Self::Transaction, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    fn connection(tx: &mut Self::Transaction) -> &mut Self::Connection {
+        tx
+    }
+
+    async fn commit(tx: Self::Transaction) -> Result<(), StoreError> {
+        Ok(tx.commit().await?)
+    }
+
+    async fn stored(conn: &mut Self::Connection, ids: &[Uuid]) -> Result<Vec<(Uuid, String)>, StoreError> {
+        Ok(sqlx::query_as("SELECT id, publisher_backend FROM outbox_events WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn)
+            .await?)
+    }
+
+    async fn insert(
+        conn: &mut Self::Connection,
+        rows: &[&Columns<'_>],
+        now: DateTime<Utc>,
+        on_conflict: OnConflict,
+    ) -> Result<u64, StoreError> {
+        let statement = match on_conflict {
+            OnConflict::Fail => INSERT_ROWS,
+            OnConflict::Skip => INSERT_NEW_ROWS,
+        };
+        let mut inserted = 0;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            inserted += insert_statement(statement, chunk, now).execute(&mut *conn).await?.rows_affected();
+        }
+        Ok(inserted)
+    }
+
+    async fn insert_extensions(conn: &mut Self::Connection, rows: &[&Columns<'_>]) -> Result<(), StoreError> {
+        extensions::insert_postgres(conn, rows).await
+    }
 }
 
-/// Inserts rows in one statement (`UNNEST` of one array per column).
-async fn insert_many<'e, E>(executor: E, rows: &[Columns<'_>], now: DateTime<Utc>) -> Result<(), StoreError>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    insert_statement(INSERT_ROWS, rows, now).execute(executor).await?;
-    Ok(())
-}
-
-/// Inserts the rows whose id is not in the table yet, in one statement; returns the ids it
-/// inserted.
-async fn insert_new<'e, E>(executor: E, rows: &[Columns<'_>], now: DateTime<Utc>) -> Result<Vec<Uuid>, StoreError>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    let inserted = insert_statement(INSERT_NEW_ROWS, rows, now).fetch_all(executor).await?;
-    inserted.iter().map(|row| Ok(row.try_get::<Uuid, _>(0)?)).collect()
-}
+/// Rows in one `INSERT` (its 13 arrays hold any number; this bounds one statement's size).
+const ROWS_PER_INSERT: usize = 1000;
 
 macro_rules! insert_rows {
     () => {
@@ -528,15 +522,13 @@ macro_rules! insert_rows {
     };
 }
 
+/// Inserts the rows; a row whose id is stored already fails the statement.
 const INSERT_ROWS: &str = insert_rows!();
-const INSERT_NEW_ROWS: &str = concat!(insert_rows!(), " ON CONFLICT (id) DO NOTHING RETURNING id");
+/// Leaves out the rows whose id is stored already.
+const INSERT_NEW_ROWS: &str = concat!(insert_rows!(), " ON CONFLICT (id) DO NOTHING");
 
 /// One of the insert statements with the rows' columns bound.
-fn insert_statement<'q>(
-    statement: &'static str,
-    rows: &'q [Columns<'q>],
-    now: DateTime<Utc>,
-) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+fn insert_statement<'q>(statement: &'static str, rows: &[&'q Columns<'q>], now: DateTime<Utc>) -> Query<'q> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let text = |f: fn(&OutboxEvent) -> &String| rows.iter().map(|r| f(r.event).as_str()).collect::<Vec<&'q str>>();
     let data: Vec<Option<Json<&'q serde_json::Value>>> = rows.iter().map(|r| r.data_value().map(Json)).collect();

@@ -18,6 +18,7 @@ use sqlx::{Sqlite, SqlitePool};
 
 use super::extensions;
 use super::file_watch::FileWrites;
+use super::insert::{self, InsertStatements, OnConflict};
 use super::new_rows::Columns;
 use super::row::{ReadRow, RowError, RowReader, claimed_columns, quote};
 use super::schema;
@@ -217,9 +218,11 @@ impl SqliteStore {
     /// This process's turn to write ([`Self::writer`]), waited for at most as long as a
     /// statement waits for SQLite's lock ([`super::sqlite_busy::LOCK_WAIT`]): queued writers
     /// must not each add a whole wait to the one before them.
-    async fn writing(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, StoreError> {
+    /// Owned, so that a transaction can hold it ([`InsertStatements::Transaction`]).
+    async fn writing(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, StoreError> {
         let waited = super::sqlite_busy::LOCK_WAIT;
-        tokio::time::timeout(waited, self.writer.lock()).await.map_err(|_| StoreError::WriteQueueTimeout { waited })
+        let turn = self.writer.clone().lock_owned();
+        tokio::time::timeout(waited, turn).await.map_err(|_| StoreError::WriteQueueTimeout { waited })
     }
 
     /// Runs a claim statement (its parameters bound by `bind`); reads every row on its own and
@@ -364,16 +367,7 @@ impl OutboxBackend for SqliteStore {
     }
 
     async fn enqueue(&self, events: &[NewEvent], now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
-        let _writing = self.writing().await?;
-        let mut tx = self.enqueues.begin().await?;
-        let rows: Vec<&Columns<'_>> = columns.iter().collect();
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            insert_rows(&mut *tx, chunk, now, OnConflict::Fail).await?;
-        }
-        extensions::insert_sqlite(&mut tx, &rows).await?;
-        tx.commit().await?;
-        Ok(columns.iter().map(|c| c.id.to_string()).collect())
+        insert::enqueue(self, events, now).await
     }
 
     async fn try_enqueue_requests(
@@ -381,32 +375,7 @@ impl OutboxBackend for SqliteStore {
         requests: &[&[NewEvent]],
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<Result<Vec<bool>, StoreError>>>, StoreError> {
-        let checked: Vec<Result<Vec<Columns<'_>>, StoreError>> =
-            requests.iter().map(|events| events.iter().map(|e| Columns::of(e, now)).collect()).collect();
-        let ids = json_list(checked.iter().flatten().flatten().map(|c| c.id.simple().to_string()));
-        // IMMEDIATE: this transaction reads before it writes, and a read snapshot that another
-        // connection (the relay's claims) wrote past cannot become a write one: a deferred
-        // transaction fails at its first insert with "database is locked", without waiting.
-        let _writing = self.writing().await?;
-        let mut tx = self.enqueues.begin_with("BEGIN IMMEDIATE").await?;
-        let stored: Vec<(String, String)> = sqlx::query_as(
-            "SELECT id, publisher_backend FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let stored = stored.into_iter().filter_map(|(id, p)| Some((uuid::Uuid::parse_str(&id).ok()?, p))).collect();
-        let (answers, rows) = super::new_rows::decide_requests(&checked, stored);
-        let mut inserted = 0;
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            inserted += insert_rows(&mut *tx, chunk, now, OnConflict::Skip).await?;
-        }
-        if inserted != rows.len() as u64 {
-            return Ok(None);
-        }
-        extensions::insert_sqlite(&mut tx, &rows).await?;
-        tx.commit().await?;
-        Ok(Some(answers))
+        insert::try_enqueue_requests(self, requests, now).await
     }
 
     async fn claim(&self, now: DateTime<Utc>, limit: u32, skip: &[String]) -> Result<Claim, StoreError> {
@@ -518,37 +487,66 @@ impl OutboxBackend for SqliteStore {
     }
 }
 
-/// Inserts one row (shared by the store and [`super::enqueue::sqlite`]); returns its id.
-pub(crate) async fn insert<'e, E>(executor: E, row: &Columns<'_>, now: DateTime<Utc>) -> Result<uuid::Uuid, StoreError>
-where
-    E: sqlx::SqliteExecutor<'e>,
-{
-    insert_rows(executor, &[row], now, OnConflict::Fail).await?;
-    Ok(row.id)
+impl InsertStatements for SqliteStore {
+    type Connection = sqlx::SqliteConnection;
+    /// The transaction first, this process's turn to write second: a tuple drops in order, so
+    /// the turn is given back once the transaction has ended.
+    type Transaction = (sqlx::Transaction<'static, Sqlite>, tokio::sync::OwnedMutexGuard<()>);
+
+    async fn begin(&self) -> Result<Self::Transaction, StoreError> {
+        let writing = self.writing().await?;
+        // IMMEDIATE: a group commit reads before it writes, and a read snapshot that another
+        // connection (the relay's claims) wrote past cannot become a write one: a deferred
+        // transaction fails at its first insert with "database is locked", without waiting.
+        // (A plain enqueue writes first; IMMEDIATE only takes the lock one statement sooner.)
+        Ok((self.enqueues.begin_with("BEGIN IMMEDIATE").await?, writing))
+    }
+
+    fn connection((tx, _): &mut Self::Transaction) -> &mut Self::Connection {
+        tx
+    }
+
+    async fn commit((tx, _writing): Self::Transaction) -> Result<(), StoreError> {
+        Ok(tx.commit().await?)
+    }
+
+    async fn stored(conn: &mut Self::Connection, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, String)>, StoreError> {
+        let ids = json_list(ids.iter().map(|id| id.simple().to_string()));
+        let stored: Vec<(String, String)> = sqlx::query_as(STORED).bind(ids).fetch_all(conn).await?;
+        Ok(stored.into_iter().filter_map(|(id, p)| Some((uuid::Uuid::parse_str(&id).ok()?, p))).collect())
+    }
+
+    async fn insert(
+        conn: &mut Self::Connection,
+        rows: &[&Columns<'_>],
+        now: DateTime<Utc>,
+        on_conflict: OnConflict,
+    ) -> Result<u64, StoreError> {
+        let mut inserted = 0;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            inserted += insert_rows(&mut *conn, chunk, now, on_conflict).await?;
+        }
+        Ok(inserted)
+    }
+
+    async fn insert_extensions(conn: &mut Self::Connection, rows: &[&Columns<'_>]) -> Result<(), StoreError> {
+        extensions::insert_sqlite(conn, rows).await
+    }
 }
+
+/// The stored rows (id, publisher_backend) of the JSON list of ids `?1`.
+const STORED: &str = "SELECT id, publisher_backend FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))";
 
 /// Rows in one multi-row `INSERT` (14 parameters each, well under SQLite's limit).
 const ROWS_PER_INSERT: usize = 100;
 
-/// What a multi-row insert does with a row whose id is stored already.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OnConflict {
-    /// The statement fails (and the transaction with it).
-    Fail,
-    /// The row is left out.
-    Skip,
-}
-
 /// Inserts `rows` in one statement; returns how many it inserted.
-async fn insert_rows<'e, E>(
-    executor: E,
+async fn insert_rows(
+    conn: &mut sqlx::SqliteConnection,
     rows: &[&Columns<'_>],
     now: DateTime<Utc>,
     on_conflict: OnConflict,
-) -> Result<u64, StoreError>
-where
-    E: sqlx::SqliteExecutor<'e>,
-{
+) -> Result<u64, StoreError> {
     // Anonymous parameters, bound in order: SQLite looks a numbered one up by a linear scan,
     // which made binding 1,400 of them the most expensive part of the insert.
     let row = "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, NULL, 0, ?, '', ?, ?)";
@@ -579,7 +577,7 @@ where
             .bind(event.publisher_backend.clone())
             .bind(broadcaster_entry::pyjson::to_string(&serde_json::Value::Object(event.publisher_config.clone())));
     }
-    Ok(query.execute(executor).await?.rows_affected())
+    Ok(query.execute(conn).await?.rows_affected())
 }
 
 #[cfg(test)]
