@@ -2,10 +2,10 @@
 //! roles.
 //!
 //! # What it owns
-//! - [`options`]: the connection options as written (`host`/`port`/`db` or `url`, ACL user,
-//!   password as a secret, `tls`, `sentinel`, `cluster`, timeouts, `max_memory_ratio`), shared
-//!   by the native backend's `options` and a component's `redis` grant, checked when the
-//!   configuration loads.
+//! - [`options`]: one connection type, [`RedisConnection`](options::RedisConnection), as
+//!   written (`host`/`port`/`db` or `url`, ACL user, password as a secret, `tls`, `sentinel`,
+//!   `cluster`, timeouts, `max_memory_ratio`), embedded by the native backend's `options` and a
+//!   component's `redis` grant, checked when the configuration loads.
 //! - [`endpoint`]: those options resolved into how to reach the Redis.
 //! - [`connector`]: one server, a Sentinel-watched master or a Cluster behind one connection.
 //! - [`client`]: the reconnecting stream client both kinds of publisher use
@@ -15,8 +15,10 @@
 //! - [`native`]: the native `redis-stream` backend (the seed's `RedisStreamBackend`).
 //!
 //! # Extending it
-//! A new connection option goes in [`options`] (its shape and check) and [`endpoint`] (what it
-//! resolves to); both kinds of publisher get it at once. A new command the publishers send
+//! A new connection option is a field of [`RedisConnection`](options::RedisConnection) with
+//! its check in [`options`], its key in [`CONNECTION_KEYS`](options::CONNECTION_KEYS) and an
+//! arm reading it in `options/table.rs`, and what it resolves to in [`endpoint`]; both kinds
+//! of publisher get it at once. A new command the publishers send
 //! goes in [`client`], bounded by the socket timeout like the others.
 //!
 //! # Example

@@ -4,58 +4,47 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::client::{StreamCallError, StreamClient, StreamClients};
 use crate::endpoint::RedisEndpoint;
-use crate::options::{ClusterOptions, ConnectionOptionError, ConnectionOptions, SentinelOptions, TlsOptions};
+use crate::options::{
+    CONNECTION_KEYS, ConnectionOptionError, RedisConnection, deserialize_beside_connection, keys_beside_connection,
+};
 use broadcaster_core::event::OutboxEvent;
 use broadcaster_core::outcome::{Health, PublishError};
-use broadcaster_core::secrets::SecretOption;
 
-/// The seed's `OPTIONS` for `RedisStreamBackend`, with its defaults, and the connection
-/// options of [`crate::options`] (`url`, `username`, `tls`; `password` may be a
-/// secret reference).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The seed's `OPTIONS` for `RedisStreamBackend`, with its defaults: the connection (the
+/// seed's `host`, `port`, `db`, `password`, timeouts, and `url`, `username`, `tls`, … beside
+/// them) and the stream.
+#[derive(Debug, Clone)]
 pub struct RedisStreamOptions {
-    /// Redis server host name. Default `localhost`.
-    pub host: Option<String>,
-    /// Redis server port. Default 6379.
-    pub port: Option<u16>,
-    /// Redis database number. Default 0.
-    pub db: Option<i64>,
-    /// The server as a URL (`redis://`, `rediss://`, `redis+unix://`), instead of
-    /// `host`/`port`/`db`.
-    pub url: Option<String>,
-    /// ACL user. Default none (the `default` user).
-    pub username: Option<String>,
-    /// Redis password, or a secret reference. Default none.
-    pub password: Option<SecretOption>,
-    /// TLS to the server (`{ ca_file, client_cert, client_key, insecure }`). Default none.
-    pub tls: Option<TlsOptions>,
-    /// Hold the publisher down (events wait) once Redis uses this fraction of its
-    /// `maxmemory` (`INFO memory`). Default none: only `OOM` replies hold it down.
-    pub max_memory_ratio: Option<f64>,
-    /// After each batch, wait until this many replicas have it (Redis `WAIT`); fewer is a
-    /// transient error, so nothing acknowledged is lost when the master fails. Default none.
-    pub wait_replicas: Option<u32>,
-    /// Redis Sentinel (`{ master, addresses }`) instead of `url`/`host`/`port`. Default none.
-    pub sentinel: Option<SentinelOptions>,
-    /// Redis Cluster (`{ nodes }`) instead of `url`/`host`/`port`. Default none.
-    pub cluster: Option<ClusterOptions>,
+    /// The Redis written to, with the keys and defaults of a component's `redis` grant.
+    pub connection: RedisConnection,
     /// The stream entries are appended to. Default `events`.
-    #[serde(default = "default_stream_name")]
     pub stream_name: String,
     /// Approximate most entries kept in the stream (`MAXLEN ~`). Default 10000.
-    #[serde(default = "default_max_len")]
     pub max_len: u64,
-    /// Seconds to wait for a connection. Default 5.
-    #[serde(default = "default_seconds")]
-    pub connect_timeout: f64,
-    /// Seconds to wait for a reply. Default 5.
-    #[serde(default = "default_seconds")]
-    pub socket_timeout: f64,
+}
+
+/// Every key of the options, for the message refusing another.
+static OPTION_KEYS: [&str; CONNECTION_KEYS.len() + 2] = keys_beside_connection(&["stream_name", "max_len"]);
+
+impl<'de> Deserialize<'de> for RedisStreamOptions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The options' own keys; the others are the connection's.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct StreamKeys {
+            #[serde(default = "default_stream_name")]
+            stream_name: String,
+            #[serde(default = "default_max_len")]
+            max_len: u64,
+        }
+        let (connection, StreamKeys { stream_name, max_len }) =
+            deserialize_beside_connection(deserializer, "RedisStreamOptions", &OPTION_KEYS)?;
+        Ok(Self { connection, stream_name, max_len })
+    }
 }
 
 fn default_stream_name() -> String {
@@ -63,9 +52,6 @@ fn default_stream_name() -> String {
 }
 fn default_max_len() -> u64 {
     10_000
-}
-fn default_seconds() -> f64 {
-    5.0
 }
 
 impl RedisStreamOptions {
@@ -76,42 +62,18 @@ impl RedisStreamOptions {
             let path = err.path().to_string();
             invalid(&path, err.into_inner().to_string())
         })?;
-        for (name, value) in [("connect_timeout", parsed.connect_timeout), ("socket_timeout", parsed.socket_timeout)] {
-            if !(value > 0.0 && value.is_finite()) {
-                return Err(invalid(name, format!("must be a positive number of seconds, got {value}")));
-            }
-        }
         if parsed.stream_name.is_empty() {
             return Err(invalid("stream_name", "cannot be empty".into()));
         }
-        parsed.connection().check()?;
+        parsed.connection.check()?;
         Ok(parsed)
-    }
-
-    /// The connection options, as written.
-    pub fn connection(&self) -> ConnectionOptions<'_> {
-        ConnectionOptions {
-            host: self.host.as_deref(),
-            port: self.port,
-            db: self.db,
-            url: self.url.as_deref(),
-            username: self.username.as_deref(),
-            password: self.password.as_ref(),
-            tls: self.tls.as_ref(),
-            max_memory_ratio: self.max_memory_ratio,
-            wait_replicas: self.wait_replicas,
-            sentinel: self.sentinel.as_ref(),
-            cluster: self.cluster.as_ref(),
-            connect_timeout: Duration::from_secs_f64(self.connect_timeout),
-            socket_timeout: Duration::from_secs_f64(self.socket_timeout),
-        }
     }
 
     /// The server these options point at: secrets resolved from the environment, files
     /// relative to `base_dir`.
     pub fn endpoint(&self, base_dir: &Path) -> Result<RedisEndpoint, String> {
         let env = |name: &str| std::env::var(name).ok();
-        self.connection().endpoint(base_dir, &env).map_err(|err| err.to_string())
+        self.connection.endpoint(base_dir, &env).map_err(|err| err.to_string())
     }
 }
 
@@ -213,7 +175,10 @@ mod tests {
         let endpoint = o.endpoint(Path::new(".")).unwrap();
         assert_eq!((endpoint.to_string(), endpoint.password), ("redis://localhost:6379/0".to_string(), None));
         assert_eq!((o.stream_name.as_str(), o.max_len), ("events", 10_000));
-        assert_eq!((o.connect_timeout, o.socket_timeout), (5.0, 5.0));
+        assert_eq!(
+            (endpoint.connect_timeout, endpoint.socket_timeout),
+            (Duration::from_secs(5), Duration::from_secs(5))
+        );
     }
 
     #[test]

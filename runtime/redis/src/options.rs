@@ -1,6 +1,7 @@
-//! The connection options the native backend's `options` and a component's `redis` grant
-//! share, as written, checked when the configuration loads and resolved into a
-//! [`RedisEndpoint`] when the publisher is built:
+//! One Redis connection, [`RedisConnection`]: the keys the native backend's `options` and a
+//! component's `redis` grant share, as written, read from the owner's table beside its own
+//! keys ([`deserialize_beside_connection`]), checked when the configuration loads and
+//! resolved into a [`RedisEndpoint`] when the publisher is built:
 //!
 //! - `host`, `port`, `db` (the seed's; defaults `localhost`, 6379, 0), or `url` instead
 //!   (`redis://`, `rediss://` for TLS, `redis+unix://`, as the `redis` crate reads them).
@@ -17,6 +18,9 @@
 //!   loss).
 //! - `max_memory_ratio`: hold the publisher down once Redis uses this fraction of its
 //!   `maxmemory` ([`crate::memory_pressure`]).
+//! - `connect_timeout`, `socket_timeout`: 5 seconds each unless given.
+
+mod table;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +31,7 @@ use serde::Deserialize;
 use crate::endpoint::{RedisAddress, RedisEndpoint, SentinelAuth, TlsSettings};
 use crate::memory_pressure::MemoryRatio;
 use broadcaster_core::secrets::SecretOption;
+pub use table::{CONNECTION_KEYS, deserialize_beside_connection, keys_beside_connection};
 
 /// `tls = { … }`: TLS to the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -71,36 +76,64 @@ pub struct ClusterOptions {
     pub nodes: Vec<String>,
 }
 
-/// The connection options as written, borrowed from a native publisher's options or a
-/// `redis` grant.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionOptions<'a> {
-    /// `host`, if given.
-    pub host: Option<&'a str>,
-    /// `port`, if given.
+/// The Redis to write to and how to reach it, as written: the keys a native publisher's
+/// `options` and a component's `grants.redis` share, each documented and defaulted here once.
+/// Read from a table beside its owner's keys by [`deserialize_beside_connection`]; checked
+/// when the configuration loads ([`check`](Self::check)) and resolved into a
+/// [`RedisEndpoint`] when the publisher is built ([`endpoint`](Self::endpoint)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConnection {
+    /// Server host name or address. Default `localhost`.
+    pub host: Option<String>,
+    /// Server port. Default 6379.
     pub port: Option<u16>,
-    /// `db`, if given.
+    /// Database number. Default 0.
     pub db: Option<i64>,
-    /// `url`, if given.
-    pub url: Option<&'a str>,
-    /// `username`, if given.
-    pub username: Option<&'a str>,
-    /// `password`, if given.
-    pub password: Option<&'a SecretOption>,
-    /// `tls`, if given.
-    pub tls: Option<&'a TlsOptions>,
-    /// `sentinel`, if given.
-    pub sentinel: Option<&'a SentinelOptions>,
-    /// `cluster`, if given.
-    pub cluster: Option<&'a ClusterOptions>,
-    /// `max_memory_ratio`, if given.
+    /// The server as a URL (`redis://`, `rediss://`, `redis+unix://`), instead of
+    /// `host`/`port`/`db`.
+    pub url: Option<String>,
+    /// ACL user; never shown to a component. Default none (the `default` user).
+    pub username: Option<String>,
+    /// Password (`AUTH`), or a secret reference; never shown to a component. Default none.
+    pub password: Option<SecretOption>,
+    /// TLS to the server (`{ ca_file, client_cert, client_key, insecure }`). Default none.
+    pub tls: Option<TlsOptions>,
+    /// Hold the publisher down (events wait) once Redis uses this fraction of its
+    /// `maxmemory` (`INFO memory`). Default none: only `OOM` replies hold it down.
     pub max_memory_ratio: Option<f64>,
-    /// `wait_replicas`, if given.
+    /// After each batch, wait until this many replicas have it (Redis `WAIT`); fewer is a
+    /// transient error, so nothing acknowledged is lost when the master fails. Default none.
     pub wait_replicas: Option<u32>,
-    /// How long to wait for a connection.
+    /// Redis Sentinel (`{ master, addresses }`) instead of `url`/`host`/`port`. Default none.
+    pub sentinel: Option<SentinelOptions>,
+    /// Redis Cluster (`{ nodes }`) instead of `url`/`host`/`port`. Default none.
+    pub cluster: Option<ClusterOptions>,
+    /// How long to wait for a connection: seconds (`5`, `0.5`) or a duration (`"250ms"`).
+    /// Default 5 seconds.
     pub connect_timeout: Duration,
-    /// How long to wait for a reply.
+    /// How long to wait for a reply, written as `connect_timeout`. Default 5 seconds.
     pub socket_timeout: Duration,
+}
+
+impl Default for RedisConnection {
+    /// The seed's: `localhost:6379`, database 0, no credentials, 5 second timeouts.
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: None,
+            db: None,
+            url: None,
+            username: None,
+            password: None,
+            tls: None,
+            max_memory_ratio: None,
+            wait_replicas: None,
+            sentinel: None,
+            cluster: None,
+            connect_timeout: Duration::from_secs(5),
+            socket_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A connection option that is not usable: its key below the options or grant (`url`,
@@ -129,7 +162,7 @@ struct Checked {
     max_memory_ratio: Option<MemoryRatio>,
 }
 
-impl ConnectionOptions<'_> {
+impl RedisConnection {
     /// Checks the options without reading secrets or files (when the configuration loads).
     pub fn check(&self) -> Result<(), ConnectionOptionError> {
         self.checked().map(drop)
@@ -143,7 +176,7 @@ impl ConnectionOptions<'_> {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<RedisEndpoint, ConnectionOptionError> {
         let checked = self.checked()?;
-        let password = match self.password {
+        let password = match &self.password {
             Some(secret) => Some(secret.resolve(base_dir, env).map_err(|message| option_error("password", message))?),
             None => checked.url_password,
         };
@@ -151,7 +184,7 @@ impl ConnectionOptions<'_> {
             None => None,
             Some(insecure) => Some(self.tls_settings(base_dir, insecure)?),
         };
-        let sentinel_auth = match self.sentinel {
+        let sentinel_auth = match &self.sentinel {
             Some(SentinelOptions { username, password: Some(secret), .. }) => {
                 let password = secret.resolve(base_dir, env).map_err(|m| option_error("sentinel.password", m))?;
                 Some(SentinelAuth { username: username.clone(), password })
@@ -173,7 +206,14 @@ impl ConnectionOptions<'_> {
     }
 
     fn checked(&self) -> Result<Checked, ConnectionOptionError> {
-        let mut checked = match (self.url, self.sentinel, self.cluster) {
+        // A zero timeout would fail every call before it is sent.
+        for (key, timeout) in [("connect_timeout", self.connect_timeout), ("socket_timeout", self.socket_timeout)] {
+            if timeout.is_zero() {
+                let seconds = timeout.as_secs_f64();
+                return Err(option_error(key, format!("must be a positive number of seconds, got {seconds}")));
+            }
+        }
+        let mut checked = match (self.url.as_deref(), &self.sentinel, &self.cluster) {
             (_, Some(_), Some(_)) => {
                 return Err(option_error("cluster", "give either `sentinel` or `cluster`, not both"));
             }
@@ -188,13 +228,13 @@ impl ConnectionOptions<'_> {
             }
             (None, None, None) => Checked {
                 address: RedisAddress::Tcp {
-                    host: self.host.unwrap_or("localhost").to_string(),
+                    host: self.host.as_deref().unwrap_or("localhost").to_string(),
                     port: self.port.unwrap_or(6379),
                 },
                 db: self.db.unwrap_or(0),
                 username: None,
                 url_password: None,
-                tls_insecure: self.tls.map(|tls| tls.insecure),
+                tls_insecure: self.tls.as_ref().map(|tls| tls.insecure),
                 max_memory_ratio: None,
             },
             (Some(url), None, None) => self.checked_url(url)?,
@@ -207,16 +247,16 @@ impl ConnectionOptions<'_> {
                 )
             })?);
         }
-        if let Some(username) = self.username {
+        if let Some(username) = &self.username {
             if checked.username.is_some() {
                 return Err(option_error("username", "the `url` names a user already; give it in one place"));
             }
-            checked.username = Some(username.to_string());
+            checked.username = Some(username.clone());
         }
         if self.password.is_some() && checked.url_password.is_some() {
             return Err(option_error("password", "the `url` has a password already; give it in one place"));
         }
-        if let Some(tls) = self.tls {
+        if let Some(tls) = &self.tls {
             match (&tls.client_cert, &tls.client_key) {
                 (Some(_), None) => return Err(option_error("tls.client_key", "`tls.client_cert` needs its key")),
                 (None, Some(_)) => {
@@ -245,10 +285,10 @@ impl ConnectionOptions<'_> {
         if addresses.is_empty() {
             return Err(option_error(field, "at least one `host:port`"));
         }
-        if key == "sentinel" && self.sentinel.is_some_and(|s| s.master.is_empty()) {
+        if key == "sentinel" && self.sentinel.as_ref().is_some_and(|s| s.master.is_empty()) {
             return Err(option_error("sentinel.master", "the master's name, as the Sentinels know it"));
         }
-        if key == "sentinel" && self.sentinel.is_some_and(|s| s.username.is_some() && s.password.is_none()) {
+        if key == "sentinel" && self.sentinel.as_ref().is_some_and(|s| s.username.is_some() && s.password.is_none()) {
             return Err(option_error("sentinel.password", "`sentinel.username` needs the password"));
         }
         let servers = addresses
@@ -263,7 +303,7 @@ impl ConnectionOptions<'_> {
             db: self.db.unwrap_or(0),
             username: None,
             url_password: None,
-            tls_insecure: self.tls.map(|tls| tls.insecure),
+            tls_insecure: self.tls.as_ref().map(|tls| tls.insecure),
             max_memory_ratio: None,
         })
     }
@@ -286,7 +326,7 @@ impl ConnectionOptions<'_> {
             ConnectionAddr::Unix(path) => (RedisAddress::Unix(path.clone()), None),
             _ => return Err(option_error("url", "an address this version does not support")),
         };
-        let tls_insecure = match (url_tls, self.tls, &address) {
+        let tls_insecure = match (url_tls, &self.tls, &address) {
             (_, Some(_), RedisAddress::Unix(_)) => {
                 return Err(option_error("tls", "TLS is for TCP servers, not a Unix socket"));
             }
@@ -314,7 +354,7 @@ impl ConnectionOptions<'_> {
                 .map(Some)
                 .map_err(|err| option_error(key, format!("cannot read {}: {err}", path.display())))
         };
-        let tls = self.tls.cloned().unwrap_or_default();
+        let tls = self.tls.clone().unwrap_or_default();
         let client = match (read("tls.client_cert", &tls.client_cert)?, read("tls.client_key", &tls.client_key)?) {
             (Some(cert), Some(key)) => Some((cert, key)),
             _ => None,
@@ -338,22 +378,9 @@ fn host_and_port(text: &str, default_port: u16) -> Option<(String, u16)> {
 mod tests {
     use super::*;
 
-    fn options<'a>(url: Option<&'a str>, tls: Option<&'a TlsOptions>) -> ConnectionOptions<'a> {
-        ConnectionOptions {
-            host: None,
-            port: None,
-            db: None,
-            url,
-            username: None,
-            password: None,
-            tls,
-            sentinel: None,
-            cluster: None,
-            max_memory_ratio: None,
-            wait_replicas: None,
-            connect_timeout: Duration::from_secs(1),
-            socket_timeout: Duration::from_secs(1),
-        }
+    /// The connection written in `toml`, read as the grant and the native options read it.
+    fn connection(toml: &str) -> RedisConnection {
+        toml::from_str(toml).unwrap()
     }
 
     fn no_env(_: &str) -> Option<String> {
@@ -362,14 +389,16 @@ mod tests {
 
     #[test]
     fn without_options_it_is_the_seeds_localhost() {
-        let endpoint = options(None, None).endpoint(Path::new("."), &no_env).unwrap();
+        let endpoint = connection("").endpoint(Path::new("."), &no_env).unwrap();
         assert_eq!(endpoint.to_string(), "redis://localhost:6379/0");
         assert_eq!((endpoint.username, endpoint.password, endpoint.tls), (None, None, None));
+        let timeouts = (endpoint.connect_timeout, endpoint.socket_timeout);
+        assert_eq!(timeouts, (Duration::from_secs(5), Duration::from_secs(5)));
     }
 
     #[test]
     fn a_url_gives_address_database_user_password_and_tls() {
-        let url = options(Some("rediss://tenant:pw@cache.internal:6380/2"), None);
+        let url = connection("url = \"rediss://tenant:pw@cache.internal:6380/2\"");
         let endpoint = url.endpoint(Path::new("."), &no_env).unwrap();
         assert_eq!(endpoint.to_string(), "rediss://tenant@cache.internal:6380/2");
         assert_eq!(endpoint.password.as_deref(), Some("pw"));
@@ -379,40 +408,39 @@ mod tests {
 
     #[test]
     fn a_url_with_host_port_or_db_names_the_key() {
-        let mut both = options(Some("redis://a:1/0"), None);
-        both.port = Some(6379);
-        let err = both.check().unwrap_err();
+        let err = connection("url = \"redis://a:1/0\"\nport = 6379").check().unwrap_err();
         assert_eq!(err.to_string(), "option `port`: give either `url` or `host`/`port`/`db`, not both");
-        let err = options(Some("http://nope"), None).check().unwrap_err();
+        let err = connection("url = \"http://nope\"").check().unwrap_err();
         assert_eq!(err.key, "url");
     }
 
     #[test]
     fn credentials_in_two_places_and_tls_on_a_plain_url_are_refused() {
-        let secret = SecretOption::Value("x".into());
-        let mut twice = options(Some("redis://u:p@a:1/0"), None);
-        twice.password = Some(&secret);
+        let twice = connection("url = \"redis://u:p@a:1/0\"\npassword = \"x\"");
         assert_eq!(twice.check().unwrap_err().key, "password");
-        twice.password = None;
-        twice.username = Some("u");
+        let twice = connection("url = \"redis://u:p@a:1/0\"\nusername = \"u\"");
         assert_eq!(twice.check().unwrap_err().key, "username");
-        let tls = TlsOptions::default();
-        let err = options(Some("redis://a:1/0"), Some(&tls)).check().unwrap_err();
+        let err = connection("url = \"redis://a:1/0\"\ntls = {}").check().unwrap_err();
         assert!(err.to_string().contains("rediss://"), "{err}");
-        let half = TlsOptions { client_cert: Some("c.pem".into()), ..TlsOptions::default() };
-        assert_eq!(options(None, Some(&half)).check().unwrap_err().key, "tls.client_key");
-        let mut ratio = options(None, None);
-        ratio.max_memory_ratio = Some(1.5);
-        assert_eq!(ratio.check().unwrap_err().key, "max_memory_ratio");
+        let half = connection("tls = { client_cert = \"c.pem\" }");
+        assert_eq!(half.check().unwrap_err().key, "tls.client_key");
+        assert_eq!(connection("max_memory_ratio = 1.5").check().unwrap_err().key, "max_memory_ratio");
+    }
+
+    #[test]
+    fn timeouts_are_seconds_or_durations_and_never_zero() {
+        let written = connection("connect_timeout = 0.5\nsocket_timeout = \"250ms\"");
+        let timeouts = (written.connect_timeout, written.socket_timeout);
+        assert_eq!(timeouts, (Duration::from_millis(500), Duration::from_millis(250)));
+        let err = connection("socket_timeout = 0").check().unwrap_err();
+        assert_eq!(err.to_string(), "option `socket_timeout`: must be a positive number of seconds, got 0");
     }
 
     #[test]
     fn tls_files_are_read_relative_to_the_config_and_named_when_missing() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), "CA").unwrap();
-        let tls = TlsOptions { ca_file: Some("ca.pem".into()), ..TlsOptions::default() };
-        let mut with_tls = options(None, Some(&tls));
-        with_tls.host = Some("127.0.0.1");
+        let with_tls = connection("host = \"127.0.0.1\"\ntls = { ca_file = \"ca.pem\" }");
         let endpoint = with_tls.endpoint(dir.path(), &no_env).unwrap();
         assert_eq!(endpoint.to_string(), "rediss://127.0.0.1:6379/0");
         assert_eq!(endpoint.tls.unwrap().ca_pem.as_deref(), Some(&b"CA"[..]));
@@ -422,39 +450,23 @@ mod tests {
 
     #[test]
     fn sentinel_and_cluster_name_their_servers_alone() {
-        let sentinel = SentinelOptions {
-            master: "mymaster".into(),
-            addresses: vec!["10.0.0.1".into(), "[::1]:5000".into()],
-            username: None,
-            password: None,
-        };
-        let mut by_sentinel = options(None, None);
-        by_sentinel.sentinel = Some(&sentinel);
-        let endpoint = by_sentinel.endpoint(Path::new("."), &no_env).unwrap();
+        let sentinel = "sentinel = { master = \"mymaster\", addresses = [\"10.0.0.1\", \"[::1]:5000\"] }";
+        let endpoint = connection(sentinel).endpoint(Path::new("."), &no_env).unwrap();
         assert_eq!(endpoint.to_string(), "redis+sentinel://10.0.0.1:26379,::1:5000/mymaster/0");
-        by_sentinel.host = Some("h");
-        assert_eq!(by_sentinel.check().unwrap_err().key, "host");
+        assert_eq!(connection(&format!("{sentinel}\nhost = \"h\"")).check().unwrap_err().key, "host");
 
-        let cluster = ClusterOptions { nodes: vec!["a:7000".into(), "b".into()] };
-        let mut by_cluster = options(None, None);
-        by_cluster.cluster = Some(&cluster);
-        assert_eq!(by_cluster.endpoint(Path::new("."), &no_env).unwrap().to_string(), "redis+cluster://a:7000,b:6379");
-        by_cluster.db = Some(1);
-        assert_eq!(by_cluster.check().unwrap_err().key, "db");
-        by_cluster.db = None;
-        by_cluster.sentinel = Some(&sentinel);
-        assert_eq!(by_cluster.check().unwrap_err().key, "cluster");
-        let empty = ClusterOptions { nodes: vec!["a:x".into()] };
-        by_cluster.sentinel = None;
-        by_cluster.cluster = Some(&empty);
-        assert_eq!(by_cluster.check().unwrap_err().key, "cluster.nodes");
+        let cluster = "cluster = { nodes = [\"a:7000\", \"b\"] }";
+        let endpoint = connection(cluster).endpoint(Path::new("."), &no_env).unwrap();
+        assert_eq!(endpoint.to_string(), "redis+cluster://a:7000,b:6379");
+        assert_eq!(connection(&format!("{cluster}\ndb = 1")).check().unwrap_err().key, "db");
+        assert_eq!(connection(&format!("{cluster}\n{sentinel}")).check().unwrap_err().key, "cluster");
+        let bad_node = connection("cluster = { nodes = [\"a:x\"] }");
+        assert_eq!(bad_node.check().unwrap_err().key, "cluster.nodes");
     }
 
     #[test]
     fn the_password_may_be_a_secret_reference() {
-        let secret = SecretOption::Env("REDIS_PASSWORD".into());
-        let mut with_secret = options(None, None);
-        with_secret.password = Some(&secret);
+        let with_secret = connection("password = { secret = \"REDIS_PASSWORD\" }");
         let env = |name: &str| (name == "REDIS_PASSWORD").then(|| "from-env".to_string());
         assert_eq!(with_secret.endpoint(Path::new("."), &env).unwrap().password.as_deref(), Some("from-env"));
         let err = with_secret.endpoint(Path::new("."), &no_env).unwrap_err();

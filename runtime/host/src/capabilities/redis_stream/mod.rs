@@ -1,5 +1,6 @@
 //! `broadcaster:backend/redis-stream`, bound to a publisher's `redis` grant:
-//! `grants.redis = { host, port, db, password, streams = ["tenant-a:*"], … }`.
+//! `grants.redis = { host, port, db, password, streams = ["tenant-a:*"], … }`: the connection
+//! keys are [`RedisConnection`]'s, the native backend's too, beside the grant's `streams`.
 //!
 //! The guest sees stream names and error messages, never the server's address or password.
 //! Everything it passes is bounded before the host copies it: the number of fields
@@ -19,7 +20,7 @@ mod batch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, WasmList, WasmStr};
 
@@ -28,70 +29,35 @@ use crate::bindings::RedisStreamError as Error;
 use crate::component::ContractVersion;
 use crate::guest_output::truncate;
 use crate::state::PublisherState;
-use broadcaster_config::{Seconds, default_timeout};
-use broadcaster_core::secrets::SecretOption;
 use broadcaster_redis::client::{RedisEndpoint, StreamCallError, StreamClient};
-use broadcaster_redis::options::{ClusterOptions, ConnectionOptions, SentinelOptions, TlsOptions};
+use broadcaster_redis::options::{
+    CONNECTION_KEYS, RedisConnection, deserialize_beside_connection, keys_beside_connection,
+};
 
-/// `grants.redis`: the Redis a component may write to, and which streams. The connection
-/// options are [`broadcaster_redis::options`]'s, as for the native backend.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `grants.redis`: the Redis a component may write to, and which streams.
+#[derive(Debug, Clone)]
 pub struct RedisGrant {
-    /// Server host name or address. Default `localhost`.
-    pub host: Option<String>,
-    /// Server port. Default 6379.
-    pub port: Option<u16>,
-    /// Database number. Default 0.
-    pub db: Option<i64>,
-    /// The server as a URL (`redis://`, `rediss://`, `redis+unix://`), instead of
-    /// `host`/`port`/`db`.
-    pub url: Option<String>,
-    /// ACL user; never shown to the component. Default none (the `default` user).
-    pub username: Option<String>,
-    /// Password (`AUTH`), or a secret reference; never shown to the component. Default none.
-    pub password: Option<SecretOption>,
-    /// TLS to the server (`{ ca_file, client_cert, client_key, insecure }`). Default none.
-    pub tls: Option<TlsOptions>,
-    /// Hold the publisher down (events wait) once Redis uses this fraction of its
-    /// `maxmemory` (`INFO memory`). Default none: only `OOM` replies hold it down.
-    pub max_memory_ratio: Option<f64>,
-    /// After each batch, wait until this many replicas have it (Redis `WAIT`); fewer is a
-    /// transient error, so nothing acknowledged is lost when the master fails. Default none.
-    pub wait_replicas: Option<u32>,
-    /// Redis Sentinel (`{ master, addresses }`) instead of `url`/`host`/`port`. Default none.
-    pub sentinel: Option<SentinelOptions>,
-    /// Redis Cluster (`{ nodes }`) instead of `url`/`host`/`port`. Default none.
-    pub cluster: Option<ClusterOptions>,
+    /// The granted server, with the keys and defaults of the native backend's options.
+    pub connection: RedisConnection,
     /// Stream name patterns the component may `XADD` to; `*` matches any run of characters,
     /// `?` one character. Required: an empty list allows nothing.
     pub streams: Vec<String>,
-    /// Seconds to wait for a connection. Default 5.
-    #[serde(default = "default_timeout")]
-    pub connect_timeout: Seconds,
-    /// Seconds to wait for a reply. Default 5.
-    #[serde(default = "default_timeout")]
-    pub socket_timeout: Seconds,
 }
 
-impl RedisGrant {
-    /// The connection options, as written.
-    pub fn connection(&self) -> ConnectionOptions<'_> {
-        ConnectionOptions {
-            host: self.host.as_deref(),
-            port: self.port,
-            db: self.db,
-            url: self.url.as_deref(),
-            username: self.username.as_deref(),
-            password: self.password.as_ref(),
-            tls: self.tls.as_ref(),
-            max_memory_ratio: self.max_memory_ratio,
-            wait_replicas: self.wait_replicas,
-            sentinel: self.sentinel.as_ref(),
-            cluster: self.cluster.as_ref(),
-            connect_timeout: self.connect_timeout.0,
-            socket_timeout: self.socket_timeout.0,
+/// Every key of the grant, for the message refusing another.
+static GRANT_KEYS: [&str; CONNECTION_KEYS.len() + 1] = keys_beside_connection(&["streams"]);
+
+impl<'de> Deserialize<'de> for RedisGrant {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The grant's own key; the others are the connection's.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct GrantKeys {
+            streams: Vec<String>,
         }
+        let (connection, GrantKeys { streams }) =
+            deserialize_beside_connection(deserializer, "RedisGrant", &GRANT_KEYS)?;
+        Ok(Self { connection, streams })
     }
 }
 
@@ -176,14 +142,14 @@ impl Capability for RedisStream {
         if grant.streams.iter().any(String::is_empty) {
             return Err(GrantError { key: "streams".into(), message: "a stream pattern cannot be empty".into() });
         }
-        grant.connection().check().map_err(|err| GrantError { key: err.key, message: err.message })
+        grant.connection.check().map_err(|err| GrantError { key: err.key, message: err.message })
     }
 
     fn configure(grant: Option<RedisGrant>, publisher: &PublisherSetup<'_>) -> Result<Self::Configured, String> {
         let Some(grant) = grant else { return Ok(None) };
         let env = |name: &str| std::env::var(name).ok();
         let endpoint = grant
-            .connection()
+            .connection
             .endpoint(publisher.base_dir, &env)
             .map_err(|err| format!("grants.redis.{}: {}", err.key, err.message))?;
         // Checked now (TLS material, addresses), used by each instance's own client.
@@ -377,5 +343,14 @@ mod tests {
         assert!(patterns.allows("audit"));
         assert!(!patterns.allows("tenant-b:orders"));
         assert!(!StreamPatterns::default().allows("anything"));
+    }
+
+    #[test]
+    fn a_grant_holds_its_streams_beside_the_connection_keys() {
+        let grant: RedisGrant = toml::from_str("host = \"h\"\nstreams = [\"a:*\"]\nsocket_timeout = \"2s\"").unwrap();
+        assert_eq!((grant.connection.host.as_deref(), grant.streams.as_slice()), (Some("h"), &["a:*".to_string()][..]));
+        assert_eq!(grant.connection.socket_timeout, Duration::from_secs(2));
+        let no_wait: RedisGrant = toml::from_str("streams = [\"a\"]\nconnect_timeout = 0").unwrap();
+        assert_eq!(RedisStream::check_grant(&no_wait).unwrap_err().key, "connect_timeout");
     }
 }
