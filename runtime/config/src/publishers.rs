@@ -67,7 +67,7 @@ impl Grants {
     }
 }
 
-/// The socket and call timeout a `redis` or `http` grant has when it names none (5s).
+/// The timeout an `http` grant has when it names none (5s).
 pub fn default_timeout() -> Seconds {
     Seconds(Duration::from_secs(5))
 }
