@@ -6,8 +6,9 @@
 //!   backend or a sandboxed component, behind one interface.
 //! - [`registry`]: the configured publishers, built and started, by name; rebuilt for a new
 //!   configuration, keeping the unchanged ones.
-//! - [`worker`]: the loop ([`Relay`]), one batch at a time; `busy`: which publishers have
-//!   batches in flight.
+//! - [`worker`]: the loop ([`Relay`], [`Relay::run`]: a state and its named steps), the
+//!   shares it claims, publishes and settles; `busy`: which publishers have batches in
+//!   flight.
 //! - [`clock`]: where "now" comes from (a test can hold it still).
 //! - [`backoff`]: the retry schedule.
 //! - [`health`]: which publishers are healthy (checked on an interval).
