@@ -33,7 +33,7 @@
 //! With PostgreSQL, [`postgres`] takes a `&mut PgConnection` (or a transaction) the same way.
 
 use super::StoreError;
-use super::insert::{InsertStatements, OnConflict};
+use super::insert::{InsertStatements, OnConflict, insert_rows};
 use super::new_rows::Columns;
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
@@ -63,7 +63,7 @@ async fn insert_through<S: InsertStatements>(
 ) -> Result<uuid::Uuid, StoreError> {
     let now = now_micros();
     let columns = Columns::of(event, now)?;
-    S::insert(conn, &[&columns], now, OnConflict::Fail).await?;
+    insert_rows::<S>(conn, &[&columns], now, OnConflict::Fail).await?;
     S::insert_extensions(conn, &[&columns]).await?;
     Ok(columns.id)
 }

@@ -32,6 +32,9 @@ pub(crate) trait InsertStatements: Sync {
     /// this process's turn to write). Dropping it uncommitted rolls it back.
     type Transaction: Send;
 
+    /// The most rows one insert statement takes ([`insert`](Self::insert)).
+    const ROWS_PER_INSERT: usize;
+
     /// Opens a write transaction for new rows; it may begin with a read
     /// ([`stored`](Self::stored)) and insert after it.
     fn begin(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send;
@@ -48,8 +51,8 @@ pub(crate) trait InsertStatements: Sync {
         ids: &[Uuid],
     ) -> impl Future<Output = Result<Vec<(Uuid, String)>, StoreError>> + Send;
 
-    /// Inserts `rows`, `pending`, `now` their `updated_at`, in as few statements as the
-    /// database takes; returns how many it inserted.
+    /// Inserts `rows` (at most [`ROWS_PER_INSERT`](Self::ROWS_PER_INSERT)), `pending`, `now`
+    /// their `updated_at`, in one statement; returns how many it inserted.
     fn insert(
         conn: &mut Self::Connection,
         rows: &[&Columns<'_>],
@@ -75,7 +78,7 @@ pub(crate) async fn enqueue<S: InsertStatements>(
     let columns = events.iter().map(|e| Columns::of(e, now)).collect::<Result<Vec<_>, _>>()?;
     let rows: Vec<&Columns<'_>> = columns.iter().collect();
     let mut tx = store.begin().await?;
-    S::insert(S::connection(&mut tx), &rows, now, OnConflict::Fail).await?;
+    insert_rows::<S>(S::connection(&mut tx), &rows, now, OnConflict::Fail).await?;
     S::insert_extensions(S::connection(&mut tx), &rows).await?;
     S::commit(tx).await?;
     Ok(columns.iter().map(|c| c.id.to_string()).collect())
@@ -98,7 +101,7 @@ pub(crate) async fn try_enqueue_requests<S: InsertStatements>(
     let mut tx = store.begin().await?;
     let stored = S::stored(S::connection(&mut tx), &ids).await?;
     let (answers, rows) = decide_requests(&checked, stored);
-    let inserted = S::insert(S::connection(&mut tx), &rows, now, OnConflict::Skip).await?;
+    let inserted = insert_rows::<S>(S::connection(&mut tx), &rows, now, OnConflict::Skip).await?;
     if inserted != rows.len() as u64 {
         // Dropping the transaction rolls back the rows this attempt did insert.
         return Ok(None);
@@ -106,6 +109,21 @@ pub(crate) async fn try_enqueue_requests<S: InsertStatements>(
     S::insert_extensions(S::connection(&mut tx), &rows).await?;
     S::commit(tx).await?;
     Ok(Some(answers))
+}
+
+/// Inserts `rows` in as few statements as the database `S` takes; returns how many it
+/// inserted.
+pub(crate) async fn insert_rows<S: InsertStatements>(
+    conn: &mut S::Connection,
+    rows: &[&Columns<'_>],
+    now: DateTime<Utc>,
+    on_conflict: OnConflict,
+) -> Result<u64, StoreError> {
+    let mut inserted = 0;
+    for chunk in rows.chunks(S::ROWS_PER_INSERT) {
+        inserted += S::insert(conn, chunk, now, on_conflict).await?;
+    }
+    Ok(inserted)
 }
 
 #[cfg(test)]
