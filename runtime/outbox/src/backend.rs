@@ -126,12 +126,12 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     }
 
     /// One attempt at [`enqueue_requests`](Self::enqueue_requests): reads which ids are stored,
-    /// decides every request from that ([`super::new_rows::decide_requests`]), inserts the new
+    /// decides every request from that (`new_rows::decide_requests`), inserts the new
     /// rows, and commits. `None` (nothing written) when an insert found an id stored after the
     /// read: another writer got in between, and a new attempt reads it.
     ///
     /// SQLite and PostgreSQL share one implementation of these steps
-    /// ([`super::insert::try_enqueue_requests`]), each giving only its statements; a database
+    /// (`insert::try_enqueue_requests`), each giving only its statements; a database
     /// outside this crate writes its own.
     async fn try_enqueue_requests(
         &self,

@@ -8,7 +8,7 @@
 //! - Read once per claim, for the claimed ids only: one indexed statement (the primary key
 //!   leads with `event_id`), answered from the index when no claimed event has any. On SQLite,
 //!   once the table is known to exist, by the claim statement itself (a subquery per claimed
-//!   row, [`sqlite_claimed_extensions`]): one statement fewer on the relay's critical path.
+//!   row, `sqlite_claimed_extensions!`): one statement fewer on the relay's critical path.
 //! - Removed with their event: `event_id` references `outbox_events (id) ON DELETE CASCADE`.
 //!   PostgreSQL always enforces it; SQLite on connections with `PRAGMA foreign_keys = ON`,
 //!   which Django and Broadcaster (sqlx) both turn on.

@@ -3,17 +3,49 @@
 //!
 //! - [`backend`]: [`OutboxBackend`], the contract every database implements (claims are
 //!   leases fenced by the claim token; see there).
-//! - [`sqlite`], [`postgres`]: the implementations, one statement set per database.
+//! - [`sqlite`], [`postgres`]: the implementations, one statement set per database, each a
+//!   folder with fixed file roles (`mod.rs` connect, migrate, operate; `claim.rs`; `settle.rs`;
+//!   `insert.rs`).
 //! - [`row`]: claimed rows as each database reads them, decoded into events in one place; a
 //!   row that cannot be read fails alone.
 //! - [`fenced_writes`]: the writes that finish claimed rows, fenced by the claim token.
 //! - [`schema`]: the table's DDL (Django's own, per database).
 //! - [`NewEvent`]: an event to store; its row's columns are checked once, for either database,
-//!   below both of them (`new_rows`).
+//!   and a group of requests decided, below both of them (`new_rows`); `insert` runs the steps
+//!   of an enqueue over each database's statements.
 //! - [`enqueue`]: writing events, including inside an application's own transaction.
 //! - [`extensions`]: the events' CloudEvents extension attributes, in a side table.
 //!
 //! [`OutboxStore`] is the handle the relay and the CLI hold: the backend `connect` picks by URL.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), broadcaster_outbox::StoreError> {
+//! use broadcaster_outbox::{NewEvent, OutboxStore};
+//!
+//! // `sqlite://broadcaster.db` for a file, `postgres://user@host/db` for PostgreSQL.
+//! let store = OutboxStore::connect("sqlite::memory:").await?;
+//! store.migrate().await?;
+//! let event = NewEvent::new("order.created", "/shop/orders").data(serde_json::json!({"order_id": 42}));
+//! let ids = store.enqueue(&[event], chrono::Utc::now()).await?;
+//!
+//! // What a relay does next: claim the due rows as a lease.
+//! let claim = store.claim(chrono::Utc::now(), 10, &[]).await?;
+//! assert_eq!(claim.events[0].event.id, ids[0]);
+//! # Ok(()) }
+//! ```
+//!
+//! # Extending it
+//!
+//! A new database is one more [`OutboxBackend`] in its own files (`src/<database>/`, its SQL
+//! and its binding only, like [`sqlite`] and [`postgres`]; its DDL in [`schema`]) and one line
+//! in [`OutboxStore::connect`] mapping its URL scheme to it. What is the same for every
+//! database is written once and shared: reading and decoding claimed rows ([`row`]), the
+//! fenced writes that finish them ([`fenced_writes`]), checking new rows and deciding which
+//! of a group commit's are new (`new_rows`), and the steps of an enqueue (`insert`: give the
+//! store its `InsertStatements`, and its `enqueue` and `try_enqueue_requests` are one line
+//! each). A database kept outside this crate implements [`OutboxBackend`] on its own and is
+//! handed to [`OutboxStore::new`].
 
 #![deny(missing_docs)]
 

@@ -158,7 +158,7 @@ where
     Time: ColumnType<'r, R::Database> + Into<TimeColumn>,
     Count: ColumnType<'r, R::Database> + Into<i64>,
 {
-    /// Reads the columns a claim returns ([`claimed_columns!`]). A column that does not decode
+    /// Reads the columns a claim returns (`claimed_columns!`). A column that does not decode
     /// rejects the row alone; only an `id` or `publisher_backend` that cannot be read (the row
     /// cannot be named) is an error of the whole claim.
     pub fn claimed(row: &'r R) -> Result<ReadRow, StoreError> {
