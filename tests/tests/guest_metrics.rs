@@ -10,6 +10,7 @@ use broadcaster::metrics::Metrics;
 use broadcaster::publisher::{PublishError, Publisher};
 use broadcaster::registry::PublisherRegistry;
 use broadcaster::relay::HealthBoard;
+use broadcaster::relay::scrape::refresh_publishers;
 use broadcaster_tests::{RedisServer, components};
 
 fn attacker(redis: &RedisServer, attacks: &[(&str, &str)]) -> Config {
@@ -66,9 +67,9 @@ async fn each_trap_is_counted_by_its_cause_with_the_restart_and_the_breaker_paus
     assert_eq!(counters("hoarder").traps(TrapCause::Trap), 0);
 
     let metrics = Metrics::new();
-    metrics.refresh_publishers(&registry, &HealthBoard::default());
+    refresh_publishers(&metrics, &registry, &HealthBoard::default());
     // A second copy-in adds nothing: the counters are raised to the totals, not by them.
-    metrics.refresh_publishers(&registry, &HealthBoard::default());
+    refresh_publishers(&metrics, &registry, &HealthBoard::default());
     let text = metrics.render();
     let traps = "broadcaster_guest_traps_total";
     assert_eq!(sample(&text, traps, r#"cause="trap",publisher="panicky""#), 2.0);
@@ -96,6 +97,6 @@ async fn the_live_instance_memory_is_reported_and_drops_to_zero_when_it_traps() 
     let _ = registry.get("panicky").unwrap().publish(&OutboxEvent::new("t", "s")).await;
     assert_eq!(memory("panicky"), 0, "a trapped instance is gone, and its memory with it");
     let metrics = Metrics::new();
-    metrics.refresh_publishers(&registry, &HealthBoard::default());
+    refresh_publishers(&metrics, &registry, &HealthBoard::default());
     assert_eq!(sample(&metrics.render(), "broadcaster_guest_memory_bytes", r#"publisher="calm""#), calm as f64);
 }

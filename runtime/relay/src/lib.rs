@@ -12,13 +12,15 @@
 //! - [`clock`]: where "now" comes from (a test can hold it still).
 //! - [`backoff`]: the retry schedule.
 //! - [`health`]: which publishers are healthy (checked on an interval).
-//! - [`metrics`]: what `GET /metrics` reports (Prometheus text format).
+//! - [`metrics`]: what `GET /metrics` reports (Prometheus text format), from plain counts and
+//!   samples; [`scrape`]: what a scrape copies in from the registry and the health board.
 //! - [`otlp`]: the publish spans sent to an OpenTelemetry collector, and [`trace_context`]:
 //!   the spans themselves, parented by an event's `traceparent`.
 //!
 //! # Extending it
 //! A new kind of publisher is a variant of [`Publisher`](publisher::Publisher) built in
-//! [`registry`]; a new metric goes in [`metrics`], fed plain counts by the worker.
+//! [`registry`]; a new metric goes in [`metrics`], fed plain counts by the worker (or plain
+//! samples by [`scrape`]): `metrics` uses nothing else of this crate.
 //!
 //! Guarantees: every event is published **at least once**. Duplicates happen only when a
 //! worker dies (or stalls past its lease) after publishing and before recording it; the
@@ -34,6 +36,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod publisher;
 pub mod registry;
+pub mod scrape;
 pub mod trace_context;
 pub mod worker;
 

@@ -3,7 +3,10 @@
 //!
 //! The relay and the server write to one [`Metrics`]; values that live elsewhere (the
 //! backlog in the database, a guest's counters, the health board) are copied in when a
-//! scrape asks ([`Metrics::refresh_publishers`], [`Metrics::set_backlog`]).
+//! scrape asks ([`Metrics::refresh_publishers`], [`Metrics::set_backlog`]). It takes plain
+//! counts, durations and samples, and knows nothing else of the relay: the worker books its
+//! counts here, and the scrape path reads the registry and the health board for it
+//! ([`crate::scrape`]).
 //!
 //! ```
 //! use broadcaster_relay::metrics::Metrics;
@@ -22,11 +25,8 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::publisher::Publisher;
-use crate::registry::PublisherRegistry;
-use crate::{BatchReport, HealthBoard};
 use broadcaster_core::routing::publisher_for;
-use broadcaster_host::TrapCause;
+use broadcaster_host::{GuestCounters, TrapCause};
 use broadcaster_outbox::{Backlog, Status};
 
 /// The label for a publisher name that no configured publisher has (bounded: the outbox may
@@ -60,7 +60,7 @@ pub struct Metrics {
     /// emptied).
     backlog_labels: Mutex<BTreeSet<(String, &'static str)>>,
     /// One copy-in of the publishers' counters at a time (two would both add the same rise),
-    /// and which publisher each name had at the last one ([`Publisher::identity`]): a reload
+    /// and which build each name had at the last one ([`PublisherSample::build`]): a reload
     /// that replaced or removed one resets or drops its series.
     refreshing: Mutex<BTreeMap<String, usize>>,
 }
@@ -198,13 +198,14 @@ impl Metrics {
         }
     }
 
-    /// Books what a publisher's share of a batch came to.
-    pub fn record_share(&self, publisher: &str, report: &BatchReport) {
+    /// Books what a publisher's share of a batch came to: events `published`, `retried`
+    /// (failed transiently), `failed` for good, and `released` unattempted.
+    pub fn record_share(&self, publisher: &str, published: u64, retried: u64, failed: u64, released: u64) {
         let label = [publisher];
-        self.published.with_label_values(&label).inc_by(report.published);
-        self.retried.with_label_values(&label).inc_by(report.retried);
-        self.failed.with_label_values(&label).inc_by(report.failed);
-        self.released.with_label_values(&label).inc_by(report.released);
+        self.published.with_label_values(&label).inc_by(published);
+        self.retried.with_label_values(&label).inc_by(retried);
+        self.failed.with_label_values(&label).inc_by(failed);
+        self.released.with_label_values(&label).inc_by(released);
     }
 
     /// Books events failed without a publisher (rows no publisher can read).
@@ -240,27 +241,30 @@ impl Metrics {
         }
     }
 
-    /// Copies in each publisher's health (from `health`) and its guest's counters.
-    pub fn refresh_publishers(&self, registry: &PublisherRegistry, health: &HealthBoard) {
+    /// Copies in each configured publisher's health and its guest's counters, and the live
+    /// instances of their engine (`None`: it has no component publishers). Series of a
+    /// publisher no longer among `publishers` are dropped.
+    pub fn refresh_publishers<'a>(
+        &self,
+        live: Option<LiveSample>,
+        publishers: impl IntoIterator<Item = PublisherSample<'a>>,
+    ) {
         let mut seen = self.refreshing.lock().expect("refresh lock");
-        for (name, _) in seen.iter().filter(|(name, _)| !registry.contains(name)) {
-            let _ = self.healthy.remove_label_values(&[name]);
-            self.forget_guest(name);
+        if let Some(live) = live {
+            self.live_instances.with_label_values::<&str>(&[]).set(i64::try_from(live.instances).unwrap_or(i64::MAX));
+            self.live_memory.with_label_values::<&str>(&[]).set(i64::try_from(live.memory_bytes).unwrap_or(i64::MAX));
+            catch_up(&self.evictions, &[], live.evictions);
         }
-        seen.retain(|name, _| registry.contains(name));
-        if let Some(live) = registry.live_instances() {
-            self.live_instances.with_label_values::<&str>(&[]).set(i64::try_from(live.live()).unwrap_or(i64::MAX));
-            self.live_memory.with_label_values::<&str>(&[]).set(i64::try_from(live.memory_bytes()).unwrap_or(i64::MAX));
-            catch_up(&self.evictions, &[], live.evictions());
-        }
-        for (name, publisher) in registry.iter() {
-            if seen.insert(name.to_string(), publisher.identity()).is_some_and(|was| was != publisher.identity()) {
+        let mut current = BTreeMap::new();
+        for publisher in publishers {
+            let name = publisher.name;
+            if seen.remove(name).is_some_and(|was| was != publisher.build) {
                 // Built again by a reload: its guest counters start over, and so do the series.
                 self.forget_guest(name);
             }
-            self.healthy.with_label_values(&[name]).set(i64::from(!health.is_down(name)));
-            let Publisher::Component(component) = publisher else { continue };
-            let counters = component.counters();
+            current.insert(name.to_string(), publisher.build);
+            self.healthy.with_label_values(&[name]).set(i64::from(publisher.healthy));
+            let Some(counters) = publisher.guest else { continue };
             if counters.instances() == 0 && counters.failed_starts() == 0 {
                 // Never started (an idle tenant of many): nothing to say, and 100,000 of them
                 // would be 900,000 series of zeros.
@@ -276,6 +280,12 @@ impl Metrics {
                 .with_label_values(&[name])
                 .set(i64::try_from(counters.memory_bytes()).unwrap_or(i64::MAX));
         }
+        // What is left of the last copy-in is the publishers that are gone.
+        for name in seen.keys() {
+            let _ = self.healthy.remove_label_values(&[name]);
+            self.forget_guest(name);
+        }
+        *seen = current;
     }
 
     /// Drops the guest series of `publisher` (it is gone, or was built again).
@@ -289,16 +299,23 @@ impl Metrics {
         let _ = self.guest_memory.remove_label_values(&[publisher]);
     }
 
-    /// Sets the backlog gauges from a count of the outbox taken at `now`; names no
+    /// Sets the backlog gauges from a count of the outbox taken at `now`: every configured
+    /// publisher (`publishers`, by name) has its gauges, at zero when it has no rows; names no
     /// configured publisher has are summed under [`UNKNOWN_PUBLISHER`].
-    pub fn set_backlog(&self, backlog: &[Backlog], registry: &PublisherRegistry, now: DateTime<Utc>) {
+    pub fn set_backlog<'a>(
+        &self,
+        publishers: impl IntoIterator<Item = &'a str>,
+        backlog: &[Backlog],
+        now: DateTime<Utc>,
+    ) {
+        let configured: BTreeSet<&str> = publishers.into_iter().collect();
         let label = |stored: &str| {
             let name = publisher_for(stored);
-            if registry.get(name).is_ok() { name.to_string() } else { UNKNOWN_PUBLISHER.to_string() }
+            if configured.contains(name) { name.to_string() } else { UNKNOWN_PUBLISHER.to_string() }
         };
-        let mut counts: std::collections::BTreeMap<(String, &'static str), i64> = Default::default();
-        let mut oldest: std::collections::BTreeMap<String, DateTime<Utc>> = Default::default();
-        for (name, _) in registry.iter() {
+        let mut counts: BTreeMap<(String, &'static str), i64> = Default::default();
+        let mut oldest: BTreeMap<String, DateTime<Utc>> = Default::default();
+        for name in &configured {
             for status in [Status::Pending, Status::Retry, Status::Processing] {
                 counts.insert((name.to_string(), status.as_str()), 0);
             }
@@ -360,6 +377,32 @@ impl Metrics {
     pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
 }
 
+/// A configured publisher as a scrape copies it in ([`Metrics::refresh_publishers`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PublisherSample<'a> {
+    /// Its name (the label).
+    pub name: &'a str,
+    /// Which build of it this is (two handles of one publisher share it): another build of
+    /// the same name (a reload built it again) starts its guest series over.
+    pub build: usize,
+    /// Whether its last health check passed (or it has not been checked yet).
+    pub healthy: bool,
+    /// Its guest's supervision counters, for a component publisher.
+    pub guest: Option<&'a GuestCounters>,
+}
+
+/// The live component instances of the publishers' engine, all of them together, as a scrape
+/// copies them in ([`Metrics::refresh_publishers`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveSample {
+    /// Instances alive now.
+    pub instances: usize,
+    /// Their linear memory together, in bytes.
+    pub memory_bytes: u64,
+    /// Instances dropped for room or idleness since the engine started.
+    pub evictions: u64,
+}
+
 /// A publisher's outcomes since the process started ([`Metrics::outcome_totals`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct OutcomeTotals {
@@ -387,8 +430,9 @@ mod tests {
     #[test]
     fn shares_are_counted_per_publisher() {
         let metrics = Metrics::new();
-        metrics.record_share("a", &BatchReport { published: 3, retried: 1, failed: 2, ..BatchReport::default() });
-        metrics.record_share("a", &BatchReport { published: 4, ..BatchReport::default() });
+        let (published, retried, failed, released) = (3, 1, 2, 0);
+        metrics.record_share("a", published, retried, failed, released);
+        metrics.record_share("a", 4, 0, 0, 0);
         let text = metrics.render();
         assert!(text.contains("broadcaster_events_published_total{publisher=\"a\"} 7"), "{text}");
         assert!(text.contains("broadcaster_events_retried_total{publisher=\"a\"} 1"), "{text}");
@@ -396,5 +440,60 @@ mod tests {
         let totals = metrics.outcome_totals();
         assert_eq!(totals["a"], OutcomeTotals { published: 7, retried: 1, failed: 2 });
         assert_eq!(totals.len(), 1, "no series is added by reading: {totals:?}");
+    }
+
+    fn sample(name: &str, build: usize, healthy: bool) -> PublisherSample<'_> {
+        PublisherSample { name, build, healthy, guest: None }
+    }
+
+    #[test]
+    fn a_publisher_gone_from_the_copy_in_loses_its_series() {
+        let metrics = Metrics::new();
+        metrics.refresh_publishers(None, [sample("a", 1, true), sample("b", 2, false)]);
+        let text = metrics.render();
+        assert!(text.contains("broadcaster_publisher_healthy{publisher=\"a\"} 1"), "{text}");
+        assert!(text.contains("broadcaster_publisher_healthy{publisher=\"b\"} 0"), "{text}");
+        metrics.refresh_publishers(None, [sample("a", 1, true)]);
+        let text = metrics.render();
+        assert!(text.contains("broadcaster_publisher_healthy{publisher=\"a\"} 1"), "{text}");
+        assert!(!text.contains("publisher=\"b\""), "{text}");
+        assert!(!text.contains("broadcaster_wasm_live_instances"), "no engine, no live instances: {text}");
+    }
+
+    #[test]
+    fn the_live_instances_are_set_and_their_evictions_raised_to_the_total() {
+        let metrics = Metrics::new();
+        let live = LiveSample { instances: 3, memory_bytes: 4096, evictions: 5 };
+        metrics.refresh_publishers(Some(live), []);
+        metrics.refresh_publishers(Some(live), []);
+        let text = metrics.render();
+        assert!(text.contains("broadcaster_wasm_live_instances 3"), "{text}");
+        assert!(text.contains("broadcaster_wasm_live_memory_bytes 4096"), "{text}");
+        assert!(text.contains("broadcaster_wasm_evictions_total 5"), "{text}");
+    }
+
+    #[test]
+    fn the_backlog_zeroes_configured_publishers_and_sums_unknown_names() {
+        let metrics = Metrics::new();
+        let now = Utc::now();
+        let row = |publisher: &str, status, rows, age: i64| Backlog {
+            publisher_backend: publisher.to_string(),
+            status,
+            rows,
+            oldest_scheduled: Some(now - chrono::Duration::seconds(age)),
+        };
+        let backlog =
+            [row("", Status::Pending, 2, 10), row("gone-1", Status::Pending, 3, 1), row("gone-2", Status::Retry, 4, 1)];
+        metrics.set_backlog(["default", "quiet"], &backlog, now);
+        let text = metrics.render();
+        assert!(text.contains("broadcaster_backlog_events{publisher=\"default\",status=\"pending\"} 2"), "{text}");
+        assert!(text.contains("broadcaster_backlog_events{publisher=\"quiet\",status=\"retry\"} 0"), "{text}");
+        assert!(text.contains("broadcaster_backlog_events{publisher=\"(unknown)\",status=\"pending\"} 3"), "{text}");
+        assert!(text.contains("broadcaster_backlog_events{publisher=\"(unknown)\",status=\"retry\"} 4"), "{text}");
+        assert!(text.contains("broadcaster_oldest_due_age_seconds{publisher=\"default\"} 10"), "{text}");
+        metrics.set_backlog(["default", "quiet"], &[], now);
+        let text = metrics.render();
+        assert!(text.contains("broadcaster_backlog_events{publisher=\"(unknown)\",status=\"pending\"} 0"), "{text}");
+        assert!(text.contains("broadcaster_oldest_due_age_seconds{publisher=\"default\"} 0"), "{text}");
     }
 }

@@ -184,13 +184,13 @@ pub async fn serve(
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
     let registry = state.registry();
-    state.metrics.refresh_publishers(&registry, &state.health);
+    broadcaster_relay::scrape::refresh_publishers(&state.metrics, &registry, &state.health);
     {
         let mut counted = state.backlog_counted.lock().await;
         if counted.is_none_or(|at| at.elapsed() >= state.backlog_refresh) {
             match tokio::time::timeout(READY_TIMEOUT, state.store.backlog()).await {
                 Ok(Ok(backlog)) => {
-                    state.metrics.set_backlog(&backlog, &registry, now_micros());
+                    state.metrics.set_backlog(registry.iter().map(|(name, _)| name), &backlog, now_micros());
                     *counted = Some(Instant::now());
                 }
                 Ok(Err(err)) => {

@@ -98,7 +98,7 @@ impl Relay {
         };
         if let Ok(share) = &result {
             let label = if registry.contains(&name) { name.as_str() } else { crate::metrics::UNKNOWN_PUBLISHER };
-            self.metrics.record_share(label, share);
+            self.metrics.record_share(label, share.published, share.retried, share.failed, share.released);
             tracing::info!(
                 publisher = %name,
                 published = share.published,
