@@ -25,6 +25,38 @@
 //! Guarantees: every event is published **at least once**. Duplicates happen only when a
 //! worker dies (or stalls past its lease) after publishing and before recording it; the
 //! stream entry's `event_id` is the key consumers drop duplicates by.
+//!
+//! # Example
+//! A worker over the outbox and publishers of `broadcaster.toml`, until Ctrl-C (what
+//! `broadcaster run` does, which also runs the configuration checks that need several
+//! layers, reloads on SIGHUP and serves nothing):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use broadcaster_config::Config;
+//! use broadcaster_outbox::OutboxStore;
+//! use broadcaster_relay::registry::PublisherRegistry;
+//! use broadcaster_relay::{Relay, RunOptions};
+//!
+//! # async fn relay() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::load("broadcaster.toml".as_ref())?;
+//! let store = OutboxStore::connect(&config.outbox.url).await?;
+//! let registry = Arc::new(PublisherRegistry::build(&config, None).await?);
+//! let relay = Arc::new(Relay::new(store, registry, &config.relay));
+//!
+//! let (stop, shutdown) = tokio::sync::watch::channel(false);
+//! tokio::spawn(async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     let _ = stop.send(true);
+//! });
+//! let options =
+//!     RunOptions { batch_size: config.relay.batch_size, interval: config.relay.interval.0, max_iterations: 0 };
+//! let report = relay.run(options, shutdown).await;
+//! println!("{} published, {} failed", report.totals.published, report.totals.failed);
+//! # Ok(())
+//! # }
+//! ```
 
 #![deny(missing_docs)]
 
