@@ -12,6 +12,14 @@
 //! - [`group_commit`]: requests that arrive together share one transaction.
 //! - [`api_error`]: the one shape of every error answer.
 //!
+//! # Extending it
+//! An endpoint is a handler in the file of its audience (`ingest.rs` for tenants, `admin.rs`
+//! and `status_page/` for operators) and one route in [`router`]; a bad input is an
+//! [`ApiError`](api_error::ApiError) with a stable `code`, never a bare status. Admin
+//! endpoints check the token with `status_page::require_admin` first. The server writes the
+//! outbox through the relay's [`OutboxStore`] (group commit) and reads the relay's state; what
+//! needs the binary (a reload) comes through a trait defined here ([`LiveReload`]).
+//!
 //! ```no_run
 //! # async fn example(config: broadcaster_config::Config, relay: std::sync::Arc<broadcaster_relay::Relay>) -> anyhow::Result<()> {
 //! use broadcaster_server::{ServerState, serve};
