@@ -43,6 +43,7 @@ pub mod env;
 mod publishers;
 mod relay;
 mod server;
+mod stored;
 pub mod telemetry;
 pub use broadcaster_core::units;
 mod wasm;
@@ -55,9 +56,10 @@ use serde::Deserialize;
 
 pub use broadcaster_core::routing::DEFAULT_PUBLISHER;
 pub use publishers::default_timeout;
-pub use publishers::{Grants, Limits, PublisherConfig, PublisherKind};
+pub use publishers::{ApiOrigin, Grants, Limits, PublisherConfig, PublisherKind};
 pub use relay::RelayConfig;
 pub use server::{ServerConfig, TokenConfig};
+pub use stored::{StoredComponents, hex_digest, parse_hex_digest};
 pub use telemetry::TelemetryConfig;
 pub use units::{ByteSize, Seconds};
 pub use wasm::{Allocator, LiveBounds, WasmConfig};
@@ -141,6 +143,9 @@ pub struct Config {
     /// the TOML: 100,000 publishers' sections would be hundreds of MiB kept for a comparison.
     #[serde(skip)]
     pub sections: SectionDigests,
+    /// The bytes of the stored components its catalog publishers run, by SHA-256.
+    #[serde(skip)]
+    pub stored_components: StoredComponents,
 }
 
 /// The SHA-256 of each top-level section and of each `[publishers.<name>]` of a
@@ -298,6 +303,14 @@ impl Config {
         }
         self.validate_server()?;
         for (name, publisher) in &self.publishers {
+            self.validate_publisher(name, publisher)?;
+        }
+        Ok(())
+    }
+
+    /// The checks of one `[publishers.<name>]` that need nothing but its section.
+    fn validate_publisher(&self, name: &str, publisher: &PublisherConfig) -> Result<(), ConfigError> {
+        {
             self.kind_of(name, publisher)?;
             let invalid = |key: &str, message: String| ConfigError::Invalid {
                 path: self.path.clone(),
@@ -395,6 +408,9 @@ impl Config {
             key: format!("publishers.{name}{key}"),
             message: message.to_string(),
         };
+        if let Some(digest) = publisher.api.as_ref().and_then(|api| api.component) {
+            return Ok(PublisherKind::Stored(digest));
+        }
         match (&publisher.backend, &publisher.component) {
             (Some(_), Some(_)) => {
                 Err(invalid("", "set either `backend` (a native backend) or `component` (a .wasm file), not both"))

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+#[cfg(doc)]
+use super::Config;
 use super::{ByteSize, Seconds};
 
 /// `[publishers.<name>]`: one publisher. Exactly one of `backend` and `component` is set.
@@ -26,6 +28,27 @@ pub struct PublisherConfig {
     /// `[publishers.<name>.limits]`: resource limits for a component.
     #[serde(default)]
     pub limits: Limits,
+    /// Set for a publisher defined in the outbox database's catalog (the admin API,
+    /// `broadcaster tenants`) rather than in the file; see [`Config::insert_api_publisher`].
+    #[serde(skip)]
+    pub api: Option<ApiOrigin>,
+}
+
+/// Where a publisher of the catalog comes from: its version, and the stored component it
+/// runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiOrigin {
+    /// The version in force.
+    pub version: i64,
+    /// The SHA-256 of the stored component it runs (none for a native backend).
+    pub component: Option<[u8; 32]>,
+}
+
+impl PublisherConfig {
+    /// Whether it runs a WebAssembly component (a file's or a stored one).
+    pub fn runs_component(&self) -> bool {
+        self.component.is_some() || self.api.as_ref().is_some_and(|api| api.component.is_some())
+    }
 }
 
 /// What a publisher's configuration asks to run.
@@ -35,6 +58,9 @@ pub enum PublisherKind {
     RedisStream,
     /// A WebAssembly component, by resolved path.
     Component(PathBuf),
+    /// A WebAssembly component stored in the catalog, by the SHA-256 of its bytes
+    /// ([`crate::StoredComponents`]).
+    Stored([u8; 32]),
 }
 
 /// `[publishers.<name>.grants]`: the capabilities granted to a component, by grant key

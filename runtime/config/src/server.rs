@@ -26,6 +26,9 @@ pub struct ServerConfig {
     /// often, however many scrapers ask. Default 5 s.
     #[serde(default = "default_backlog_refresh")]
     pub backlog_refresh: Seconds,
+    /// The largest component `PUT /v1/admin/components` accepts (413 beyond). Default 50 MiB.
+    #[serde(default = "default_max_component")]
+    pub max_component: ByteSize,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +38,7 @@ impl Default for ServerConfig {
             max_body: default_max_body(),
             max_batch_events: default_max_batch_events(),
             backlog_refresh: default_backlog_refresh(),
+            max_component: default_max_component(),
         }
     }
 }
@@ -53,6 +57,9 @@ fn default_listen() -> String {
 }
 fn default_max_body() -> ByteSize {
     ByteSize(1024 * 1024)
+}
+fn default_max_component() -> ByteSize {
+    ByteSize(50 * 1024 * 1024)
 }
 fn default_max_batch_events() -> u32 {
     1000

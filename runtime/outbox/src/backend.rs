@@ -69,6 +69,13 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
         Ok(false)
     }
 
+    /// Where this database keeps the tenants' catalog ([`crate::catalog`]); `None` (the
+    /// default) for a database that keeps none: its relays run the configuration file's
+    /// tenants only.
+    fn catalog_database(&self) -> Option<crate::catalog::CatalogDatabase> {
+        None
+    }
+
     /// The columns of `outbox_events`; empty when the table does not exist.
     async fn table_columns(&self) -> Result<Vec<String>, StoreError>;
 

@@ -15,6 +15,8 @@
 //!   of an enqueue over each database's statements.
 //! - [`enqueue`]: writing events, including inside an application's own transaction.
 //! - [`extensions`]: the events' CloudEvents extension attributes, in a side table.
+//! - [`catalog`]: the tenants defined through the admin API (components, publishers and
+//!   their versions, tokens) and the numbered changes relays follow.
 //!
 //! [`OutboxStore`] is the handle the relay and the CLI hold: the backend `connect` picks by URL.
 //!
@@ -50,6 +52,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod catalog;
 pub mod enqueue;
 pub mod extensions;
 pub mod fenced_writes;
@@ -365,6 +368,11 @@ impl OutboxStore {
             }
         };
         Ok(Self { backend, enqueued: Arc::default() })
+    }
+
+    /// The tenants' catalog in this database, where the database keeps one.
+    pub fn catalog(&self) -> Option<catalog::Catalog> {
+        self.backend.catalog_database().map(catalog::Catalog::new)
     }
 
     /// A store on `backend` (a database `connect` does not know).

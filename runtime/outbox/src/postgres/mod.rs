@@ -113,6 +113,10 @@ impl OutboxBackend for PostgresStore {
         self.url.clone()
     }
 
+    fn catalog_database(&self) -> Option<crate::catalog::CatalogDatabase> {
+        Some(crate::catalog::CatalogDatabase::Postgres(self.pool.clone()))
+    }
+
     async fn table_columns(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT column_name::text FROM information_schema.columns \
@@ -153,6 +157,15 @@ impl OutboxBackend for PostgresStore {
         sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
         sqlx::query(schema::FAILED_INDEX).execute(&self.pool).await?;
         sqlx::query(schema::POSTGRES_EXTENSIONS_TABLE).execute(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(crate::catalog::schema::POSTGRES_WRITE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        for statement in crate::catalog::schema::POSTGRES_DDL {
+            sqlx::query(*statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('broadcaster.outbox_events'))").execute(&mut *tx).await?;
         for statement in schema::POSTGRES_NOTIFY_TRIGGER {

@@ -160,6 +160,10 @@ impl OutboxBackend for SqliteStore {
         self.url.clone()
     }
 
+    fn catalog_database(&self) -> Option<crate::catalog::CatalogDatabase> {
+        Some(crate::catalog::CatalogDatabase::Sqlite { pool: self.pool.clone(), writer: self.writer.clone() })
+    }
+
     async fn table_columns(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(TABLE_COLUMNS).fetch_all(&self.pool).await?)
     }
@@ -205,6 +209,9 @@ impl OutboxBackend for SqliteStore {
         sqlx::query(schema::CLAIM_INDEX).execute(&self.pool).await?;
         sqlx::query(schema::FAILED_INDEX).execute(&self.pool).await?;
         sqlx::query(schema::SQLITE_EXTENSIONS_TABLE).execute(&self.pool).await?;
+        for statement in crate::catalog::schema::SQLITE_DDL {
+            sqlx::query(*statement).execute(&self.pool).await?;
+        }
         Ok(present.is_empty())
     }
 
