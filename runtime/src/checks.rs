@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, PublisherConfig};
 
 /// Loads `path` as [`Config::load`] does, then checks it across the layers ([`check`]).
 pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
@@ -25,12 +25,21 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
         crate::otlp::traces_url(endpoint).map_err(|err| invalid("telemetry.otlp_endpoint".into(), err.reason))?;
     }
     for (name, publisher) in &config.publishers {
-        crate::host::capabilities::check_grants(&publisher.grants)
-            .map_err(|err| invalid(format!("publishers.{name}.grants.{}", err.key), err.message))?;
-        if publisher.backend.is_some() {
-            crate::publisher::RedisStreamOptions::from_table(&publisher.options)
-                .map_err(|err| invalid(format!("publishers.{name}.options.{}", err.key), err.message))?;
-        }
+        check_publisher(config, name, publisher)?;
+    }
+    Ok(())
+}
+
+/// The checks of [`check`] for one publisher (a catalog definition is checked with them
+/// before it is stored).
+pub fn check_publisher(config: &Config, name: &str, publisher: &PublisherConfig) -> Result<(), ConfigError> {
+    let path = if publisher.api.is_some() { "catalog".into() } else { config.path.clone() };
+    let invalid = |key: String, message: String| ConfigError::Invalid { path: path.clone(), key, message };
+    crate::host::capabilities::check_grants(&publisher.grants)
+        .map_err(|err| invalid(format!("publishers.{name}.grants.{}", err.key), err.message))?;
+    if publisher.backend.is_some() {
+        crate::publisher::RedisStreamOptions::from_table(&publisher.options)
+            .map_err(|err| invalid(format!("publishers.{name}.options.{}", err.key), err.message))?;
     }
     Ok(())
 }

@@ -25,6 +25,7 @@
 //! - `broadcaster-server` ([`server`]): the HTTP service of `broadcaster serve`.
 //! - this crate: the command line (`main.rs` and `cli/`, one file per command), [`checks`]
 //!   (a configuration checked across the layers), [`reload`] (live configuration changes),
+//!   [`tenants`] (tenants defined through the admin API, stored in the outbox database),
 //!   and the paths above, re-exported so code written against the single crate still
 //!   compiles.
 //!
@@ -44,6 +45,7 @@
 
 pub mod checks;
 pub mod reload;
+pub mod tenants;
 
 pub use broadcaster_config as config;
 pub use broadcaster_core::{cloudevent_input, event, extension_attributes, outcome, routing};
@@ -67,6 +69,9 @@ pub fn is_bad_input(error: &(dyn std::error::Error + 'static)) -> bool {
         return err.is_bad_input();
     }
     if let Some(err) = error.downcast_ref::<registry::RegistryError>() {
+        return err.is_bad_input();
+    }
+    if let Some(err) = error.downcast_ref::<tenants::TenantError>() {
         return err.is_bad_input();
     }
     error.is::<config::ConfigError>()

@@ -17,7 +17,8 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
-use broadcaster_config::{Config, ConfigError};
+use broadcaster_config::{Config, ConfigError, PublisherConfig};
+use broadcaster_outbox::catalog::{Catalog, StoredToken};
 use broadcaster_relay::Relay;
 use broadcaster_relay::registry::{RegistryChanges, RegistryError};
 use broadcaster_server::ServerState;
@@ -88,9 +89,11 @@ pub struct Reloader {
     load: ConfigLoader,
     relay: Arc<Relay>,
     server: OnceLock<Weak<ServerState>>,
-    /// The configuration in force; held for the whole of a reload, so reloads run one at a
-    /// time.
+    /// The configuration in force (the file's publishers and the catalog's); held for the
+    /// whole of a reload, so reloads and catalog changes apply one at a time.
     running: tokio::sync::Mutex<Config>,
+    /// The catalog's tokens in force (for `serve`), beside the file's.
+    catalog_tokens: std::sync::Mutex<Vec<StoredToken>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -102,7 +105,13 @@ impl std::fmt::Debug for Reloader {
 impl Reloader {
     /// A reloader for `relay`, which runs `running`; `load` reads the configuration again.
     pub fn new(running: Config, relay: Arc<Relay>, load: ConfigLoader) -> Arc<Self> {
-        Arc::new(Self { load, relay, server: OnceLock::new(), running: tokio::sync::Mutex::new(running) })
+        Arc::new(Self {
+            load,
+            relay,
+            server: OnceLock::new(),
+            running: tokio::sync::Mutex::new(running),
+            catalog_tokens: Default::default(),
+        })
     }
 
     /// Also applies `[tokens]` to `server` (`broadcaster serve`), and refuses `[server]` changes.
@@ -113,7 +122,8 @@ impl Reloader {
     /// Reads the configuration again and applies it; see the module docs.
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let mut running = self.running.lock().await;
-        let next = (self.load)().map_err(ReloadError::Config)?;
+        let mut next = (self.load)().map_err(ReloadError::Config)?;
+        next.keep_api_publishers_of(&running);
         let server = self.server.get().and_then(Weak::upgrade);
         let mut restart_sections = RESTART_SECTIONS.to_vec();
         if server.is_some() {
@@ -125,9 +135,11 @@ impl Reloader {
             }
         }
         let tokens = match &server {
-            Some(_) => {
-                Some(TokenTable::from_config(&next, &|name| std::env::var(name).ok()).map_err(ReloadError::Tokens)?)
-            }
+            Some(_) => Some(
+                TokenTable::from_config(&next, &|name| std::env::var(name).ok())
+                    .map_err(ReloadError::Tokens)?
+                    .with_catalog_tokens(&self.catalog_tokens.lock().expect("tokens lock")),
+            ),
             None => None,
         };
         let (registry, changes) = self.relay.registry().rebuild(&next).await.map_err(ReloadError::Publishers)?;
@@ -139,6 +151,128 @@ impl Reloader {
         let report = ReloadReport { config: next.path.display().to_string(), publishers: changes, tokens_changed };
         *running = next;
         Ok(report)
+    }
+
+    /// Runs `f` on the configuration in force (waiting for a reload in progress).
+    pub async fn with_running<R>(&self, f: impl FnOnce(&Config) -> R) -> R {
+        f(&*self.running.lock().await)
+    }
+
+    /// Sets the catalog's tokens read at start (`serve` starts with them in its table).
+    pub fn set_catalog_tokens(&self, tokens: Vec<StoredToken>) {
+        *self.catalog_tokens.lock().expect("tokens lock") = tokens;
+    }
+
+    /// Applies the catalog's changes to publishers `names` (and, with `tokens`, to its
+    /// tokens): each name's definition in force is read again and only those publishers are
+    /// built again, added or removed ([`PublisherRegistry::rebuild_only`]), as a reload
+    /// does: batches in flight finish on the instances that claimed them, and a removed
+    /// publisher's events wait. A name the file defines stays the file's. Returns the names
+    /// that could not be applied (their definition or start failed here): they keep what
+    /// they had, and are worth trying again later.
+    pub async fn apply_catalog(&self, catalog: &Catalog, names: &[String], tokens: bool) -> Vec<String> {
+        let mut failed = Vec::new();
+        if !names.is_empty() {
+            let mut running = self.running.lock().await;
+            let mut staged = Vec::new();
+            for name in names {
+                match self.stage_catalog_publisher(catalog, &mut running, name).await {
+                    Ok(Some(previous)) => staged.push((name.clone(), previous)),
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::error!(publisher = %name, %err, "a catalog change cannot be applied; keeping what runs");
+                        failed.push(name.clone());
+                    }
+                }
+            }
+            let touched: Vec<String> = staged.iter().map(|(name, _)| name.clone()).collect();
+            match self.relay.registry().rebuild_only(&running, &touched).await {
+                Ok((registry, changes)) => {
+                    self.relay.replace_publishers(registry, &changes);
+                    tracing::info!(
+                        added = ?changes.added, removed = ?changes.removed, changed = ?changes.changed,
+                        "catalog changes applied"
+                    );
+                }
+                Err(err) if touched.len() > 1 => {
+                    // Apply the others: put everything back, then each name on its own.
+                    tracing::warn!(%err, "catalog changes refused together; applying them one by one");
+                    for (name, previous) in staged.into_iter().rev() {
+                        running.restore_publisher(&name, previous);
+                    }
+                    drop(running);
+                    for name in touched {
+                        failed.extend(Box::pin(self.apply_catalog(catalog, std::slice::from_ref(&name), false)).await);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(publishers = ?touched, %err, "a catalog change cannot be applied; keeping what runs");
+                    for (name, previous) in staged.into_iter().rev() {
+                        running.restore_publisher(&name, previous);
+                    }
+                    failed.extend(touched);
+                }
+            }
+        }
+        if tokens {
+            self.apply_catalog_tokens(catalog).await;
+        }
+        failed
+    }
+
+    /// Puts `name` as the catalog has it now into `running`; what it was before (to put
+    /// back), or `None` when the file defines the name.
+    #[allow(clippy::type_complexity)]
+    async fn stage_catalog_publisher(
+        &self,
+        catalog: &Catalog,
+        running: &mut Config,
+        name: &str,
+    ) -> Result<Option<Option<(PublisherConfig, [u8; 32])>>, String> {
+        if running.file_defines(name) {
+            tracing::warn!(publisher = %name, "changed in the catalog, but the file defines it: the file's is used");
+            return Ok(None);
+        }
+        let stored = catalog.publisher(name).await.map_err(|err| err.to_string())?;
+        let previous = running.publisher_entry(name);
+        match stored {
+            None => {
+                running.remove_api_publisher(name);
+            }
+            Some(stored) => {
+                if let Some(hex) = &stored.component {
+                    crate::tenants::start::fetch_component(catalog, running, hex)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                }
+                running
+                    .insert_api_publisher(name, &stored.definition, stored.version)
+                    .map_err(|err| err.to_string())?;
+            }
+        }
+        Ok(Some(previous))
+    }
+
+    async fn apply_catalog_tokens(&self, catalog: &Catalog) {
+        let tokens = match catalog.tokens().await {
+            Ok(tokens) => tokens,
+            Err(err) => {
+                tracing::error!(%err, "cannot read the catalog's tokens; keeping those in force");
+                return;
+            }
+        };
+        *self.catalog_tokens.lock().expect("tokens lock") = tokens.clone();
+        let Some(server) = self.server.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let running = self.running.lock().await;
+        match TokenTable::from_config(&running, &|name| std::env::var(name).ok()) {
+            Ok(table) => {
+                server.replace_tokens(table.with_catalog_tokens(&tokens));
+                tracing::info!(catalog_tokens = tokens.len(), "catalog tokens applied");
+            }
+            Err(err) => tracing::error!(%err, "cannot read the file's tokens; keeping those in force"),
+        }
     }
 
     /// Reloads and logs the outcome (for a signal, whose sender sees no answer).

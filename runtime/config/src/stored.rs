@@ -158,6 +158,64 @@ impl Config {
         Ok(publisher)
     }
 
+    /// This configuration without its publishers (and the components they run): the
+    /// settings a catalog definition is checked and built with.
+    pub fn without_publishers(&self) -> Config {
+        Config {
+            outbox: self.outbox.clone(),
+            publishers: Default::default(),
+            relay: self.relay.clone(),
+            wasm: self.wasm.clone(),
+            server: self.server.clone(),
+            tokens: self.tokens.clone(),
+            telemetry: self.telemetry.clone(),
+            base_dir: self.base_dir.clone(),
+            path: self.path.clone(),
+            sections: super::SectionDigests { top: self.sections.top.clone(), publishers: HashMap::new() },
+            stored_components: StoredComponents::default(),
+        }
+    }
+
+    /// Publisher `name` as this configuration has it, with its section digest: what
+    /// [`Config::restore_publisher`] puts back.
+    pub fn publisher_entry(&self, name: &str) -> Option<(PublisherConfig, [u8; 32])> {
+        Some((self.publishers.get(name)?.clone(), self.publisher_section(name)?))
+    }
+
+    /// Puts back (or removes, with `None`) what [`Config::publisher_entry`] returned.
+    pub fn restore_publisher(&mut self, name: &str, entry: Option<(PublisherConfig, [u8; 32])>) {
+        match entry {
+            Some((publisher, digest)) => {
+                self.publishers.insert(name.to_string(), publisher);
+                self.sections.publishers.insert(name.to_string(), digest);
+            }
+            None => {
+                self.publishers.remove(name);
+                self.sections.publishers.remove(name);
+            }
+        }
+    }
+
+    /// Takes the catalog's publishers of `running` (and the components they run) into this
+    /// configuration, newly read from the file: a reload of the file keeps them. A name the
+    /// file now defines is the file's.
+    pub fn keep_api_publishers_of(&mut self, running: &Config) {
+        for (name, publisher) in &running.publishers {
+            if publisher.api.is_some() && !self.publishers.contains_key(name) {
+                self.publishers.insert(name.clone(), publisher.clone());
+                if let Some(digest) = running.publisher_section(name) {
+                    self.sections.publishers.insert(name.clone(), digest);
+                }
+            }
+        }
+        self.stored_components = running.stored_components.clone();
+    }
+
+    /// Whether `[publishers.<name>]` of the file (not the catalog) defines `name`.
+    pub fn file_defines(&self, name: &str) -> bool {
+        self.publishers.get(name).is_some_and(|p| p.api.is_none())
+    }
+
     /// Removes publisher `name` when the catalog defined it; `true` when it did.
     pub fn remove_api_publisher(&mut self, name: &str) -> bool {
         if self.publishers.get(name).is_some_and(|p| p.api.is_some()) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::publisher::{Publisher, RedisStreamPublisher};
-use broadcaster_config::{Config, ConfigError, PublisherConfig, PublisherKind};
+use broadcaster_config::{Config, ConfigError, PublisherConfig, PublisherKind, hex_digest};
 use broadcaster_core::outcome::Health;
 use broadcaster_core::routing;
 use broadcaster_host::{
@@ -66,6 +66,9 @@ pub enum PublisherSetupError {
     /// The component cannot run as configured (grants, options, or, with `strict`, its start).
     #[error(transparent)]
     Component(#[from] ComponentSetupError),
+    /// The catalog's component (by SHA-256) was not loaded with the configuration.
+    #[error("stored component {0} is not in the catalog")]
+    StoredComponentMissing(String),
 }
 
 /// An event or a command named a publisher that is not configured.
@@ -221,6 +224,45 @@ impl PublisherRegistry {
         Ok((next, changes))
     }
 
+    /// The registry after publishers `names` changed in `config` (the catalog's changes): each
+    /// of them built again when what it is built from changed, added when new, removed when
+    /// `config` no longer has it; every other publisher is kept as it is without being looked
+    /// at, so a change to one of 100,000 tenants costs one tenant's work. Strict and all or
+    /// nothing, as [`rebuild`](Self::rebuild) is; `unchanged` lists only the names asked for.
+    pub async fn rebuild_only(
+        &self,
+        config: &Config,
+        names: &[String],
+    ) -> Result<(Self, RegistryChanges), RegistryError> {
+        let mut builder = Builder::new(config, BuildOptions { strict: true }, self.engine.clone());
+        let mut next = Self { publishers: self.publishers.clone(), sources: self.sources.clone(), engine: None };
+        let mut changes = RegistryChanges::default();
+        for name in names {
+            let Some(publisher_config) = config.publishers.get(name) else {
+                if next.publishers.remove(name).is_some() {
+                    next.sources.remove(name);
+                    changes.removed.push(name.clone());
+                }
+                continue;
+            };
+            let source = builder.source(name, publisher_config).map_err(|cause| builder.named_error(name, cause))?;
+            if next.sources.get(name) == Some(&source) && next.publishers.contains_key(name) {
+                changes.unchanged.push(name.clone());
+                continue;
+            }
+            let (publisher, source) = builder.named(name, publisher_config).await?;
+            let list = if next.publishers.insert(name.clone(), publisher).is_some() {
+                &mut changes.changed
+            } else {
+                &mut changes.added
+            };
+            list.push(name.clone());
+            next.sources.insert(name.clone(), source);
+        }
+        next.engine = builder.engine.or_else(|| self.engine.clone());
+        Ok((next, changes))
+    }
+
     /// The live component instances (and their bounds) of its engine, if it has
     /// component publishers.
     pub fn live_instances(&self) -> Option<&Arc<broadcaster_host::LiveInstances>> {
@@ -354,7 +396,10 @@ impl<'a> Builder<'a> {
             BuildError::Engine(err) => RegistryError::Engine(err),
             BuildError::Publisher(cause) => RegistryError::Publisher {
                 publisher: name.to_string(),
-                config: self.config.path.display().to_string(),
+                config: match self.config.publishers.get(name).and_then(|p| p.api.as_ref()) {
+                    Some(api) => format!("the catalog (version {})", api.version),
+                    None => self.config.path.display().to_string(),
+                },
                 cause,
             },
         }
@@ -365,6 +410,7 @@ impl<'a> Builder<'a> {
         let component = match self.config.kind_of(name, publisher).map_err(BuildError::Config)? {
             PublisherKind::RedisStream => None,
             PublisherKind::Component(path) => Some(self.file(&path)?.digest),
+            PublisherKind::Stored(digest) => Some(digest),
         };
         Ok(PublisherSource {
             section: self.config.publisher_section(name),
@@ -395,8 +441,12 @@ impl<'a> Builder<'a> {
                         .map_err(PublisherSetupError::Options)?;
                 Ok(Publisher::RedisStream(Arc::new(native)))
             }
-            PublisherKind::Component(path) => {
-                let component = self.component(&path).await?;
+            kind @ (PublisherKind::Component(_) | PublisherKind::Stored(_)) => {
+                let component = match kind {
+                    PublisherKind::Component(path) => self.component(&path).await?,
+                    PublisherKind::Stored(digest) => self.stored_component(digest).await?,
+                    PublisherKind::RedisStream => unreachable!("matched above"),
+                };
                 let engine = self.engine()?.clone();
                 let started = ComponentPublisher::from_config(
                     &engine,
@@ -417,7 +467,7 @@ impl<'a> Builder<'a> {
     fn engine(&mut self) -> Result<&HostEngine, BuildError> {
         if self.engine.is_none() {
             let components: Vec<&PublisherConfig> =
-                self.config.publishers.values().filter(|p| p.component.is_some()).collect();
+                self.config.publishers.values().filter(|p| p.runs_component()).collect();
             let engine = match &self.previous_engine {
                 Some(previous) => HostEngine::for_publishers_after(previous, &self.config.wasm, &components),
                 None => HostEngine::for_publishers(&self.config.wasm, &components),
@@ -426,6 +476,25 @@ impl<'a> Builder<'a> {
             self.engine = Some(engine);
         }
         Ok(self.engine.as_ref().expect("engine just created"))
+    }
+
+    /// The catalog's component with SHA-256 `digest`, compiled once however many publishers
+    /// use it.
+    async fn stored_component(&mut self, digest: [u8; 32]) -> Result<LoadedComponent, BuildError> {
+        let hex = hex_digest(&digest);
+        let key = (PathBuf::from(format!("sha256:{hex}")), digest);
+        if let Some(loaded) = self.components.get(&key) {
+            return Ok(loaded.clone());
+        }
+        let bytes =
+            self.config.stored_components.get(&digest).ok_or(PublisherSetupError::StoredComponentMissing(hex))?;
+        let engine = self.engine()?.clone();
+        let name = key.0.clone();
+        let loaded = tokio::task::spawn_blocking(move || LoadedComponent::from_bytes(&engine, &name, &bytes))
+            .await
+            .expect("component compilation panicked")?;
+        self.components.insert(key, loaded.clone());
+        Ok(loaded)
     }
 
     /// The component at `path`, compiled once however many publishers use it.

@@ -69,7 +69,7 @@ async fn accept(state: &ServerState, publisher: &str, headers: &HeaderMap, body:
         ));
     }
     let mode = mode_of(headers)?;
-    let body = read_body(headers, body, state.limits.max_body).await?;
+    let body = read_body(headers, body, state.limits.max_body, "server.max_body").await?;
     let mut events = match mode {
         Mode::Structured => vec![structured(parse_json(&body)?)?],
         Mode::Binary => vec![binary(headers, body)?],
@@ -170,12 +170,17 @@ fn mode_of(headers: &HeaderMap) -> Result<Mode, ApiError> {
 
 /// The body, refused with 413 once it passes `max` bytes (before reading it all when its
 /// length is declared).
-async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<bytes::Bytes, ApiError> {
+pub(super) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    setting: &str,
+) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("the body is over the {max}-byte limit (server.max_body)"),
+            format!("the body is over the {max}-byte limit ({setting})"),
         )
     };
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());

@@ -9,6 +9,8 @@
 //! - `GET /` and `GET /v1/status` ([`status_page`]): the operators' status page and its data,
 //!   for admin tokens.
 //! - `POST /v1/admin/reload` (`admin.rs`): a live reload (`broadcaster::reload`, through [`LiveReload`]), for admin tokens.
+//! - `/v1/admin/components`, `/v1/admin/publishers…`, `/v1/admin/tokens…` ([`tenant_admin`]):
+//!   the tenants' catalog in the outbox database, through [`tenant_admin::TenantAdmin`].
 //! - [`group_commit`]: requests that arrive together share one transaction.
 //! - [`api_error`]: the one shape of every error answer.
 //!
@@ -37,6 +39,7 @@ pub mod api_error;
 pub mod group_commit;
 pub mod ingest;
 pub mod status_page;
+pub mod tenant_admin;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -46,7 +49,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 
 use api_error::ApiError;
 use broadcaster_config::{Config, ConfigError};
@@ -78,6 +81,8 @@ pub struct IngestLimits {
     pub max_body: usize,
     /// Most events in a batch.
     pub max_batch_events: u32,
+    /// Most bytes in an uploaded component.
+    pub max_component: usize,
 }
 
 /// What the handlers share.
@@ -97,6 +102,8 @@ pub struct ServerState {
     backlog_counted: tokio::sync::Mutex<Option<Instant>>,
     /// What `POST /v1/admin/reload` calls, when set.
     reloader: std::sync::OnceLock<Arc<dyn LiveReload>>,
+    /// What the tenant admin endpoints call, when the database has a catalog.
+    tenant_admin: std::sync::OnceLock<Arc<dyn tenant_admin::TenantAdmin>>,
     status: status_page::StatusPage,
 }
 
@@ -123,10 +130,12 @@ impl ServerState {
             limits: IngestLimits {
                 max_body: usize::try_from(config.server.max_body.0).unwrap_or(usize::MAX),
                 max_batch_events: config.server.max_batch_events,
+                max_component: usize::try_from(config.server.max_component.0).unwrap_or(usize::MAX),
             },
             backlog_refresh: config.server.backlog_refresh.0,
             backlog_counted: tokio::sync::Mutex::default(),
             reloader: std::sync::OnceLock::new(),
+            tenant_admin: std::sync::OnceLock::new(),
             status: status_page::StatusPage::default(),
         })
     }
@@ -139,6 +148,11 @@ impl ServerState {
     /// Lets `POST /v1/admin/reload` reload through `reloader` (once).
     pub fn set_reloader(&self, reloader: Arc<dyn LiveReload>) {
         let _ = self.reloader.set(reloader);
+    }
+
+    /// Lets the tenant admin endpoints work through `tenants` (once).
+    pub fn set_tenant_admin(&self, tenants: Arc<dyn tenant_admin::TenantAdmin>) {
+        let _ = self.tenant_admin.set(tenants);
     }
 
     /// The tokens in force.
@@ -170,6 +184,15 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/", get(status_page::page))
         .route("/v1/status", get(status_page::status))
         .route("/v1/admin/reload", post(admin::reload))
+        .route("/v1/admin/components", put(tenant_admin::put_component))
+        .route("/v1/admin/publishers", get(tenant_admin::publishers))
+        .route(
+            "/v1/admin/publishers/{name}",
+            get(tenant_admin::publisher).put(tenant_admin::put_publisher).delete(tenant_admin::remove_publisher),
+        )
+        .route("/v1/admin/publishers/{name}/rollback", post(tenant_admin::rollback))
+        .route("/v1/admin/tokens", post(tenant_admin::make_token))
+        .route("/v1/admin/tokens/{name}", delete(tenant_admin::revoke_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

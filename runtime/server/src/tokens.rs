@@ -165,6 +165,39 @@ impl TokenTable {
         Ok(Token { name: name.to_string(), admin: token.admin, digest, publishers: token.publishers.clone(), limit })
     }
 
+    /// Adds the tokens made through the admin API (`POST /v1/admin/tokens`, stored hashed in
+    /// the outbox database's catalog). A name the file's `[tokens]` has keeps the file's
+    /// token (the API refuses to make such a name; the file may gain it later).
+    pub fn with_catalog_tokens(mut self, stored: &[broadcaster_outbox::catalog::StoredToken]) -> Self {
+        for token in stored {
+            if self.tokens.iter().any(|t| t.name == token.name) {
+                tracing::warn!(token = %token.name, "a token of the catalog has the name of one in the file; the file's is used");
+                continue;
+            }
+            let Some(digest) = parse_digest(&token.sha256) else {
+                tracing::error!(token = %token.name, "a token of the catalog has no valid SHA-256; it is not accepted");
+                continue;
+            };
+            let limit = token.rate.map(|rate| {
+                let burst = token.burst.unwrap_or((rate.ceil() as u32).max(1));
+                std::sync::Mutex::new(TokenBucket::new(rate, burst, Instant::now()))
+            });
+            self.tokens.push(Token {
+                name: token.name.clone(),
+                admin: false,
+                digest,
+                publishers: token.publishers.clone(),
+                limit,
+            });
+        }
+        self
+    }
+
+    /// Whether a token called `name` is in the table.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.tokens.iter().any(|t| t.name == name)
+    }
+
     /// Carries over what the rate limits of `before` (the table this one replaces at a reload)
     /// had left, for each token of the same name, secret, rate and burst: a reload does not
     /// hand a tenant a fresh burst.

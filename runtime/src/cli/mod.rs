@@ -16,6 +16,7 @@ mod run;
 mod send;
 mod serve;
 mod status;
+mod tenants;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -129,6 +130,10 @@ pub enum Command {
     Retry(retry::RetryArgs),
     /// Delete published events older than an age, in bounded batches.
     Prune(prune::PruneArgs),
+    /// Define tenants in the outbox database (every relay on it applies them within a
+    /// second): upload components, put, list, get, remove and roll back publishers, make and
+    /// revoke tokens. The admin API of `serve` does the same over HTTP.
+    Tenants(tenants::TenantsArgs),
     /// Measure: `bench relay` (outbox → Redis throughput). Prints a table.
     Bench(bench::BenchArgs),
 }
@@ -146,6 +151,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Retry(args) => retry::run(args).await,
         Command::Prune(args) => prune::run(args).await,
+        Command::Tenants(args) => tenants::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -7,9 +7,11 @@ use std::time::Instant;
 use broadcaster::config::Config;
 use broadcaster::config::units::parse_duration;
 use broadcaster::metrics::Metrics;
+use broadcaster::outbox::catalog::Catalog;
 use broadcaster::registry::{BuildOptions, PublisherRegistry};
 use broadcaster::relay::{Relay, RunOptions};
 use broadcaster::reload::Reloader;
+use broadcaster::tenants::start::CatalogStart;
 
 use super::ConfigArg;
 
@@ -48,9 +50,11 @@ pub struct WorkerArgs {
 const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = args.worker.config.load()?;
-    let worker = Worker::start(&config, &args.worker, Arc::default()).await?;
-    reload_on_hangup(worker.reloader(config, &args.worker, |_| {}));
+    let mut config = args.worker.config.load()?;
+    let mut worker = Worker::start(&mut config, &args.worker, Arc::default()).await?;
+    let reloader = worker.reloader(config, &args.worker, |_| {});
+    worker.follow_catalog(&reloader);
+    reload_on_hangup(reloader);
     let stop = stop_on_signal(worker.relay.clone());
     let report = worker.run(stop).await;
     report.print();
@@ -61,20 +65,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 pub struct Worker {
     pub relay: Arc<Relay>,
     options: RunOptions,
+    /// The tenants' catalog as read at start, until it is followed.
+    catalog: Option<CatalogStart>,
 }
 
 impl Worker {
     /// Opens the outbox, starts the publishers, and says so on stderr.
-    pub async fn start(config: &Config, args: &WorkerArgs, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub async fn start(config: &mut Config, args: &WorkerArgs, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let options = RunOptions {
             batch_size: args.batch_size.unwrap_or(config.relay.batch_size).max(1),
             interval: args.interval.unwrap_or(config.relay.interval.0),
             max_iterations: args.max_iterations,
         };
         let store = super::open_outbox(config).await?;
+        let catalog = broadcaster::tenants::start::load_catalog(&store, config).await?;
+        if let Some(catalog) = &catalog {
+            tracing::info!(publishers = catalog.publishers, tokens = catalog.tokens.len(), "tenant catalog read");
+        }
         let registry =
             Arc::new(PublisherRegistry::build_with(config, None, BuildOptions { strict: args.strict }).await?);
-        let names: Vec<&str> = registry.iter().map(|(name, _)| name).collect();
+        let mut names: Vec<&str> = registry.iter().map(|(name, _)| name).take(20).collect();
+        let more = registry.len().saturating_sub(names.len());
+        let more_text = format!("and {more} more");
+        if more > 0 {
+            names.push(&more_text);
+        }
         tracing::info!(
             outbox = %store.display_url(),
             publishers = %names.join(", "),
@@ -97,7 +112,7 @@ impl Worker {
             relay = relay.with_span_export(exporter);
         }
         let relay = Arc::new(relay);
-        Ok(Self { relay, options })
+        Ok(Self { relay, options, catalog })
     }
 
     /// What applies configuration changes to this worker: `config` is the one it runs, and
@@ -119,6 +134,20 @@ impl Worker {
     }
 
     /// Runs until `stop` turns true (or the iterations are done).
+    /// Follows the catalog read at start (when the database has one), applying its changes
+    /// through `reloader`; returns it, for the admin API.
+    pub fn follow_catalog(&mut self, reloader: &Arc<Reloader>) -> Option<Catalog> {
+        let start = self.catalog.take()?;
+        reloader.set_catalog_tokens(start.tokens);
+        broadcaster::tenants::start::follow_catalog(reloader.clone(), start.catalog.clone(), start.after);
+        Some(start.catalog)
+    }
+
+    /// The catalog's tokens read at start.
+    pub fn catalog_tokens(&self) -> &[broadcaster::outbox::catalog::StoredToken] {
+        self.catalog.as_ref().map_or(&[], |c| c.tokens.as_slice())
+    }
+
     pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) -> WorkerReport {
         let started = Instant::now();
         let report = self.relay.run(self.options, stop).await;

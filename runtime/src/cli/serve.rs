@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use broadcaster::metrics::Metrics;
 use broadcaster::server::{ServerState, serve};
+use broadcaster::tenants::{FileView, TenantCatalog};
 
 use super::run::{Worker, WorkerArgs, reload_on_hangup, stop_on_signal};
 
@@ -30,7 +31,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = config.server.listen_addr().map_err(anyhow::Error::msg).context("--listen")?;
     // Bad tokens are bad input: say so before starting anything.
     let tokens = broadcaster::server::tokens::TokenTable::from_config(&config, &|name| std::env::var(name).ok())?;
-    let worker = Worker::start(&config, &args.worker, Arc::new(Metrics::new())).await?;
+    let mut worker = Worker::start(&mut config, &args.worker, Arc::new(Metrics::new())).await?;
+    let tokens = tokens.with_catalog_tokens(worker.catalog_tokens());
     let state = ServerState::with_tokens(&config, &worker.relay, tokens);
     let listen = args.listen.clone();
     let reloader = worker.reloader(config, &args.worker, move |config| {
@@ -40,6 +42,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     reloader.attach_server(&state);
     state.set_reloader(reloader.clone());
+    if let Some(catalog) = worker.follow_catalog(&reloader) {
+        let tenants = TenantCatalog::new(catalog, FileView::Live(reloader.clone()));
+        state.set_tenant_admin(Arc::new(tenants));
+    }
     reload_on_hangup(reloader);
     if state.has_no_tokens() {
         tracing::warn!("no [tokens.<name>] configured: every ingest request is refused (401)");

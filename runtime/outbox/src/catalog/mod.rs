@@ -12,7 +12,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, SqlitePool};
 
+mod feed;
 pub mod schema;
+
+pub use feed::{ChangeFeed, POSTGRES_POLL, SQLITE_POLL};
 #[cfg(test)]
 mod tests;
 

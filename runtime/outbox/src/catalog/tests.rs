@@ -161,3 +161,26 @@ async fn a_database_without_the_catalog_says_so() {
     store.migrate().await.unwrap();
     assert!(catalog.is_present().await.unwrap());
 }
+
+#[tokio::test]
+async fn the_change_feed_returns_each_change_once_in_order() {
+    on_both("catalog_feed", |catalog| async move {
+        let now = now_micros();
+        let mut feed = ChangeFeed::new(catalog.clone(), catalog.last_change().await.unwrap());
+        let writer = catalog.clone();
+        let writes = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            for name in ["a", "b"] {
+                writer.put_publisher(name, &json!({"backend": "redis-stream"}), None, None, "ops", now).await.unwrap();
+            }
+        });
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            seen.extend(feed.next().await.unwrap().into_iter().map(|c| c.name));
+        }
+        writes.await.unwrap();
+        assert_eq!(seen, ["a", "b"]);
+        assert_eq!(feed.position(), catalog.last_change().await.unwrap());
+    })
+    .await;
+}
