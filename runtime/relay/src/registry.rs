@@ -397,6 +397,7 @@ impl<'a> Builder<'a> {
             BuildError::Publisher(cause) => RegistryError::Publisher {
                 publisher: name.to_string(),
                 config: match self.config.publishers.get(name).and_then(|p| p.api.as_ref()) {
+                    Some(api) if api.version == 0 => "the definition sent".to_string(),
                     Some(api) => format!("the catalog (version {})", api.version),
                     None => self.config.path.display().to_string(),
                 },

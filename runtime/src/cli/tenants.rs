@@ -9,14 +9,14 @@ use broadcaster::outbox::catalog::PutOutcome;
 use broadcaster::tenants::{FileView, TenantCatalog, TenantError};
 use serde_json::{Value, json};
 
-use super::ConfigArg;
-
 #[derive(Debug, clap::Args)]
 pub struct TenantsArgs {
     #[command(subcommand)]
     command: TenantsCommand,
-    #[command(flatten)]
-    config: ConfigArg,
+    /// The configuration file: the outbox database, and the publishers and tokens the file
+    /// defines (which the catalog does not manage).
+    #[arg(long, short = 'c', global = true, env = "BROADCASTER_CONFIG", default_value = broadcaster::config::DEFAULT_CONFIG_FILE, value_name = "FILE")]
+    config: std::path::PathBuf,
     /// Print the answer as JSON (the admin API's shape).
     #[arg(long, global = true)]
     json: bool,
@@ -122,7 +122,7 @@ fn json_object(flag: &str, text: Option<&str>) -> anyhow::Result<Option<Value>> 
 }
 
 pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config.load()?;
+    let config = super::load_config(&args.config)?;
     let store = super::connect_outbox(&config).await?;
     let catalog = store.catalog().context("this outbox database keeps no tenant catalog")?;
     if !catalog.is_present().await? {

@@ -227,6 +227,13 @@ impl TenantCatalog {
                 candidate.path.display()
             )));
         }
+        if let Some(expected) = if_version {
+            // Refused before the (slower) checks; the store checks again as it writes.
+            let current = self.catalog.publisher(name).await?.map_or(0, |p| p.version);
+            if current != expected {
+                return Err(CatalogError::VersionConflict { name: name.to_string(), expected, current }.into());
+            }
+        }
         if let Some(Value::String(hex)) = definition.get_mut("component") {
             *hex = hex.to_ascii_lowercase();
         }

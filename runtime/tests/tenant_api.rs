@@ -1,0 +1,391 @@
+//! Tenants through the API (issue 24), with real processes on a real database: `broadcaster
+//! serve` takes the admin calls, a second relay (`broadcaster run`) on the same database
+//! applies each change within a second, and every refusal stores nothing.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use broadcaster::event::now_micros;
+use broadcaster::outbox::{NewEvent, OutboxStore, Status};
+use broadcaster_tests::{RedisServer, TestDatabase, components};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use redis::Commands;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const ADMIN: &str = "tenant-api-admin-0123456789";
+const FILE_TENANT: &str = "tenant-api-file-tenant-0123456789";
+
+/// A process's stderr, line by line.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to `within` for a line containing every one of `needles`; returns it.
+fn wait_for_line(lines: &mpsc::Receiver<String>, needles: &[&str], within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {needles:?} within {within:?}; saw:\n{}", seen.join("\n"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `serve` and `run` on one database and one configuration file.
+struct Fleet {
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    addr: String,
+    serve: Child,
+    run: Child,
+    run_lines: mpsc::Receiver<String>,
+    store: OutboxStore,
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Fleet {
+    async fn start(url: &str, redis: &RedisServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("broadcaster.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+                [outbox]
+                url = "{url}"
+                [relay]
+                interval = "100ms"
+                [server]
+                listen = "127.0.0.1:{port}"
+                max_component = "1MiB"
+                [tokens.admin]
+                secret = {{ sha256 = "{admin:x}" }}
+                admin = true
+                [tokens.file-tenant]
+                secret = {{ sha256 = "{tenant:x}" }}
+                publishers = ["filed"]
+                [publishers.filed]
+                backend = "redis-stream"
+                [publishers.filed.options]
+                host = "127.0.0.1"
+                port = {redis}
+                stream_name = "filed"
+                "#,
+                admin = Sha256::digest(ADMIN.as_bytes()),
+                tenant = Sha256::digest(FILE_TENANT.as_bytes()),
+                redis = redis.port(),
+            ),
+        )
+        .unwrap();
+        let store = OutboxStore::connect(url).await.unwrap();
+        store.migrate().await.unwrap();
+        let spawn = |command: &str| {
+            Command::new(env!("CARGO_BIN_EXE_broadcaster"))
+                .args([command, "--config", config.to_str().unwrap()])
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut serve = spawn("serve");
+        let serve_lines = stderr_lines(&mut serve);
+        wait_for_line(&serve_lines, &["listening on"], Duration::from_secs(30));
+        // Drain serve's log so it never blocks on a full pipe.
+        std::thread::spawn(move || while serve_lines.recv().is_ok() {});
+        let mut run = spawn("run");
+        let run_lines = stderr_lines(&mut run);
+        wait_for_line(&run_lines, &["broadcaster worker: outbox"], Duration::from_secs(30));
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        Self { _dir: dir, config, addr: format!("127.0.0.1:{port}"), serve, run, run_lines, store, client }
+    }
+
+    /// A request; the status and the body as JSON (`null` when empty).
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("content-type", content_type);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = self.client.request(request.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() })
+    }
+
+    /// The status answered to a component upload that declares 2 MiB (over the 1 MiB of
+    /// `server.max_component`) and sends none of it.
+    async fn declared_too_large(&self) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+        let head = format!(
+            "PUT /v1/admin/components HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {ADMIN}\r\n\
+             content-type: application/wasm\r\ncontent-length: {}\r\n\r\n",
+            self.addr,
+            2 << 20
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 1024];
+        let n = stream.read(&mut answer).await.unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("not HTTP: {text}"))
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let body = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+        self.call(method, path, Some(ADMIN), "application/json", body).await
+    }
+
+    async fn send(&self, token: &str, publisher: &str) -> u16 {
+        let event = json!({"specversion": "1.0", "id": uuid::Uuid::new_v4().to_string(), "type": "t", "source": "/s"});
+        let path = format!("/v1/publishers/{publisher}/events");
+        self.call("POST", &path, Some(token), "application/cloudevents+json", event.to_string().into_bytes()).await.0
+    }
+
+    async fn enqueue(&self, publisher: &str) -> String {
+        let event = NewEvent::new("tenant.test", "/tenants").publisher(publisher);
+        self.store.enqueue(&[event], now_micros()).await.unwrap().remove(0)
+    }
+
+    /// Stops both relays, checking that they stop cleanly.
+    fn stop(&mut self) {
+        for child in [&mut self.serve, &mut self.run] {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let exit = child.wait().unwrap();
+            assert!(exit.success(), "a relay did not stop cleanly: {exit}");
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in [&mut self.serve, &mut self.run] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until `stream` holds `n` entries.
+async fn stream_reaches(redis: &RedisServer, stream: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.client().xlen::<_, usize>(stream).unwrap() < n {
+        assert!(Instant::now() < deadline, "stream {stream} did not reach {n} entries");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn definition(sha: &str, stream: &str, redis: &RedisServer) -> Value {
+    json!({
+        "component": sha,
+        "options": {"stream_name": stream},
+        "grants": {"redis": {"host": "127.0.0.1", "port": redis.port(), "streams": ["tenant-a*"]}},
+        "limits": {"memory": "32MiB"},
+    })
+}
+
+async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
+    let redis = RedisServer::start();
+    let mut fleet = Fleet::start(url, &redis).await;
+    let wasm = std::fs::read(components::REDIS_STREAM).unwrap();
+    let sha = format!("{:x}", Sha256::digest(&wasm));
+
+    // Who may call: no token 401, a tenant's token 403 (answered before the body is read).
+    let upload = |token| fleet.call("PUT", "/v1/admin/components", token, "application/wasm", wasm.clone());
+    let small = |token| fleet.call("PUT", "/v1/admin/components", token, "application/wasm", b"\0asm".to_vec());
+    assert_eq!(small(None).await.0, 401);
+    assert_eq!(small(Some(FILE_TENANT)).await.0, 403);
+    assert_eq!(fleet.admin("GET", "/v1/admin/publishers", Value::Null).await.0, 200);
+
+    // Components: refused with the reason, or stored once.
+    let refused =
+        |(status, body): (u16, Value)| (status, body["error"]["code"].as_str().unwrap_or_default().to_string());
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let put_bytes =
+        |bytes: Vec<u8>, content_type| fleet.call("PUT", "/v1/admin/components", Some(ADMIN), content_type, bytes);
+    assert_eq!(refused(put_bytes(core_module, "application/wasm").await), (400, "component_refused".into()));
+    assert_eq!(refused(put_bytes(b"hello".to_vec(), "application/wasm").await), (400, "component_refused".into()));
+    assert_eq!(refused(put_bytes(b"\0asm".to_vec(), "application/json").await), (415, "unsupported_media_type".into()));
+    assert_eq!(fleet.declared_too_large().await, 413, "a body over server.max_component is refused unread");
+    let (status, stored) = upload(Some(ADMIN)).await;
+    assert_eq!(status, 201, "{stored}");
+    assert_eq!((stored["sha256"].as_str(), stored["contract"].as_str()), (Some(sha.as_str()), Some("0.2.0")));
+    assert!(stored["imports"].as_array().unwrap().iter().any(|i| i.as_str().unwrap().contains("redis-stream")));
+    assert_eq!(upload(Some(ADMIN)).await.0, 200, "the same bytes again");
+
+    // Publishers: every bad definition refused with a code, nothing stored.
+    let path = "/v1/admin/publishers/tenant-a";
+    let bad = [
+        (json!({"component": sha, "option": {}}), 422, "publisher_refused"),
+        (json!({"component": sha, "options": {"stream_name": "tenant-a"}}), 422, "publisher_refused"),
+        (json!({"component": "ab".repeat(32)}), 404, "component_missing"),
+        (json!({"backend": "redis-stream", "options": {"port": "many"}}), 422, "publisher_refused"),
+        (json!(["not", "an", "object"]), 400, "bad_request"),
+    ];
+    for (body, status, code) in bad {
+        assert_eq!(refused(fleet.admin("PUT", path, body.clone()).await), (status, code.into()), "{body}");
+    }
+    let (status, body) = fleet.admin("PUT", "/v1/admin/publishers/filed", json!({"backend": "redis-stream"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("defined_in_file")));
+    let (_, list) = fleet.admin("GET", "/v1/admin/publishers", Value::Null).await;
+    assert_eq!(list["publishers"].as_array().unwrap().len(), 1, "only the file's publisher: {list}");
+
+    // Created: the second relay applies it within a second, and it publishes there.
+    let (status, body) = fleet.admin("PUT", path, definition(&sha, "tenant-a", &redis)).await;
+    assert_eq!((status, &body), (201, &json!({"name": "tenant-a", "version": 1})));
+    let put_at = Instant::now();
+    wait_for_line(&fleet.run_lines, &["catalog changes applied", "tenant-a"], Duration::from_secs(5));
+    let applied_in = put_at.elapsed();
+    assert!(applied_in < Duration::from_secs(1), "the second relay applied the change after {applied_in:?}");
+    fleet.enqueue("tenant-a").await;
+    stream_reaches(&redis, "tenant-a", 1).await;
+
+    // A token made through the API works at once; revoked, it is refused within a second.
+    let (status, made) =
+        fleet.admin("POST", "/v1/admin/tokens", json!({"name": "tenant-a", "publishers": ["tenant-a"]})).await;
+    assert_eq!(status, 201, "{made}");
+    let token = made["token"].as_str().unwrap().to_string();
+    let accepted = Instant::now();
+    while fleet.send(&token, "tenant-a").await != 202 {
+        assert!(accepted.elapsed() < Duration::from_secs(1), "the new token is not accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fleet.send(&token, "filed").await, 403, "the token reaches only its publishers");
+    stream_reaches(&redis, "tenant-a", 2).await;
+    let again = fleet.admin("POST", "/v1/admin/tokens", json!({"name": "tenant-a", "publishers": ["x"]})).await;
+    assert_eq!(refused(again), (409, "token_exists".into()));
+
+    // Changed (If-Match): the new version publishes to its new stream; a stale If-Match is 409.
+    let change = |if_match: &'static str, stream: &'static str| {
+        let body = definition(&sha, stream, &redis).to_string().into_bytes();
+        let addr = fleet.addr.clone();
+        let client = fleet.client.clone();
+        async move {
+            let request = hyper::Request::put(format!("http://{addr}{path}"))
+                .header("authorization", format!("Bearer {ADMIN}"))
+                .header("if-match", if_match)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let response = client.request(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value =
+                serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            (status, body)
+        }
+    };
+    assert_eq!(change("\"1\"", "tenant-a-v2").await, (200, json!({"name": "tenant-a", "version": 2})));
+    assert_eq!(refused(change("\"1\"", "tenant-a-v3").await), (409, "version_conflict".into()));
+    wait_for_line(&fleet.run_lines, &["catalog changes applied", "changed", "tenant-a"], Duration::from_secs(5));
+    fleet.enqueue("tenant-a").await;
+    stream_reaches(&redis, "tenant-a-v2", 1).await;
+
+    // A refused change leaves version 2 publishing.
+    let (status, _) =
+        fleet.admin("PUT", path, json!({"component": sha, "options": {"stream_name": "tenant-a-v4"}})).await;
+    assert_eq!(status, 422);
+    fleet.enqueue("tenant-a").await;
+    stream_reaches(&redis, "tenant-a-v2", 2).await;
+
+    // Rollback restores version 1's stream, as version 3.
+    let (status, body) = fleet.admin("POST", &format!("{path}/rollback"), Value::Null).await;
+    assert_eq!((status, body), (200, json!({"name": "tenant-a", "version": 3, "from": 1})));
+    wait_for_line(&fleet.run_lines, &["catalog changes applied", "changed", "tenant-a"], Duration::from_secs(5));
+    fleet.enqueue("tenant-a").await;
+    stream_reaches(&redis, "tenant-a", 3).await;
+    let (_, shown) = fleet.admin("GET", path, Value::Null).await;
+    assert_eq!(shown["version"], 3);
+    assert_eq!(shown["versions"].as_array().unwrap().len(), 3);
+    assert_eq!(shown["definition"]["options"]["stream_name"], "tenant-a");
+
+    // A reload of the file keeps the catalog's publishers.
+    let status = Command::new("kill").args(["-HUP", &fleet.run.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_for_line(&fleet.run_lines, &["broadcaster: reloaded"], Duration::from_secs(10));
+
+    // Removed: its events wait, they are not failed; removing again is 404.
+    let (status, body) = fleet.admin("DELETE", path, Value::Null).await;
+    assert_eq!((status, body), (200, json!({"name": "tenant-a", "version": 3})));
+    assert_eq!(fleet.admin("DELETE", path, Value::Null).await.0, 404);
+    wait_for_line(&fleet.run_lines, &["catalog changes applied", "removed", "tenant-a"], Duration::from_secs(5));
+    let waiting = fleet.enqueue("tenant-a").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row = fleet.store.find(&[waiting.clone()]).await.unwrap().remove(0);
+    assert_eq!(row.status, Status::Pending, "a removed tenant's event waits");
+    assert_eq!(redis.client().xlen::<_, usize>("tenant-a").unwrap(), 3);
+
+    // Revoked: refused within a second.
+    assert_eq!(fleet.admin("DELETE", "/v1/admin/tokens/tenant-a", Value::Null).await.0, 200);
+    let revoked = Instant::now();
+    while fleet.send(&token, "filed").await != 401 {
+        assert!(revoked.elapsed() < Duration::from_secs(1), "the revoked token is still accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fleet.admin("DELETE", "/v1/admin/tokens/tenant-a", Value::Null).await.0, 404);
+    assert_eq!(fleet.admin("DELETE", "/v1/admin/tokens/file-tenant", Value::Null).await.0, 409);
+
+    // Brought back by a rollback after the removal: its waiting event is published.
+    let (status, body) = fleet.admin("POST", &format!("{path}/rollback"), json!({"version": 1})).await;
+    assert_eq!((status, body["version"].as_i64()), (200, Some(4)));
+    stream_reaches(&redis, "tenant-a", 4).await;
+    let config = fleet.config.clone();
+    fleet.stop();
+
+    // The command line sees the same catalog.
+    let output = Command::new(env!("CARGO_BIN_EXE_broadcaster"))
+        .args(["tenants", "list", "--json", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let page: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let names: Vec<(&str, &str)> = page["publishers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("filed", "file"), ("tenant-a", "api")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_onboards_changes_and_removes_tenants_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+    the_admin_api_onboards_changes_and_removes_tenants_on(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_onboards_changes_and_removes_tenants_on_postgres() {
+    let database = TestDatabase::create().await;
+    the_admin_api_onboards_changes_and_removes_tenants_on(database.url()).await;
+}
