@@ -155,10 +155,14 @@ impl HostEngine {
         wasm: &broadcaster_config::WasmConfig,
         components: &[&PublisherConfig],
     ) -> Result<Self, EngineError> {
-        let wanted = Self::settings_for(wasm, components);
+        let mut wanted = Self::settings_for(wasm, components);
         if current.accommodates(&wanted) {
             return Ok(current.clone());
         }
+        // Grow the pool geometrically (up to the live-instance bound): tenants added one at a
+        // time (the catalog) then need a new engine a few times, not at every addition.
+        let bound = wasm.live_bounds().instances.saturating_add(16);
+        wanted.instances = wanted.instances.max(current.settings.instances.saturating_mul(2).min(bound));
         tracing::info!(
             was = ?current.settings,
             now = ?wanted,

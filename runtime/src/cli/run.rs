@@ -138,6 +138,8 @@ impl Worker {
     /// through `reloader`; returns it, for the admin API.
     pub fn follow_catalog(&mut self, reloader: &Arc<Reloader>) -> Option<Catalog> {
         let start = self.catalog.take()?;
+        // Another relay may run a tenant this one has not applied yet: its events wait here.
+        self.relay.hold_unknown_publishers();
         reloader.set_catalog_tokens(start.tokens);
         broadcaster::tenants::start::follow_catalog(reloader.clone(), start.catalog.clone(), start.after);
         Some(start.catalog)

@@ -55,6 +55,15 @@ enum TenantsCommand {
         #[arg(value_name = "FILE.wasm")]
         file: std::path::PathBuf,
     },
+    /// Put every `[publishers.<name>]` of a configuration file in force in the catalog, in one
+    /// transaction (components uploaded, each section checked as a file load checks it): how
+    /// a platform moves its tenants from the file to the API. Each becomes a new version when
+    /// it differs from the one in force.
+    Import {
+        /// The configuration file whose publishers to import.
+        #[arg(value_name = "FILE.toml")]
+        file: std::path::PathBuf,
+    },
     /// List every publisher, the file's and the catalog's.
     List {
         /// Start after this name (the `next` of the previous page).
@@ -171,6 +180,13 @@ pub async fn run(args: TenantsArgs) -> anyhow::Result<ExitCode> {
                 info.contract
             );
             (serde_json::to_value(info)?, said)
+        }
+        TenantsCommand::Import { file } => {
+            let (written, unchanged) = tenants.import_file(&file, &by).await?;
+            (
+                json!({"written": written, "unchanged": unchanged}),
+                format!("{written} publisher(s) written, {unchanged} already in force as given"),
+            )
         }
         TenantsCommand::List { after, limit } => {
             let page = tenants.publishers(after.as_deref(), limit.clamp(1, 10_000)).await?;

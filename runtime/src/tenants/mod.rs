@@ -186,6 +186,16 @@ impl TenantCatalog {
     /// Checks `bytes` as `broadcaster check` checks a file and stores them; `true` when stored
     /// now, `false` when they were there.
     pub async fn put_component(&self, bytes: &[u8], by: &str) -> Result<(ComponentInfo, bool), TenantError> {
+        let (info, created, _) = self.check_and_store_component(bytes, by).await?;
+        Ok((info, created))
+    }
+
+    /// [`Self::put_component`], also returning the checked component.
+    async fn check_and_store_component(
+        &self,
+        bytes: &[u8],
+        by: &str,
+    ) -> Result<(ComponentInfo, bool, LoadedComponent), TenantError> {
         let engine = {
             let mut engine = self.engine.lock().expect("engine lock");
             if engine.is_none() {
@@ -208,7 +218,62 @@ impl TenantCatalog {
             imports: loaded.imports.clone(),
         };
         let created = self.catalog.put_component(&info, bytes, by, Utc::now()).await?;
-        Ok((info, created))
+        Ok((info, created, loaded))
+    }
+
+    /// Puts every `[publishers.<name>]` of configuration file `path` in force in the catalog,
+    /// in one transaction: each component file uploaded (checked, stored once), each section
+    /// checked as the file's loading checks it and against what its component imports. The
+    /// publishers are not started here (with 100,000 that would take long): a relay that
+    /// cannot start one logs it and keeps what it had. Returns how many definitions were
+    /// written and how many were in force already.
+    pub async fn import_file(&self, path: &std::path::Path, by: &str) -> Result<(u64, u64), TenantError> {
+        let bad = |message: String| TenantError::BadRequest(message);
+        let config = crate::checks::load_config(path).map_err(|err| bad(err.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|err| bad(format!("{}: {err}", path.display())))?;
+        let raw: toml::Table = toml::from_str(&text).map_err(|err| bad(format!("{}: {err}", path.display())))?;
+        let Some(toml::Value::Table(sections)) = raw.get("publishers") else {
+            return Err(bad(format!("{} has no [publishers.<name>] to import", path.display())));
+        };
+        let template = self.file.read(|c| c.without_publishers()).await;
+        let mut components: std::collections::HashMap<std::path::PathBuf, (String, LoadedComponent)> =
+            Default::default();
+        let mut rows = Vec::with_capacity(sections.len());
+        for (name, section) in sections {
+            if self.file.read(|c| c.file_defines(name)).await {
+                return Err(TenantError::DefinedInFile(format!(
+                    "publisher `{name}` is defined in this relay's own configuration file; import the others"
+                )));
+            }
+            let publisher = &config.publishers[name];
+            let mut definition = crate::config::toml_to_json(section);
+            let mut sha = None;
+            if let crate::config::PublisherKind::Component(file) = config.kind_of(name, publisher).map_err(refused)? {
+                if !components.contains_key(&file) {
+                    let bytes = std::fs::read(&file).map_err(|err| bad(format!("{}: {err}", file.display())))?;
+                    let (info, _, loaded) = self.check_and_store_component(&bytes, by).await?;
+                    components.insert(file.clone(), (info.sha256, loaded));
+                }
+                let (hex, loaded) = &components[&file];
+                if let Some(missing) =
+                    loaded.required_grants().into_iter().find(|g| !publisher.grants.contains(g.key()))
+                {
+                    return Err(TenantError::Refused(format!(
+                        "publisher `{name}`: {} imports `{}`; grant it with {}",
+                        file.display(),
+                        missing.import,
+                        missing.example(name)
+                    )));
+                }
+                definition["component"] = Value::String(hex.clone());
+                sha = Some(hex.clone());
+            }
+            let stored = template.api_publisher(name, &definition, 0).map_err(refused)?;
+            crate::checks::check_publisher(&template, name, &stored).map_err(refused)?;
+            rows.push((name.clone(), definition, sha));
+        }
+        let written = self.catalog.import_publishers(&rows, by, Utc::now()).await?;
+        Ok((written, rows.len() as u64 - written))
     }
 
     /// Checks `definition` (its keys, the layers' checks, then the publisher made and its

@@ -184,3 +184,24 @@ async fn the_change_feed_returns_each_change_once_in_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_import_writes_new_and_changed_definitions_as_versions_in_one_go() {
+    on_both("catalog_import", |catalog| async move {
+        let now = now_micros();
+        let native = |stream: &str| json!({"backend": "redis-stream", "options": {"stream_name": stream}});
+        catalog.put_publisher("a", &native("a"), None, None, "ops", now).await.unwrap();
+        let start = catalog.last_change().await.unwrap();
+        let rows: Vec<(String, serde_json::Value, Option<String>)> =
+            vec![("a".into(), native("a"), None), ("b".into(), native("b"), None), ("c".into(), native("c"), None)];
+        assert_eq!(catalog.import_publishers(&rows, "import", now).await.unwrap(), 2, "a is in force as given");
+        let changed = vec![("a".to_string(), native("a2"), None)];
+        assert_eq!(catalog.import_publishers(&changed, "import", now).await.unwrap(), 1);
+        let versions: Vec<(String, i64)> =
+            catalog.publishers(None, 10).await.unwrap().into_iter().map(|p| (p.name, p.version)).collect();
+        assert_eq!(versions, [("a".to_string(), 2), ("b".to_string(), 1), ("c".to_string(), 1)]);
+        let names: Vec<String> = catalog.changes_since(start, 10).await.unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["b", "c", "a"]);
+    })
+    .await;
+}

@@ -118,6 +118,9 @@ pub struct Relay {
     superseded: Mutex<Vec<Publisher>>,
     /// Counts registry swaps; the loop follows a new one (health checks, who may have work).
     generation: AtomicU64,
+    /// Whether events of a publisher this relay does not know wait (a catalog may define it
+    /// any moment: [`Relay::hold_unknown_publishers`]) instead of failing.
+    hold_unknown: std::sync::atomic::AtomicBool,
     /// Wakes a waiting loop after a swap.
     reloaded: tokio::sync::Notify,
     /// Where the publish spans are exported (`[telemetry] otlp_endpoint`), if anywhere.
@@ -142,6 +145,7 @@ impl Relay {
             retired: Mutex::default(),
             superseded: Mutex::default(),
             generation: AtomicU64::new(0),
+            hold_unknown: std::sync::atomic::AtomicBool::new(false),
             reloaded: tokio::sync::Notify::new(),
             span_export: None,
             clock: Arc::new(SystemClock),
@@ -204,9 +208,18 @@ impl Relay {
         self.reloaded.notify_one();
     }
 
-    /// Whether a reload removed publisher `name` (its events wait).
+    /// Whether a reload removed publisher `name` (its events wait), or the relay holds the
+    /// events of every publisher it does not know ([`Self::hold_unknown_publishers`]).
     pub fn is_retired(&self, name: &str) -> bool {
-        self.retired.lock().expect("retired lock").contains(name)
+        self.hold_unknown.load(Ordering::Acquire) || self.retired.lock().expect("retired lock").contains(name)
+    }
+
+    /// From now on, the events of a publisher this relay does not know wait (they are neither
+    /// claimed nor failed as unknown), as a removed publisher's do: for a relay that follows
+    /// the tenants' catalog, where another relay may already run a publisher this one has not
+    /// applied yet, or one may be defined later.
+    pub fn hold_unknown_publishers(&self) {
+        self.hold_unknown.store(true, Ordering::Release);
     }
 
     /// The names a reload removed whose events wait.

@@ -1,6 +1,7 @@
 //! `broadcaster bench`: measurements that print a table (speed targets live here, not in
 //! timed tests). One file per measurement.
 
+mod control;
 mod ingest;
 mod isolation;
 mod latency;
@@ -46,6 +47,10 @@ enum BenchCommand {
     /// throughput (and its ratio to the few alone), resident memory (peak), live instances,
     /// instances made. Each run in a fresh process.
     Tenants(tenants::TenantsBench),
+    /// The tenants' control plane: start-up and memory of a relay with many tenants from the
+    /// catalog beside the same tenants from a TOML file; then the time from a tenant put
+    /// through the catalog to its first event published by another relay process.
+    Control(control::ControlBench),
     /// One start-up measurement (run by `bench startup` in a child process).
     #[command(hide = true)]
     StartupOnce(startup::StartupOnce),
@@ -64,6 +69,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Isolation(bench) => isolation::run(bench).await,
         BenchCommand::Latency(bench) => latency::run(bench).await,
         BenchCommand::Ingest(bench) => ingest::run(bench).await,
+        BenchCommand::Control(bench) => control::run(bench).await,
     }
 }
 
