@@ -389,3 +389,164 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on_postgres() {
     let database = TestDatabase::create().await;
     the_admin_api_onboards_changes_and_removes_tenants_on(database.url()).await;
 }
+
+/// The `event_id` of every entry of `stream`, in order.
+fn stream_event_ids(redis: &RedisServer, stream: &str) -> Vec<String> {
+    let entries: redis::streams::StreamRangeReply = redis.client().xrange_all(stream).unwrap();
+    entries.ids.iter().map(|entry| entry.get::<String>("event_id").unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_changed_and_removed_under_load_through_three_relays_lose_and_repeat_nothing() {
+    use broadcaster::tenants::{FileView, TenantCatalog};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let redis = RedisServer::start();
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("broadcaster.toml");
+    std::fs::write(&config_path, format!("[outbox]\nurl = \"{}\"\n[relay]\ninterval = \"100ms\"\n", database.url()))
+        .unwrap();
+    let store = OutboxStore::connect(database.url()).await.unwrap();
+    store.migrate().await.unwrap();
+    let config = broadcaster::checks::load_config(&config_path).unwrap();
+    let tenants = TenantCatalog::new(store.catalog().unwrap(), FileView::Loaded(Box::new(config)));
+    let sha = tenants.component_reference(components::REDIS_STREAM, "test").await.unwrap();
+    let component = |stream: &str| {
+        json!({
+            "component": sha,
+            "options": {"stream_name": stream},
+            "grants": {"redis": {"host": "127.0.0.1", "port": redis.port(), "streams": ["load-*"]}},
+        })
+    };
+    let native = json!({"backend": "redis-stream", "options": {"host": "127.0.0.1", "port": redis.port(), "stream_name": "load-native"}});
+    tenants.put_publisher("changed", component("load-changed-v1"), None, "test").await.unwrap();
+    tenants.put_publisher("removed", component("load-removed"), None, "test").await.unwrap();
+    tenants.put_publisher("native", native, None, "test").await.unwrap();
+
+    let relays: Vec<Child> = (0..3)
+        .map(|_| {
+            let mut relay = Command::new(env!("CARGO_BIN_EXE_broadcaster"))
+                .args(["run", "--config", config_path.to_str().unwrap()])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let lines = stderr_lines(&mut relay);
+            wait_for_line(&lines, &["broadcaster worker: outbox"], Duration::from_secs(30));
+            std::thread::spawn(move || {
+                while let Ok(line) = lines.recv() {
+                    eprintln!("relay: {line}");
+                }
+            });
+            relay
+        })
+        .collect();
+    struct Relays(Vec<Child>);
+    impl Drop for Relays {
+        fn drop(&mut self) {
+            for relay in &mut self.0 {
+                let _ = relay.kill();
+                let _ = relay.wait();
+            }
+        }
+    }
+    let mut relays = Relays(relays);
+
+    // 2,000 events a second for 5 s, a batch every 10 ms, to the three in turn; the change at
+    // 1.5 s, the removal at 3 s.
+    let mut sent: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let names = ["changed", "removed", "native"];
+    let started = Instant::now();
+    let (mut changed, mut removed) = (false, false);
+    let mut sent_after_removal = Vec::new();
+    let mut i = 0usize;
+    while started.elapsed() < Duration::from_secs(5) {
+        // On schedule: as many as 2,000/s calls for by now.
+        let due = (started.elapsed().as_secs_f64() * 2000.0) as usize;
+        let events: Vec<NewEvent> = (0..due.saturating_sub(i).min(500))
+            .map(|_| {
+                i += 1;
+                NewEvent::new("load.test", "/load").publisher(names[i % 3]).data(json!({"n": i}))
+            })
+            .collect();
+        if events.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let ids = store.enqueue(&events, now_micros()).await.unwrap();
+        for (event, id) in events.iter().zip(ids) {
+            let name = names.iter().find(|n| **n == event.event.publisher_backend).unwrap();
+            if removed && *name == "removed" {
+                sent_after_removal.push(id.clone());
+            }
+            sent.entry(name).or_default().push(id);
+        }
+        if !changed && started.elapsed() > Duration::from_millis(1500) {
+            tenants.put_publisher("changed", component("load-changed-v2"), Some(1), "test").await.unwrap();
+            changed = true;
+        }
+        if !removed && started.elapsed() > Duration::from_secs(3) {
+            tenants.remove_publisher("removed").await.unwrap();
+            removed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let total: usize = sent.values().map(Vec::len).sum();
+    assert!(total >= 9_500, "the producer fell behind: {total} events in 5 s");
+    eprintln!("sent {total} events in 5 s: {:?}", sent.iter().map(|(n, ids)| (n, ids.len())).collect::<Vec<_>>());
+
+    // Everything but the removed tenant's latest events is published; those wait, not failed.
+    let waiting = |store: OutboxStore| async move {
+        let report = store.status(now_micros(), Duration::from_secs(60)).await.unwrap();
+        let count =
+            |status: Status| report.counts.iter().filter(|((_, s), _)| *s == status).map(|(_, n)| *n).sum::<u64>();
+        (count(Status::Pending) + count(Status::Retry) + count(Status::Processing), count(Status::Failed))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let published: usize = ["load-changed-v1", "load-changed-v2", "load-native"]
+            .iter()
+            .map(|s| redis.client().xlen::<_, usize>(*s).unwrap())
+            .sum();
+        if published >= sent["changed"].len() + sent["native"].len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {published} events of the changed and native tenants published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (open, failed) = waiting(store.clone()).await;
+    assert_eq!(failed, 0, "no event failed");
+    let removed_stream = redis.client().xlen::<_, usize>("load-removed").unwrap();
+    assert_eq!(open as usize + removed_stream, sent["removed"].len(), "the removed tenant's events wait");
+    // Relays apply the removal within a second of it; what was sent after that waits.
+    assert!(open > 0 && !sent_after_removal.is_empty(), "events sent after the removal wait");
+
+    // Brought back, it publishes what waited.
+    tenants.rollback("removed", None, "test").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiting(store.clone()).await.0 > 0 {
+        assert!(Instant::now() < deadline, "the waiting events were not published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Each stream holds exactly the ids sent to it, each once.
+    let set = |ids: Vec<String>| {
+        let n = ids.len();
+        let set: BTreeSet<String> = ids.into_iter().collect();
+        assert_eq!(set.len(), n, "an event was published twice");
+        set
+    };
+    let mut changed_ids = stream_event_ids(&redis, "load-changed-v1");
+    let v1 = changed_ids.len();
+    changed_ids.extend(stream_event_ids(&redis, "load-changed-v2"));
+    assert!(v1 > 0 && changed_ids.len() > v1, "the change moved the tenant's events from one stream to the other");
+    assert_eq!(set(changed_ids), sent["changed"].iter().cloned().collect());
+    assert_eq!(set(stream_event_ids(&redis, "load-removed")), sent["removed"].iter().cloned().collect());
+    assert_eq!(set(stream_event_ids(&redis, "load-native")), sent["native"].iter().cloned().collect());
+    for relay in &mut relays.0 {
+        let _ = Command::new("kill").args(["-TERM", &relay.id().to_string()]).status();
+        assert!(relay.wait().unwrap().success());
+    }
+}
