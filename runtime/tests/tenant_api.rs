@@ -340,7 +340,7 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
     wait_for_line(&fleet.run_lines, &["catalog changes applied", "removed", "tenant-a"], Duration::from_secs(5));
     let waiting = fleet.enqueue("tenant-a").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let row = fleet.store.find(&[waiting.clone()]).await.unwrap().remove(0);
+    let row = fleet.store.find(std::slice::from_ref(&waiting)).await.unwrap().remove(0);
     assert_eq!(row.status, Status::Pending, "a removed tenant's event waits");
     assert_eq!(redis.client().xlen::<_, usize>("tenant-a").unwrap(), 3);
 

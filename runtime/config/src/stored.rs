@@ -19,7 +19,7 @@ pub struct StoredComponents(Arc<HashMap<[u8; 32], Arc<Vec<u8>>>>);
 
 impl std::fmt::Debug for StoredComponents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.0.keys().map(|digest| hex_digest(digest))).finish()
+        f.debug_set().entries(self.0.keys().map(hex_digest)).finish()
     }
 }
 

@@ -71,18 +71,22 @@ fn answer(result: AdminAnswer) -> Response {
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message).into_response()
+    bad_request_error(message).into_response()
+}
+
+fn bad_request_error(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
 /// A JSON object body (empty allowed when `empty_ok`, as `{}`).
-fn json_body(body: &Bytes, empty_ok: bool) -> Result<Value, Response> {
+fn json_body(body: &Bytes, empty_ok: bool) -> Result<Value, ApiError> {
     if empty_ok && body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Default::default()));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(value @ Value::Object(_)) => Ok(value),
-        Ok(_) => Err(bad_request("the body must be a JSON object")),
-        Err(err) => Err(bad_request(format!("the body is not JSON: {err}"))),
+        Ok(_) => Err(bad_request_error("the body must be a JSON object")),
+        Err(err) => Err(bad_request_error(format!("the body is not JSON: {err}"))),
     }
 }
 
@@ -142,7 +146,7 @@ pub(super) async fn put_publisher(
     };
     let definition = match json_body(&body, false) {
         Ok(definition) => definition,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     answer(tenants.put_publisher(&name, definition, if_version, &token).await)
 }
@@ -211,7 +215,7 @@ pub(super) async fn rollback(
     };
     let request = match json_body(&body, true) {
         Ok(request) => request,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let version = match request.get("version") {
         None => None,
@@ -234,7 +238,7 @@ pub(super) async fn make_token(State(state): State<Arc<ServerState>>, headers: H
     };
     match json_body(&body, false) {
         Ok(request) => answer(tenants.make_token(request, &token).await),
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
