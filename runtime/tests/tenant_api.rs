@@ -59,6 +59,7 @@ struct Fleet {
     serve: Child,
     run: Child,
     run_lines: mpsc::Receiver<String>,
+    serve_lines: mpsc::Receiver<String>,
     store: OutboxStore,
     client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
@@ -113,13 +114,11 @@ impl Fleet {
         let mut serve = spawn("serve");
         let serve_lines = stderr_lines(&mut serve);
         wait_for_line(&serve_lines, &["listening on"], Duration::from_secs(30));
-        // Drain serve's log so it never blocks on a full pipe.
-        std::thread::spawn(move || while serve_lines.recv().is_ok() {});
         let mut run = spawn("run");
         let run_lines = stderr_lines(&mut run);
         wait_for_line(&run_lines, &["broadcaster worker: outbox"], Duration::from_secs(30));
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-        Self { _dir: dir, config, addr: format!("127.0.0.1:{port}"), serve, run, run_lines, store, client }
+        Self { _dir: dir, config, addr: format!("127.0.0.1:{port}"), serve, run, run_lines, serve_lines, store, client }
     }
 
     /// A request; the status and the body as JSON (`null` when empty).
@@ -176,6 +175,15 @@ impl Fleet {
     async fn enqueue(&self, publisher: &str) -> String {
         let event = NewEvent::new("tenant.test", "/tenants").publisher(publisher);
         self.store.enqueue(&[event], now_micros()).await.unwrap().remove(0)
+    }
+
+    /// Waits until both relays have logged applying a catalog change with `needles`: an event
+    /// enqueued in the second after a change may still go to the version before it on a
+    /// relay that has not applied it yet.
+    fn applied(&self, needles: &[&str]) {
+        let needles: Vec<&str> = ["catalog changes applied"].into_iter().chain(needles.iter().copied()).collect();
+        wait_for_line(&self.run_lines, &needles, Duration::from_secs(5));
+        wait_for_line(&self.serve_lines, &needles, Duration::from_secs(5));
     }
 
     /// Stops both relays, checking that they stop cleanly.
@@ -267,6 +275,7 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
     let put_at = Instant::now();
     wait_for_line(&fleet.run_lines, &["catalog changes applied", "tenant-a"], Duration::from_secs(5));
     let applied_in = put_at.elapsed();
+    wait_for_line(&fleet.serve_lines, &["catalog changes applied", "tenant-a"], Duration::from_secs(5));
     assert!(applied_in < Duration::from_secs(1), "the second relay applied the change after {applied_in:?}");
     fleet.enqueue("tenant-a").await;
     stream_reaches(&redis, "tenant-a", 1).await;
@@ -306,7 +315,7 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
     };
     assert_eq!(change("\"1\"", "tenant-a-v2").await, (200, json!({"name": "tenant-a", "version": 2})));
     assert_eq!(refused(change("\"1\"", "tenant-a-v3").await), (409, "version_conflict".into()));
-    wait_for_line(&fleet.run_lines, &["catalog changes applied", "changed", "tenant-a"], Duration::from_secs(5));
+    fleet.applied(&["changed", "tenant-a"]);
     fleet.enqueue("tenant-a").await;
     stream_reaches(&redis, "tenant-a-v2", 1).await;
 
@@ -320,7 +329,7 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
     // Rollback restores version 1's stream, as version 3.
     let (status, body) = fleet.admin("POST", &format!("{path}/rollback"), Value::Null).await;
     assert_eq!((status, body), (200, json!({"name": "tenant-a", "version": 3, "from": 1})));
-    wait_for_line(&fleet.run_lines, &["catalog changes applied", "changed", "tenant-a"], Duration::from_secs(5));
+    fleet.applied(&["changed", "tenant-a"]);
     fleet.enqueue("tenant-a").await;
     stream_reaches(&redis, "tenant-a", 3).await;
     let (_, shown) = fleet.admin("GET", path, Value::Null).await;
@@ -337,7 +346,7 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
     let (status, body) = fleet.admin("DELETE", path, Value::Null).await;
     assert_eq!((status, body), (200, json!({"name": "tenant-a", "version": 3})));
     assert_eq!(fleet.admin("DELETE", path, Value::Null).await.0, 404);
-    wait_for_line(&fleet.run_lines, &["catalog changes applied", "removed", "tenant-a"], Duration::from_secs(5));
+    fleet.applied(&["removed", "tenant-a"]);
     let waiting = fleet.enqueue("tenant-a").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let row = fleet.store.find(std::slice::from_ref(&waiting)).await.unwrap().remove(0);
@@ -375,6 +384,14 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
         .map(|p| (p["name"].as_str().unwrap(), p["source"].as_str().unwrap()))
         .collect();
     assert_eq!(names, [("filed", "file"), ("tenant-a", "api")]);
+    // …and so do the commands that name publishers.
+    let output = Command::new(env!("CARGO_BIN_EXE_broadcaster"))
+        .args(["health", "--json", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let health: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let checked: Vec<&str> = health.as_array().unwrap().iter().map(|p| p["publisher"].as_str().unwrap()).collect();
+    assert_eq!(checked, ["filed", "tenant-a"], "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,8 @@ pub struct HealthArgs {
 }
 
 pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config.load()?;
+    let mut config = args.config.load()?;
+    super::add_catalog_publishers(&mut config).await?;
     let registry = PublisherRegistry::build(&config, None).await?;
     let report = registry.health().await;
     if args.json {

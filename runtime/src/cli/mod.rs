@@ -84,6 +84,26 @@ pub async fn open_outbox(config: &Config) -> anyhow::Result<OutboxStore> {
     Ok(store)
 }
 
+/// Adds the publishers of the outbox database's tenant catalog to `config`, for commands that
+/// build or name publishers (`health`, `send`). Nothing when the database keeps no catalog
+/// yet, or is a SQLite file that does not exist (these commands do not need an outbox).
+pub async fn add_catalog_publishers(config: &mut Config) -> anyhow::Result<()> {
+    if let Some(file) = config.outbox.url.strip_prefix("sqlite://")
+        && !Path::new(file.split('?').next().unwrap_or(file)).exists()
+    {
+        return Ok(());
+    }
+    let Ok(store) = OutboxStore::connect(&config.outbox.url).await else {
+        return Ok(());
+    };
+    if let Some(catalog) = store.catalog()
+        && catalog.is_present().await.unwrap_or(false)
+    {
+        broadcaster::tenants::start::load_catalog(&store, config).await?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay worker: claim due events, publish them, record the outcome.

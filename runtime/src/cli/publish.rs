@@ -29,6 +29,11 @@ pub struct PublishArgs {
 
 pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
+    let store = super::open_outbox(&config).await?;
+    let catalog = match store.catalog() {
+        Some(catalog) if catalog.is_present().await.unwrap_or(false) => Some(catalog),
+        _ => None,
+    };
     let mut events = match args.event.event()? {
         Some(event) => vec![NewEvent { event, scheduled_at: None }],
         None => {
@@ -53,14 +58,18 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
             new.event.publisher_config = config.clone();
         }
         let name = routing::publisher_for(&new.event.publisher_backend);
-        if !config.publishers.contains_key(name) {
+        let in_catalog = match &catalog {
+            Some(catalog) => catalog.publisher(name).await.ok().flatten().is_some(),
+            None => false,
+        };
+        if !config.publishers.contains_key(name) && !in_catalog {
             eprintln!(
-                "warning: no publisher named `{name}` is configured in {}; the worker will mark the event failed",
+                "warning: no publisher named `{name}` is configured in {} or the tenant catalog; the worker will mark \
+                 the event failed (or hold it, when it follows a catalog)",
                 config.path.display()
             );
         }
     }
-    let store = super::open_outbox(&config).await?;
     let ids = store.enqueue(&events, now_micros()).await?;
     for id in &ids {
         println!("{id}");

@@ -20,7 +20,8 @@ pub struct SendArgs {
 }
 
 pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config.load()?;
+    let mut config = args.config.load()?;
+    super::add_catalog_publishers(&mut config).await?;
     let mut event = match args.event.event()? {
         Some(event) => event,
         None => cloudevent_input::parse_cloud_event_json(&args.event.read_stdin("a CloudEvent JSON document")?)?,

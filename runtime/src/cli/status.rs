@@ -25,8 +25,9 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = args.config.load()?;
+    let mut config = args.config.load()?;
     let store = super::open_outbox(&config).await?;
+    broadcaster::tenants::start::load_catalog(&store, &mut config).await?;
     let now = now_micros();
     let report = store.status(now, config.relay.lease_timeout.0).await?;
     let oldest_due_seconds = report.oldest_due.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
@@ -102,7 +103,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     if !unconfigured.is_empty() {
         println!(
-            "events wait for publishers not configured in {}: {} (a worker marks them failed)",
+            "events wait for publishers not configured in {} or the tenant catalog: {} (a worker marks them failed, \
+             or holds them when it follows a catalog)",
             config.path.display(),
             unconfigured.join(", ")
         );
