@@ -273,9 +273,9 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
     let (status, body) = fleet.admin("PUT", path, definition(&sha, "tenant-a", &redis)).await;
     assert_eq!((status, &body), (201, &json!({"name": "tenant-a", "version": 1})));
     let put_at = Instant::now();
-    wait_for_line(&fleet.run_lines, &["catalog changes applied", "tenant-a"], Duration::from_secs(5));
+    wait_for_line(&fleet.run_lines, &["catalog changes applied", "added=[\"tenant-a\"]"], Duration::from_secs(5));
     let applied_in = put_at.elapsed();
-    wait_for_line(&fleet.serve_lines, &["catalog changes applied", "tenant-a"], Duration::from_secs(5));
+    wait_for_line(&fleet.serve_lines, &["catalog changes applied", "added=[\"tenant-a\"]"], Duration::from_secs(5));
     assert!(applied_in < Duration::from_secs(1), "the second relay applied the change after {applied_in:?}");
     fleet.enqueue("tenant-a").await;
     stream_reaches(&redis, "tenant-a", 1).await;
@@ -315,7 +315,7 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
     };
     assert_eq!(change("\"1\"", "tenant-a-v2").await, (200, json!({"name": "tenant-a", "version": 2})));
     assert_eq!(refused(change("\"1\"", "tenant-a-v3").await), (409, "version_conflict".into()));
-    fleet.applied(&["changed", "tenant-a"]);
+    fleet.applied(&["changed=[\"tenant-a\"]"]);
     fleet.enqueue("tenant-a").await;
     stream_reaches(&redis, "tenant-a-v2", 1).await;
 
@@ -329,7 +329,7 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
     // Rollback restores version 1's stream, as version 3.
     let (status, body) = fleet.admin("POST", &format!("{path}/rollback"), Value::Null).await;
     assert_eq!((status, body), (200, json!({"name": "tenant-a", "version": 3, "from": 1})));
-    fleet.applied(&["changed", "tenant-a"]);
+    fleet.applied(&["changed=[\"tenant-a\"]"]);
     fleet.enqueue("tenant-a").await;
     stream_reaches(&redis, "tenant-a", 3).await;
     let (_, shown) = fleet.admin("GET", path, Value::Null).await;
@@ -346,12 +346,22 @@ async fn the_admin_api_onboards_changes_and_removes_tenants_on(url: &str) {
     let (status, body) = fleet.admin("DELETE", path, Value::Null).await;
     assert_eq!((status, body), (200, json!({"name": "tenant-a", "version": 3})));
     assert_eq!(fleet.admin("DELETE", path, Value::Null).await.0, 404);
-    fleet.applied(&["removed", "tenant-a"]);
+    fleet.applied(&["removed=[\"tenant-a\"]"]);
     let waiting = fleet.enqueue("tenant-a").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let row = fleet.store.find(std::slice::from_ref(&waiting)).await.unwrap().remove(0);
     assert_eq!(row.status, Status::Pending, "a removed tenant's event waits");
     assert_eq!(redis.client().xlen::<_, usize>("tenant-a").unwrap(), 3);
+
+    // A name the catalog never had fails as unknown, as it always did.
+    let typo = fleet.enqueue("nobody-defined-this").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.store.find(std::slice::from_ref(&typo)).await.unwrap()[0].status != Status::Failed {
+        assert!(Instant::now() < deadline, "an event for a publisher nobody defined did not fail");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = fleet.store.find(std::slice::from_ref(&waiting)).await.unwrap().remove(0);
+    assert_eq!(row.status, Status::Pending, "the removed tenant's event still waits");
 
     // Revoked: refused within a second.
     assert_eq!(fleet.admin("DELETE", "/v1/admin/tokens/tenant-a", Value::Null).await.0, 200);

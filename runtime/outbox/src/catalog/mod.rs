@@ -533,6 +533,15 @@ impl Catalog {
         })
     }
 
+    /// Whether the catalog has ever defined publisher `name` (in force now, or removed with its
+    /// versions kept).
+    pub async fn knows(&self, name: &str) -> Result<bool, CatalogError> {
+        let statement = "SELECT version FROM broadcaster_publisher_versions WHERE name = $1 LIMIT 1";
+        let found: Option<i64> =
+            on_database!(self, pool => sqlx::query_scalar(statement).bind(name).fetch_optional(pool).await)?;
+        Ok(found.is_some())
+    }
+
     /// Publisher `name` as in force.
     pub async fn publisher(&self, name: &str) -> Result<Option<StoredPublisher>, CatalogError> {
         let statement = "SELECT name, version, definition, component, updated_at, updated_by FROM broadcaster_publishers WHERE name = $1";

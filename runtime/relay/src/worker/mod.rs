@@ -208,18 +208,34 @@ impl Relay {
         self.reloaded.notify_one();
     }
 
-    /// Whether a reload removed publisher `name` (its events wait), or the relay holds the
-    /// events of every publisher it does not know ([`Self::hold_unknown_publishers`]).
+    /// Whether a reload removed publisher `name` (its events wait).
     pub fn is_retired(&self, name: &str) -> bool {
-        self.hold_unknown.load(Ordering::Acquire) || self.retired.lock().expect("retired lock").contains(name)
+        self.retired.lock().expect("retired lock").contains(name)
     }
 
-    /// From now on, the events of a publisher this relay does not know wait (they are neither
-    /// claimed nor failed as unknown), as a removed publisher's do: for a relay that follows
-    /// the tenants' catalog, where another relay may already run a publisher this one has not
-    /// applied yet, or one may be defined later.
+    /// From now on, the events of a publisher this relay does not know wait (neither claimed
+    /// nor failed as unknown) when the outbox database's tenant catalog defines it, or did
+    /// and it was removed: for a relay that follows the catalog, where another relay may
+    /// already run a tenant this one has not applied yet. A name the catalog never had fails
+    /// as unknown, as always.
     pub fn hold_unknown_publishers(&self) {
         self.hold_unknown.store(true, Ordering::Release);
+    }
+
+    /// Whether the events of `name`, a publisher this relay does not know, wait
+    /// ([`Self::hold_unknown_publishers`]). Asks the catalog; a failure to ask holds them.
+    pub(crate) async fn holds_unknown(&self, name: &str) -> bool {
+        if !self.hold_unknown.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(catalog) = self.store.catalog() else { return false };
+        match catalog.knows(name).await {
+            Ok(known) => known,
+            Err(err) => {
+                tracing::warn!(publisher = %name, %err, "cannot ask the tenant catalog about a publisher; its events wait");
+                true
+            }
+        }
     }
 
     /// The names a reload removed whose events wait.

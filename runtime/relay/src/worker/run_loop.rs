@@ -190,6 +190,14 @@ impl RunLoop {
     async fn claim_due_batches(&mut self) -> usize {
         let mut claimed = 0usize;
         self.wanting.retain(|name| self.registry.contains(name) || !self.relay.is_retired(name));
+        let unknown: Vec<String> = self.wanting.iter().filter(|name| !self.registry.contains(name)).cloned().collect();
+        for name in unknown {
+            // The catalog's tenant this relay has not applied yet (or removed): its events
+            // wait; the sweep after the change is applied finds them again.
+            if self.relay.holds_unknown(&name).await {
+                self.wanting.remove(&name);
+            }
+        }
         let idle: Vec<String> = self
             .wanting
             .iter()
