@@ -2,14 +2,13 @@
 //! publishes without a restart; a broken file is refused (said on stderr) and the worker goes
 //! on as it was.
 
-use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use broadcaster::event::now_micros;
 use broadcaster::outbox::{NewEvent, OutboxStore};
 use broadcaster_tests::RedisServer;
+use broadcaster_tests::process_output::{stderr_lines, wait_for_line};
 use redis::Commands;
 
 fn config_text(url: &str, redis: &RedisServer, publishers: &[&str]) -> String {
@@ -22,34 +21,6 @@ fn config_text(url: &str, redis: &RedisServer, publishers: &[&str]) -> String {
         ));
     }
     text
-}
-
-/// The worker's stderr, line by line.
-fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for a stderr line containing `needle`; returns it.
-fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(line) => seen.push(line),
-            Err(_) => break,
-        }
-    }
-    panic!("no stderr line with {needle:?}; saw:\n{}", seen.join("\n"));
 }
 
 fn hangup(child: &Child) {
@@ -85,18 +56,18 @@ async fn sighup_adds_a_publisher_without_a_restart_and_refuses_a_broken_file_kee
         .spawn()
         .expect("starting broadcaster run");
     let lines = stderr_lines(&mut worker);
-    wait_for_line(&lines, "broadcaster worker: outbox");
+    wait_for_line(&lines, &["broadcaster worker: outbox"], Duration::from_secs(30));
     published_to(&redis, "first", &store).await;
 
     std::fs::write(&config, config_text(&url, &redis, &["first", "second"])).unwrap();
     hangup(&worker);
-    let line = wait_for_line(&lines, "broadcaster: reloaded");
+    let line = wait_for_line(&lines, &["broadcaster: reloaded"], Duration::from_secs(30));
     assert!(line.contains("added: second"), "{line}");
     published_to(&redis, "second", &store).await;
 
     std::fs::write(&config, "[publishers.first\n").unwrap();
     hangup(&worker);
-    let line = wait_for_line(&lines, "broadcaster: reload refused");
+    let line = wait_for_line(&lines, &["broadcaster: reload refused"], Duration::from_secs(30));
     assert!(line.contains("broadcaster.toml") && line.contains("nothing changed"), "{line}");
     // Both publishers still publish.
     redis.client().del::<_, ()>(&["first", "second"]).unwrap();

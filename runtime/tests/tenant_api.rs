@@ -2,13 +2,13 @@
 //! serve` takes the admin calls, a second relay (`broadcaster run`) on the same database
 //! applies each change within a second, and every refusal stores nothing.
 
-use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use broadcaster::event::now_micros;
 use broadcaster::outbox::{NewEvent, OutboxStore, Status};
+use broadcaster_tests::process_output::{stderr_lines, wait_for_line};
 use broadcaster_tests::{RedisServer, TestDatabase, components};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -18,34 +18,6 @@ use sha2::{Digest, Sha256};
 
 const ADMIN: &str = "tenant-api-admin-0123456789";
 const FILE_TENANT: &str = "tenant-api-file-tenant-0123456789";
-
-/// A process's stderr, line by line.
-fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits up to `within` for a line containing every one of `needles`; returns it.
-fn wait_for_line(lines: &mpsc::Receiver<String>, needles: &[&str], within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
-            Ok(line) => seen.push(line),
-            Err(_) => break,
-        }
-    }
-    panic!("no line with {needles:?} within {within:?}; saw:\n{}", seen.join("\n"));
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -14,12 +14,14 @@
 //! - [`TestDatabase`]: a fresh PostgreSQL database per test on the local server, dropped
 //!   afterwards.
 //! - [`TestOutbox`]: an empty outbox database of either kind ([`OutboxKind`]).
+//! - [`process_output`]: a child process's stderr line by line, and waiting for a line.
 //! - [`components`]: paths of the shipped and test-only `.wasm` components, built by
 //!   `build.rs` (Rust) and `scripts/build-polyglot` (Python, JavaScript).
 #![deny(missing_docs)]
 
 mod outbox;
 mod postgres;
+pub mod process_output;
 mod redis_cluster;
 mod redis_sentinel;
 mod redis_server;
