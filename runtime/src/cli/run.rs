@@ -79,7 +79,7 @@ impl Worker {
         };
         let store = super::open_outbox(config).await?;
         let catalog = broadcaster::tenants::start::load_catalog(&store, config).await?;
-        if let Some(catalog) = &catalog {
+        if let Some(catalog) = catalog.as_ref().filter(|c| c.publishers > 0 || !c.tokens.is_empty()) {
             tracing::info!(publishers = catalog.publishers, tokens = catalog.tokens.len(), "tenant catalog read");
         }
         let registry =
