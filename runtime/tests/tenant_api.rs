@@ -397,6 +397,7 @@ fn stream_event_ids(redis: &RedisServer, stream: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_changed_and_removed_under_load_through_three_relays_lose_and_repeat_nothing() {
+    // A tenant given a new component and options and one removed while 2,000 events/s flow.
     use broadcaster::tenants::{FileView, TenantCatalog};
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -411,13 +412,17 @@ async fn tenants_changed_and_removed_under_load_through_three_relays_lose_and_re
     let config = broadcaster::checks::load_config(&config_path).unwrap();
     let tenants = TenantCatalog::new(store.catalog().unwrap(), FileView::Loaded(Box::new(config)));
     let sha = tenants.component_reference(components::REDIS_STREAM, "test").await.unwrap();
-    let component = |stream: &str| {
+    // The change gives the tenant another component (the same backend built for contract
+    // 0.1.0) with another stream.
+    let older = tenants.component_reference(components::STREAM_V0_1, "test").await.unwrap();
+    let component_of = |sha: &str, stream: &str| {
         json!({
             "component": sha,
             "options": {"stream_name": stream},
             "grants": {"redis": {"host": "127.0.0.1", "port": redis.port(), "streams": ["load-*"]}},
         })
     };
+    let component = |stream: &str| component_of(&sha, stream);
     let native = json!({"backend": "redis-stream", "options": {"host": "127.0.0.1", "port": redis.port(), "stream_name": "load-native"}});
     tenants.put_publisher("changed", component("load-changed-v1"), None, "test").await.unwrap();
     tenants.put_publisher("removed", component("load-removed"), None, "test").await.unwrap();
@@ -483,7 +488,7 @@ async fn tenants_changed_and_removed_under_load_through_three_relays_lose_and_re
             sent.entry(name).or_default().push(id);
         }
         if !changed && started.elapsed() > Duration::from_millis(1500) {
-            tenants.put_publisher("changed", component("load-changed-v2"), Some(1), "test").await.unwrap();
+            tenants.put_publisher("changed", component_of(&older, "load-changed-v2"), Some(1), "test").await.unwrap();
             changed = true;
         }
         if !removed && started.elapsed() > Duration::from_secs(3) {
