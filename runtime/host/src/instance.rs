@@ -147,7 +147,7 @@ impl ComponentPublisher {
             call.ticks += 1;
             // A batch call may run as long per event as a single call does before it counts
             // as long.
-            call.cpu.tick(call.ticks.div_ceil(call.events.max(1)));
+            call.cpu.tick(call.cpu.counted_ticks(call.ticks, call.events));
             let now = Instant::now();
             match call.deadline {
                 Some((deadline, limit, key)) if now >= deadline => {
@@ -324,6 +324,10 @@ impl ComponentPublisher {
         let cause = match outcome {
             Some(Ok(value)) => {
                 slot.failures_in_a_row = 0;
+                // Trust is earned by publishing: a health check says nothing of a batch's cost.
+                if what != "health-check" {
+                    self.cpu.call_ended(true);
+                }
                 return Ok(CallOutcome::Returned(value));
             }
             Some(Err(trap)) => {
@@ -339,6 +343,7 @@ impl ComponentPublisher {
                 format!("the {what} call did not return within {timeout:?} ({key})")
             }
         };
+        self.cpu.call_ended(false);
         if !self.stopping.load(Ordering::Relaxed) {
             tracing::warn!(publisher = %self.settings.name, %cause, "backend trapped during {what}; instance recycled");
         }

@@ -15,6 +15,13 @@
 //! the heavy lane at its next yield, and the publisher's later calls start there, until it has
 //! shown no heavy behaviour for [`RECOVERY`].
 //!
+//! A call that handles a batch of n events may run n times as many ticks before it counts as
+//! long, but only once its publisher has earned it ([`CpuAccount::is_trusted`]): a publisher
+//! whose calls have not yet returned (a new one, or one whose last call trapped) gets
+//! [`HEAVY_CALL_TICKS`] per call, however many events the call carries. Otherwise a tenant
+//! hostile from its first call would hold the light lane for n × 3 ticks (600 ms for a batch
+//! of 20) before it was found heavy.
+//!
 //! The kernel runs a normal-priority thread ahead of a nice-19 one, so a light tenant whose
 //! Redis reply has just arrived gets a core at once however many heavy tenants spin, and the
 //! heavy tenants share what the light ones leave, round-robin, a tick at a time. Within a lane,
@@ -49,6 +56,8 @@ const HEAVY_NICE: i32 = 19;
 #[derive(Debug)]
 pub struct CpuAccount {
     heavy: AtomicBool,
+    /// Whether a call of the publisher has returned since it started or last trapped.
+    trusted: AtomicBool,
     /// Ticks counted so far, over the publisher's lifetime (for reports).
     ticks: AtomicU64,
     window: Mutex<Window>,
@@ -66,6 +75,7 @@ impl Default for CpuAccount {
     fn default() -> Self {
         Self {
             heavy: AtomicBool::new(false),
+            trusted: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
             window: Mutex::new(Window { started: Instant::now(), busy: Duration::ZERO, last_heavy: None }),
         }
@@ -82,6 +92,24 @@ impl CpuAccount {
             self.turn_heavy(&mut window, "a long call");
         }
         self.heavy.load(Ordering::Relaxed)
+    }
+
+    /// Whether a call of this publisher has returned since it started or its last trap: its
+    /// batch calls then count their ticks per event.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Relaxed)
+    }
+
+    /// Records how a call ended: returned (the publisher is trusted from now on) or trapped
+    /// (it is not, until a call returns again).
+    pub fn call_ended(&self, returned: bool) {
+        self.trusted.store(returned, Ordering::Relaxed);
+    }
+
+    /// The ticks a call that has run `call_ticks` ticks for `events` events counts as: per
+    /// event for a trusted publisher, all of them otherwise.
+    pub fn counted_ticks(&self, call_ticks: u32, events: u32) -> u32 {
+        if self.is_trusted() { call_ticks.div_ceil(events.max(1)) } else { call_ticks }
     }
 
     /// Counts `busy`, time the publisher's work kept a lane thread busy (one poll).
@@ -246,6 +274,16 @@ mod tests {
         busy.record_busy(Duration::from_millis(1));
         assert!(busy.is_heavy());
         assert_eq!(busy.total_ticks(), 5);
+    }
+
+    #[test]
+    fn a_batch_call_counts_its_ticks_per_event_only_once_its_publisher_has_earned_it() {
+        let account = CpuAccount::default();
+        assert_eq!(account.counted_ticks(6, 20), 6, "a new publisher's batch call counts every tick");
+        account.call_ended(true);
+        assert_eq!(account.counted_ticks(6, 20), 1);
+        account.call_ended(false);
+        assert_eq!(account.counted_ticks(6, 20), 6, "after a trap, every tick again");
     }
 
     #[test]

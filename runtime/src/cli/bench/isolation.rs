@@ -6,7 +6,10 @@
 //! from the test component `attacker.wasm`. The attackers' events are enqueued first and the
 //! relay runs for a warm-up, so the attack is under way (and with ten, their breakers have
 //! tripped) when the good tenant's events arrive; then the good events are enqueued and timed
-//! until the last one is in its stream.
+//! until the last one is in its stream. With `--arrival interleaved` the attackers' events
+//! are spread among the good ones, all enqueued before the relay starts, and the time runs
+//! from the relay's start (the alone row is measured the same way): how a tenant that is
+//! hostile from its first call costs its neighbour.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +59,20 @@ pub struct IsolationBench {
     /// and dropped afterwards.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test", value_name = "URL")]
     postgres: String,
+    /// When the attackers' events arrive: `after` (the attack is under way when the good
+    /// events arrive) or `interleaved` (mixed with the good events, all waiting before the
+    /// relay starts).
+    #[arg(long, value_enum, default_value = "after")]
+    arrival: Arrival,
+}
+
+/// When the attackers' events arrive, relative to the good tenant's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arrival {
+    /// First, with a warm-up before the good events.
+    After,
+    /// Among the good events, before the relay starts.
+    Interleaved,
 }
 
 /// One attack: its name in the table, the attacker's options, its memory limit.
@@ -88,6 +105,8 @@ const TEN: [&str; 10] =
     ["loop", "slow", "health-hang", "grow", "recursion", "sleep", "many-fields", "xadd-flood", "log-flood", "leak"];
 
 struct Measured {
+    /// The longest time between two good events reaching their stream (by stream ids).
+    longest_gap: Duration,
     good_events: usize,
     good_seconds: f64,
     first_good: Duration,
@@ -114,20 +133,31 @@ pub async fn run(bench: IsolationBench) -> anyhow::Result<ExitCode> {
     }
     println!(
         "isolation: the good component tenant's {} events beside each attacker (call_timeout {:?}, batch 100, \
-         {} outbox); fraction = its throughput beside the attacker / alone",
-        bench.good_events, bench.call_timeout, bench.outbox
+         {} outbox, attackers' events arrive {}); fraction = its throughput beside the attacker / alone; \
+         LONGEST GAP = the longest time between two good events reaching their stream",
+        bench.good_events,
+        bench.call_timeout,
+        bench.outbox,
+        match bench.arrival {
+            Arrival::After => "first (the attack under way)",
+            Arrival::Interleaved => "among the good ones",
+        }
     );
-    print_table(["ATTACK", "GOOD EVENTS/S", "FRACTION OF ALONE", "FIRST GOOD EVENT", "STOP", "PEAK RSS"], &rows);
+    print_table(
+        ["ATTACK", "GOOD EVENTS/S", "FRACTION OF ALONE", "FIRST GOOD EVENT", "LONGEST GAP", "STOP", "PEAK RSS"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-fn row(name: &str, measured: &Measured, alone: &Measured) -> [String; 6] {
+fn row(name: &str, measured: &Measured, alone: &Measured) -> [String; 7] {
     let rate = |m: &Measured| m.good_events as f64 / m.good_seconds;
     [
         name.to_string(),
         format!("{:.0}", rate(measured)),
         format!("{:.2}", rate(measured) / rate(alone)),
         format!("{:.0} ms", measured.first_good.as_secs_f64() * 1000.0),
+        format!("{:.0} ms", measured.longest_gap.as_secs_f64() * 1000.0),
         format!("{:.0} ms", measured.stop.as_secs_f64() * 1000.0),
         format!("{} MiB", measured.peak_resident >> 20),
     ]
@@ -174,20 +204,6 @@ async fn scenario(
             })
         })
         .collect();
-    store.enqueue(&attack_events, now_micros()).await?;
-
-    let registry = Arc::new(PublisherRegistry::build(&config, None).await?);
-    let relay = Arc::new(Relay::new(store.clone(), registry, &config.relay));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let options = RunOptions { batch_size: 100, interval: Duration::from_millis(10), max_iterations: 0 };
-    let running = tokio::spawn(relay.run(options, stopped));
-    let mut peak_resident = resident_bytes().unwrap_or_default();
-    let warm_until = Instant::now() + warmup;
-    while Instant::now() < warm_until {
-        peak_resident = peak_resident.max(resident_bytes().unwrap_or_default());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
     let good_events: Vec<NewEvent> = (0..bench.good_events)
         .map(|i| {
             NewEvent::new("order.created", "/bench/shop")
@@ -196,8 +212,49 @@ async fn scenario(
                 .data(serde_json::json!({"order_id": i, "items": [{"sku": "SKU-1", "qty": 2}], "total": 19.9}))
         })
         .collect();
-    let started = Instant::now();
-    store.enqueue(&good_events, now_micros()).await?;
+    let good_count = good_events.len();
+    let mut good_events = Some(good_events);
+    if bench.arrival == Arrival::Interleaved {
+        // One attacker event after every `every` good ones, in creation (claim) order.
+        let mut attack = attack_events.into_iter();
+        let every = (good_count / (attacks.len() * 20).max(1)).max(1);
+        let mut mixed = Vec::new();
+        for (i, event) in good_events.take().into_iter().flatten().enumerate() {
+            if i % every == 0
+                && let Some(evil) = attack.next()
+            {
+                mixed.push(evil);
+            }
+            mixed.push(event);
+        }
+        mixed.extend(attack);
+        for chunk in mixed.chunks(500) {
+            store.enqueue(chunk, now_micros()).await?;
+        }
+    } else {
+        store.enqueue(&attack_events, now_micros()).await?;
+    }
+
+    let registry = Arc::new(PublisherRegistry::build(&config, None).await?);
+    let relay = Arc::new(Relay::new(store.clone(), registry, &config.relay));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let options = RunOptions { batch_size: 100, interval: Duration::from_millis(10), max_iterations: 0 };
+    let relay_started = Instant::now();
+    let running = tokio::spawn(relay.run(options, stopped));
+    let mut peak_resident = resident_bytes().unwrap_or_default();
+    let started = match good_events {
+        Some(good_events) => {
+            let warm_until = Instant::now() + warmup;
+            while Instant::now() < warm_until {
+                peak_resident = peak_resident.max(resident_bytes().unwrap_or_default());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let started = Instant::now();
+            store.enqueue(&good_events, now_micros()).await?;
+            started
+        }
+        None => relay_started,
+    };
     let mut first_good = None;
     let deadline = started + Duration::from_secs(300);
     loop {
@@ -212,6 +269,10 @@ async fn scenario(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let good_seconds = started.elapsed().as_secs_f64();
+    let entries: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg("bench:good").arg("-").arg("+").query_async(&mut redis).await?;
+    let millis: Vec<u64> = entries.ids.iter().filter_map(|entry| entry.id.split('-').next()?.parse().ok()).collect();
+    let longest_gap = Duration::from_millis(millis.windows(2).map(|w| w[1].saturating_sub(w[0])).max().unwrap_or(0));
     let stopping = Instant::now();
     stop.send(true).ok();
     running.await?;
@@ -227,7 +288,8 @@ async fn scenario(
         first_good.unwrap_or_default()
     );
     Ok(Measured {
-        good_events: bench.good_events,
+        longest_gap,
+        good_events: good_count,
         good_seconds,
         first_good: first_good.unwrap_or_default(),
         stop,
