@@ -173,6 +173,7 @@ impl Reloader {
     pub async fn apply_catalog(&self, catalog: &Catalog, names: &[String], tokens: bool) -> Vec<String> {
         let mut failed = Vec::new();
         if !names.is_empty() {
+            let started = std::time::Instant::now();
             let mut running = self.running.lock().await;
             let mut staged = Vec::new();
             for name in names {
@@ -186,11 +187,14 @@ impl Reloader {
                 }
             }
             let touched: Vec<String> = staged.iter().map(|(name, _)| name.clone()).collect();
+            let read = started.elapsed();
             match self.relay.registry().rebuild_only(&running, &touched).await {
                 Ok((registry, changes)) => {
+                    let built = started.elapsed();
                     self.relay.replace_publishers(registry, &changes);
                     tracing::info!(
                         added = ?changes.added, removed = ?changes.removed, changed = ?changes.changed,
+                        read = ?read, built = ?built - read, swapped = ?started.elapsed() - built,
                         "catalog changes applied"
                     );
                 }
