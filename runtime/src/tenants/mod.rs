@@ -520,3 +520,70 @@ impl TenantCatalog {
         Ok(self.put_component(&bytes, by).await?.0.sha256)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog in a fresh SQLite file beside a configuration whose file defines `file_names`
+    /// (native publishers).
+    async fn catalog_beside(file_names: &[&str]) -> (tempfile::TempDir, TenantCatalog, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let mut text = format!("[outbox]\nurl = \"{url}\"\n");
+        for name in file_names {
+            text.push_str(&format!("[publishers.{name}]\nbackend = \"redis-stream\"\n"));
+        }
+        let config = Config::from_toml(&text, &dir.path().join("broadcaster.toml"), Vec::new()).unwrap();
+        let store = crate::outbox::OutboxStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let catalog = store.catalog().unwrap();
+        (dir, TenantCatalog::new(catalog.clone(), FileView::Loaded(Box::new(config))), catalog)
+    }
+
+    #[tokio::test]
+    async fn the_publisher_list_merges_the_file_and_the_catalog_by_name_a_page_at_a_time() {
+        let (_dir, tenants, catalog) = catalog_beside(&["b", "d"]).await;
+        for name in ["a", "c", "e", "d"] {
+            let definition = json!({"backend": "redis-stream", "options": {"stream_name": name}});
+            catalog.put_publisher(name, &definition, None, None, "test", Utc::now()).await.unwrap();
+        }
+        let page = |after: Option<&'static str>| {
+            let tenants = &tenants;
+            async move {
+                let page = tenants.publishers(after, 2).await.unwrap();
+                let names: Vec<(String, &str)> = page.publishers.into_iter().map(|p| (p.name, p.source)).collect();
+                (names, page.next)
+            }
+        };
+        let own = |pairs: &[(&str, &'static str)]| pairs.iter().map(|(n, s)| (n.to_string(), *s)).collect::<Vec<_>>();
+        assert_eq!(page(None).await, (own(&[("a", "api"), ("b", "file")]), Some("b".into())));
+        // `d` is in both: the file's is the one in force, and it is listed once.
+        assert_eq!(page(Some("b")).await, (own(&[("c", "api"), ("d", "file")]), Some("d".into())));
+        assert_eq!(page(Some("d")).await, (own(&[("e", "api")]), None));
+    }
+
+    #[tokio::test]
+    async fn the_file_s_names_are_refused_and_rollbacks_name_what_is_missing() {
+        let (_dir, tenants, _catalog) = catalog_beside(&["filed"]).await;
+        let definition = json!({"backend": "redis-stream"});
+        let err = tenants.put_publisher("filed", definition, None, "test").await.unwrap_err();
+        assert_eq!((err.code(), err.status()), ("defined_in_file", 409));
+        assert_eq!(tenants.remove_publisher("filed").await.unwrap_err().code(), "defined_in_file");
+        let err = tenants.rollback("nobody", None, "test").await.unwrap_err();
+        assert_eq!(err.code(), "not_found");
+        assert!(err.to_string().contains("no earlier version"), "{err}");
+        let err = tenants.make_token("t", vec![], None, None, "test").await.unwrap_err();
+        assert_eq!(err.code(), "bad_request");
+        let err = tenants.make_token("t", vec!["t".into()], None, Some(5), "test").await.unwrap_err();
+        assert!(err.to_string().contains("set `rate` too"), "{err}");
+        let token = tenants.make_token("t", vec!["t-*".into()], Some(10.0), Some(5), "test").await.unwrap();
+        assert!(token.starts_with("bt_") && token.len() == 67, "{token}");
+        assert_eq!(
+            tenants.make_token("t", vec!["x".into()], None, None, "test").await.unwrap_err().code(),
+            "token_exists"
+        );
+        tenants.revoke_token("t").await.unwrap();
+        assert_eq!(tenants.revoke_token("t").await.unwrap_err().code(), "not_found");
+    }
+}
