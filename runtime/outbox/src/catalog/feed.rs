@@ -1,7 +1,9 @@
 //! [`ChangeFeed`]: how a relay learns of the catalog's changes. PostgreSQL: `LISTEN
 //! broadcaster_catalog` (every change notifies on commit), with a look every
 //! [`POSTGRES_POLL`] in case a notification is lost (a dropped connection); SQLite: a look
-//! every [`SQLITE_POLL`], a read that never waits for writers in WAL mode.
+//! when the kernel says the database file was written (any write: events too, so at most
+//! every [`SQLITE_LEAST_GAP`]), and every [`SQLITE_POLL`] in any case; a read that never
+//! waits for writers in WAL mode.
 
 use std::time::Duration;
 
@@ -9,8 +11,13 @@ use sqlx::postgres::PgListener;
 
 use super::{Catalog, CatalogChange, CatalogDatabase, CatalogError, schema};
 
-/// How often a relay on SQLite looks for changes.
+/// How often a relay on SQLite looks for changes when the file watch says nothing (or the
+/// file cannot be watched).
 pub const SQLITE_POLL: Duration = Duration::from_millis(200);
+
+/// The least time between two looks on SQLite: a file written by a busy producer wakes the
+/// feed at every commit.
+pub const SQLITE_LEAST_GAP: Duration = Duration::from_millis(10);
 
 /// How often a relay on PostgreSQL looks for changes when no notification came.
 pub const POSTGRES_POLL: Duration = Duration::from_secs(1);
@@ -24,13 +31,18 @@ pub struct ChangeFeed {
     catalog: Catalog,
     after: i64,
     listener: Option<PgListener>,
+    /// Writes to the SQLite file, once watched (`None` with PostgreSQL, in memory, or when
+    /// the file cannot be watched).
+    writes: Option<crate::file_watch::FileWrites>,
+    /// Whether watching the SQLite file was tried.
+    watch_tried: bool,
 }
 
 impl ChangeFeed {
     /// The changes of `catalog` after change number `after` ([`Catalog::last_change`] read
     /// before the catalog itself was).
     pub fn new(catalog: Catalog, after: i64) -> Self {
-        Self { catalog, after, listener: None }
+        Self { catalog, after, listener: None, writes: None, watch_tried: false }
     }
 
     /// The number of the last change returned.
@@ -70,7 +82,25 @@ impl ChangeFeed {
 
     async fn wait(&mut self) {
         match (&self.catalog.database, self.listener.as_mut()) {
-            (CatalogDatabase::Sqlite { .. }, _) => tokio::time::sleep(SQLITE_POLL).await,
+            (CatalogDatabase::Sqlite { file, .. }, _) => {
+                if !self.watch_tried {
+                    self.watch_tried = true;
+                    self.writes = file.as_deref().and_then(|file| {
+                        crate::file_watch::FileWrites::watch(file)
+                            .map_err(|err| tracing::debug!(%err, "cannot watch the outbox file for catalog changes"))
+                            .ok()
+                    });
+                }
+                match self.writes.as_mut() {
+                    Some(writes) => {
+                        if writes.wait(SQLITE_POLL).await.is_err() {
+                            self.writes = None;
+                        }
+                        tokio::time::sleep(SQLITE_LEAST_GAP).await;
+                    }
+                    None => tokio::time::sleep(SQLITE_POLL).await,
+                }
+            }
             (CatalogDatabase::Postgres(_), None) => tokio::time::sleep(POSTGRES_POLL).await,
             (CatalogDatabase::Postgres(_), Some(listener)) => {
                 match tokio::time::timeout(POSTGRES_POLL, listener.recv()).await {

@@ -15,7 +15,7 @@ use sqlx::{PgPool, SqlitePool};
 mod feed;
 pub mod schema;
 
-pub use feed::{ChangeFeed, POSTGRES_POLL, SQLITE_POLL};
+pub use feed::{ChangeFeed, POSTGRES_POLL, SQLITE_LEAST_GAP, SQLITE_POLL};
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +29,8 @@ pub enum CatalogDatabase {
         pool: SqlitePool,
         /// The store's writer turn.
         writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+        /// The database file (none in memory): the change feed watches it.
+        file: Option<std::path::PathBuf>,
     },
     /// A PostgreSQL database.
     Postgres(PgPool),
@@ -212,7 +214,7 @@ macro_rules! on_database {
 macro_rules! write_transaction {
     ($catalog:expr, $tx:ident => $body:block) => {
         match &$catalog.database {
-            CatalogDatabase::Sqlite { pool, writer } => {
+            CatalogDatabase::Sqlite { pool, writer, .. } => {
                 let _turn = writer.lock().await;
                 let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let answer = $body;

@@ -161,7 +161,11 @@ impl OutboxBackend for SqliteStore {
     }
 
     fn catalog_database(&self) -> Option<crate::catalog::CatalogDatabase> {
-        Some(crate::catalog::CatalogDatabase::Sqlite { pool: self.pool.clone(), writer: self.writer.clone() })
+        Some(crate::catalog::CatalogDatabase::Sqlite {
+            pool: self.pool.clone(),
+            writer: self.writer.clone(),
+            file: self.file.clone(),
+        })
     }
 
     async fn table_columns(&self) -> Result<Vec<String>, StoreError> {
