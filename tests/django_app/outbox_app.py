@@ -13,6 +13,12 @@ by Broadcaster's compatibility tests.
         -> the seed's `manage.py outbox_worker` at its defaults (batch 100, 5 s interval) until
            SIGTERM, publishing to <stream> as the backend named <publisher>
            (`broadcaster bench latency` runs it beside Broadcaster)
+    python outbox_app.py <db> django-producer <rate> <seconds> <out file>
+        -> an application's requests, one after another in this one process: `publish_event`
+           (one transaction per event, Django's default SQLite busy handling) at <rate> events/s
+           on a fixed schedule (open loop: a late commit makes the ones after it late too);
+           one line per event in <out file>: "<id hex> <scheduled> <started> <committed>", in
+           wall-clock nanoseconds (`broadcaster bench latency --producer django` reads it)
 
 <db> is a SQLite file path or a postgres:// URL.
 """
@@ -122,6 +128,28 @@ def main():
         print(total, time.perf_counter() - started)
     elif command == "seed-worker":
         call_command("outbox_worker")
+    elif command == "django-producer":
+        import time
+
+        rate, seconds, out = float(args[0]), float(args[1]), args[2]
+        total = int(rate * seconds)
+        lines = []
+        # Django's first query opens the connection: not part of any event's commit.
+        OutboxEvent.objects.exists()
+        start = time.time_ns()
+        for i in range(total):
+            scheduled = start + int(i * 1e9 / rate)
+            pause = (scheduled - time.time_ns()) / 1e9
+            if pause > 0:
+                time.sleep(pause)
+            started = time.time_ns()
+            event = publisher.publish_event(
+                event_type="latency.probe", source="/bench/django", subject=f"order/{i}", data={"n": i}
+            )
+            committed = time.time_ns()
+            lines.append(f"{event.id.hex} {scheduled} {started} {committed}\n")
+        with open(out, "w") as f:
+            f.writelines(lines)
     else:
         sys.exit(f"unknown command {command}")
 

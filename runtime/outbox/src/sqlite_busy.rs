@@ -10,7 +10,9 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_void};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::SqliteConnection;
 
@@ -29,13 +31,46 @@ fn waited_before(attempt: u32) -> Duration {
     Duration::from_micros(25 * u64::from(first * (first + 1)) + 500 * u64::from(attempt - first))
 }
 
+/// The moment this process's clock of contention starts.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// When one of this process's statements last found the write lock taken, in microseconds
+/// after [`epoch`] (0: never). This process's own writers queue before they meet the lock
+/// (`sqlite::write_turns`), so the lock was another process's: an application writing.
+static LAST_CONTENDED: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn note_contended() {
+    let micros = u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+    LAST_CONTENDED.store(micros, Ordering::Relaxed);
+}
+
+/// How long this process's statements have slept waiting for the write lock, in all.
+static SLEPT_MICROS: AtomicU64 = AtomicU64::new(0);
+
+/// How long this process's statements have slept waiting for the write lock, in all.
+pub fn slept() -> Duration {
+    Duration::from_micros(SLEPT_MICROS.load(Ordering::Relaxed))
+}
+
+/// Whether one of this process's statements found the write lock taken within `window`.
+pub fn contended_within(window: Duration) -> bool {
+    let last = LAST_CONTENDED.load(Ordering::Relaxed);
+    last != 0 && epoch().elapsed().saturating_sub(Duration::from_micros(last)) < window
+}
+
 /// Retries (returns non-zero) until the pauses add up to [`LOCK_WAIT`].
 extern "C" fn retry_soon(_: *mut c_void, attempts: c_int) -> c_int {
+    note_contended();
     let attempt = u32::try_from(attempts).unwrap_or(0);
     if waited_before(attempt) >= LOCK_WAIT {
         return 0;
     }
-    std::thread::sleep(pause(attempt));
+    let pause = pause(attempt);
+    std::thread::sleep(pause);
+    SLEPT_MICROS.fetch_add(u64::try_from(pause.as_micros()).unwrap_or(0), Ordering::Relaxed);
     1
 }
 

@@ -28,7 +28,7 @@ pub enum CatalogDatabase {
         /// The store's pool.
         pool: SqlitePool,
         /// The store's writer turn.
-        writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+        writer: crate::sqlite::write_turns::WriteTurns,
         /// The database file (none in memory): the change feed watches it.
         file: Option<std::path::PathBuf>,
     },
@@ -215,7 +215,7 @@ macro_rules! write_transaction {
     ($catalog:expr, $tx:ident => $body:block) => {
         match &$catalog.database {
             CatalogDatabase::Sqlite { pool, writer, .. } => {
-                let _turn = writer.lock().await;
+                let _turn = writer.take().await;
                 let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let answer = $body;
                 $tx.commit().await?;

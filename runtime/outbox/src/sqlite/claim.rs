@@ -94,7 +94,29 @@ impl SqliteStore {
         let claim = bind(sqlx::query(statement[usize::from(with_extensions)]));
         let rows = {
             let _writing = self.writing().await?;
-            claim.fetch_all(&self.pool).await?
+            let settlements = self.settlements.take();
+            if settlements.is_empty() {
+                claim.fetch_all(&self.pool).await?
+            } else {
+                // The settlements waiting for a turn go in the claim's transaction.
+                let mut tx = self.pool.begin().await?;
+                let written = async {
+                    let updated = settlements.run(&mut tx).await?;
+                    let rows = claim.fetch_all(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>((updated, rows))
+                };
+                match written.await {
+                    Ok((updated, rows)) => {
+                        settlements.tell(Some(updated));
+                        rows
+                    }
+                    Err(err) => {
+                        settlements.tell(None);
+                        return Err(err.into());
+                    }
+                }
+            }
         };
         let mut claim = Claim::from_rows(token, rows.iter().map(read_claimed).collect::<Result<Vec<_>, _>>()?);
         if let Some(rejections) = FencedWrites::rejecting(&claim, Fence::Lease(token)) {

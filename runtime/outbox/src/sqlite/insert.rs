@@ -15,7 +15,7 @@ impl InsertStatements for SqliteStore {
     type Connection = sqlx::SqliteConnection;
     /// The transaction first, this process's turn to write second: a tuple drops in order, so
     /// the turn is given back once the transaction has ended.
-    type Transaction = (sqlx::Transaction<'static, Sqlite>, tokio::sync::OwnedMutexGuard<()>);
+    type Transaction = (sqlx::Transaction<'static, Sqlite>, super::write_turns::WriteTurn);
 
     /// 14 parameters a row, well under SQLite's limit.
     const ROWS_PER_INSERT: usize = 100;

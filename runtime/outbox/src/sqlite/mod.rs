@@ -26,7 +26,7 @@ use super::row::RowReader;
 use super::schema;
 use super::{Backlog, Claim, FailedEvent, FencedWrites, NewEvent, OutboxBackend, RowState, StatusReport, StoreError};
 use claim::{CLAIM, CLAIM_FOR};
-use settle::write_statements;
+use settle::{PendingSettlements, TakenSettlements};
 
 pub use super::row::parse_time;
 
@@ -35,6 +35,7 @@ mod insert;
 mod settle;
 #[cfg(test)]
 mod tests;
+pub mod write_turns;
 
 /// The outbox in a SQLite file.
 #[derive(Debug, Clone)]
@@ -53,8 +54,11 @@ pub struct SqliteStore {
     /// Taken for every write transaction of this store, so this process's writers (claims,
     /// outcomes, enqueues) queue here, first come first served, instead of on SQLite's lock,
     /// where a writer that finds it taken sleeps ([`super::sqlite_busy`]) and may wake well
-    /// after it was free. Other processes (the application) still meet it there.
-    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// after it was free; spaced while another process writes ([`write_turns`]). Other
+    /// processes (the application) still meet SQLite's lock.
+    writer: write_turns::WriteTurns,
+    /// Settlements waiting for a turn, written by whichever writer gets one first.
+    settlements: PendingSettlements,
 }
 
 /// A time as Django stores it in SQLite.
@@ -130,7 +134,42 @@ impl SqliteStore {
             writes: Default::default(),
             extension_table: Default::default(),
             writer: Default::default(),
+            settlements: Default::default(),
         })
+    }
+
+    /// Writes the settlements `taken` in one transaction (one statement alone without one) and
+    /// tells their writers; in this writer's turn.
+    async fn write_taken(&self, taken: TakenSettlements) {
+        let written = async {
+            let mut conn = self.pool.acquire().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let updated = taken.run(&mut tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(updated)
+        };
+        match written.await {
+            Ok(updated) => taken.tell(Some(updated)),
+            Err(err) => {
+                tracing::debug!(%err, "writing settlements together failed; each is written on its own");
+                taken.tell(None);
+            }
+        }
+    }
+
+    /// What became of a queued settlement: the rows it updated, or, when the transaction that
+    /// carried it failed, written on its own (to meet the error itself).
+    async fn settled(
+        &self,
+        told: Result<Option<u64>, tokio::sync::oneshot::error::RecvError>,
+        settlement: &settle::Settlement,
+    ) -> Result<u64, StoreError> {
+        if let Ok(Some(updated)) = told {
+            return Ok(updated);
+        }
+        let _turn = self.writing().await?;
+        let mut conn = self.pool.acquire().await?;
+        Ok(settle::run(settlement, &mut conn).await?)
     }
 
     /// The pool, for applications that share it.
@@ -142,10 +181,9 @@ impl SqliteStore {
     /// statement waits for SQLite's lock ([`super::sqlite_busy::LOCK_WAIT`]): queued writers
     /// must not each add a whole wait to the one before them.
     /// Owned, so that a transaction can hold it ([`InsertStatements::Transaction`](crate::insert::InsertStatements::Transaction)).
-    async fn writing(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, StoreError> {
+    async fn writing(&self) -> Result<write_turns::WriteTurn, StoreError> {
         let waited = super::sqlite_busy::LOCK_WAIT;
-        let turn = self.writer.clone().lock_owned();
-        tokio::time::timeout(waited, turn).await.map_err(|_| StoreError::WriteQueueTimeout { waited })
+        tokio::time::timeout(waited, self.writer.take()).await.map_err(|_| StoreError::WriteQueueTimeout { waited })
     }
 }
 
@@ -245,22 +283,27 @@ impl OutboxBackend for SqliteStore {
     }
 
     async fn write(&self, writes: &FencedWrites<'_>) -> Result<u64, StoreError> {
-        let statements = write_statements(writes)?;
-        let (token, now) = (writes.fence.token().map(format_time), format_time(writes.now));
-        let _writing = self.writing().await?;
-        if let [(statement, rows)] = &statements[..] {
-            let statement: &'static str = statement;
-            let done = sqlx::query(statement).bind(&now).bind(rows).bind(&token).execute(&self.pool).await?;
-            return Ok(done.rows_affected());
+        let settlement = settle::settlement(writes)?;
+        if settlement.is_empty() {
+            return Ok(0);
         }
-        let mut tx = self.pool.begin().await?;
-        let mut updated = 0;
-        for (statement, rows) in statements {
-            let done = sqlx::query(statement).bind(&now).bind(rows).bind(&token).execute(&mut *tx).await?;
-            updated += done.rows_affected();
+        // Written with whatever else waits for a turn then, by this writer or by the one whose
+        // turn comes first (a claim): then this one leaves the queue.
+        let mut told = self.settlements.add(settlement.clone());
+        let turn = tokio::select! {
+            biased;
+            told = &mut told => return self.settled(told, &settlement).await,
+            turn = self.writing() => turn?,
+        };
+        let taken = self.settlements.take();
+        if taken.is_empty() {
+            turn.unused();
+        } else {
+            self.write_taken(taken).await;
+            drop(turn);
         }
-        tx.commit().await?;
-        Ok(updated)
+        let told = told.await;
+        self.settled(told, &settlement).await
     }
 
     async fn publishers_with_work(&self) -> Result<Vec<String>, StoreError> {

@@ -47,7 +47,7 @@ async fn a_writer_queued_behind_a_write_that_hangs_gives_up_after_sqlites_own_lo
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
     let store = SqliteStore::connect(&url).await.unwrap();
-    let hung = store.writer.clone().lock_owned().await;
+    let hung = store.writer.take_at_once().await;
     tokio::time::pause();
     let started = tokio::time::Instant::now();
     match store.writing().await {
@@ -73,4 +73,42 @@ async fn new_events_are_synced_at_commit_and_the_relays_own_writes_are_not() {
     // 2 is FULL (a commit is on disk when it returns), 1 is NORMAL.
     assert_eq!(setting(&store.enqueues).await, 2);
     assert_eq!(setting(&store.pool).await, 1);
+}
+
+#[tokio::test]
+async fn a_settlement_waiting_behind_a_claim_is_written_in_the_claims_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    store.enqueue(&[NewEvent::new("first", "/s")], now).await.unwrap();
+    let first = store.claim(Utc::now(), 10, &[]).await.unwrap();
+    let [published] = &first.events[..] else { panic!("one event claimed: {first:?}") };
+    let second_id = store.enqueue(&[NewEvent::new("second", "/s")], now).await.unwrap().remove(0);
+    let turns_before = store.writer.used();
+
+    // Another writer has the turn: a claim queues first, the first event's settlement second.
+    let holding = store.writer.take_at_once().await;
+    let claiming = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim(Utc::now(), 10, &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let settling = tokio::spawn({
+        let (store, token, id) = (store.clone(), first.token, published.event.id.clone());
+        async move {
+            let settlements = [(id, crate::Settlement::Published)];
+            store.write(&FencedWrites::settling(crate::Fence::Lease(token), Utc::now(), &settlements)).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    holding.unused();
+
+    let second = claiming.await.unwrap().unwrap();
+    assert_eq!(second.events.iter().map(|e| e.event.id.clone()).collect::<Vec<_>>(), [second_id]);
+    assert_eq!(settling.await.unwrap().unwrap(), 1, "the settlement updated its row");
+    assert_eq!(store.writer.used() - turns_before, 1, "the claim and the settlement took one turn");
+    let states = store.find(std::slice::from_ref(&published.event.id)).await.unwrap();
+    assert_eq!(states[0].status, crate::Status::Published);
 }

@@ -48,6 +48,12 @@ pub struct LatencyBench {
     /// --for-tests` installs one) and tests/django_app/.
     #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     seed_wait: Duration,
+    /// The applications that write the events (comma-separated): `rust` (a pool of
+    /// connections in this process) and `django` (django-broadcaster's `publish_event` in a
+    /// Python process, measured alone and beside the relay: how much the relay slows the
+    /// application's own commits).
+    #[arg(long = "producer", value_enum, value_delimiter = ',', default_value = "rust,django")]
+    producers: Vec<Producer>,
     #[command(flatten)]
     seed: SeedApp,
 }
@@ -59,6 +65,30 @@ enum Measured {
     Broadcaster,
     /// The seed's worker, in a Python process of its own.
     Seed,
+    /// None: the producer alone, for its commit latency without a relay.
+    Nothing,
+}
+
+/// The application that writes the events.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Producer {
+    /// A Rust application: the public `enqueue` API, each event in its own transaction on a
+    /// pool of connections in this process, concurrently as an application's requests are.
+    Rust,
+    /// A Django application: django-broadcaster's `publish_event` (one transaction per
+    /// event) in a Python process of its own, one event after another, with Django's default
+    /// SQLite busy handling (`tests/django_app/outbox_app.py`; needs --seed-python). Measured
+    /// alone and beside Broadcaster's relay in the same run.
+    Django,
+}
+
+impl Producer {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Rust => "rust",
+            Self::Django => "django",
+        }
+    }
 }
 
 /// The application's connections per rate: its transactions run concurrently, as a web
@@ -113,21 +143,30 @@ impl Application {
 
 pub async fn run(bench: LatencyBench) -> anyhow::Result<ExitCode> {
     let with_seed = !bench.seed_wait.is_zero();
-    if with_seed && let Some(missing) = bench.seed.missing() {
-        anyhow::bail!("cannot run the seed's worker: {missing}; --seed-wait 0 leaves it out");
+    let with_django = bench.producers.contains(&Producer::Django);
+    if (with_seed || with_django)
+        && let Some(missing) = bench.seed.missing()
+    {
+        anyhow::bail!(
+            "cannot run the seed's worker or Django: {missing}; --seed-wait 0 --producer rust leaves them out"
+        );
     }
     let mut rows = Vec::new();
     for outbox in &bench.outbox {
         let idle = idle_cpu(&bench, outbox).await?;
-        let row = ["Broadcaster", "idle", "-", "-", "-", "-", "-", "-"].map(String::from);
+        let row = ["-", "Broadcaster", "idle", "-", "-", "-", "-", "-", "-", "-", "-"].map(String::from);
         rows.push([vec![outbox.clone()], row.to_vec(), vec![idle]].concat());
         for &rate in &bench.rates {
-            for measured in [Measured::Broadcaster, Measured::Seed] {
-                if measured == Measured::Seed && !with_seed {
-                    continue;
+            for &producer in &bench.producers {
+                let relays: &[Measured] = match producer {
+                    Producer::Rust if with_seed => &[Measured::Broadcaster, Measured::Seed],
+                    Producer::Rust => &[Measured::Broadcaster],
+                    Producer::Django => &[Measured::Nothing, Measured::Broadcaster],
+                };
+                for &measured in relays {
+                    let row = at_rate(&bench, outbox, rate, producer, measured).await?;
+                    rows.push([vec![outbox.clone()], row.to_vec()].concat());
                 }
-                let row = at_rate(&bench, outbox, rate, measured).await?;
-                rows.push([vec![outbox.clone()], row.to_vec()].concat());
             }
         }
     }
@@ -136,15 +175,34 @@ pub async fn run(bench: LatencyBench) -> anyhow::Result<ExitCode> {
          relay with {}",
         bench.interval.map_or("the default configuration".to_string(), |i| format!("relay.interval = {i:?}"))
     );
-    let rows: Vec<[String; 10]> = rows.into_iter().map(|row| row.try_into().expect("ten columns")).collect();
+    let rows: Vec<[String; 13]> = rows.into_iter().map(|row| row.try_into().expect("thirteen columns")).collect();
     print_table(
-        ["OUTBOX", "RELAY", "OFFERED/S (ACHIEVED)", "EVENTS", "P50", "P90", "P99", "MAX", "LATE", "PROCESS CPU"],
+        [
+            "OUTBOX",
+            "PRODUCER",
+            "RELAY",
+            "OFFERED/S (ACHIEVED)",
+            "EVENTS",
+            "P50",
+            "P99",
+            "MAX",
+            "LATE",
+            "COMMIT P50",
+            "COMMIT P99",
+            "BEHIND P99",
+            "PROCESS CPU",
+        ],
         &rows,
     );
     println!(
-        "PROCESS CPU: producer, relay and consumer together, as a share of one core (the seed's worker, a process \
-         of its own, not included); idle: the relay alone. LATE: events not read within 60 s of the producer's \
-         end (the seed: --seed-wait); the percentiles count them as later than that."
+        "P50/P99/MAX: commit → entry read. COMMIT: the producer's own transaction, from its start to its commit \
+         returning. BEHIND: how far behind its schedule the producer's commits returned (an open-loop producer \
+         that cannot keep up falls further behind with every event). PRODUCER rust: transactions on a pool of the \
+         application's connections in this process; django: django-broadcaster's `publish_event` in one Python \
+         process (SQLite's default busy handling), relay none: the producer alone, for comparison. PROCESS CPU: \
+         this process (Rust producer, relay, consumer) as a share of one core (the seed's worker and Django, \
+         processes of their own, not included); idle: the relay alone. LATE: events not read within 60 s of the \
+         producer's end (the seed: --seed-wait); the percentiles count them as later than that."
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -208,19 +266,50 @@ async fn idle_cpu(bench: &LatencyBench, outbox: &str) -> anyhow::Result<String> 
     Ok(format!("{:.1}% idle", share * 100.0))
 }
 
-async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32, measured: Measured) -> anyhow::Result<[String; 9]> {
+/// Wall-clock time in nanoseconds since the Unix epoch: the one clock this process and the
+/// Django producer's share.
+fn wall_ns() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// An event id as 32 hex digits (Django's storage form), whatever form it came in.
+fn id_key(id: &str) -> String {
+    id.replace('-', "").to_ascii_lowercase()
+}
+
+/// One event's transaction, in wall-clock nanoseconds: when it was due to start (the open
+/// loop's schedule), when it started, when its commit returned.
+#[derive(Clone, Copy)]
+struct Commit {
+    scheduled: u64,
+    started: u64,
+    committed: u64,
+}
+
+type Commits = Arc<Mutex<HashMap<String, Commit>>>;
+
+async fn at_rate(
+    bench: &LatencyBench,
+    outbox: &str,
+    rate: u32,
+    producer: Producer,
+    measured: Measured,
+) -> anyhow::Result<[String; 12]> {
     let scratch = Scratch::create(outbox, &bench.postgres).await?;
-    let (stream, publisher) = match measured {
-        Measured::Broadcaster => (format!("bench:latency:{outbox}:{rate}"), None),
-        Measured::Seed => (format!("bench:latency:{outbox}:{rate}:seed"), Some("bench")),
+    let stream = match measured {
+        Measured::Seed => format!("bench:latency:{outbox}:{rate}:seed"),
+        _ => format!("bench:latency:{outbox}:{rate}"),
     };
+    let publisher = (measured == Measured::Seed).then_some("bench");
     let producer_store = OutboxStore::connect(&scratch.url).await?;
     producer_store.migrate().await?;
+    drop(producer_store);
     let client = redis::Client::open(format!("redis://{}/", bench.redis))?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     redis::cmd("DEL").arg(&stream).query_async::<()>(&mut conn).await?;
 
-    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let arrivals: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let consumer = tokio::spawn(consume(client.clone(), stream.clone(), arrivals.clone()));
     let relay = match measured {
         Measured::Broadcaster => Relayed::Here(start_relay(&config(bench, &scratch.url, &stream)?).await?),
@@ -228,30 +317,132 @@ async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32, measured: Measur
             let command = ["seed-worker", bench.redis.as_str(), "bench", stream.as_str()];
             Relayed::Seed(bench.seed.spawn(&scratch.url, &command)?)
         }
+        Measured::Nothing => Relayed::Nothing,
     };
     // The seed's Django takes a moment to start: its first batch is due then.
     tokio::time::sleep(Duration::from_millis(if measured == Measured::Seed { 2000 } else { 500 })).await;
     let cpu_before = (process_cpu(), Instant::now());
 
     let total = (f64::from(rate) * bench.duration.as_secs_f64()) as u64;
-    let commits: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let application = Application::connect(&scratch.url, connections(outbox, rate)).await?;
+    let commits: Commits = Arc::default();
+    match producer {
+        Producer::Rust => produce_here(&scratch.url, outbox, rate, total, publisher, &commits).await?,
+        Producer::Django => produce_in_django(bench, &scratch.url, rate, &commits).await?,
+    }
+    let commits = std::mem::take(&mut *commits.lock().expect("commits lock"));
+    // What the producer achieved: it may fall behind the offered rate (commits are what they
+    // are); latencies are measured from each commit all the same.
+    let first = commits.values().map(|c| c.scheduled).min().unwrap_or(0);
+    let last = commits.values().map(|c| c.committed).max().unwrap_or(0);
+    let achieved = commits.len() as f64 / (last.saturating_sub(first) as f64 / 1e9).max(1e-9);
+    let wait = if measured == Measured::Seed { bench.seed_wait } else { Duration::from_secs(60) };
+    let deadline = Instant::now() + wait;
+    while measured != Measured::Nothing
+        && arrivals.lock().expect("arrivals lock").len() < commits.len()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = (process_cpu() - cpu_before.0).as_secs_f64() / cpu_before.1.elapsed().as_secs_f64();
+    relay.stop().await?;
+    consumer.abort();
+    redis::cmd("DEL").arg(&stream).query_async::<()>(&mut conn).await?;
+    scratch.drop().await;
+
+    let arrivals = arrivals.lock().expect("arrivals lock");
+    let nanos = |n: u64| Duration::from_nanos(n);
+    let latencies: Vec<Duration> = commits
+        .iter()
+        .filter_map(|(id, commit)| arrivals.get(id).map(|arrived| nanos(arrived.saturating_sub(commit.committed))))
+        .collect();
+    let late = commits.len() - latencies.len();
+    let commit_times: Vec<Duration> = commits.values().map(|c| nanos(c.committed.saturating_sub(c.started))).collect();
+    let behind: Vec<Duration> = commits.values().map(|c| nanos(c.committed.saturating_sub(c.scheduled))).collect();
+    // Quantiles over every event, the late ones counted as later than the wait.
+    let at = |q: f64| quantile(&latencies, commits.len(), q).unwrap_or_else(|| format!("> {}", seconds(wait)));
+    let relay_name = match measured {
+        Measured::Broadcaster => "Broadcaster",
+        Measured::Seed => "seed's outbox_worker",
+        Measured::Nothing => "none",
+    };
+    let producer_name = producer.name();
+    let relayed = measured != Measured::Nothing;
+    let (commit_p50, commit_p99) = (at_quantile(&commit_times, 0.5), at_quantile(&commit_times, 0.99));
+    let behind_p99 = at_quantile(&behind, 0.99);
+    eprintln!(
+        "{outbox} × {producer_name} × {relay_name} at {rate}/s: {} events, p50 {}, p99 {}, {late} late; \
+         commit p50 {commit_p50}, p99 {commit_p99}, max {}, behind p99 {behind_p99}, max {}",
+        commits.len(),
+        if relayed { at(0.5) } else { "-".into() },
+        if relayed { at(0.99) } else { "-".into() },
+        at_quantile(&commit_times, 1.0),
+        at_quantile(&behind, 1.0),
+    );
+    let relayed_or_dash = |text: String| if relayed { text } else { "-".to_string() };
+    Ok([
+        producer_name.to_string(),
+        relay_name.to_string(),
+        format!("{rate} ({achieved:.0})"),
+        relayed_or_dash(latencies.len().to_string()),
+        relayed_or_dash(at(0.5)),
+        relayed_or_dash(at(0.99)),
+        relayed_or_dash(if late > 0 { format!("> {}", seconds(wait)) } else { at(1.0) }),
+        relayed_or_dash(late.to_string()),
+        commit_p50,
+        commit_p99,
+        behind_p99,
+        if measured == Measured::Seed { "-".to_string() } else { format!("{:.0}%", cpu * 100.0) },
+    ])
+}
+
+/// The `q` quantile of `times` among `of` events (those missing from `times` counted as
+/// later than all of them: `None` when the quantile falls among those).
+fn quantile(times: &[Duration], of: usize, q: f64) -> Option<String> {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    if of == 0 {
+        return Some("-".to_string());
+    }
+    let i = ((of as f64 * q) as usize).min(of - 1);
+    sorted.get(i).map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+}
+
+fn at_quantile(times: &[Duration], q: f64) -> String {
+    quantile(times, times.len(), q).unwrap_or_default()
+}
+
+/// The Rust producer: each event in its own transaction on the application's connection pool
+/// in this process, sent on schedule (open loop).
+async fn produce_here(
+    url: &str,
+    outbox: &str,
+    rate: u32,
+    total: u64,
+    publisher: Option<&'static str>,
+    commits: &Commits,
+) -> anyhow::Result<()> {
+    let application = Application::connect(url, connections(outbox, rate)).await?;
     let started = Instant::now();
+    let start_ns = wall_ns();
     let period = Duration::from_secs_f64(1.0 / f64::from(rate));
     let mut producing = tokio::task::JoinSet::new();
     for i in 0..total {
         // Open loop: each event is sent at its time, however late the ones before it are;
         // a transaction waits for one of the application's connections when all are busy.
-        tokio::time::sleep_until((started + period.mul_f64(i as f64)).into()).await;
+        let due = period.mul_f64(i as f64);
+        tokio::time::sleep_until((started + due).into()).await;
         let (application, commits) = (application.clone(), commits.clone());
+        let scheduled = start_ns + u64::try_from(due.as_nanos()).unwrap_or(u64::MAX);
         producing.spawn(async move {
             let mut event = NewEvent::new("latency.probe", "/bench").data(serde_json::json!({"n": i}));
             if let Some(publisher) = publisher {
                 event = event.publisher(publisher);
             }
-            let id = event.event.id.clone();
+            let id = id_key(&event.event.id);
+            let started = wall_ns();
             application.enqueue(&event).await?;
-            commits.lock().expect("commits lock").insert(id, Instant::now());
+            let commit = Commit { scheduled, started, committed: wall_ns() };
+            commits.lock().expect("commits lock").insert(id, commit);
             anyhow::Ok(())
         });
         while let Some(done) = producing.try_join_next() {
@@ -261,58 +452,32 @@ async fn at_rate(bench: &LatencyBench, outbox: &str, rate: u32, measured: Measur
     while let Some(done) = producing.join_next().await {
         done??;
     }
-    // What the producer achieved: it may fall behind the offered rate (commits are what they
-    // are); latencies are measured from each commit all the same.
-    let achieved = total as f64 / started.elapsed().as_secs_f64();
-    let wait = if measured == Measured::Seed { bench.seed_wait } else { Duration::from_secs(60) };
-    let deadline = Instant::now() + wait;
-    while arrivals.lock().expect("arrivals lock").len() < total as usize && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let cpu = (process_cpu() - cpu_before.0).as_secs_f64() / cpu_before.1.elapsed().as_secs_f64();
-    relay.stop().await?;
-    consumer.abort();
-    redis::cmd("DEL").arg(&stream).query_async::<()>(&mut conn).await?;
-    scratch.drop().await;
+    Ok(())
+}
 
-    let commits = commits.lock().expect("commits lock");
-    let arrivals = arrivals.lock().expect("arrivals lock");
-    let mut latencies: Vec<Duration> = commits
-        .iter()
-        .filter_map(|(id, committed)| arrivals.get(id).map(|arrived| arrived.saturating_duration_since(*committed)))
-        .collect();
-    latencies.sort();
-    let late = commits.len() - latencies.len();
-    // Quantiles over every event, the late ones counted as later than the wait.
-    let at = |q: f64| {
-        let i = ((commits.len() as f64 * q) as usize).min(commits.len().saturating_sub(1));
-        match latencies.get(i) {
-            Some(d) => format!("{:.1} ms", d.as_secs_f64() * 1000.0),
-            None if commits.is_empty() => "-".to_string(),
-            None => format!("> {}", seconds(wait)),
+/// The Django producer: django-broadcaster's `publish_event` in a Python process of its own
+/// (`tests/django_app/outbox_app.py django-producer`), its commits read from the file it
+/// writes when done.
+async fn produce_in_django(bench: &LatencyBench, url: &str, rate: u32, commits: &Commits) -> anyhow::Result<()> {
+    let out = tempfile::NamedTempFile::new()?;
+    let path = out.path().to_string_lossy().into_owned();
+    let (rate_arg, seconds) = (rate.to_string(), format!("{}", bench.duration.as_secs_f64()));
+    let mut django = bench.seed.spawn(url, &["django-producer", &rate_arg, &seconds, &path])?;
+    let status = django.wait().await?;
+    anyhow::ensure!(status.success(), "the Django producer failed ({status}); its output is above");
+    let text = std::fs::read_to_string(out.path())?;
+    let mut commits = commits.lock().expect("commits lock");
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let number = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        match (fields.first(), number(1), number(2), number(3)) {
+            (Some(id), Some(scheduled), Some(started), Some(committed)) => {
+                commits.insert(id_key(id), Commit { scheduled, started, committed });
+            }
+            _ => anyhow::bail!("the Django producer wrote {line:?}, expected `<id> <scheduled> <started> <committed>`"),
         }
-    };
-    let relay_name = match measured {
-        Measured::Broadcaster => "Broadcaster",
-        Measured::Seed => "seed's outbox_worker",
-    };
-    eprintln!(
-        "{outbox} × {relay_name} at {rate}/s: {} events, p50 {}, p99 {}, {late} late",
-        commits.len(),
-        at(0.5),
-        at(0.99)
-    );
-    Ok([
-        relay_name.to_string(),
-        format!("{rate} ({achieved:.0})"),
-        latencies.len().to_string(),
-        at(0.5),
-        at(0.9),
-        at(0.99),
-        if late > 0 { format!("> {}", seconds(wait)) } else { at(1.0) },
-        late.to_string(),
-        if measured == Measured::Seed { "-".to_string() } else { format!("{:.0}%", cpu * 100.0) },
-    ])
+    }
+    Ok(())
 }
 
 /// `d` in whole seconds, for people.
@@ -324,6 +489,7 @@ fn seconds(d: Duration) -> String {
 enum Relayed {
     Here(RunningRelay),
     Seed(tokio::process::Child),
+    Nothing,
 }
 
 impl Relayed {
@@ -335,6 +501,7 @@ impl Relayed {
                 child.wait().await?;
                 Ok(())
             }
+            Self::Nothing => Ok(()),
         }
     }
 }
@@ -343,7 +510,7 @@ impl Relayed {
 async fn consume(
     client: redis::Client,
     stream: String,
-    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    arrivals: Arc<Mutex<HashMap<String, u64>>>,
 ) -> anyhow::Result<()> {
     let mut conn = client.get_multiplexed_async_connection().await?;
     // The stream was deleted before the run: read it from its start.
@@ -360,11 +527,11 @@ async fn consume(
             .query_async(&mut conn)
             .await
             .unwrap_or_default();
-        let now = Instant::now();
+        let now = wall_ns();
         for key in reply.keys {
             for entry in key.ids {
                 if let Some(id) = entry.get::<String>("event_id") {
-                    arrivals.lock().expect("arrivals lock").insert(id, now);
+                    arrivals.lock().expect("arrivals lock").insert(id_key(&id), now);
                 }
                 last = entry.id;
             }
