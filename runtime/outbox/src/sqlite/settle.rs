@@ -26,17 +26,20 @@ pub(super) struct Statement {
 /// The statements of one [`FencedWrites`], ready to run.
 pub(super) type Settlement = Vec<Statement>;
 
+/// A queued settlement and the channel its writer waits on.
+type Queued = (Settlement, oneshot::Sender<Option<u64>>);
+
 /// Settlements waiting for a turn to write, each with the channel its writer waits on: told
 /// the rows it updated, or `None` when the transaction that carried it failed (it then writes
 /// on its own, and meets the error itself if there is one).
 #[derive(Debug, Clone, Default)]
 pub(super) struct PendingSettlements {
-    waiting: Arc<Mutex<Vec<(Settlement, oneshot::Sender<Option<u64>>)>>>,
+    waiting: Arc<Mutex<Vec<Queued>>>,
 }
 
 /// Settlements taken from the queue by the writer whose turn it is.
 #[must_use = "tell each settlement's writer what became of it"]
-pub(super) struct TakenSettlements(Vec<(Settlement, oneshot::Sender<Option<u64>>)>);
+pub(super) struct TakenSettlements(Vec<Queued>);
 
 impl PendingSettlements {
     /// Queues `settlement`; the receiver is told what became of it.
