@@ -13,6 +13,10 @@ pub struct FileWrites {
     /// The file names that count: the database, `-wal`, `-journal`.
     names: Vec<OsString>,
     events: EventStream<Vec<u8>>,
+    /// A write seen and not yet reported: kept here, not in [`Self::wait`]'s future, so that a
+    /// wait dropped after it consumed the kernel's event (the relay's `select!` drops the wait
+    /// when a batch finishes first) does not lose the wake-up.
+    seen: bool,
 }
 
 impl std::fmt::Debug for FileWrites {
@@ -40,25 +44,24 @@ impl FileWrites {
             .watches()
             .add(&dir, WatchMask::MODIFY | WatchMask::CLOSE_WRITE | WatchMask::CREATE | WatchMask::MOVED_TO)?;
         let events = inotify.into_event_stream(vec![0u8; 4096])?;
-        Ok(Self { names, events })
+        Ok(Self { names, events, seen: false })
     }
 
     /// Returns `true` when the database was written since the last call (at once when a
     /// write is already queued), `false` after `timeout` without one. Every write queued so
-    /// far is consumed: a burst of writes is one wake-up.
+    /// far is consumed: a burst of writes is one wake-up. Cancel-safe: a write consumed by a
+    /// wait that was dropped is reported by the next one.
     pub async fn wait(&mut self, timeout: Duration) -> std::io::Result<bool> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut written = false;
         loop {
             // Once a write is seen, only drain what is already queued.
-            let until = if written { tokio::time::Instant::now() } else { deadline };
+            let until = if self.seen { tokio::time::Instant::now() } else { deadline };
             match tokio::time::timeout_at(until, self.events.next()).await {
-                Err(_) => return Ok(written),
-                Ok(None) => return Ok(written),
+                Err(_) | Ok(None) => return Ok(std::mem::take(&mut self.seen)),
                 Ok(Some(event)) => {
                     let event = event?;
                     if event.name.is_some_and(|name| self.names.contains(&name)) {
-                        written = true;
+                        self.seen = true;
                     }
                 }
             }
