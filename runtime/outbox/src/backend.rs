@@ -51,6 +51,14 @@ pub trait OutboxBackend: std::fmt::Debug + Send + Sync {
     /// The database URL without password, for messages.
     fn display_url(&self) -> String;
 
+    /// How soon to look again after a wake-up by a write that brought nothing to claim: a
+    /// database whose wake-up can come before the write is visible says how long that can
+    /// take (the relay then looks after this, and after twice as long again, …). `None`: the
+    /// wake-up comes after the commit (PostgreSQL's `NOTIFY`).
+    fn look_again_after_write(&self) -> Option<Duration> {
+        None
+    }
+
     /// Returns when events may have been written since the last call, by any process, as far
     /// as the database can tell (PostgreSQL: the notify trigger `migrate` installs; SQLite:
     /// the kernel's notice of a write to the file), or after `timeout`. A write that happened

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use inotify::{EventStream, Inotify, WatchMask};
 
 /// Writes to one database file, as the kernel reports them.
@@ -48,26 +48,39 @@ impl FileWrites {
     }
 
     /// Returns `true` when the database was written since the last call (at once when a
-    /// write is already queued), `false` after `timeout` without one. Every write queued so
-    /// far is consumed: a burst of writes is one wake-up. Cancel-safe: a write consumed by a
-    /// wait that was dropped is reported by the next one.
+    /// write is already queued), `false` after `timeout` without one. The writes queued by
+    /// then are consumed (at most [`DRAIN_AT_MOST`] events): a burst of writes is one
+    /// wake-up, and a stream of them (an application committing every millisecond, each
+    /// commit a few events) does not keep the wait draining. Cancel-safe: a write consumed by
+    /// a wait that was dropped is reported by the next one.
     pub async fn wait(&mut self, timeout: Duration) -> std::io::Result<bool> {
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            // Once a write is seen, only drain what is already queued.
-            let until = if self.seen { tokio::time::Instant::now() } else { deadline };
-            match tokio::time::timeout_at(until, self.events.next()).await {
-                Err(_) | Ok(None) => return Ok(std::mem::take(&mut self.seen)),
-                Ok(Some(event)) => {
-                    let event = event?;
-                    if event.name.is_some_and(|name| self.names.contains(&name)) {
-                        self.seen = true;
-                    }
-                }
+        while !self.seen {
+            match tokio::time::timeout_at(deadline, self.events.next()).await {
+                Err(_) | Ok(None) => return Ok(false),
+                Ok(Some(event)) => self.note(event?),
             }
+        }
+        for _ in 0..DRAIN_AT_MOST {
+            match self.events.next().now_or_never() {
+                Some(Some(event)) => self.note(event?),
+                _ => break,
+            }
+        }
+        Ok(std::mem::take(&mut self.seen))
+    }
+
+    /// Notes `event` if it is a write to the database.
+    fn note(&mut self, event: inotify::Event<std::ffi::OsString>) {
+        tracing::trace!(name = ?event.name, mask = ?event.mask, "file event");
+        if event.name.is_some_and(|name| self.names.contains(&name)) {
+            self.seen = true;
         }
     }
 }
+
+/// The most events one wait consumes after the first write it sees.
+pub const DRAIN_AT_MOST: usize = 256;
 
 #[cfg(test)]
 mod tests {

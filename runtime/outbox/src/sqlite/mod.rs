@@ -87,6 +87,11 @@ const RETRY_IDS: &str = "UPDATE outbox_events SET status = 'pending', retry_coun
 const FIND: &str = "SELECT id, status, publisher_backend, retry_count, max_retries, scheduled_at, published_at, \
      last_error FROM outbox_events WHERE id IN (SELECT value FROM json_each(?1))";
 
+/// How soon the relay looks again after a write it was woken by brought nothing to claim: an
+/// application's commit is visible once its WAL is synced (about a millisecond here; the
+/// looks after it come at 1, 2, 4, 8 … ms).
+const LOOK_AGAIN_AFTER_WRITE: Duration = Duration::from_millis(1);
+
 const TABLE_COLUMNS: &str = "SELECT name FROM pragma_table_info('outbox_events')";
 
 impl SqliteStore {
@@ -210,6 +215,12 @@ impl OutboxBackend for SqliteStore {
         Ok(sqlx::query_scalar(TABLE_COLUMNS).fetch_all(&self.pool).await?)
     }
 
+    /// The kernel reports an application's commit when it writes the WAL, before the commit
+    /// is synced and visible: a look at once can miss it.
+    fn look_again_after_write(&self) -> Option<Duration> {
+        Some(LOOK_AGAIN_AFTER_WRITE)
+    }
+
     async fn wait_for_writes(&self, timeout: Duration) -> bool {
         let mut writes = self.writes.lock().await;
         if writes.is_none()
@@ -290,6 +301,13 @@ impl OutboxBackend for SqliteStore {
         // Written with whatever else waits for a turn then, by this writer or by the one whose
         // turn comes first (a claim): then this one leaves the queue.
         let mut told = self.settlements.add(settlement.clone());
+        // While another process writes, turns are spaced: wait for the next claim to carry it
+        // rather than take a turn of its own (which would push that claim back a turn).
+        if super::sqlite_busy::contended_within(write_turns::CONTENDED_FOR)
+            && let Ok(told) = tokio::time::timeout(write_turns::CARRY_WAIT, &mut told).await
+        {
+            return self.settled(told, &settlement).await;
+        }
         let turn = tokio::select! {
             biased;
             told = &mut told => return self.settled(told, &settlement).await,

@@ -31,6 +31,10 @@ pub const CONTENDED_FOR: Duration = Duration::from_secs(1);
 /// longer than that.
 pub const LEAST_GAP: Duration = Duration::from_millis(2);
 
+/// How long a settlement waits, while another process writes, for a claim to write it in
+/// its transaction before it takes a turn of its own.
+pub const CARRY_WAIT: Duration = Duration::from_millis(20);
+
 /// The pause after a transaction that held the lock `held` (its turn, less the time it slept
 /// waiting for another process to let go of it) while another process writes:
 /// three times as long (this process's share of the lock at most a quarter), at least

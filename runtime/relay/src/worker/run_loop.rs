@@ -164,7 +164,10 @@ impl RunLoop {
     async fn reclaim_if_due(&mut self) {
         if self.last_reclaim.is_none_or(|t| t.elapsed() >= self.reclaim_every) {
             match self.relay.reclaim_expired().await {
-                Ok(n) => self.report.reclaimed += n,
+                Ok(n) => {
+                    tracing::trace!(reclaimed = n, "took back expired leases");
+                    self.report.reclaimed += n
+                }
                 Err(err) => tracing::error!(%err, "could not take back expired leases"),
             }
             self.last_reclaim = Some(Instant::now());
@@ -176,7 +179,10 @@ impl RunLoop {
         if self.last_sweep.is_none_or(|t| t.elapsed() >= self.sweep_every) {
             self.last_sweep = Some(Instant::now());
             match self.relay.store.publishers_with_work().await {
-                Ok(names) => self.wanting.extend(names.into_iter().map(|name| publisher_for(&name).to_string())),
+                Ok(names) => {
+                    tracing::trace!(names = names.len(), "swept");
+                    self.wanting.extend(names.into_iter().map(|name| publisher_for(&name).to_string()))
+                }
                 Err(err) => {
                     self.report.errors += 1;
                     tracing::error!(%err, "looking for due events failed; trying again after the interval");
@@ -210,6 +216,7 @@ impl RunLoop {
             match self.relay.claim_share(&self.registry, &name, self.options.batch_size).await {
                 Ok(share) => {
                     let claim = share.claim();
+                    tracing::trace!(publisher = %name, claimed = claim.len(), "claimed");
                     if claim.len() < self.options.batch_size as usize {
                         self.wanting.remove(&name);
                     }
@@ -264,13 +271,22 @@ impl RunLoop {
         let sweep_in = self.sweep_every.saturating_sub(self.last_sweep.map_or(Duration::ZERO, |t| t.elapsed()));
         tokio::select! {
             Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
+                tracing::trace!("a share finished");
                 self.book_finished(done);
             }
             woken = self.relay.store.wait_for_writes(sweep_in) => {
+                tracing::trace!(woken, "waited for writes");
                 // Look for due events now: at once after a write, and on the polling
                 // schedule otherwise, which backs off while nothing comes.
                 self.last_sweep = None;
-                self.sweep_every = if woken { self.first_poll } else { (self.sweep_every * 2).min(self.options.interval) };
+                self.sweep_every = if woken {
+                    // A claim that finds the write's events sets the first poll again
+                    // (`count_pass`); one that does not looks again soon where the wake-up
+                    // can come before the write is visible (SQLite).
+                    self.relay.store.look_again_after_write().unwrap_or(self.first_poll)
+                } else {
+                    (self.sweep_every * 2).min(self.options.interval)
+                };
             }
             _ = stopped(&mut self.shutdown) => {}
             _ = self.relay.reloaded.notified() => {}
