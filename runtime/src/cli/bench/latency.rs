@@ -54,6 +54,11 @@ pub struct LatencyBench {
     /// application's own commits).
     #[arg(long = "producer", value_enum, value_delimiter = ',', default_value = "rust,django")]
     producers: Vec<Producer>,
+    /// How many Python processes the Django producer runs, each at an equal share of the rate
+    /// (a Django site serves its requests from several worker processes; one process doing
+    /// 1,000 `publish_event`s a second is at the limit of what it can do alone here).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), value_name = "N")]
+    django_processes: u32,
     #[command(flatten)]
     seed: SeedApp,
 }
@@ -365,7 +370,10 @@ async fn at_rate(
         Measured::Seed => "seed's outbox_worker",
         Measured::Nothing => "none",
     };
-    let producer_name = producer.name();
+    let producer_name = match producer {
+        Producer::Django if bench.django_processes > 1 => format!("django ×{}", bench.django_processes),
+        _ => producer.name().to_string(),
+    };
     let relayed = measured != Measured::Nothing;
     let (commit_p50, commit_p99) = (at_quantile(&commit_times, 0.5), at_quantile(&commit_times, 0.99));
     let behind_p99 = at_quantile(&behind, 0.99);
@@ -380,7 +388,7 @@ async fn at_rate(
     );
     let relayed_or_dash = |text: String| if relayed { text } else { "-".to_string() };
     Ok([
-        producer_name.to_string(),
+        producer_name.clone(),
         relay_name.to_string(),
         format!("{rate} ({achieved:.0})"),
         relayed_or_dash(latencies.len().to_string()),
@@ -455,26 +463,36 @@ async fn produce_here(
     Ok(())
 }
 
-/// The Django producer: django-broadcaster's `publish_event` in a Python process of its own
-/// (`tests/django_app/outbox_app.py django-producer`), its commits read from the file it
-/// writes when done.
+/// The Django producer: django-broadcaster's `publish_event` in `--django-processes` Python
+/// processes of their own (`tests/django_app/outbox_app.py django-producer`), each at its share
+/// of the rate, their commits read from the files they write when done.
 async fn produce_in_django(bench: &LatencyBench, url: &str, rate: u32, commits: &Commits) -> anyhow::Result<()> {
-    let out = tempfile::NamedTempFile::new()?;
-    let path = out.path().to_string_lossy().into_owned();
-    let (rate_arg, seconds) = (rate.to_string(), format!("{}", bench.duration.as_secs_f64()));
-    let mut django = bench.seed.spawn(url, &["django-producer", &rate_arg, &seconds, &path])?;
-    let status = django.wait().await?;
-    anyhow::ensure!(status.success(), "the Django producer failed ({status}); its output is above");
-    let text = std::fs::read_to_string(out.path())?;
-    let mut commits = commits.lock().expect("commits lock");
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let number = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-        match (fields.first(), number(1), number(2), number(3)) {
-            (Some(id), Some(scheduled), Some(started), Some(committed)) => {
-                commits.insert(id_key(id), Commit { scheduled, started, committed });
+    let processes = bench.django_processes;
+    let seconds = format!("{}", bench.duration.as_secs_f64());
+    let share = format!("{}", f64::from(rate) / f64::from(processes));
+    let mut running = Vec::new();
+    for _ in 0..processes {
+        let out = tempfile::NamedTempFile::new()?;
+        let path = out.path().to_string_lossy().into_owned();
+        let django = bench.seed.spawn(url, &["django-producer", &share, &seconds, &path])?;
+        running.push((django, out));
+    }
+    for (mut django, out) in running {
+        let status = django.wait().await?;
+        anyhow::ensure!(status.success(), "the Django producer failed ({status}); its output is above");
+        let text = std::fs::read_to_string(out.path())?;
+        let mut commits = commits.lock().expect("commits lock");
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let number = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+            match (fields.first(), number(1), number(2), number(3)) {
+                (Some(id), Some(scheduled), Some(started), Some(committed)) => {
+                    commits.insert(id_key(id), Commit { scheduled, started, committed });
+                }
+                _ => anyhow::bail!(
+                    "the Django producer wrote {line:?}, expected `<id> <scheduled> <started> <committed>`"
+                ),
             }
-            _ => anyhow::bail!("the Django producer wrote {line:?}, expected `<id> <scheduled> <started> <committed>`"),
         }
     }
     Ok(())
