@@ -356,13 +356,13 @@ async fn at_rate(
 
     let arrivals = arrivals.lock().expect("arrivals lock");
     let nanos = |n: u64| Duration::from_nanos(n);
-    let latencies: Vec<Duration> = commits
-        .iter()
-        .filter_map(|(id, commit)| arrivals.get(id).map(|arrived| nanos(arrived.saturating_sub(commit.committed))))
-        .collect();
+    let latencies =
+        sorted(commits.iter().filter_map(|(id, commit)| {
+            arrivals.get(id).map(|arrived| nanos(arrived.saturating_sub(commit.committed)))
+        }));
     let late = commits.len() - latencies.len();
-    let commit_times: Vec<Duration> = commits.values().map(|c| nanos(c.committed.saturating_sub(c.started))).collect();
-    let behind: Vec<Duration> = commits.values().map(|c| nanos(c.committed.saturating_sub(c.scheduled))).collect();
+    let commit_times = sorted(commits.values().map(|c| nanos(c.committed.saturating_sub(c.started))));
+    let behind = sorted(commits.values().map(|c| nanos(c.committed.saturating_sub(c.scheduled))));
     // Quantiles over every event, the late ones counted as later than the wait.
     let at = |q: f64| quantile(&latencies, commits.len(), q).unwrap_or_else(|| format!("> {}", seconds(wait)));
     let relay_name = match measured {
@@ -375,20 +375,21 @@ async fn at_rate(
         _ => producer.name().to_string(),
     };
     let relayed = measured != Measured::Nothing;
+    let relayed_or_dash = |text: String| if relayed { text } else { "-".to_string() };
     let (commit_p50, commit_p99) = (at_quantile(&commit_times, 0.5), at_quantile(&commit_times, 0.99));
     let behind_p99 = at_quantile(&behind, 0.99);
     eprintln!(
-        "{outbox} × {producer_name} × {relay_name} at {rate}/s: {} events, p50 {}, p99 {}, {late} late; \
+        "{outbox} × {producer_name} × {relay_name} at {rate}/s: {} events, p50 {}, p99 {}, {} late; \
          commit p50 {commit_p50}, p99 {commit_p99}, max {}, behind p99 {behind_p99}, max {}",
         commits.len(),
-        if relayed { at(0.5) } else { "-".into() },
-        if relayed { at(0.99) } else { "-".into() },
+        relayed_or_dash(at(0.5)),
+        relayed_or_dash(at(0.99)),
+        relayed_or_dash(late.to_string()),
         at_quantile(&commit_times, 1.0),
         at_quantile(&behind, 1.0),
     );
-    let relayed_or_dash = |text: String| if relayed { text } else { "-".to_string() };
     Ok([
-        producer_name.clone(),
+        producer_name,
         relay_name.to_string(),
         format!("{rate} ({achieved:.0})"),
         relayed_or_dash(latencies.len().to_string()),
@@ -403,11 +404,16 @@ async fn at_rate(
     ])
 }
 
-/// The `q` quantile of `times` among `of` events (those missing from `times` counted as
-/// later than all of them: `None` when the quantile falls among those).
-fn quantile(times: &[Duration], of: usize, q: f64) -> Option<String> {
-    let mut sorted = times.to_vec();
+/// `times`, shortest first.
+fn sorted(times: impl Iterator<Item = Duration>) -> Vec<Duration> {
+    let mut sorted: Vec<Duration> = times.collect();
     sorted.sort();
+    sorted
+}
+
+/// The `q` quantile of `sorted` (shortest first) among `of` events (those missing from it
+/// counted as later than all of them: `None` when the quantile falls among those).
+fn quantile(sorted: &[Duration], of: usize, q: f64) -> Option<String> {
     if of == 0 {
         return Some("-".to_string());
     }
